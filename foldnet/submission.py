@@ -1,0 +1,203 @@
+"""Top-k labels with the new-individual rule, submission tables, validation, writing.
+
+The new-individual rule (Turtle Recall): a predicted class whose label is not
+in ``label_map.original`` is reported as ``label_map.new_label``. Each row
+walks the classes by descending probability (ties: lower class index first,
+the same order as ``metrics``), maps each class to its reported label, skips a
+label already in the row and stops at k labels. So a row holds at most one
+``new_label`` and is filled with the next most probable original labels.
+
+No TensorFlow here: this module runs in light processes.
+"""
+import numpy as np
+import pandas as pd
+
+from . import fileio
+from .errors import DataError
+
+# Rows per block in top_k_labels: bounds the [rows, n_classes] temporaries.
+_ROW_BLOCK = 512
+
+
+def descending_order(probs):
+    """Class indices of each row by descending probability; ties keep the lower index first."""
+    probs = np.asarray(probs)
+    return np.argsort(-probs, axis=1, kind="stable")
+
+
+def _check_probs(probs):
+    probs = np.asarray(probs)
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be 2-D [n, n_classes], got shape {probs.shape}")
+    if not np.all(np.isfinite(probs)):
+        bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+        raise ValueError(f"probs has non-finite values in rows {bad[:10].tolist()} ({len(bad)} rows)")
+    return probs
+
+
+def top_k_labels(probs, label_map, k=5):
+    """Per row, the k labels to submit under the new-individual rule (see module doc).
+
+    probs: [n, n_classes] in the label map's class order. Returns a list of n
+    lists of k distinct strings. Raises ValueError if the label map cannot
+    give k distinct labels (fewer than k original labels plus the new label).
+    """
+    probs = _check_probs(probs)
+    if probs.shape[1] != label_map.n_classes:
+        raise ValueError(f"probs has {probs.shape[1]} classes, the label map {label_map.n_classes}")
+    labels = np.array(label_map.labels, dtype=object)
+    # A class keeps its label only if it is original and not spelled like the new label.
+    keeps = label_map.original_mask & (labels != label_map.new_label)
+    n_keep = int(keeps.sum())
+    has_new = bool((~keeps).any())
+    if n_keep + int(has_new) < k:
+        raise ValueError(
+            f"cannot make {k} distinct labels: {n_keep} original labels"
+            f"{' + the new label' if has_new else ''}"
+        )
+    n_orig_needed = min(k, n_keep)
+    out = []
+    for start in range(0, probs.shape[0], _ROW_BLOCK):
+        order = descending_order(probs[start:start + _ROW_BLOCK])
+        kept_sorted = keeps[order]                            # [rows, C] bool, in rank order
+        cum = np.cumsum(kept_sorted, axis=1, dtype=np.int32)  # originals seen up to each rank
+        rows = np.arange(order.shape[0])
+        # Class of the t-th original in rank order, t = 1..n_orig_needed.
+        orig_cls = np.stack(
+            [order[rows, np.argmax(cum >= t, axis=1)] for t in range(1, n_orig_needed + 1)], axis=1
+        )
+        if has_new:
+            first_new = np.argmax(~kept_sorted, axis=1)
+            # Originals ranked above the first non-original = where new_label is inserted.
+            insert_at = cum[rows, first_new]
+        else:
+            insert_at = np.full(order.shape[0], k)
+        for r in range(order.shape[0]):
+            a = int(insert_at[r])
+            if a < k:
+                row = list(labels[orig_cls[r, :a]]) + [label_map.new_label] + list(labels[orig_cls[r, a:k - 1]])
+            else:
+                row = list(labels[orig_cls[r, :k]])
+            out.append(row)
+    return out
+
+
+def _template_columns(template, k):
+    cols = [str(c) for c in template.columns]
+    if len(cols) != k + 1:
+        raise DataError(
+            f"submission template has {len(cols)} columns, expected 1 id column + {k} prediction columns",
+            [f"template columns: {cols}"],
+        )
+    return cols
+
+
+def _preview(values, limit=10):
+    values = list(values)
+    shown = ", ".join(repr(v) for v in values[:limit])
+    more = f" ... (+{len(values) - limit} more)" if len(values) > limit else ""
+    return f"{len(values)}: {shown}{more}"
+
+
+def make_submission(ids, probs, label_map, template, k=5):
+    """Submission table in the template's row order and column names.
+
+    ids: [n] row keys of ``probs``. template: the sample submission; its first
+    column holds the ids, the next k columns name the predictions. Every
+    template id must be in ``ids`` and every id in the template (else
+    DataError listing them).
+    """
+    cols = _template_columns(template, k)
+    ids = np.asarray(ids).astype(str)
+    probs = np.asarray(probs)
+    if len(ids) != probs.shape[0]:
+        raise ValueError(f"{len(ids)} ids for {probs.shape[0]} rows of probs")
+    template_ids = template.iloc[:, 0].astype(str).to_numpy()
+    problems = []
+    dup = pd.Series(ids)[pd.Series(ids).duplicated()].unique()
+    if len(dup):
+        problems.append(f"ids repeated in the predictions {_preview(dup)}")
+    dup_t = pd.Series(template_ids)[pd.Series(template_ids).duplicated()].unique()
+    if len(dup_t):
+        problems.append(f"ids repeated in the template {_preview(dup_t)}")
+    extra = sorted(set(ids) - set(template_ids))
+    missing = sorted(set(template_ids) - set(ids))
+    if extra:
+        problems.append(f"predicted ids not in the template {_preview(extra)}")
+    if missing:
+        problems.append(f"template ids without predictions {_preview(missing)}")
+    if problems:
+        raise DataError("predictions do not match the submission template", problems)
+    pos = pd.Index(ids).get_indexer(template_ids)
+    rows = top_k_labels(probs[pos], label_map, k)
+    df = pd.DataFrame(rows, columns=cols[1:])
+    df.insert(0, cols[0], template_ids)
+    return df
+
+
+def _is_empty(value):
+    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+
+
+def validate_submission(df, template, label_map=None):
+    """Check a submission table against its template; DataError naming every bad row.
+
+    Checks: columns equal the template's; every template id exactly once and
+    no other id; per row, as many distinct non-empty predictions as the
+    template has prediction columns; with ``label_map``, every prediction an
+    original label or ``label_map.new_label``. Rows are named by their
+    0-based position in ``df`` and their id.
+    """
+    problems = []
+    cols = [str(c) for c in df.columns]
+    t_cols = [str(c) for c in template.columns]
+    if cols != t_cols:
+        problems.append(
+            f"columns {cols} differ from the template's {t_cols}"
+            f" ({len(cols) - 1} prediction columns, expected {len(t_cols) - 1})"
+        )
+    if df.shape[1] < 2:
+        raise DataError("submission is invalid: it needs an id column and prediction columns", problems)
+    ids = df.iloc[:, 0].astype(str).to_numpy()
+    template_ids = set(template.iloc[:, 0].astype(str))
+    counts = pd.Series(ids).value_counts()
+    for i in counts[counts > 1].index:
+        problems.append(f"id {i!r} appears {counts[i]} times (rows {np.flatnonzero(ids == i).tolist()})")
+    extra = sorted(set(ids) - template_ids)
+    if extra:
+        problems.append(f"ids not in the template {_preview(extra)}")
+    missing = sorted(template_ids - set(ids))
+    if missing:
+        problems.append(f"template ids missing {_preview(missing)}")
+    allowed = None
+    if label_map is not None:
+        allowed = set(label_map.original) | {label_map.new_label}
+    preds = df.iloc[:, 1:].to_numpy(dtype=object)
+    for r in range(len(df)):
+        row = preds[r]
+        where = f"row {r} (id {ids[r]!r})"
+        empty = [j + 1 for j, v in enumerate(row) if _is_empty(v)]
+        if empty:
+            problems.append(f"{where}: empty prediction in column(s) {[cols[j] for j in empty]}")
+        values = [str(v).strip() for v in row if not _is_empty(v)]
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            problems.append(f"{where}: repeated prediction(s) {repeated}")
+        if allowed is not None:
+            unknown = sorted({v for v in values if v not in allowed})
+            if unknown:
+                problems.append(f"{where}: prediction(s) neither original nor {label_map.new_label!r}: {unknown}")
+    if problems:
+        raise DataError(f"submission is invalid ({len(problems)} problems)", problems)
+
+
+def write_submission(df, path, template=None, label_map=None):
+    """Validate ``df`` and write it as CSV atomically.
+
+    Validated against ``template`` (and ``label_map``) when given; without a
+    template only the table's own structure is checked (unique ids, distinct
+    non-empty predictions), using ``df`` as its own template.
+    """
+    validate_submission(df, df if template is None else template, label_map)
+    fileio.atomic_write_text(path, df.to_csv(index=False))
+    return path
