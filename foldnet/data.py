@@ -1,0 +1,142 @@
+"""tf.data pipelines over the fold shards.
+
+Training: parallel interleaved reads (order non-deterministic) -> parse ->
+cache (encoded bytes or decoded pixels, whichever fits) -> shuffle -> repeat
+-> decode + augment -> batch -> prefetch. Keras distributes the batches over
+the replicas of the strategy (auto-sharding by file, or by data when there are
+fewer files than workers).
+
+Evaluation: deterministic order; every image is decoded once and expanded to
+its TTA views, so all TTA variants are predicted in one pass.
+"""
+import foldnet  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+
+from . import augment, records
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Rough in-memory size of one cached encoded example beyond its image bytes.
+_EXAMPLE_OVERHEAD = 64
+
+
+def decode_image(image_bytes, dim):
+    """Encoded JPEG/PNG bytes -> float32 [dim, dim, 3] in [0, 1]."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return resize_image(image, dim)
+
+
+def resize_image(image, dim):
+    image = tf.image.resize(tf.cast(image, tf.float32), [dim, dim], antialias=True)
+    return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+
+
+def _decode_uint8(image_bytes, dim):
+    return tf.cast(tf.round(decode_image(image_bytes, dim) * 255.0), tf.uint8)
+
+
+def _parse(serialized):
+    ex = records.parse_example(serialized)
+    return ex["id"], ex["image"], ex["label"]
+
+
+def _read(files, deterministic):
+    files = list(files)
+    if not files:
+        raise ValueError("no TFRecord files to read")
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    return ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 16),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+
+
+def choose_cache(mode, n_examples, dim, encoded_mb, budget_mb):
+    """Resolve cache=auto to decoded / encoded / none from estimated sizes in MB."""
+    if mode != "auto":
+        return mode
+    decoded_mb = n_examples * dim * dim * 3 / 2**20
+    if decoded_mb <= budget_mb:
+        return "decoded"
+    if encoded_mb + n_examples * _EXAMPLE_OVERHEAD / 2**20 <= budget_mb:
+        return "encoded"
+    return "none"
+
+
+def _with_options(ds, shard_by_data):
+    opts = tf.data.Options()
+    if shard_by_data:
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(opts)
+
+
+def train_dataset(files, n_classes, dim, batch_size, aug_number=0, aug_probability=0.0,
+                  cache="none", shuffle_buffer=2048, drop_remainder=False, seed=None,
+                  label_smoothing_onehot=True, n_workers=1):
+    """Endless shuffled, augmented batches of (images, one-hot labels)."""
+    ds = _read(files, deterministic=False).map(_parse, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda _id, img, label: (img, label), num_parallel_calls=AUTOTUNE)
+    if cache == "decoded":
+        ds = ds.map(lambda img, label: (_decode_uint8(img, dim), label), num_parallel_calls=AUTOTUNE).cache()
+        ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
+
+        def prepare(img, label):
+            return tf.cast(img, tf.float32) / 255.0, label
+    else:
+        if cache == "encoded":
+            ds = ds.cache()
+        ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
+
+        def prepare(img, label):
+            return decode_image(img, dim), label
+
+    def make(img, label):
+        image, label = prepare(img, label)
+        if aug_number > 0 and aug_probability > 0:
+            image = augment.random_augment(image, aug_number, aug_probability)
+        return image, tf.one_hot(label, n_classes)
+
+    ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    return _with_options(ds, shard_by_data=len(list(files)) < n_workers)
+
+
+def eval_dataset(files, n_classes, dim, batch_size, drop_remainder=False, cache=True):
+    """Batches of (images, one-hot labels) in file order, for validation during fit."""
+    ds = _read(files, deterministic=True).map(_parse, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda _id, img, label: (decode_image(img, dim), tf.one_hot(tf.maximum(label, 0), n_classes)),
+                num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if cache:
+        ds = ds.cache()
+    return ds.prefetch(AUTOTUNE)
+
+
+def tta_dataset(files, dim, batch_size, tta_number):
+    """Batches of images [batch * (tta_number + 1), dim, dim, 3] in file order.
+
+    Image i of a batch occupies rows i * T .. i * T + T - 1 (T = tta_number + 1),
+    identity first, so predictions reshape to [n, T, n_classes].
+    """
+    n_views = tta_number + 1
+    ds = _read(files, deterministic=True).map(_parse, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda _id, img, label: augment.tta_views(decode_image(img, dim), tta_number),
+                num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda v: tf.reshape(v, [-1, dim, dim, 3]))
+    return ds.prefetch(AUTOTUNE), n_views
+
+
+def read_ids_labels(files):
+    """(ids as str list, labels int64 numpy) of the records, in file order. No image decoding."""
+    import numpy as np
+
+    ids, labels = [], []
+    ds = _read(files, deterministic=True).map(lambda s: _parse(s)[0::2], num_parallel_calls=AUTOTUNE)
+    for id_batch, label_batch in ds.batch(4096).as_numpy_iterator():
+        ids.extend(x.decode("utf-8") for x in id_batch)
+        labels.append(label_batch)
+    labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros([0], np.int64)
+    return ids, labels
