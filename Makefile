@@ -1,0 +1,39 @@
+# `make demo`: set-up + the whole pipeline on the bundled demo data.
+# `make test`: set-up + the test suite.   `make bench`: the benchmarks.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= data/demo
+DEMO_RUNS ?= models
+
+.PHONY: install test demo bench clean-demo
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest tests
+
+demo: install
+	@start=$$(date +%s); set -e; \
+	$(BIN)/python -m foldnet.demo_data --out_dir $(DEMO_DIR); \
+	$(BIN)/python create_tfrecords.py --data_dir $(DEMO_DIR); \
+	DATA_DIR=$(DEMO_DIR) MODELS=demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python bash run_training.sh; \
+	DATA_DIR=$(DEMO_DIR) MODELS=demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python SUBMISSION=$(DEMO_DIR)/submission.csv bash run_inference.sh; \
+	echo "== demo test set vs $(DEMO_DIR)/answers.csv"; \
+	$(BIN)/python -m foldnet.evaluate --submission $(DEMO_DIR)/submission.csv --answers $(DEMO_DIR)/answers.csv; \
+	echo "== demo finished in $$(( $$(date +%s) - start )) s"
+
+bench: install
+	mkdir -p bench/out
+	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-demo:
+	rm -rf $(DEMO_DIR) $(DEMO_RUNS)/demo

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Predict the test set with every fold of each member (only where predictions
+# are missing or stale), average over folds, TTA views and members, and write
+# a validated submission.
+#
+#   DATA_DIR=data MODELS="ef1b7 beitl" RUNS_DIR=runs SUBMISSION=submission.csv bash run_inference.sh
+#
+# DATA_DIR, TFREC_DIR, MODELS, RUNS_DIR, PYTHON: as in run_training.sh
+# SUBMISSION   output CSV (default: submission.csv); beside it <stem>.probs.npz
+#              (averaged probabilities with ids) and <stem>.scores.md (OOF scores)
+# WEIGHTS      member weights, comma separated in MODELS order (default: equal)
+# FIT_WEIGHTS  1 to fit member weights on out-of-fold predictions (max OOF MAP@5)
+# RUN_ARGS     extra run.py flags for prediction, e.g. "--batch_size 16 --tta_number 3"
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/scripts/members.sh"
+
+DATA_DIR=${DATA_DIR:-data}
+TFREC_DIR=${TFREC_DIR:-$DATA_DIR/tfrec}
+SUBMISSION=${SUBMISSION:-submission.csv}
+RUN_ARGS=${RUN_ARGS:-}
+
+run_dirs=()
+for member in $(member_list); do
+  cfg=$(member_config "$member")
+  run_dir=$(member_run_dir "$cfg")
+  echo "== predicting test with $(basename "$cfg" .yaml) ($run_dir)"
+  # shellcheck disable=SC2086
+  "$PYTHON" "$here/run.py" --config "$cfg" --data_dir "$DATA_DIR" --tfrec_dir "$TFREC_DIR" \
+    --run_dir "$run_dir" --job test $RUN_ARGS
+  run_dirs+=("$run_dir")
+done
+
+args=(--runs "${run_dirs[@]}" --data_dir "$DATA_DIR" --tfrec_dir "$TFREC_DIR" --submission "$SUBMISSION")
+[ -n "${WEIGHTS:-}" ] && args+=(--weights "$WEIGHTS")
+[ "${FIT_WEIGHTS:-0}" = "1" ] && args+=(--fit_weights)
+echo "== ensembling ${#run_dirs[@]} member(s) -> $SUBMISSION"
+"$PYTHON" -m foldnet.ensemble "${args[@]}" "$@"

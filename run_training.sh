@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Train ensemble members over all folds (resumable: rerun after a kill to continue).
+#
+#   DATA_DIR=data MODELS="ef1b7 beitl" RUNS_DIR=runs bash run_training.sh [extra run.py flags]
+#
+# DATA_DIR   dataset directory (default: data); TFRecords are made in
+#            TFREC_DIR (default: DATA_DIR/tfrec) if they are not there yet
+# MODELS     names of configs in models/ or paths to YAML files
+#            (default: every committed member in models/ except the demo)
+# RUNS_DIR   where each member's outputs go, as RUNS_DIR/<member>/
+#            (default: beside its config, models/<member>/)
+# JOB        run.py job (default: train_val_test_score)
+# PYTHON     interpreter (default: .venv/bin/python if present, else python3)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/scripts/members.sh"
+
+DATA_DIR=${DATA_DIR:-data}
+TFREC_DIR=${TFREC_DIR:-$DATA_DIR/tfrec}
+JOB=${JOB:-train_val_test_score}
+
+if [ ! -f "$TFREC_DIR/manifest.json" ]; then
+  echo "== TFRecords: $TFREC_DIR not found, creating them from $DATA_DIR"
+  "$PYTHON" "$here/create_tfrecords.py" --data_dir "$DATA_DIR" --out_dir "$TFREC_DIR"
+fi
+
+for member in $(member_list); do
+  cfg=$(member_config "$member")
+  run_dir=$(member_run_dir "$cfg")
+  echo "== training $(basename "$cfg" .yaml) -> $run_dir"
+  "$PYTHON" "$here/run.py" --config "$cfg" --data_dir "$DATA_DIR" --tfrec_dir "$TFREC_DIR" \
+    --run_dir "$run_dir" --job "$JOB" "$@"
+done

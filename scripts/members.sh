@@ -1,0 +1,32 @@
+# Shared by run_training.sh and run_inference.sh: which members, where their outputs go.
+# Expects $here (the repository root). Sets PYTHON.
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$here/.venv/bin/python" ]; then PYTHON="$here/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+# Members from $MODELS, or every committed config in models/ except the demo.
+member_list() {
+  if [ -n "${MODELS:-}" ]; then
+    echo "$MODELS"
+  else
+    for f in "$here"/models/*.yaml; do
+      [ "$(basename "$f")" = "demo.yaml" ] || basename "$f" .yaml
+    done
+  fi
+}
+
+# A member name (models/NAME.yaml) or a path to a YAML file -> the YAML path.
+member_config() {
+  local m=$1
+  if [ -f "$m" ]; then echo "$m"; return; fi
+  if [ -f "$here/models/$m.yaml" ]; then echo "$here/models/$m.yaml"; return; fi
+  echo "error: member '$m' is neither a YAML file nor models/$m.yaml" >&2
+  exit 2
+}
+
+# YAML path -> RUNS_DIR/<member>, or beside the config (models/<member>/).
+member_run_dir() {
+  local cfg=$1 name
+  name=$(basename "$cfg" .yaml)
+  if [ -n "${RUNS_DIR:-}" ]; then echo "$RUNS_DIR/$name"; else echo "$(dirname "$cfg")/$name"; fi
+}
