@@ -1,0 +1,396 @@
+"""create_tfrecords.py: a dataset (CSV + images) -> sharded TFRecords, folds, label map, manifest.
+
+Output (Contract 1 of docs/DESIGN.md), written into a temporary directory
+beside ``out_dir`` and renamed when complete (manifest.json last), so a failed
+run leaves no partial output. TensorFlow is imported only when shards are
+written, never at import time: spawned image workers re-import the main script.
+"""
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+import pandas as pd
+
+from . import fileio, folds as folds_mod, images, layouts
+from .errors import ConfigError, DataError
+from .labels import LabelMap
+
+DEFAULT_SHARD_SIZE = "150MB"
+_OUTPUT_NAMES = {"manifest.json", "label_map.json", "folds.csv"}
+
+
+def say(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def read_dataset(data_dir, train_csv, test_csv, images_dir, id_col, label_col, path_col, path_pattern,
+                 group_col, known_labels_csv, new_label, skip_bad):
+    """The Turtle Recall layout of ``data_dir``, or the generic layout if ``train_csv`` is given."""
+    if train_csv is None:
+        if group_col or path_col or path_pattern or test_csv or known_labels_csv:
+            raise ConfigError("--test_csv/--path_col/--path_pattern/--group_col/--known_labels_csv "
+                              "need --train_csv (generic layout)")
+        return layouts.read_turtle(data_dir, skip_bad=skip_bad, new_label=new_label)
+    base = data_dir or os.path.dirname(os.path.abspath(train_csv))
+    return layouts.read_generic(
+        train_csv=os.path.join(base, train_csv),
+        test_csv=None if test_csv is None else os.path.join(base, test_csv),
+        images_dir=os.path.join(base, images_dir or "images"),
+        id_col=id_col, label_col=label_col, path_col=path_col, path_pattern=path_pattern, group_col=group_col,
+        known_labels_csv=None if known_labels_csv is None else os.path.join(base, known_labels_csv),
+        new_label=new_label, skip_bad=skip_bad)
+
+
+def input_fingerprint(dataset, flags):
+    """sha256 of the CSV contents, the image files' names, sizes and mtimes, and ``flags``."""
+    h = hashlib.sha256()
+    for path in dataset.csv_files:
+        h.update(f"csv {os.path.basename(path)}\n".encode())
+        h.update(fileio.read_bytes(path))
+    for table in (dataset.train, dataset.test):
+        for image_id, path in zip(table["id"], table["path"]):
+            st = os.stat(path)
+            h.update(f"{image_id}\t{os.path.relpath(path, dataset.root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps(flags, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def current_manifest(out_dir, fingerprint):
+    """The manifest in ``out_dir`` if it is complete and has ``fingerprint``, else None."""
+    path = fileio.join(out_dir, "manifest.json")
+    if not fileio.exists(path):
+        return None
+    from . import records
+
+    try:
+        manifest = records.load_manifest(out_dir)
+    except DataError:
+        return None
+    return manifest if manifest.get("fingerprint") == fingerprint else None
+
+
+def check_replaceable(out_dir):
+    """Refuse to replace a local directory holding files we did not write."""
+    if fileio.is_remote(out_dir) or not os.path.isdir(out_dir):
+        return
+    foreign = sorted(n for n in os.listdir(out_dir) if n not in _OUTPUT_NAMES and not n.endswith(".tfrec"))
+    if foreign:
+        raise ConfigError(f"--out_dir {out_dir} holds files create_tfrecords.py did not write "
+                          f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
+                          "refusing to replace it: choose another --out_dir")
+
+
+# ---------------------------------------------------------------- bad images
+
+
+def bad_image_messages(bad, root):
+    return [f"{job.id} ({os.path.relpath(job.path, root)}): {reason}" for job, reason in bad]
+
+
+def handle_bad_images(bad, root, skip_bad):
+    """Raise one DataError naming every bad image, or return their skipped entries."""
+    if not bad:
+        return []
+    messages = bad_image_messages(bad, root)
+    if not skip_bad:
+        raise DataError(f"{len(bad)} unreadable image file(s) (use --skip_bad to drop them)", messages)
+    return [{"id": job.id, "source": os.path.relpath(job.path, root), "reason": reason} for job, reason in bad]
+
+
+# ---------------------------------------------------------------- folds
+
+
+def near_duplicate_clusters(train, threshold, workers, progress):
+    """(near-duplicate cluster id per row, [(row, reason)] of unreadable images)."""
+    results = list(images.map_images(images.thumb_task, list(train["path"]), workers,
+                                     desc="thumbnails", progress=progress))
+    bad = [(i, value) for i, (ok, value) in enumerate(results) if not ok]
+    # An unreadable image gets a zero thumbnail: similar to nothing.
+    thumbs = np.stack([value if ok else np.zeros(images.THUMB_SIZE ** 2, np.float32) for ok, value in results])
+    return folds_mod.duplicate_groups(thumbs, threshold), bad
+
+
+def fold_groups(train, group_col, clusters):
+    """Group ids for StratifiedGroupKFold, or None when rows need not stay together."""
+    if group_col is not None and clusters is not None:
+        return folds_mod.merge_groups(train["group"], clusters)
+    if group_col is not None:
+        return train["group"].to_numpy()
+    return clusters
+
+
+def warn_small_classes(labels, n_folds):
+    small = folds_mod.small_classes(labels, n_folds)
+    if small:
+        say("warning: " + folds_mod.small_classes_message(small, n_folds))
+
+
+def plan_jobs(train, fold, test, label_map, seed):
+    """Jobs in write order: each fold's rows shuffled (seeded), then the test rows."""
+    from .records import Job
+
+    rng = np.random.default_rng(seed)
+    codes = label_map.encode(train["label"])
+    jobs = []
+    for k in range(int(fold.max()) + 1):
+        rows = rng.permutation(np.flatnonzero(fold == k))
+        jobs += [Job(f"train-fold{k}", train.at[r, "id"], train.at[r, "path"], int(codes[r]), train.at[r, "label"])
+                 for r in rows]
+    jobs += [Job("test", i, p, -1, "") for i, p in zip(test["id"], test["path"])]
+    return jobs
+
+
+# ---------------------------------------------------------------- output
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir):
+    """A local directory to write into; becomes ``out_dir`` only on success."""
+    if not fileio.is_remote(out_dir):
+        with fileio.atomic_dir(out_dir) as tmp:
+            yield tmp
+        return
+    tmp = tempfile.mkdtemp(prefix="foldnet-tfrec-")
+    try:
+        yield tmp
+        upload_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def upload_dir(local_dir, remote_dir):
+    """Copy ``local_dir`` to a remote directory: the old manifest goes first, the new one last."""
+    gfile = fileio._gfile()
+    manifest = fileio.join(remote_dir, "manifest.json")
+    gfile.makedirs(remote_dir)
+    if gfile.exists(manifest):
+        gfile.remove(manifest)
+    names = sorted(os.listdir(local_dir))
+    for name in names:
+        if name != "manifest.json":
+            gfile.copy(os.path.join(local_dir, name), fileio.join(remote_dir, name), overwrite=True)
+    for stale in gfile.glob(fileio.join(remote_dir, "*.tfrec")):
+        if stale.rsplit("/", 1)[-1] not in names:
+            gfile.remove(stale)
+    gfile.copy(os.path.join(local_dir, "manifest.json"), manifest, overwrite=True)
+
+
+def folds_table(train, fold, groups):
+    df = pd.DataFrame({"id": train["id"], "label": train["label"], "fold": fold})
+    if groups is not None:
+        df["group"] = groups
+    return df
+
+
+def build_manifest(n_folds, label_map, result, flags, fingerprint, skipped, n_grouped):
+    from .records import FORMAT_VERSION, FOLDS_CSV, LABEL_MAP, image_stats
+
+    fold_parts = [{"fold": k, "n_examples": result.counts.get(f"train-fold{k}", 0),
+                   "files": result.files.get(f"train-fold{k}", [])} for k in range(n_folds)]
+    return {
+        "format_version": FORMAT_VERSION,
+        "task": "classification",
+        "n_folds": n_folds,
+        "n_classes": label_map.n_classes,
+        "n_examples": sum(p["n_examples"] for p in fold_parts),
+        "label_map": LABEL_MAP,
+        "folds_csv": FOLDS_CSV,
+        "folds": fold_parts,
+        "test": {"n_examples": result.counts.get("test", 0), "files": result.files.get("test", [])},
+        "image_stats": image_stats(result.sizes),
+        "flags": flags,
+        "fingerprint": fingerprint,
+        "skipped": skipped,
+        "n_grouped": n_grouped,
+    }
+
+
+def write_output(out_dir, jobs, train, fold, groups, label_map, flags, fingerprint, skipped, n_grouped,
+                 root, workers, progress):
+    """Write shards, label map, folds.csv and (last) the manifest; return the manifest."""
+    from . import records
+
+    limit = records.parse_shard_size(flags["shard_size"])
+    with staging_dir(out_dir) as tmp:
+        result = records.write_shards(jobs, tmp, limit, workers, flags["max_side"], flags["jpeg_quality"], progress)
+        skipped = skipped + handle_bad_images(result.bad, root, flags["skip_bad"])
+        written = ~train["id"].isin({job.id for job, _ in result.bad if job.split != "test"}).to_numpy()
+        label_map.save(os.path.join(tmp, records.LABEL_MAP))
+        table = folds_table(train, fold, groups)[written]
+        fileio.atomic_write_text(os.path.join(tmp, records.FOLDS_CSV), table.to_csv(index=False))
+        manifest = build_manifest(flags["n_folds"], label_map, result, flags, fingerprint, skipped, n_grouped)
+        fileio.atomic_write_json(os.path.join(tmp, records.MANIFEST), manifest)
+    manifest["dir"] = out_dir
+    return manifest
+
+
+def report(manifest, out_dir):
+    n_files = sum(len(p["files"]) for p in manifest["folds"]) + len(manifest["test"]["files"])
+    print(f"wrote {manifest['n_examples']} training examples ({manifest['n_classes']} classes, "
+          f"{manifest['n_folds']} folds) and {manifest['test']['n_examples']} test examples "
+          f"in {n_files} shards to {out_dir}")
+    if manifest["skipped"]:
+        say(f"skipped {len(manifest['skipped'])} bad row(s)/image(s) (listed in manifest.json 'skipped'):")
+        for s in manifest["skipped"][:20]:
+            say(f"  - {s['id']} ({s['source']}): {s['reason']}")
+        if len(manifest["skipped"]) > 20:
+            say(f"  ... and {len(manifest['skipped']) - 20} more")
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_duplicates, shard_size, path_pattern):
+    problems = []
+    if data_dir is None and train_csv is None:
+        problems.append("give --data_dir (Turtle Recall layout) or --train_csv (generic layout)")
+    if n_folds < 2:
+        problems.append(f"--n_folds must be >= 2, got {n_folds}")
+    if not 1 <= jpeg_quality <= 100:
+        problems.append(f"--jpeg_quality must be in 1..100, got {jpeg_quality}")
+    if max_side is not None and max_side < 1:
+        problems.append(f"--max_side must be >= 1, got {max_side}")
+    if group_duplicates is not None and not 0 < group_duplicates <= 1:
+        problems.append(f"--group_duplicates is a cosine similarity in (0, 1], got {group_duplicates}")
+    if path_pattern is not None and "{id}" not in path_pattern:
+        problems.append(f"--path_pattern must contain {{id}}, got {path_pattern!r}")
+    try:
+        from .records import parse_shard_size
+
+        parse_shard_size(shard_size)
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=None, images_dir=None,
+                     id_col="image_id", label_col="label", path_col=None, path_pattern=None, group_col=None,
+                     known_labels_csv=None, new_label=layouts.TURTLE_NEW_LABEL, n_folds=5, seed=42,
+                     group_duplicates=None, shard_size=DEFAULT_SHARD_SIZE, workers=None, max_side=None,
+                     jpeg_quality=95, skip_bad=False, overwrite=False, progress=True):
+    """Convert a dataset into a TFRecord directory (Contract 1); return its manifest.
+
+    Without ``train_csv`` ``data_dir`` is read as the Turtle Recall layout;
+    with it, as the generic layout (relative CSV paths and ``images_dir``,
+    default "images", are relative to ``data_dir`` or the train CSV's folder).
+    ``out_dir`` defaults to ``<data dir>/tfrec``. If ``out_dir`` already holds
+    a manifest with the same input fingerprint nothing is rewritten (unless
+    ``overwrite``). Raises DataError (bad input) or ConfigError (bad flags).
+    """
+    check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_duplicates, shard_size, path_pattern)
+    workers = images.default_workers() if not workers else int(workers)
+    dataset = read_dataset(data_dir, train_csv, test_csv, images_dir, id_col, label_col, path_col, path_pattern,
+                           group_col, known_labels_csv, new_label, skip_bad)
+    base = data_dir or os.path.dirname(os.path.abspath(train_csv))
+    out_dir = out_dir or os.path.join(base, "tfrec")
+    flags = {"layout": "generic" if train_csv else "turtle", "n_folds": n_folds, "seed": seed,
+             "shard_size": str(shard_size), "max_side": max_side, "jpeg_quality": jpeg_quality,
+             "group_duplicates": group_duplicates, "group_col": group_col, "skip_bad": skip_bad,
+             "new_label": new_label, "id_col": id_col, "label_col": label_col, "path_col": path_col,
+             "path_pattern": path_pattern}
+    fingerprint = input_fingerprint(dataset, flags)
+    existing = None if overwrite else current_manifest(out_dir, fingerprint)
+    if existing is not None:
+        print(f"{out_dir}: shards are current (same inputs and flags); nothing to do (--overwrite rewrites)")
+        return existing
+    check_replaceable(out_dir)
+    return convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress)
+
+
+def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
+    """Folds (grouped if asked) then shards of a validated Dataset; return the manifest."""
+    train, skipped = dataset.train, list(dataset.skipped)
+    clusters, n_grouped = None, 0
+    if flags["group_duplicates"] is not None:
+        clusters, bad_rows = near_duplicate_clusters(train, flags["group_duplicates"], workers, progress)
+        bad = [(_row_job(train, r), reason) for r, reason in bad_rows]
+        skipped += handle_bad_images(bad, dataset.root, flags["skip_bad"])
+        keep = np.setdiff1d(np.arange(len(train)), [r for r, _ in bad_rows])
+        train, clusters = train.iloc[keep].reset_index(drop=True), clusters[keep]
+        n_grouped = folds_mod.n_grouped(clusters)
+        say(f"near-duplicates: {n_grouped} images in clusters of 2 or more (threshold {flags['group_duplicates']})")
+    label_map = LabelMap.fit(train["label"], original=dataset.original, new_label=dataset.new_label)
+    groups = fold_groups(train, flags["group_col"], clusters)
+    warn_small_classes(train["label"], flags["n_folds"])
+    try:
+        fold = folds_mod.assign_folds(train["label"], flags["n_folds"], flags["seed"], groups)
+    except ValueError as e:
+        raise DataError(f"cannot assign folds: {e}") from e
+    jobs = plan_jobs(train, fold, dataset.test, label_map, flags["seed"])
+    manifest = write_output(out_dir, jobs, train, fold, groups, label_map, flags, fingerprint, skipped,
+                            n_grouped, dataset.root, workers, progress)
+    report(manifest, out_dir)
+    return manifest
+
+
+def _row_job(train, row):
+    from .records import Job
+
+    return Job("train", train.at[row, "id"], train.at[row, "path"], -1, train.at[row, "label"])
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="create_tfrecords.py",
+        description="Convert a dataset (CSV + images) into sharded TFRecords with K folds, a label map "
+                    "and manifest.json (see data/README.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    io_ = p.add_argument_group("input and output")
+    io_.add_argument("--data_dir", help="dataset directory; alone: Turtle Recall layout (train.csv, "
+                     "extra_images.csv, test.csv, images/)")
+    io_.add_argument("--out_dir", help="output directory (local or gs://); default DATA_DIR/tfrec")
+    gen = p.add_argument_group("generic layout (used when --train_csv is given)")
+    gen.add_argument("--train_csv", help="training CSV (relative to --data_dir if given)")
+    gen.add_argument("--test_csv", help="test CSV (optional)")
+    gen.add_argument("--images_dir", help="image directory (relative to --data_dir); default DATA_DIR/images")
+    gen.add_argument("--id_col", default="image_id", help="id column")
+    gen.add_argument("--label_col", default="label", help="label column")
+    gen.add_argument("--path_col", help="column with image paths relative to --images_dir "
+                     "(default: search <id>.* in --images_dir)")
+    gen.add_argument("--path_pattern", help='image file name from the id, e.g. "{id}.png"')
+    gen.add_argument("--group_col", help="rows sharing a value stay in one fold (StratifiedGroupKFold)")
+    gen.add_argument("--known_labels_csv", help="CSV listing the 'original' labels; others map to --new_label "
+                     "in submissions (default: all labels are original)")
+    gen.add_argument("--new_label", default=layouts.TURTLE_NEW_LABEL, help="label for new individuals")
+    fo = p.add_argument_group("folds")
+    fo.add_argument("--n_folds", type=int, default=5, help="number of folds (stratified K-fold)")
+    fo.add_argument("--seed", type=int, default=42, help="seed of the fold split and shard order")
+    fo.add_argument("--group_duplicates", type=float, metavar="THRESHOLD",
+                    help="keep near-identical images (cosine similarity of 16x16 grayscale thumbnails "
+                         ">= THRESHOLD, e.g. 0.95) in one fold; off by default")
+    sh = p.add_argument_group("shards")
+    sh.add_argument("--shard_size", default=DEFAULT_SHARD_SIZE,
+                    help='per shard: a size ("150MB") or a number of examples ("1000")')
+    sh.add_argument("--max_side", type=int, help="re-encode images so the longer side is at most this "
+                    "(default: keep JPEG/PNG bytes as they are)")
+    sh.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality when re-encoding a JPEG")
+    sh.add_argument("--workers", type=int, default=0, help="image worker processes (0: all cores)")
+    ru = p.add_argument_group("behaviour")
+    ru.add_argument("--skip_bad", action="store_true", help="skip bad rows/images (listed in the manifest) "
+                    "instead of failing")
+    ru.add_argument("--overwrite", action="store_true", help="rewrite even if the shards are current")
+    ru.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None):
+    """Command line entry point; returns the exit code (2 on bad input or flags)."""
+    args = build_parser().parse_args(argv)
+    kwargs = vars(args)
+    kwargs["progress"] = not kwargs.pop("no_progress")
+    try:
+        create_tfrecords(**kwargs)
+    except (DataError, ConfigError) as e:
+        say(f"error: {e}")
+        return 2
+    return 0

@@ -1,0 +1,102 @@
+"""Fold assignment: stratified K-fold, grouped when rows must stay together.
+
+Groups come from a group column and/or from near-duplicate detection: images
+whose small grayscale thumbnails are almost identical (cosine similarity of
+mean-centred 16x16 thumbnails above a threshold) are linked, and each connected
+component stays in one fold, so a near-copy of a validation image never leaks
+into training.
+"""
+import warnings
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
+
+
+def small_classes(labels, n_folds):
+    """[(label, count)] of the classes with fewer than ``n_folds`` rows, rarest first."""
+    values, counts = np.unique(np.asarray(labels), return_counts=True)
+    order = np.argsort(counts, kind="stable")
+    return [(str(values[i]), int(counts[i])) for i in order if counts[i] < n_folds]
+
+
+def small_classes_message(small, n_folds, limit=8):
+    """One line naming the classes with fewer images than folds (truncated)."""
+    shown = ", ".join(f"{lab} ({n})" for lab, n in small[:limit])
+    more = f", ... and {len(small) - limit} more" if len(small) > limit else ""
+    return (f"{len(small)} class(es) have fewer images than folds ({n_folds}); they cannot be in every "
+            f"fold: {shown}{more}")
+
+
+def assign_folds(labels, n_folds, seed, groups=None):
+    """Fold index (0..n_folds-1) of every row: stratified by label, rows of one
+    group in one fold. Every row is assigned, also those of tiny classes."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n < n_folds:
+        raise ValueError(f"{n} training rows cannot be split into {n_folds} folds")
+    if groups is not None and len(np.unique(groups)) < n_folds:
+        raise ValueError(f"{len(np.unique(groups))} groups cannot be split into {n_folds} folds")
+    folds = np.full(n, -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        # sklearn warns about classes smaller than n_folds; convert reports them in one line.
+        warnings.filterwarnings("ignore", message=".*least populated class.*", category=UserWarning)
+        for k, (_, val) in enumerate(_splitter(labels, n_folds, seed, groups).split(np.zeros(n), labels, groups)):
+            folds[val] = k
+    assert (folds >= 0).all(), "a row was assigned to no fold"
+    return folds
+
+
+def _splitter(labels, n_folds, seed, groups):
+    if groups is not None:
+        return StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    if np.unique(labels, return_counts=True)[1].max() < n_folds:
+        # StratifiedKFold refuses when every class is smaller than n_folds.
+        return KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+
+
+def similar_pairs(vectors, threshold, block=1024):
+    """Index pairs (i < j) whose rows of ``vectors`` (unit norm) have a dot product
+    >= ``threshold``. Computed in blocks, so memory is block x n floats."""
+    v = np.asarray(vectors, dtype=np.float32)
+    rows, cols = [], []
+    for start in range(0, len(v), block):
+        sims = v[start:start + block] @ v[start:].T
+        i, j = np.nonzero(sims >= threshold)
+        keep = j > i  # upper triangle: j indexes v[start:], so i < j means a later row
+        rows.append(i[keep] + start)
+        cols.append(j[keep] + start)
+    return np.concatenate(rows) if rows else np.zeros(0, int), np.concatenate(cols) if cols else np.zeros(0, int)
+
+
+def components(n, pairs):
+    """Connected-component id of each of ``n`` nodes linked by ``pairs`` (rows, cols)."""
+    rows, cols = pairs
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def duplicate_groups(thumbs, threshold):
+    """Near-duplicate cluster id per row: connected components of the pairs with
+    similarity >= ``threshold``."""
+    return components(len(thumbs), similar_pairs(thumbs, threshold))
+
+
+def n_grouped(groups):
+    """Number of rows sharing their group with at least one other row."""
+    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    return int((counts[inverse] > 1).sum())
+
+
+def merge_groups(a, b):
+    """Group ids (0..k-1) joining rows that share a value of ``a`` or of ``b``."""
+    _, ia = np.unique(np.asarray(a), return_inverse=True)
+    _, ib = np.unique(np.asarray(b), return_inverse=True)
+    n, na, nb = len(ia), ia.max() + 1, ib.max() + 1
+    # Graph nodes: the rows, then one node per value of a, then one per value of b.
+    rows = np.concatenate([np.arange(n), np.arange(n)])
+    cols = np.concatenate([n + ia, n + na + ib])
+    comp = components(n + na + nb, (rows, cols))[:n]
+    return np.unique(comp, return_inverse=True)[1]
