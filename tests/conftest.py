@@ -2,13 +2,15 @@
 
 ``tiny_turtle_dir``: a tiny dataset in the Turtle Recall layout.
 ``tiny_tfrec``: that dataset converted by create_tfrecords (n_folds=3).
-
 Both are session-scoped and must be treated as read-only by tests.
+
+``turtle_copy``: a fresh, writable copy of ``tiny_turtle_dir`` for one test.
 """
 import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
 import io
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -108,3 +110,9 @@ def tiny_tfrec(tiny_turtle_dir, tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp("tiny_tfrec") / "tfrec")
     create_tfrecords(data_dir=tiny_turtle_dir, out_dir=out_dir, n_folds=3, workers=1, progress=False)
     return out_dir
+
+
+@pytest.fixture
+def turtle_copy(tiny_turtle_dir, tmp_path):
+    """Path (str) of a writable copy of ``tiny_turtle_dir`` (for tests that change it)."""
+    return shutil.copytree(tiny_turtle_dir, str(tmp_path / "turtle"))
