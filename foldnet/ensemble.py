@@ -283,7 +283,7 @@ def load_oof(run_dir, tta="mean"):
     all_ids = np.concatenate([h.ids for h in headers])
     uniq, counts = np.unique(all_ids, return_counts=True)
     for dup in uniq[counts > 1][:20]:
-        problems.append(f"{run_dir}: id {dup!r} in several folds: "
+        problems.append(f"{run_dir}: id {str(dup)!r} in several folds: "
                         + ", ".join(h.path for h in headers if dup in set(h.ids)))
     if (counts > 1).sum() > 20:
         problems.append(f"{run_dir}: ... {(counts > 1).sum()} ids in several folds in all")
@@ -495,50 +495,49 @@ SCORE_COLUMNS = ["model", "weight", "n_oof", *metrics.SCORE_KEYS]
 
 
 def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean"):
-    """OOF scores of each member and of the ensemble; returns ``(rows, notes, fitted_weights)``.
+    """OOF scores of each member and of the ensemble; returns ``(rows, notes, final_weights)``.
 
     Members without (valid) OOF predictions are named in ``notes`` and left
-    out. With ``fit`` and at least 2 scored members, weights of the scored
-    members are fitted (their total share kept); the others keep theirs.
+    out; the ensemble rows blend the scored members only. With ``fit`` and at
+    least 2 scored members, the scored members' weights are fitted (their
+    total share kept); the others keep theirs. A member row's ``weight`` is
+    its final weight in the test average.
     """
-    rows, notes, oofs, names, scored = [], [], [], [], []
-    for idx, (run, w) in enumerate(zip(runs, weights)):
+    rows, notes, oofs, scored = [], [], [], []
+    for idx, run in enumerate(runs):
         try:
             ids, labels, probs = load_oof(run, tta)
         except DataError as e:
-            notes.append(f"{run}: OOF scoring skipped: {e.summary}" + "".join(f"; {p}" for p in e.problems[:5]))
+            notes.append(f"OOF scoring skipped for {run}: " + "; ".join(e.problems[:5] or [e.summary]))
             continue
         oofs.append((ids, labels, probs))
-        names.append(run)
         scored.append(idx)
-        rows.append({"model": run, "weight": float(w), "n_oof": len(ids),
-                     **metrics.score_all(labels, probs, label_map)})
+        rows.append({"model": run, "n_oof": len(ids), **metrics.score_all(labels, probs, label_map)})
     final = np.asarray(weights, dtype=np.float64)
-    if not oofs:
-        notes.append("no member has OOF predictions: ensemble not scored")
-        if fit:
-            notes.append("--fit_weights: nothing to fit, weights stay equal")
-        return rows, notes, final
-    ids, labels, probs_list = align_oof(oofs, names)
-    if any(len(ids) < len(o[0]) for o in oofs):
-        notes.append(f"ensemble OOF scored on the {len(ids)} ids all scored members share")
-    scored = np.array(scored)
     share = final[scored].sum()
-    sub_w = final[scored] / share
-    label = "ensemble (equal weights)" if np.allclose(final, final[0]) else "ensemble (given weights)"
-    rows.append({"model": label, "weight": 1.0, "n_oof": len(ids),
-                 **metrics.score_all(labels, blend(probs_list, sub_w), label_map)})
-    if fit and len(oofs) < 2:
+    if not oofs or share == 0:
+        notes.append("no weighted member has OOF predictions: ensemble not scored")
+    else:
+        if len(oofs) < len(runs):
+            notes.append(f"ensemble rows blend the {len(oofs)} members with OOF predictions")
+        ids, labels, probs_list = align_oof(oofs, [runs[i] for i in scored])
+        if any(len(ids) < len(o[0]) for o in oofs):
+            notes.append(f"ensemble OOF scored on the {len(ids)} ids all scored members share")
+        label = "ensemble (equal weights)" if np.allclose(final, final[0]) else "ensemble (given weights)"
+        rows.append({"model": label, "n_oof": len(ids),
+                     **metrics.score_all(labels, blend(probs_list, final[scored] / share), label_map)})
+        if fit and len(oofs) >= 2:
+            result = fit_weights(probs_list, labels, label_map, metric=fit_metric)
+            final = final.copy()
+            final[scored] = result.weights * share
+            rows.append({"model": "ensemble (fitted weights)", "n_oof": len(ids),
+                         **metrics.score_all(labels, blend(probs_list, result.weights), label_map)})
+            notes.append(f"fitted on OOF {result.metric}: {result.before:.4f} (equal) -> {result.after:.4f} "
+                         f"in {result.steps} moves")
+    if fit and (len(oofs) < 2 or share == 0):
         notes.append("--fit_weights: fewer than 2 members with OOF predictions, weights unchanged")
-    elif fit:
-        result = fit_weights(probs_list, labels, label_map, metric=fit_metric)
-        final = final.copy()
-        final[scored] = result.weights * share
-        rows.append({"model": "ensemble (fitted weights)", "weight": 1.0, "n_oof": len(ids),
-                     **metrics.score_all(labels, blend(probs_list, result.weights), label_map)})
-        notes.append(f"fitted on OOF {result.metric}: {result.before:.4f} (equal) -> {result.after:.4f} "
-                     f"in {result.steps} moves; weights "
-                     + ", ".join(f"{r}={w:.4f}" for r, w in zip(runs, final)))
+    for row, idx in zip(rows, scored):
+        row["weight"] = float(final[idx])
     return rows, notes, final
 
 

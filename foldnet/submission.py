@@ -94,7 +94,7 @@ def _template_columns(template, k):
 
 def _preview(values, limit=10):
     values = list(values)
-    shown = ", ".join(repr(v) for v in values[:limit])
+    shown = ", ".join(repr(str(v)) for v in values[:limit])
     more = f" ... (+{len(values) - limit} more)" if len(values) > limit else ""
     return f"{len(values)}: {shown}{more}"
 
