@@ -60,12 +60,6 @@ _FOLD_DIR = re.compile(r"^fold_(\d+)$")
 _READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
-def _preview(values, limit=10):
-    values = list(values)
-    more = f" ... (+{len(values) - limit} more)" if len(values) > limit else ""
-    return f"{len(values)} ({', '.join(map(str, values[:limit]))}{more})"
-
-
 # ---------------------------------------------------------------- reading
 
 def load_fold_predictions(run_dir, split):
@@ -124,7 +118,7 @@ def read_header(path):
         problems.append(f"{path}: outputs dtype {dtype}, expected float")
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
-        problems.append(f"{path}: ids repeated {_preview(uniq[counts > 1])}")
+        problems.append(f"{path}: ids repeated {report.preview(uniq[counts > 1])}")
     if problems:
         raise DataError(f"{path}: invalid prediction file", problems)
     return PredictionHeader(str(path), ids, fp, wfp, shape)
@@ -147,14 +141,24 @@ def reduce_tta(outputs, tta="mean"):
     return outputs.mean(axis=0, dtype=np.float32)
 
 
+def _nonfinite_problem(path, bad_ids):
+    return f"{path}: NaN or inf probabilities for ids {report.preview(bad_ids)}"
+
+
 def _add_scaled(total, outputs, rows, scale, tta):
-    """total += scale * reduce_tta(outputs[:, rows]) in row blocks (block-sized temporaries)."""
+    """total += scale * reduce_tta(outputs[:, rows]) in row blocks (block-sized temporaries).
+
+    Returns a bool [len(rows)] mask of rows with non-finite values.
+    """
     n_tta, _, n_classes = outputs.shape
     step = max(1, _BLOCK_ELEMENTS // (n_tta * n_classes))
+    bad = np.zeros(len(rows), dtype=bool)
     for start in range(0, len(rows), step):
         block = reduce_tta(outputs[:, rows[start:start + step], :], tta)  # a copy: fancy index
+        bad[start:start + step] = ~np.isfinite(block).all(axis=1)
         block *= scale
         total[start:start + step] += block
+    return bad
 
 
 # ---------------------------------------------------------------- test average
@@ -214,9 +218,9 @@ def scan_members(members, split, ids, expected_fingerprint=None):
             have = set(head.ids)
             missing, extra = sorted(id_set - have), sorted(have - id_set)
             if missing:
-                problems.append(f"{where}: missing ids {_preview(missing)}")
+                problems.append(f"{where}: missing ids {report.preview(missing)}")
             if extra:
-                problems.append(f"{where}: extra ids {_preview(extra)}")
+                problems.append(f"{where}: extra ids {report.preview(extra)}")
             headers.append(head)
         plans.append((member, headers))
     if problems:
@@ -239,6 +243,7 @@ def average_test(members, ids, weights=None, tta="mean", expected_fingerprint=No
     plans = scan_members(members, "test", ids, expected_fingerprint)
     n_classes = plans[0][1][0].shape[2]
     total = np.zeros((len(ids), n_classes), dtype=np.float32)
+    problems = []
     for (member, headers), wm in zip(plans, w):
         if wm == 0:
             continue
@@ -248,8 +253,12 @@ def average_test(members, ids, weights=None, tta="mean", expected_fingerprint=No
             if outputs.shape != head.shape or not np.array_equal(file_ids, head.ids):
                 raise DataError(f"{head.path}: changed while ensembling", [f"{head.path}: re-run the ensemble"])
             rows = pd.Index(file_ids).get_indexer(ids)
-            _add_scaled(total, outputs, rows, wm / len(headers), tta)
+            bad = _add_scaled(total, outputs, rows, wm / len(headers), tta)
+            if bad.any():
+                problems.append(_nonfinite_problem(head.path, ids[bad]))
             del outputs
+    if problems:
+        raise DataError("test predictions hold NaN or inf", problems)
     return total
 
 
@@ -258,9 +267,10 @@ def average_test(members, ids, weights=None, tta="mean", expected_fingerprint=No
 def load_oof(run_dir, tta="mean"):
     """All folds' OOF predictions of a run: ``(ids, labels, probs)``, probs float32 [n, C].
 
-    Rows are the folds' rows in fold order. DataError if the run has no
-    oof.npz, an id appears in more than one fold, folds disagree on the label
-    map fingerprint, or a row has no label.
+    Rows are the folds' rows in fold order. One DataError listing every
+    problem if the run has no oof.npz, an id appears in more than one fold,
+    folds disagree on the label map fingerprint or class count, or rows have
+    no valid label or non-finite probabilities.
     """
     files = list(load_fold_predictions(run_dir, "oof"))
     if not files:
@@ -289,22 +299,29 @@ def load_oof(run_dir, tta="mean"):
         problems.append(f"{run_dir}: ... {(counts > 1).sum()} ids in several folds in all")
     if problems:
         raise DataError(f"{run_dir}: invalid out-of-fold predictions", problems)
-    probs = np.empty((len(all_ids), headers[0].shape[2]), dtype=np.float32)
+    n_classes = headers[0].shape[2]
+    probs = np.empty((len(all_ids), n_classes), dtype=np.float32)
     labels = np.empty(len(all_ids), dtype=np.int64)
     start = 0
     for h in headers:
         lab, outputs = _read_arrays(h.path, ["labels", "outputs"])
         n = len(h.ids)
         if outputs.shape != h.shape or lab.shape != (n,):
-            raise DataError(f"{h.path}: inconsistent arrays",
-                            [f"{h.path}: outputs {outputs.shape}, labels {lab.shape}, {n} ids"])
-        probs[start:start + n] = reduce_tta(outputs, tta)
+            problems.append(f"{h.path}: outputs {outputs.shape}, labels {lab.shape} for {n} ids")
+            continue
+        block = probs[start:start + n]
+        block[:] = reduce_tta(outputs, tta)
         labels[start:start + n] = lab
-        start += n
         del outputs
-    unlabelled = all_ids[labels < 0]
-    if len(unlabelled):
-        raise DataError(f"{run_dir}: out-of-fold rows without a label", [f"ids {_preview(unlabelled)}"])
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            problems.append(_nonfinite_problem(h.path, h.ids[bad]))
+        bad = (lab < 0) | (lab >= n_classes)
+        if bad.any():
+            problems.append(f"{h.path}: labels missing or outside [0, {n_classes}) for ids {report.preview(h.ids[bad])}")
+        start += n
+    if problems:
+        raise DataError(f"{run_dir}: invalid out-of-fold predictions", problems)
     return all_ids, labels, probs
 
 
@@ -328,7 +345,7 @@ def align_oof(oofs, names):
         else:
             bad = ids[m_labels[rows] != labels]
             if len(bad):
-                problems.append(f"{name}: labels differ from {names[0]} for ids {_preview(bad)}")
+                problems.append(f"{name}: labels differ from {names[0]} for ids {report.preview(bad)}")
         probs_list.append(m_probs[rows])
     if problems:
         raise DataError("members disagree on out-of-fold labels", problems)

@@ -13,6 +13,13 @@ def format_value(value, digits=4):
     return str(value)
 
 
+def preview(values, limit=10):
+    """``"N: 'a', 'b', ... (+M more)"``: a count and the first ``limit`` values, for error messages."""
+    values = [str(v) for v in values]
+    more = f" ... (+{len(values) - limit} more)" if len(values) > limit else ""
+    return f"{len(values)}: " + ", ".join(repr(v) for v in values[:limit]) + more
+
+
 def markdown_table(rows, columns, digits=4):
     """A GitHub-flavoured Markdown table of ``rows`` (list of dicts).
 

@@ -12,7 +12,7 @@ No TensorFlow here: this module runs in light processes.
 import numpy as np
 import pandas as pd
 
-from . import fileio
+from . import fileio, report
 from .errors import DataError
 
 # Rows per block in top_k_labels: bounds the [rows, n_classes] temporaries.
@@ -92,13 +92,6 @@ def _template_columns(template, k):
     return cols
 
 
-def _preview(values, limit=10):
-    values = list(values)
-    shown = ", ".join(repr(str(v)) for v in values[:limit])
-    more = f" ... (+{len(values) - limit} more)" if len(values) > limit else ""
-    return f"{len(values)}: {shown}{more}"
-
-
 def make_submission(ids, probs, label_map, template, k=5):
     """Submission table in the template's row order and column names.
 
@@ -116,16 +109,16 @@ def make_submission(ids, probs, label_map, template, k=5):
     problems = []
     dup = pd.Series(ids)[pd.Series(ids).duplicated()].unique()
     if len(dup):
-        problems.append(f"ids repeated in the predictions {_preview(dup)}")
+        problems.append(f"ids repeated in the predictions {report.preview(dup)}")
     dup_t = pd.Series(template_ids)[pd.Series(template_ids).duplicated()].unique()
     if len(dup_t):
-        problems.append(f"ids repeated in the template {_preview(dup_t)}")
+        problems.append(f"ids repeated in the template {report.preview(dup_t)}")
     extra = sorted(set(ids) - set(template_ids))
     missing = sorted(set(template_ids) - set(ids))
     if extra:
-        problems.append(f"predicted ids not in the template {_preview(extra)}")
+        problems.append(f"predicted ids not in the template {report.preview(extra)}")
     if missing:
-        problems.append(f"template ids without predictions {_preview(missing)}")
+        problems.append(f"template ids without predictions {report.preview(missing)}")
     if problems:
         raise DataError("predictions do not match the submission template", problems)
     pos = pd.Index(ids).get_indexer(template_ids)
@@ -165,10 +158,10 @@ def validate_submission(df, template, label_map=None):
         problems.append(f"id {i!r} appears {counts[i]} times (rows {np.flatnonzero(ids == i).tolist()})")
     extra = sorted(set(ids) - template_ids)
     if extra:
-        problems.append(f"ids not in the template {_preview(extra)}")
+        problems.append(f"ids not in the template {report.preview(extra)}")
     missing = sorted(template_ids - set(ids))
     if missing:
-        problems.append(f"template ids missing {_preview(missing)}")
+        problems.append(f"template ids missing {report.preview(missing)}")
     allowed = None
     if label_map is not None:
         allowed = set(label_map.original) | {label_map.new_label}

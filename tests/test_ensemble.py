@@ -110,8 +110,8 @@ def test_refuses_missing_and_extra_ids(tmp_path):
         ensemble.average_test([str(tmp_path / "A"), str(tmp_path / "B")], ids)
     (missing, extra) = e.value.problems
     assert f"member {tmp_path / 'B'} fold 0" in missing
-    assert "missing ids 18 (t12, t13" in missing and "(+8 more)" in missing      # truncated + count
-    assert "extra ids 1 (zz)" in extra
+    assert "missing ids 18: 't12', 't13'" in missing and "(+8 more)" in missing   # truncated + count
+    assert "extra ids 1: 'zz'" in extra
 
 
 def test_refuses_member_without_test_predictions(tmp_path):
@@ -317,3 +317,34 @@ def test_cli_refuses_mismatched_label_maps(tmp_path, data_dir, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert os.path.join(other, "label_map.json") in err and other_lm.fingerprint() in err
+
+
+def test_refuses_bad_files_naming_each(tmp_path):
+    runs = hand_members(tmp_path)
+    corrupt = os.path.join(runs[0], "fold_1", "test.npz")
+    with open(corrupt, "wb") as f:
+        f.write(b"not a zip")
+    nan = np.full((2, 3), 1 / 3)
+    nan[1, 2] = np.nan
+    write_npz(runs[1], 0, "test", ["x", "y"], nan)
+    write_npz(runs[1], 1, "test", ["x", "x"], np.full((2, 3), 1 / 3))
+    with pytest.raises(DataError) as e:
+        ensemble.average_test(runs, ["x", "y"])
+    msg = str(e.value)
+    # unreadable and duplicate-id files are found by the scan, before any array is read
+    assert f"{corrupt}: unreadable" in msg
+    assert "fold_1/test.npz: ids repeated 1: 'x'" in msg
+    os.remove(corrupt)
+    write_npz(runs[1], 1, "test", ["x", "y"], np.full((2, 3), 1 / 3))
+    with pytest.raises(DataError, match=r"fold_0/test.npz: NaN or inf probabilities for ids 1: 'y'"):
+        ensemble.average_test(runs, ["x", "y"])
+
+
+def test_load_oof_refuses_unlabelled_and_nan_rows(tmp_path):
+    write_npz(tmp_path, 0, "oof", ["a", "b"], [[.5, .5], [np.inf, 0]], labels=[1, 0])
+    write_npz(tmp_path, 1, "oof", ["c", "d"], [[.5, .5], [.5, .5]], labels=[-1, 2])
+    with pytest.raises(DataError) as e:
+        ensemble.load_oof(str(tmp_path))
+    assert len(e.value.problems) == 2
+    assert "fold_0/oof.npz: NaN or inf probabilities for ids 1: 'b'" in str(e.value)
+    assert "fold_1/oof.npz: labels missing or outside [0, 2) for ids 2: 'c', 'd'" in str(e.value)
