@@ -158,6 +158,7 @@ def _add_scaled(total, outputs, rows, scale, tta):
         bad[start:start + step] = ~np.isfinite(block).all(axis=1)
         block *= scale
         total[start:start + step] += block
+        del block  # else the next block is allocated while this one is still held
     return bad
 
 
