@@ -188,8 +188,9 @@ def scan_members(members, split, ids, expected_fingerprint=None):
     are not exactly ``ids`` (missing / extra ids, truncated list + count).
     """
     ids = np.asarray(ids).astype(str)
-    if len(np.unique(ids)) != len(ids):
-        raise ValueError("ids to align on are not unique")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError("the ids to align on are not unique", [f"repeated ids {report.preview(uniq[counts > 1])}"])
     id_set = set(ids)
     ref_fp, ref_src = expected_fingerprint, "the expected label map"
     ref_classes = None

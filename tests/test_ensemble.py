@@ -166,6 +166,10 @@ def test_fit_weights_favours_the_good_member():
     assert fit.after == pytest.approx(metrics.map_at_k(labels, ensemble.blend([noise, good], fit.weights)))
     assert fit.after > equal
     assert fit.after >= metrics.map_at_k(labels, good) - 1e-12
+    # three members: the good one still gets most of the weight, weights on the simplex
+    fit3 = ensemble.fit_weights([noise, good, noise[::-1].copy()], labels, lm)
+    assert fit3.weights.sum() == pytest.approx(1.0) and (fit3.weights >= 0).all()
+    assert fit3.weights.argmax() == 1 and fit3.after > fit3.before
 
 
 def test_fit_weights_never_below_equal_weights():
