@@ -117,7 +117,8 @@ def load_image(path, max_side=None, jpeg_quality=95):
     img, fmt, size = decode(data, max_side)
     if size is None and img.mode in _KEEP_MODES.get(fmt, ()):
         return EncodedImage(data, img.height, img.width, fmt, False)
-    out_fmt = "JPEG" if fmt == "JPEG" else "PNG"
+    # A resized JPEG stays JPEG; anything else re-encoded (CMYK JPEG, BMP, GIF...) becomes lossless PNG.
+    out_fmt = "JPEG" if fmt == "JPEG" and size is not None else "PNG"
     img = to_8bit(img, for_jpeg=out_fmt == "JPEG")
     if size is not None and size != img.size:
         img = img.resize(size, Image.LANCZOS)
