@@ -372,7 +372,7 @@ def load_weights_file(model, backbone, path):
         try:
             model.load_weights(local)
             return "whole model"
-        except (ValueError, KeyError) as error:
+        except (ValueError, KeyError, IndexError) as error:  # structure differs
             whole_error = error
         file_shapes = _h5_layer_shapes(local)
         loaded = []
