@@ -107,7 +107,8 @@ def atomic_path(path):
     """Yield a temporary path next to ``path``; rename it over ``path`` on success.
 
     For writers that insist on a file name (np.savez, h5py, savefig). The
-    temporary name keeps the final extension so such writers do not append one.
+    temporary name ends with the final name, so such writers neither append an
+    extension nor pick another format.
     """
     path = str(path)
     if is_remote(path):
@@ -123,8 +124,9 @@ def atomic_path(path):
         return
     parent = os.path.dirname(path) or "."
     os.makedirs(parent, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:8]}{ext}")
+    # The whole final name stays at the end: writers pick formats by suffix
+    # (tf-keras treats "x.weights.h5" and "x.h5" differently).
+    tmp = os.path.join(parent, f".tmp-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -42,7 +42,7 @@ def run_folds(cfg, manifest, label_map, folds, jobs, extra_callbacks=(), log=_lo
     from . import predict, records, strategy, train
 
     strategy.set_mixed_precision(cfg["mixed_precision"])
-    strat = strategy.get_strategy(cfg["tpu"])
+    strat = strategy.get_strategy(cfg["tpu"], logger=log)
     lm_fp = label_map.fingerprint()
     for fold in folds:
         t0 = time.time()
@@ -133,9 +133,11 @@ def run(cfg, extra_callbacks=(), log=_log):
 
 
 def main(argv=None):
+    from .strategy import TPUUnavailableError
+
     try:
         cfg = config.parse_config(argv)
         return run(cfg)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, TPUUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
