@@ -7,7 +7,8 @@ See ``python create_tfrecords.py --help`` and data/README.md.
 import sys
 
 import foldnet  # noqa: F401  (first: selects Keras 2 before TensorFlow loads)
-from foldnet.convert import main
 
-if __name__ == "__main__":  # spawned image workers re-import this file
+if __name__ == "__main__":  # spawned image workers re-import this file: keep their imports light
+    from foldnet.convert import main
+
     sys.exit(main())

@@ -73,7 +73,7 @@ def current_manifest(out_dir, fingerprint):
 
     try:
         manifest = records.load_manifest(out_dir)
-    except DataError:
+    except (DataError, ValueError, KeyError):  # incomplete, unreadable or old-format output: rewrite it
         return None
     return manifest if manifest.get("fingerprint") == fingerprint else None
 
@@ -157,6 +157,7 @@ def staging_dir(out_dir):
     """A local directory to write into; becomes ``out_dir`` only on success."""
     if not fileio.is_remote(out_dir):
         with fileio.atomic_dir(out_dir) as tmp:
+            _chmod_like_a_new_dir(tmp)
             yield tmp
         return
     tmp = tempfile.mkdtemp(prefix="foldnet-tfrec-")
@@ -165,6 +166,13 @@ def staging_dir(out_dir):
         upload_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _chmod_like_a_new_dir(path):
+    """mkdtemp makes 0700 directories; give the output the usual umask permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
 
 
 def upload_dir(local_dir, remote_dir):
@@ -319,7 +327,8 @@ def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
         train, clusters = train.iloc[keep].reset_index(drop=True), clusters[keep]
         n_grouped = folds_mod.n_grouped(clusters)
         say(f"near-duplicates: {n_grouped} images in clusters of 2 or more (threshold {flags['group_duplicates']})")
-    label_map = LabelMap.fit(train["label"], original=dataset.original, new_label=dataset.new_label)
+    original = sorted(set(dataset.original) & set(train["label"]))  # a class may lose all its images to skip_bad
+    label_map = LabelMap.fit(train["label"], original=original, new_label=dataset.new_label)
     groups = fold_groups(train, flags["group_col"], clusters)
     warn_small_classes(train["label"], flags["n_folds"])
     try:

@@ -61,6 +61,12 @@ def test_manifest_fields_and_label_map_round_trip(tiny_tfrec, tiny_turtle_dir):
     assert lm == expected and lm.n_classes == 6 and len(lm.original) == 4 and lm.new_label == "new_turtle"
 
 
+def test_output_dir_gets_umask_permissions_not_mkdtemp_0700(tiny_tfrec):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tiny_tfrec).st_mode & 0o777 == 0o777 & ~umask
+
+
 def test_shards_hold_exactly_the_folds_and_test_set(tiny_tfrec, tiny_turtle_dir):
     m = records.load_manifest(tiny_tfrec)
     folds = pd.read_csv(os.path.join(tiny_tfrec, "folds.csv"), dtype={"id": str, "label": str})
