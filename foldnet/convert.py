@@ -32,6 +32,11 @@ def say(msg):
 # ---------------------------------------------------------------- inputs
 
 
+def base_dir(data_dir, train_csv):
+    """Directory that relative generic-layout paths and the default out_dir hang off."""
+    return data_dir or os.path.dirname(os.path.abspath(train_csv))
+
+
 def read_dataset(data_dir, train_csv, test_csv, images_dir, id_col, label_col, path_col, path_pattern,
                  group_col, known_labels_csv, new_label, skip_bad):
     """The Turtle Recall layout of ``data_dir``, or the generic layout if ``train_csv`` is given."""
@@ -40,7 +45,7 @@ def read_dataset(data_dir, train_csv, test_csv, images_dir, id_col, label_col, p
             raise ConfigError("--test_csv/--path_col/--path_pattern/--group_col/--known_labels_csv "
                               "need --train_csv (generic layout)")
         return layouts.read_turtle(data_dir, skip_bad=skip_bad, new_label=new_label)
-    base = data_dir or os.path.dirname(os.path.abspath(train_csv))
+    base = base_dir(data_dir, train_csv)
     return layouts.read_generic(
         train_csv=os.path.join(base, train_csv),
         test_csv=None if test_csv is None else os.path.join(base, test_csv),
@@ -117,6 +122,19 @@ def near_duplicate_clusters(train, threshold, workers, progress):
     # An unreadable image gets a zero thumbnail: similar to nothing.
     thumbs = np.stack([value if ok else np.zeros(images.THUMB_SIZE ** 2, np.float32) for ok, value in results])
     return folds_mod.duplicate_groups(thumbs, threshold), bad
+
+
+def group_near_duplicates(train, root, threshold, skip_bad, workers, progress):
+    """(train without unreadable images, their cluster ids, skipped entries). Raises
+    DataError naming every unreadable image unless ``skip_bad``."""
+    from .records import Job
+
+    clusters, bad_rows = near_duplicate_clusters(train, threshold, workers, progress)
+    bad = [(Job("train", train.at[r, "id"], train.at[r, "path"], -1, train.at[r, "label"]), reason)
+           for r, reason in bad_rows]
+    skipped = handle_bad_images(bad, root, skip_bad)
+    keep = np.setdiff1d(np.arange(len(train)), [r for r, _ in bad_rows])
+    return train.iloc[keep].reset_index(drop=True), clusters[keep], skipped
 
 
 def fold_groups(train, group_col, clusters):
@@ -297,10 +315,11 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
     """
     check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_duplicates, shard_size, path_pattern)
     workers = images.default_workers() if not workers else int(workers)
-    dataset = read_dataset(data_dir, train_csv, test_csv, images_dir, id_col, label_col, path_col, path_pattern,
-                           group_col, known_labels_csv, new_label, skip_bad)
-    base = data_dir or os.path.dirname(os.path.abspath(train_csv))
-    out_dir = out_dir or os.path.join(base, "tfrec")
+    dataset = read_dataset(data_dir=data_dir, train_csv=train_csv, test_csv=test_csv, images_dir=images_dir,
+                           id_col=id_col, label_col=label_col, path_col=path_col, path_pattern=path_pattern,
+                           group_col=group_col, known_labels_csv=known_labels_csv, new_label=new_label,
+                           skip_bad=skip_bad)
+    out_dir = out_dir or os.path.join(base_dir(data_dir, train_csv), "tfrec")
     flags = {"layout": "generic" if train_csv else "turtle", "n_folds": n_folds, "seed": seed,
              "shard_size": str(shard_size), "max_side": max_side, "jpeg_quality": jpeg_quality,
              "group_duplicates": group_duplicates, "group_col": group_col, "skip_bad": skip_bad,
@@ -320,11 +339,9 @@ def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
     train, skipped = dataset.train, list(dataset.skipped)
     clusters, n_grouped = None, 0
     if flags["group_duplicates"] is not None:
-        clusters, bad_rows = near_duplicate_clusters(train, flags["group_duplicates"], workers, progress)
-        bad = [(_row_job(train, r), reason) for r, reason in bad_rows]
-        skipped += handle_bad_images(bad, dataset.root, flags["skip_bad"])
-        keep = np.setdiff1d(np.arange(len(train)), [r for r, _ in bad_rows])
-        train, clusters = train.iloc[keep].reset_index(drop=True), clusters[keep]
+        train, clusters, bad_skipped = group_near_duplicates(train, dataset.root, flags["group_duplicates"],
+                                                             flags["skip_bad"], workers, progress)
+        skipped += bad_skipped
         n_grouped = folds_mod.n_grouped(clusters)
         say(f"near-duplicates: {n_grouped} images in clusters of 2 or more (threshold {flags['group_duplicates']})")
     original = sorted(set(dataset.original) & set(train["label"]))  # a class may lose all its images to skip_bad
@@ -342,10 +359,13 @@ def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
     return manifest
 
 
-def _row_job(train, row):
-    from .records import Job
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" except for unset options, whose help text says what happens."""
 
-    return Job("train", train.at[row, "id"], train.at[row, "path"], -1, train.at[row, "label"])
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser():
@@ -353,15 +373,15 @@ def build_parser():
         prog="create_tfrecords.py",
         description="Convert a dataset (CSV + images) into sharded TFRecords with K folds, a label map "
                     "and manifest.json (see data/README.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     io_ = p.add_argument_group("input and output")
     io_.add_argument("--data_dir", help="dataset directory; alone: Turtle Recall layout (train.csv, "
                      "extra_images.csv, test.csv, images/)")
-    io_.add_argument("--out_dir", help="output directory (local or gs://); default DATA_DIR/tfrec")
+    io_.add_argument("--out_dir", help="output directory (local or gs://); default: DATA_DIR/tfrec")
     gen = p.add_argument_group("generic layout (used when --train_csv is given)")
-    gen.add_argument("--train_csv", help="training CSV (relative to --data_dir if given)")
-    gen.add_argument("--test_csv", help="test CSV (optional)")
-    gen.add_argument("--images_dir", help="image directory (relative to --data_dir); default DATA_DIR/images")
+    gen.add_argument("--train_csv", help="training CSV (relative to --data_dir if given); selects this layout")
+    gen.add_argument("--test_csv", help="test CSV (default: no test set)")
+    gen.add_argument("--images_dir", help="image directory (relative to --data_dir); default: DATA_DIR/images")
     gen.add_argument("--id_col", default="image_id", help="id column")
     gen.add_argument("--label_col", default="label", help="label column")
     gen.add_argument("--path_col", help="column with image paths relative to --images_dir "
@@ -376,7 +396,7 @@ def build_parser():
     fo.add_argument("--seed", type=int, default=42, help="seed of the fold split and shard order")
     fo.add_argument("--group_duplicates", type=float, metavar="THRESHOLD",
                     help="keep near-identical images (cosine similarity of 16x16 grayscale thumbnails "
-                         ">= THRESHOLD, e.g. 0.95) in one fold; off by default")
+                         ">= THRESHOLD, e.g. 0.95) in one fold (default: off)")
     sh = p.add_argument_group("shards")
     sh.add_argument("--shard_size", default=DEFAULT_SHARD_SIZE,
                     help='per shard: a size ("150MB") or a number of examples ("1000")')

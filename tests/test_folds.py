@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from foldnet import folds
@@ -121,3 +122,34 @@ def test_convert_warns_in_one_line_about_tiny_classes_and_keeps_them(tmp_path, c
                         "solo (1)"]
     f = pd.read_csv(os.path.join(m["dir"], "folds.csv"))
     assert f.loc[f["id"] == "b1", "label"].item() == "solo" and m["n_examples"] == 30
+
+
+def test_group_col_and_near_duplicates_combine(tmp_path):
+    root = write_near_duplicates(str(tmp_path))
+    csv = os.path.join(root, "train.csv")
+    df = pd.read_csv(csv)
+    df["site"] = np.where(df["image_id"].isin(["b10", "b11", "b12"]), "shared", df["image_id"])
+    df.to_csv(csv, index=False)
+    m = create_tfrecords(data_dir=root, train_csv="train.csv", group_col="site", n_folds=3, group_duplicates=0.9,
+                         workers=1, progress=False)
+    f = pd.read_csv(os.path.join(m["dir"], "folds.csv")).set_index("id")
+    assert f.loc[["b10", "b11", "b12"], "fold"].nunique() == 1
+    assert all(f.at[f"b{k}", "fold"] == f.at[f"c{k}", "fold"] for k in range(6))
+    assert m["n_grouped"] == 12  # the count is of near-duplicates only
+
+
+def test_unreadable_image_during_grouping(tmp_path):
+    from foldnet.errors import DataError
+
+    root = write_near_duplicates(str(tmp_path))
+    for name in ["b3.png", "b20.png"]:
+        with open(os.path.join(root, "images", name), "wb") as f:
+            f.write(b"not a png")
+    kw = dict(data_dir=root, train_csv="train.csv", n_folds=3, group_duplicates=0.9, workers=1, progress=False)
+    with pytest.raises(DataError) as e:
+        create_tfrecords(**kw)
+    assert "b3 (images/b3.png)" in str(e.value) and "b20 (images/b20.png)" in str(e.value)
+    assert not os.path.exists(os.path.join(root, "tfrec"))
+    m = create_tfrecords(skip_bad=True, **kw)
+    assert sorted(s["id"] for s in m["skipped"]) == ["b20", "b3"] and m["n_examples"] == 28
+    assert m["n_grouped"] == 10  # c3 lost its twin
