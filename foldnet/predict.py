@@ -147,7 +147,7 @@ def fold_weight_files(run_dir, n_folds=None):
         return out
     for name in sorted(os.listdir(run_dir)):
         if name.startswith("fold_") and name[5:].isdigit():
-            path = os.path.join(run_dir, name, "best.weights.h5")
+            path = os.path.join(run_dir, name, "best.h5")
             if os.path.exists(path) and (n_folds is None or int(name[5:]) < n_folds):
                 out.append((int(name[5:]), path))
     return [p for _, p in sorted(out)]

@@ -6,7 +6,7 @@ of the model and optimizer per epoch (CheckpointManager keeps the last two) and
 it belongs to together with the epoch count, the learning-rate and
 early-stopping counters, the best value of ``--monitor`` and the history.
 
-The best checkpoint is ``fold_K/best.weights.h5``, replaced atomically, with
+The best checkpoint is ``fold_K/best.h5``, replaced atomically, with
 its epoch and monitored value stored in the file's attributes: after a resume
 the best value is read back from it, so the tf-keras trap (ModelCheckpoint
 forgets its best value after BackupAndRestore) cannot happen here.
@@ -148,7 +148,7 @@ class FoldCallback(keras.callbacks.Callback):
         self.early_stop_patience = early_stop_patience
         self.min_delta = min_delta
         self.log = log
-        self.best_path = os.path.join(fold_dir, "best.weights.h5")
+        self.best_path = os.path.join(fold_dir, "best.h5")
         self._t0 = None
 
     def improved(self, value):
@@ -211,7 +211,7 @@ def fold_paths(run_dir, fold):
     fold_dir = os.path.join(run_dir, f"fold_{fold}")
     return {
         "dir": fold_dir,
-        "best": os.path.join(fold_dir, "best.weights.h5"),
+        "best": os.path.join(fold_dir, "best.h5"),
         "done": os.path.join(fold_dir, "done.json"),
         "state": os.path.join(fold_dir, "state"),
         "oof": os.path.join(fold_dir, "oof.npz"),

@@ -28,8 +28,12 @@ print(json.dumps({"replicas": strat.num_replicas_in_sync, "kind": type(strat).__
 
 def test_mirrored_strategy_two_replicas(tiny_tfrec, tmp_path):
     run_dir = str(tmp_path / "member")
+    # oneDNN's CPU kernels fail on the second logical CPU device ("input depth must be
+    # evenly divisible by filter depth") under MirroredStrategy: they are switched off
+    # for this CPU-only stand-in of a multi-GPU machine.
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0")
     out = subprocess.run([sys.executable, "-c", SCRIPT, tiny_tfrec, run_dir], capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info == {"replicas": 2, "kind": "MirroredStrategy"}

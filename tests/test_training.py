@@ -54,7 +54,7 @@ def check_fold_outputs(run_dir, fold, tfrec, data_dir, n_epochs, tta_number, mon
     best_row = hist.loc[hist[monitor].idxmin()]
     assert done["best_epoch"] == int(best_row["epoch"])
     assert done["best_value"] == pytest.approx(float(best_row[monitor]), rel=1e-5)
-    with h5py.File(os.path.join(d, "best.weights.h5"), "r") as f:
+    with h5py.File(os.path.join(d, "best.h5"), "r") as f:
         assert f.attrs["foldnet_epoch"] + 1 == done["best_epoch"]
     with open(os.path.join(d, "curves.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -103,7 +103,7 @@ def test_rerun_skips_finished_folds_and_current_predictions(tiny_turtle_dir, tin
     run_dir = tmp_path / "member"
     cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=1, folds="0", job="train_val_test")
     runner.run(cfg)
-    files = [run_dir / "fold_0" / n for n in ("best.weights.h5", "oof.npz", "test.npz", "done.json")]
+    files = [run_dir / "fold_0" / n for n in ("best.h5", "oof.npz", "test.npz", "done.json")]
     before = [f.stat().st_mtime_ns for f in files]
     lines = []
     runner.run(cfg, log=lines.append)
@@ -125,7 +125,7 @@ def test_kill_mid_fold_then_rerun_resumes(tiny_turtle_dir, tiny_tfrec, tmp_path)
     state = json.load(open(run_dir / "fold_0" / "state" / "state.json"))
     assert state["epochs_done"] == 2 and len(state["history"]) == 2
     assert not (run_dir / "fold_0" / "done.json").exists()
-    best_before = train.read_best(str(run_dir / "fold_0" / "best.weights.h5"))
+    best_before = train.read_best(str(run_dir / "fold_0" / "best.h5"))
     assert best_before is not None and best_before[0] in (0, 1)
 
     lines = []
@@ -144,7 +144,7 @@ def test_best_value_survives_resume(tiny_turtle_dir, tiny_tfrec, tmp_path):
     cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=3, folds="0", job="train")
     with pytest.raises(KillAfterEpoch):
         runner.run(cfg, extra_callbacks=[Killer(1)])
-    best = run_dir / "fold_0" / "best.weights.h5"
+    best = run_dir / "fold_0" / "best.h5"
     # pretend epoch 1 was excellent: any real epoch afterwards is worse
     with h5py.File(best, "a") as f:
         f.attrs["foldnet_value"] = -1.0
