@@ -268,12 +268,18 @@ def _kecam_constructor(path):
     return constructor
 
 
-def _kecam(path):
-    """A keras-cv-attention-models model without its classifier (num_classes=0)."""
+def _kecam(path, patch=1):
+    """A keras-cv-attention-models model without its classifier (num_classes=0).
+
+    patch: the input side must be a multiple of it (ViTs would silently drop
+    the pixels of a partial patch).
+    """
 
     def build(input_shape, weights, **options):
         from keras_cv_attention_models.common_layers import init_mean_std_by_rescale_mode
 
+        if input_shape[0] % patch:
+            raise ValueError(f"kecam:{path} needs dim to be a multiple of {patch}, got {input_shape[0]}")
         constructor = _kecam_constructor(path)
         # kecam reports a failed or unknown weight download on stdout and goes on
         # with random weights; we turn that into an error.
@@ -312,7 +318,7 @@ register("efficientnet_v2_xl", "EfficientNetV2-XL (kecam EfficientNetV2XL; no pl
          weights=("imagenet21k", "imagenet21k-ft1k"), input_norm="inception",
          build=_kecam("efficientnet.EfficientNetV2XL"))
 register("beit_l16", "BEiT-L/16 (kecam BeitLargePatch16), mean-pooled token features; dim a multiple of 16, 303M params",
-         weights=("imagenet21k-ft1k",), input_norm="inception", build=_kecam("beit.BeitLargePatch16"))
+         weights=("imagenet21k-ft1k",), input_norm="inception", build=_kecam("beit.BeitLargePatch16", patch=16))
 
 
 # ---------------------------------------------------------------- weights files
@@ -449,7 +455,7 @@ def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0,
         backbone, affine = spec.build(input_shape, named, **(options or {}))
     except TypeError as error:
         if "unexpected keyword" in str(error):
-            raise ValueError(f"architecture {spec.name!r} does not take option(s) {sorted(options)}: {error}") from error
+            raise ValueError(f"architecture {spec.name!r} does not take option(s) {sorted(options or {})}: {error}") from error
         raise
 
     inputs = keras.Input(input_shape, dtype="float32", name="image")

@@ -85,13 +85,13 @@ def _tf_config_workers(tf_config):
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
-def get_strategy(tpu=None, devices=None, logger=print, tpu_resolve_timeout=60.0):
+def get_strategy(tpu=None, logger=print, devices=None, tpu_resolve_timeout=60.0):
     """Return the ``tf.distribute.Strategy`` to build and train models under.
 
     tpu: TPU name, ``grpc://`` address or ``"local"``; None or "" for no TPU.
+    logger: called once with a line naming the strategy and replica count.
     devices: explicit device names for a MirroredStrategy (e.g.
         ``["/cpu:0", "/cpu:1"]`` after ``split_cpu(2)``).
-    logger: called once with a line naming the strategy and replica count.
     tpu_resolve_timeout: seconds to wait for a TPU name to resolve.
     """
     if tpu:
