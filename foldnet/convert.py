@@ -175,7 +175,6 @@ def staging_dir(out_dir):
     """A local directory to write into; becomes ``out_dir`` only on success."""
     if not fileio.is_remote(out_dir):
         with fileio.atomic_dir(out_dir) as tmp:
-            _chmod_like_a_new_dir(tmp)
             yield tmp
         return
     tmp = tempfile.mkdtemp(prefix="foldnet-tfrec-")
@@ -184,13 +183,6 @@ def staging_dir(out_dir):
         upload_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _chmod_like_a_new_dir(path):
-    """mkdtemp makes 0700 directories; give the output the usual umask permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
 
 
 def upload_dir(local_dir, remote_dir):

@@ -13,13 +13,16 @@ class DataError(Exception):
         self.problems = list(problems)
         super().__init__(self._format())
 
-    def _format(self, limit=50):
-        lines = [self.summary]
-        for p in self.problems[:limit]:
-            lines.append(f"  - {p}")
-        if len(self.problems) > limit:
-            lines.append(f"  ... and {len(self.problems) - limit} more")
+    def _format(self, limit=None):
+        """The summary and one line per problem (all of them unless ``limit``)."""
+        shown = self.problems if limit is None else self.problems[:limit]
+        lines = [self.summary] + [f"  - {p}" for p in shown]
+        if len(shown) < len(self.problems):
+            lines.append(f"  ... and {len(self.problems) - len(shown)} more")
         return "\n".join(lines)
+
+    def format(self, limit=None):
+        return self._format(limit)
 
 
 class ConfigError(Exception):
