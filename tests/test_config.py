@@ -1,0 +1,90 @@
+"""run.py settings: defaults < YAML < command line, validation, help."""
+import foldnet  # noqa: F401
+
+import subprocess
+import sys
+
+import pytest
+
+from foldnet import config
+from foldnet.errors import ConfigError
+
+
+def write(tmp_path, text, name="member.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_yaml_then_flags_override(tmp_path):
+    cfg_path = write(tmp_path, "arch: efficientnet_b0\nlr: 0.0005\ndim: 128\nmonitor: val_acc\n")
+    cfg = config.parse_config(["--config", cfg_path, "--lr", "0.01", "--folds", "0,2"])
+    assert cfg["arch"] == "efficientnet_b0" and cfg["dim"] == 128 and cfg["monitor"] == "val_acc"
+    assert cfg["lr"] == 0.01  # the flag wins over the YAML
+    assert cfg["batch_size"] == config.DEFAULTS["batch_size"]  # neither: the default
+    # derived paths: run dir beside the config, named after it
+    assert cfg["run_dir"] == str(tmp_path / "member")
+    assert cfg["tfrec_dir"] == "data/tfrec" and cfg["template"] == "data/sample_submission.csv"
+    assert config.parse_folds(cfg["folds"], 5) == [0, 2]
+
+
+def test_yaml_types_are_coerced_and_none_means_none(tmp_path):
+    cfg = config.parse_config(["--config", write(tmp_path, "dim: '96'\njit_compile: 'true'\nweights: none\n")])
+    assert cfg["dim"] == 96 and cfg["jit_compile"] is True and cfg["weights"] is None
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("arhc: small_cnn\n", "unknown settings ['arhc']"),
+    ("- just\n- a list\n", "expected a mapping"),
+    ("dim: [1, 2\n", "not valid YAML"),
+    ("dim: abc\n", "bad value for dim"),
+])
+def test_bad_yaml_is_named(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        config.parse_config(["--config", path])
+    assert needle in str(e.value) and path in str(e.value)
+
+
+def test_bad_values_are_all_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        config.make_config(mixed_precision="fp8", optimizer="lion", aug_probability=2.0, monitor="loss", job="fit")
+    msg = str(e.value)
+    for needle in ("mixed_precision='fp8'", "optimizer='lion'", "aug_probability", "monitor='loss'", "'fit'"):
+        assert needle in msg
+
+
+def test_folds_and_jobs():
+    assert config.parse_folds("all", 3) == [0, 1, 2]
+    with pytest.raises(ConfigError):
+        config.parse_folds("0,5", 5)
+    assert config.job_words("train_val_test_score_subm") == {"train", "val", "test", "score", "subm"}
+
+
+def test_help_lists_every_flag_with_its_default():
+    out = subprocess.run([sys.executable, "run.py", "--help"], capture_output=True, text=True, check=True).stdout
+    for name in config.FLAG_NAMES:
+        assert f"--{name}" in out
+    assert "(default: val_loss)" in out
+
+
+def test_cli_reports_bad_config_without_traceback(tmp_path):
+    path = write(tmp_path, "optimizer: lion\n")
+    out = subprocess.run([sys.executable, "run.py", "--config", path], capture_output=True, text=True)
+    assert out.returncode == 2 and "optimizer='lion'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_committed_member_configs_are_valid():
+    import glob
+    import os
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    paths = sorted(glob.glob(os.path.join(root, "models", "*.yaml")))
+    assert {os.path.basename(p) for p in paths} >= {"demo.yaml", "ef1b7.yaml", "beitl.yaml", "ef1l2.yaml",
+                                                     "ef1l2_s2.yaml", "ef2l.yaml", "ef2xl.yaml"}
+    from foldnet import models
+
+    names = {a["name"] for a in models.list_architectures()}
+    for p in paths:
+        cfg = config.parse_config(["--config", p])
+        assert cfg["arch"] in names, p
