@@ -285,3 +285,16 @@ def test_small_cnn_recipe_on_upscaled_digits():
     _, accuracy = model.evaluate(images[val], digits.target[val], verbose=0)
     print(f"digits val accuracy {accuracy:.3f}")
     assert accuracy >= 0.95
+
+
+def test_affine_of_keras_preprocessing_modes():
+    # caffe mode (ResNet50): RGB -> BGR, then minus the BGR ImageNet mean, on [0, 255].
+    matrix, bias = models.affine_of(keras.applications.resnet50.preprocess_input)
+    np.testing.assert_allclose(matrix, 255.0 * np.eye(3)[::-1], atol=1e-3)
+    np.testing.assert_allclose(bias, [-103.939, -116.779, -123.68], atol=1e-3)
+    x = _images(1, 4)
+    layer = models.PixelAffine(matrix, bias)
+    np.testing.assert_allclose(layer(x).numpy(), keras.applications.resnet50.preprocess_input(255.0 * x),
+                               rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="not a per-pixel affine"):
+        models.affine_of(lambda pixels: pixels ** 2)
