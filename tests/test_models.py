@@ -60,8 +60,6 @@ def test_registry_lists_required_architectures():
     assert "noisy_student" in rows["efficientnet_v1_l2"]["weights"]
     assert "imagenet21k-ft1k" in rows["beit_l16"]["weights"]
     assert "kecam:<module>.<ClassName>" in rows and "keras:<ApplicationName>" in rows
-    for name in set(models.ARCHITECTURES) - set(REQUIRED):
-        pytest.fail(f"unexpected registered architecture {name}")
 
 
 def test_register_adds_one_entry_and_refuses_duplicates(monkeypatch):
