@@ -218,3 +218,20 @@ def test_notebook_runs_headless(tiny_turtle_dir, tiny_tfrec, tmp_path):
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "1. " in text and "5. " in text
     assert any("image/png" in o.get("data", {}) for o in outputs), "the figure was not drawn"
+
+
+def test_mixed_precision_trains_and_predicts_float32(tiny_turtle_dir, tiny_tfrec, tmp_path):
+    import tensorflow as tf
+
+    run_dir = tmp_path / "member"
+    cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=1, folds="0", job="train_val",
+                   mixed_precision="mixed_bfloat16", tta_number=0)
+    try:
+        runner.run(cfg)
+        assert tf.keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        runner.run(dict(cfg, job="val", mixed_precision="none"))  # also resets the global policy
+    assert tf.keras.mixed_precision.global_policy().name == "float32"
+    with np.load(run_dir / "fold_0" / "oof.npz") as z:
+        assert z["outputs"].dtype == np.float32
+        np.testing.assert_allclose(z["outputs"].sum(-1), 1.0, rtol=1e-3)
