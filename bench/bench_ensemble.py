@@ -21,9 +21,8 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from foldnet import ensemble, fileio, report  # noqa: E402
+import common  # noqa: E402  (first: puts the repo on sys.path)
+from foldnet import ensemble, report  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -71,7 +70,7 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--classes", type=int, default=2265)
     p.add_argument("--tta", type=int, default=1)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "ensemble.md"))
+    p.add_argument("--out", default=os.path.join(common.OUT_DIR, "ensemble.md"))
     args = p.parse_args(argv)
 
     ids = np.array([f"ID{i:06d}" for i in range(args.rows)])
@@ -104,8 +103,7 @@ def main(argv=None):
         + f"\nnaive / streaming peak: {n_peak / s_peak:.1f}x. Streaming and naive results differ by at most "
         f"{max_diff:.1e} (float32 running sum). Peaks by tracemalloc (numpy allocations included).\n"
     )
-    fileio.atomic_write_text(args.out, text)
-    print(text)
+    common.write_out(text, path=args.out)
     return 0
 
 

@@ -15,12 +15,9 @@ most of it XLA compiling efficientnet_b0 (~95 s per jit variant).
 import argparse
 import os
 import platform
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import foldnet  # noqa: E402,F401  (before tensorflow)
+import common  # noqa: E402,F401  (first: puts the repo on sys.path, imports foldnet before tensorflow)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -52,22 +49,13 @@ def train_images_per_second(arch, dim, batch, policy, jit, min_seconds, warmup_s
     return steps * batch / elapsed
 
 
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return ", ".join(flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags) or "none"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--min-seconds", type=float, default=8.0, help="timed seconds per run")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps per fit call (first call untimed)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "models.md"))
+    parser.add_argument("--out", default=os.path.join(common.OUT_DIR, "models.md"))
     args = parser.parse_args(argv)
 
     rows = []
@@ -81,18 +69,14 @@ def main(argv=None):
 
     lines = [
         f"Training images/s on CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"flags: {cpu_flags()}; TF {tf.__version__}), dim {args.dim}, batch {args.batch}, "
+        f"flags: {common.cpu_flags()}; TF {tf.__version__}), dim {args.dim}, batch {args.batch}, "
         "in-memory batch, weights none. Ratio: relative to fp32 of the same model.",
         "",
         "| model | variant | images/s | ratio |",
         "|---|---|---:|---:|",
         *rows,
     ]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(table)
+    common.write_out("\n".join(lines) + "\n", path=args.out)
 
 
 if __name__ == "__main__":

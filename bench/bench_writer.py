@@ -16,10 +16,7 @@ without ``--max_side 512``:
 Machines are noisy: compare the ratio writer/ceiling, not absolute rates.
 Prints a Markdown table and writes it to bench/out/writer.md.
 """
-import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-
 import argparse
-import io
 import os
 import platform
 import shutil
@@ -27,8 +24,7 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import pandas as pd
+import common  # noqa: E402  (first: puts the repo on sys.path; no TensorFlow)
 from PIL import Image
 
 from foldnet import images
@@ -37,54 +33,13 @@ from foldnet import images
 # in run() only, so workers stay as light as the real CLI's.
 
 PHOTO_SIZE = (1600, 1200)
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "writer.md")
-
-
-def sample_photos():
-    from sklearn.datasets import load_sample_images
-
-    return [np.asarray(img) for img in load_sample_images().images]
-
-
-_NOISE = []
-
-
-def _noise():
-    """A per-process field of Gaussian noise (sigma 4), cropped at random offsets per photo."""
-    if not _NOISE:
-        side = max(PHOTO_SIZE) + 64
-        _NOISE.append(np.random.default_rng(0).normal(0, 4, (side, side, 3)).round().astype(np.int16))
-    return _NOISE[0]
-
-
-def make_photo(args):
-    """Worker: a random crop/flip of a sample photo, upscaled, saved as JPEG quality 90."""
-    photo, seed, path = args
-    rng = np.random.default_rng(seed)
-    h, w = photo.shape[:2]
-    ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
-    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    crop = photo[y:y + ch, x:x + cw]
-    if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    size = PHOTO_SIZE if rng.random() < 0.7 else PHOTO_SIZE[::-1]  # landscape or portrait
-    big = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(size, Image.BICUBIC), dtype=np.int16)
-    oy, ox = rng.integers(0, 64, 2)
-    big = big + _noise()[oy:oy + size[1], ox:ox + size[0]]  # sensor noise: phone-photo file sizes
-    Image.fromarray(np.clip(big, 0, 255).astype(np.uint8)).save(path, quality=90)
-    return os.path.getsize(path)
+NOISE_SIGMA = 4  # sensor noise: phone-photo file sizes
+OUT = os.path.join(common.OUT_DIR, "writer.md")
 
 
 def build_dataset(root, n, workers):
-    os.makedirs(os.path.join(root, "images"))
-    photos = sample_photos()
-    ids = [f"img{i:05d}" for i in range(n)]
-    tasks = [(photos[i % len(photos)], i, os.path.join(root, "images", f"{image_id}.jpg"))
-             for i, image_id in enumerate(ids)]
-    sizes = list(images.map_images(make_photo, tasks, workers, desc="making photos"))
-    labels = [f"class{i % 10}" for i in range(n)]
-    pd.DataFrame({"image_id": ids, "label": labels}).to_csv(os.path.join(root, "train.csv"), index=False)
-    return sum(sizes)
+    """Phone-sized photos (common.make_photo: crop/flip, upscale, noise, quality 90) and train.csv."""
+    return common.build_photo_dataset(root, n, workers, PHOTO_SIZE, NOISE_SIGMA)
 
 
 def ceiling_task(args):
@@ -167,10 +122,7 @@ def main(argv=None):
     p.add_argument("--keep", action="store_true", help="keep the temporary dataset")
     args = p.parse_args(argv)
     md = run(args.n, args.workers, args.keep)
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w") as f:
-        f.write(md)
-    print(md)
+    common.write_out(md, path=OUT)
     return 0
 
 
