@@ -22,6 +22,21 @@ rot45/135/225/315  rotate counter-clockwise by that angle about the centre
 
 ``aug_number`` / ``tta_number`` n select the first n transforms after
 identity: ``TRANSFORMS[1 : n + 1]``.
+
+Photo-friendly random transforms for training only (never used for TTA),
+each off at strength 0 (the image is returned unchanged):
+
+``random_shift_scale(image, crop_scale, rotate_degrees)``
+    one random affine map per image: zoom by a factor drawn log-uniformly
+    from ``[1 / (1 + crop_scale), 1 + crop_scale]`` (0.25: 0.8x-1.25x),
+    shift by up to ``crop_scale / 2`` of the side in each direction, rotate
+    by up to ``rotate_degrees`` either way; bilinear, pixels from outside the
+    image mirror the image (no black corners).
+``random_photometric(image, strength)``
+    brightness (+-0.2 s, additive), contrast (x [1 - 0.4 s, 1 + 0.4 s] about
+    the image mean), saturation (x [1 - 0.5 s, 1 + 0.5 s] about the grey
+    value) and white balance (x [1 - 0.1 s, 1 + 0.1 s] per channel), each
+    drawn per image, result clipped to [0, 1]. s = 1 is a strong jitter.
 """
 import math
 
@@ -149,6 +164,73 @@ def random_augment(image, aug_number, aug_probability):
     chosen = tf.random.uniform([], minval=1, maxval=aug_number + 1, dtype=tf.int32)
     apply = tf.random.uniform([], dtype=tf.float32) < float(aug_probability)
     return apply_transform(image, tf.where(apply, chosen, 0))
+
+
+def _check_strength(value, what, upper=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) or (
+            upper is not None and float(value) > upper):
+        bound = f"[0, {upper}]" if upper is not None else ">= 0"
+        raise ValueError(f"{what} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+def random_shift_scale(image, crop_scale, rotate_degrees=0.0):
+    """Random zoom, shift and rotation of ``image`` [H, W, C] (one affine map, see module doc).
+
+    ``crop_scale == rotate_degrees == 0`` returns the image unchanged.
+    """
+    image = _check_image(image)
+    crop_scale = _check_strength(crop_scale, "crop_scale", upper=1.0)
+    rotate_degrees = _check_strength(rotate_degrees, "rotate_degrees", upper=180.0)
+    if crop_scale == 0.0 and rotate_degrees == 0.0:
+        return image
+    side = image.shape[0]
+    log_zoom = math.log1p(crop_scale)
+    zoom = tf.exp(tf.random.uniform([], -log_zoom, log_zoom))
+    theta = tf.random.uniform([], -1.0, 1.0) * math.radians(rotate_degrees)
+    shift = tf.random.uniform([2], -0.5, 0.5) * crop_scale * side  # (x, y) in pixels
+    centre = (side - 1) / 2.0
+    # Output pixel p samples the input at centre + R(theta) (p - centre - shift) / zoom,
+    # R as in ``rotate`` (counter-clockwise on screen).
+    cos, sin = tf.cos(theta) / zoom, tf.sin(theta) / zoom
+    cx, cy = centre + shift[0], centre + shift[1]
+    transform = tf.stack([cos, -sin, centre - cos * cx + sin * cy,
+                          sin, cos, centre - sin * cx - cos * cy, 0.0, 0.0])[tf.newaxis]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[tf.newaxis],
+        transforms=tf.cast(transform, tf.float32),
+        output_shape=tf.constant([side, side], dtype=tf.int32),
+        fill_value=tf.constant(0.0, dtype=tf.float32),
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
+    return tf.ensure_shape(tf.cast(out[0], image.dtype), image.shape)
+
+
+def random_photometric(image, strength):
+    """Random brightness, contrast, saturation and white balance (see module doc), clipped to [0, 1].
+
+    ``strength == 0`` returns the image unchanged. Grey (1-channel) images get
+    brightness and contrast only.
+    """
+    image = _check_image(image)
+    s = _check_strength(strength, "photometric strength", upper=2.0)
+    if s == 0.0:
+        return image
+    x = tf.cast(image, tf.float32)
+
+    def factor(spread, shape=()):
+        return tf.random.uniform(shape, max(1.0 - spread * s, 0.0), 1.0 + spread * s)
+
+    channels = image.shape[-1]
+    if channels == 3:
+        grey = tf.reduce_mean(x, axis=-1, keepdims=True)
+        x = grey + (x - grey) * factor(0.5)
+        x = x * factor(0.1, [channels])
+    mean = tf.reduce_mean(x)
+    x = mean + (x - mean) * factor(0.4)
+    x = x + tf.random.uniform([], -0.2 * s, 0.2 * s)
+    return tf.cast(tf.clip_by_value(x, 0.0, 1.0), image.dtype)
 
 
 def tta_names(tta_number):

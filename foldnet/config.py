@@ -78,6 +78,12 @@ FLAGS = [
     ("aug_number", int, 9,
      "Train-time transforms to draw from (flips, 90- and 45-degree rotations, in that order); 0 = none"),
     ("aug_probability", float, 0.5, "Probability that a training image is transformed"),
+    ("aug_crop_scale", float, 0.0,
+     "Train-time random zoom and shift, for photos: zoom 1/(1+x)..(1+x), shift up to x/2 of the side "
+     "(0.25: 0.8x-1.25x, +-12.5%%); 0 = off"),
+    ("aug_rotate", float, 0.0, "Train-time random rotation by up to this many degrees either way (photos: 10-20); 0 = off"),
+    ("aug_photometric", float, 0.0,
+     "Strength of train-time brightness/contrast/saturation/white-balance jitter (0.5 mild, 1 strong); 0 = off"),
     ("tta_number", int, 0, "Test-time transforms besides the identity (same list as --aug_number)"),
     ("cache", str, "auto",
      "Cache of the training data: decoded (resized pixels), encoded (file bytes), none, or auto "
@@ -207,6 +213,9 @@ def resolve(cfg):
         problems.append(f"aug_probability must be in [0, 1], got {cfg['aug_probability']}")
     if cfg["aug_number"] < 0 or cfg["tta_number"] < 0:
         problems.append("aug_number and tta_number must be >= 0")
+    for name, upper in (("aug_crop_scale", 1.0), ("aug_rotate", 180.0), ("aug_photometric", 2.0)):
+        if not 0.0 <= cfg[name] <= upper:
+            problems.append(f"{name} must be in [0, {upper:g}], got {cfg[name]}")
     if not cfg["monitor"].startswith("val_"):
         problems.append(f"monitor={cfg['monitor']!r}: must be a validation quantity such as val_loss or val_acc")
     try:

@@ -20,15 +20,43 @@ _EXAMPLE_OVERHEAD = 64
 
 
 def decode_image(image_bytes, dim):
-    """Encoded JPEG/PNG bytes -> float32 [dim, dim, 3] in [0, 1]."""
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    """Encoded JPEG/PNG bytes -> float32 [dim, dim, 3] in [0, 1].
+
+    A JPEG at least twice ``dim`` on its shorter side is decoded at 1/2, 1/4
+    or 1/8 scale by the JPEG decoder itself (DCT scaling: several times
+    cheaper than a full decode plus an antialiased resize, and itself a
+    low-pass filter); the rest of the way is a bilinear resize, antialiased
+    only when it still shrinks a side more than 2x.
+    """
+    image = tf.cond(tf.io.is_jpeg(image_bytes),
+                    lambda: _decode_jpeg_scaled(image_bytes, dim),
+                    lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
     image.set_shape([None, None, 3])
     return resize_image(image, dim)
 
 
+def _decode_jpeg_scaled(image_bytes, dim):
+    shape = tf.io.extract_jpeg_shape(image_bytes)
+    shorter = tf.minimum(shape[0], shape[1])
+
+    def at(ratio):
+        return lambda: tf.io.decode_jpeg(image_bytes, channels=3, ratio=ratio)
+
+    return tf.case([(shorter >= 8 * dim, at(8)), (shorter >= 4 * dim, at(4)), (shorter >= 2 * dim, at(2))],
+                   default=at(1), exclusive=False)
+
+
 def resize_image(image, dim):
-    image = tf.image.resize(tf.cast(image, tf.float32), [dim, dim], antialias=True)
-    return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+    """uint8 or float [H, W, 3] in 0..255 -> float32 [dim, dim, 3] in [0, 1].
+
+    Bilinear weights are non-negative and sum to 1, so no clipping is needed.
+    """
+    shape = tf.shape(image)
+    shrink = tf.cast(tf.maximum(shape[0], shape[1]), tf.float32) / float(dim)
+    image = tf.cond(shrink > 2.0,
+                    lambda: tf.image.resize(image, [dim, dim], antialias=True),
+                    lambda: tf.image.resize(image, [dim, dim]))
+    return image * (1.0 / 255.0)
 
 
 def _decode_uint8(image_bytes, dim):
@@ -74,8 +102,15 @@ def _with_options(ds, shard_by_data):
 
 def train_dataset(files, n_classes, dim, batch_size, aug_number=0, aug_probability=0.0,
                   cache="none", shuffle_buffer=2048, drop_remainder=False, seed=None,
-                  label_smoothing_onehot=True, n_workers=1):
-    """Endless shuffled, augmented batches of (images, one-hot labels)."""
+                  label_smoothing_onehot=True, n_workers=1, aug_crop_scale=0.0, aug_rotate=0.0,
+                  aug_photometric=0.0):
+    """Endless shuffled, augmented batches of (images, one-hot labels).
+
+    Augmentation order per image: random shift/scale/rotation
+    (``aug_crop_scale``, ``aug_rotate``), then a flip/rotation drawn from
+    ``augment.TRANSFORMS`` (``aug_number``, ``aug_probability``), then
+    photometric jitter (``aug_photometric``). All zero: no augmentation.
+    """
     ds = _read(files, deterministic=False).map(_parse, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda _id, img, label: (img, label), num_parallel_calls=AUTOTUNE)
     if cache == "decoded":
@@ -94,8 +129,12 @@ def train_dataset(files, n_classes, dim, batch_size, aug_number=0, aug_probabili
 
     def make(img, label):
         image, label = prepare(img, label)
+        if aug_crop_scale > 0 or aug_rotate > 0:
+            image = augment.random_shift_scale(image, aug_crop_scale, aug_rotate)
         if aug_number > 0 and aug_probability > 0:
             image = augment.random_augment(image, aug_number, aug_probability)
+        if aug_photometric > 0:
+            image = augment.random_photometric(image, aug_photometric)
         return image, tf.one_hot(label, n_classes)
 
     ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)

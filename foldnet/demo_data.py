@@ -1,16 +1,33 @@
-"""The bundled demo dataset, laid out exactly like Turtle Recall.
+"""Bundled demo datasets, laid out exactly like Turtle Recall.
 
-Built deterministically from scikit-learn's handwritten digits (real data
-shipped inside the scikit-learn wheel, no download): each 8x8 image is
-upscaled to a small RGB JPEG with a random tint. Digits 0-6 are the
-"original" individuals of train.csv; digits 7-9 appear only in
-extra_images.csv, so the submission must turn them into ``new_turtle``.
-``answers.csv`` holds the truth for the test split in submission terms
-(an original id, or ``new_turtle``).
+Two builders, both deterministic and made from real images shipped inside
+installed packages (no download):
+
+* ``build_demo_dataset`` (``--kind digits``, the ``make demo`` data):
+  scikit-learn's handwritten digits, each 8x8 image upscaled to a small RGB
+  JPEG with a random tint. Digits 0-6 are the "original" individuals of
+  train.csv; digits 7-9 appear only in extra_images.csv, so the submission
+  must turn them into ``new_turtle``.
+* ``build_photo_dataset`` (``--kind photos``): a stand-in for a user's own
+  small re-identification dataset (a few hundred ~100 px photos of a few
+  dozen individuals). Each "individual" is a textured region of one of the
+  colour photographs bundled with scikit-learn and scikit-image; several
+  individuals are neighbouring, partly overlapping regions of the same photo,
+  so telling them apart is fine-grained. Each "photo" of an individual is a
+  random view: zoom 0.8-1.25, rotation +-20 degrees, shift, a mirror image
+  half of the time (a mirrored face or animal is the same individual),
+  brightness / contrast / saturation / white-balance jitter, mild blur,
+  sensor noise and JPEG quality 70-95. One individual in four is extra-only
+  (``new_turtle`` in a submission).
+
+Both write ``train.csv``, ``extra_images.csv``, ``test.csv``,
+``sample_submission.csv``, ``images/<id>.JPG`` and ``answers.csv`` (the truth
+for the test split in submission terms: an original id, or ``new_turtle``).
 """
 import argparse
 import hashlib
 import io
+import math
 import os
 import sys
 
@@ -28,8 +45,78 @@ def digit_id(d):
     return f"t_id_digit{int(d)}"
 
 
-def _image_id(i):
-    return "ID_" + hashlib.sha1(f"foldnet-demo-{i}".encode()).hexdigest()[:8].upper()
+def _image_id(i, prefix="foldnet-demo"):
+    return "ID_" + hashlib.sha1(f"{prefix}-{i}".encode()).hexdigest()[:8].upper()
+
+
+# ---------------------------------------------------------------- shared layout writing
+
+
+def split_rows(labels, is_original, test_fraction, extra_fraction, rng, seed):
+    """(train_rows, extra_rows, test_rows) of a stratified Turtle Recall split.
+
+    ``test_fraction`` of every label goes to test; of the rest, originals go to
+    train.csv except ``extra_fraction`` of them drawn with ``rng`` (Turtle
+    Recall's extra images include known individuals too), and non-originals
+    go to extra_images.csv only.
+    """
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    is_original = np.asarray(is_original, bool)
+    rest, test = train_test_split(np.arange(len(labels)), test_size=test_fraction, stratify=labels,
+                                  random_state=seed)
+    original = is_original[rest]
+    to_extra = original & (rng.random(len(rest)) < extra_fraction)
+    train_rows = rest[original & ~to_extra]
+    extra_rows = np.concatenate([rest[~original], rest[to_extra]])
+    return train_rows, extra_rows, test
+
+
+def save_jpeg(path, rgb, quality=95):
+    """Write an RGB uint8 array as a JPEG file."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=int(quality))
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def write_layout(root, ids, labels, original, train_rows, extra_rows, test_rows):
+    """The CSV files of the Turtle Recall layout in ``root`` (images are the caller's).
+
+    ids, labels: per image; original: the labels that are "original" (those
+    of train.csv); *_rows: indices into ids/labels.
+    """
+    ids, labels = list(ids), list(labels)
+    original = set(original)
+    loc = [LOCATIONS[i % 3].capitalize() for i in range(len(ids))]  # mixed case, like the original
+    pd.DataFrame({
+        "image_id": [ids[i] for i in train_rows],
+        "image_location": [loc[i] for i in train_rows],
+        "turtle_id": [labels[i] for i in train_rows],
+    }).to_csv(os.path.join(root, "train.csv"), index=False)
+    pd.DataFrame({
+        "image_id": [ids[i] for i in extra_rows],
+        "turtle_id": [labels[i] for i in extra_rows],
+    }).to_csv(os.path.join(root, "extra_images.csv"), index=False)
+    test_ids = [ids[i] for i in test_rows]
+    pd.DataFrame({
+        "image_id": test_ids,
+        "image_location": [loc[i] for i in test_rows],
+    }).to_csv(os.path.join(root, "test.csv"), index=False)
+    sample = pd.DataFrame({"image_id": test_ids})
+    for k, label in enumerate(sorted(original)[:5], 1):
+        sample[f"prediction{k}"] = label
+    sample.to_csv(os.path.join(root, "sample_submission.csv"), index=False)
+    pd.DataFrame({
+        "image_id": test_ids,
+        "turtle_id": [labels[i] if labels[i] in original else NEW_LABEL for i in test_rows],
+    }).to_csv(os.path.join(root, "answers.csv"), index=False)
+
+
+# ---------------------------------------------------------------- digits
 
 
 def _render(img8, size, rng):
@@ -45,66 +132,160 @@ def _render(img8, size, rng):
 
 
 def build_demo_dataset(out_dir, image_size=32, test_fraction=0.2, extra_fraction=0.25, seed=0):
-    """Write the demo dataset into ``out_dir`` (replacing it) and return its path."""
-    from PIL import Image
+    """Write the digits demo dataset into ``out_dir`` (replacing it) and return its path."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     y = digits.target
-    n = len(y)
     rng = np.random.default_rng(seed)
-    idx = np.arange(n)
-    rest, test = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
-    original = y[rest] < N_ORIGINAL
-    # Originals are split between train.csv and extra_images.csv (Turtle Recall's
-    # extra images include known turtles too); digits 7-9 are extra only.
-    to_extra = original & (rng.random(len(rest)) < extra_fraction)
-    train_rows = rest[original & ~to_extra]
-    extra_rows = np.concatenate([rest[~original], rest[to_extra]])
-
+    rows = split_rows(y, y < N_ORIGINAL, test_fraction, extra_fraction, rng, seed)
+    ids = [_image_id(i) for i in range(len(y))]
     with fileio.atomic_dir(out_dir) as tmp:
         os.makedirs(os.path.join(tmp, "images"))
-        for i in range(n):
-            img = _render(digits.images[i], image_size, rng)
-            buf = io.BytesIO()
-            Image.fromarray(img, "RGB").save(buf, format="JPEG", quality=95)
-            with open(os.path.join(tmp, "images", _image_id(i) + ".JPG"), "wb") as f:
-                f.write(buf.getvalue())
-        loc = [LOCATIONS[i % 3].capitalize() for i in range(n)]  # mixed case, like the original
-        pd.DataFrame({
-            "image_id": [_image_id(i) for i in train_rows],
-            "image_location": [loc[i] for i in train_rows],
-            "turtle_id": [digit_id(y[i]) for i in train_rows],
-        }).to_csv(os.path.join(tmp, "train.csv"), index=False)
-        pd.DataFrame({
-            "image_id": [_image_id(i) for i in extra_rows],
-            "turtle_id": [digit_id(y[i]) for i in extra_rows],
-        }).to_csv(os.path.join(tmp, "extra_images.csv"), index=False)
-        test_ids = [_image_id(i) for i in test]
-        pd.DataFrame({
-            "image_id": test_ids,
-            "image_location": [loc[i] for i in test],
-        }).to_csv(os.path.join(tmp, "test.csv"), index=False)
-        sample = pd.DataFrame({"image_id": test_ids})
-        for k in range(1, 6):
-            sample[f"prediction{k}"] = digit_id(k - 1)
-        sample.to_csv(os.path.join(tmp, "sample_submission.csv"), index=False)
-        pd.DataFrame({
-            "image_id": test_ids,
-            "turtle_id": [digit_id(y[i]) if y[i] < N_ORIGINAL else NEW_LABEL for i in test],
-        }).to_csv(os.path.join(tmp, "answers.csv"), index=False)
+        for i, image_id in enumerate(ids):
+            save_jpeg(os.path.join(tmp, "images", image_id + ".JPG"), _render(digits.images[i], image_size, rng))
+        write_layout(tmp, ids, [digit_id(d) for d in y], {digit_id(d) for d in range(N_ORIGINAL)}, *rows)
     return out_dir
 
 
+# ---------------------------------------------------------------- photos
+
+PHOTO_REGION = 120  # side in source pixels of an individual's region (at zoom 1)
+PHOTO_STRIDE = 0.75  # neighbouring regions overlap by 1 - PHOTO_STRIDE of their side
+PHOTO_MIN_STD = 30.0  # regions flatter than this (grey-level std) are skipped: no identity to learn
+
+
+def source_photos():
+    """[(name, RGB uint8 array)] of the colour photographs the photo dataset is cut from."""
+    from sklearn.datasets import load_sample_images
+
+    try:
+        from skimage import data as skdata
+    except ImportError as error:
+        raise ImportError("the photo demo dataset needs scikit-image (pip install scikit-image)") from error
+    sk = load_sample_images()
+    photos = [(os.path.splitext(os.path.basename(name))[0], np.asarray(img))
+              for name, img in zip(sk.filenames, sk.images)]
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry"):
+        photos.append((name, np.asarray(getattr(skdata, name)())[..., :3]))
+    return photos
+
+
+def _regions(photos, n_individuals, rng):
+    """[(photo index, centre y, centre x)] of ``n_individuals`` regions.
+
+    Each photo contributes a cluster of neighbouring grid cells (stride
+    PHOTO_STRIDE * PHOTO_REGION, so neighbours overlap), nearest to a random
+    anchor first; photos take turns until there are enough.
+    """
+    side, step = PHOTO_REGION, PHOTO_STRIDE * PHOTO_REGION
+    queues = []
+    for p, (_, img) in enumerate(photos):
+        h, w = img.shape[:2]
+        grey = img.astype(np.float32).mean(axis=2)
+        cells = []
+        for cy in np.arange(side / 2, h - side / 2 + 1, step):
+            for cx in np.arange(side / 2, w - side / 2 + 1, step):
+                y0, x0 = int(cy - side / 2), int(cx - side / 2)
+                if grey[y0:y0 + side, x0:x0 + side].std() >= PHOTO_MIN_STD:
+                    cells.append((p, float(cy), float(cx)))
+        anchor = cells[rng.integers(len(cells))]
+        cells.sort(key=lambda c: (c[1] - anchor[1]) ** 2 + (c[2] - anchor[2]) ** 2)
+        queues.append(cells)
+    out = []
+    while len(out) < n_individuals:
+        if not any(queues):
+            raise ValueError(f"the source photos hold fewer than {n_individuals} distinct regions")
+        for queue in queues:
+            if queue and len(out) < n_individuals:
+                out.append(queue.pop(0))
+    return out
+
+
+def _view(padded, pad, cy, cx, size, rng, mirror_probability):
+    """One random "photo" (RGB uint8 [size, size, 3]) of the region centred at (cy, cx)."""
+    from PIL import Image, ImageFilter
+
+    zoom = math.exp(rng.uniform(math.log(0.8), math.log(1.25)))
+    angle = math.radians(rng.uniform(-20.0, 20.0))
+    dy, dx = rng.uniform(-0.1, 0.1, size=2) * PHOTO_REGION
+    k = PHOTO_REGION * zoom / size  # source pixels per output pixel
+    cos, sin = math.cos(angle) * k, math.sin(angle) * k
+    centre = size / 2.0
+    y_in, x_in = cy + pad + dy, cx + pad + dx
+    # PIL maps each output pixel (x, y) to the input pixel (a x + b y + c, d x + e y + f).
+    matrix = (cos, -sin, x_in - cos * centre + sin * centre, sin, cos, y_in - sin * centre - cos * centre)
+    img = padded.transform((size, size), Image.AFFINE, matrix, resample=Image.BICUBIC)
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    x = np.asarray(img, np.float32) / 255.0
+    if rng.random() < mirror_probability:
+        x = x[:, ::-1]
+    grey = x.mean(axis=2, keepdims=True)
+    x = grey + (x - grey) * rng.uniform(0.7, 1.3)  # saturation
+    x = x.mean() + (x - x.mean()) * rng.uniform(0.7, 1.3)  # contrast
+    x = x * rng.uniform(0.75, 1.25) * rng.uniform(0.9, 1.1, size=3)  # brightness, white balance
+    x = x + rng.normal(0.0, rng.uniform(0.0, 0.03), size=x.shape)  # sensor noise
+    return (x.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def build_photo_dataset(out_dir, n_individuals=36, per_individual=12, size=100, seed=0, test_fraction=0.2,
+                        extra_fraction=0.25, mirror_probability=0.5):
+    """Write the photo re-identification dataset into ``out_dir`` (replacing it); return its path.
+
+    ``n_individuals`` regions x ``per_individual`` random views, ``size`` x
+    ``size`` JPEGs; individuals 3, 7, 11, ... (one in four) are extra-only.
+    Needs scikit-image (for its bundled photographs).
+    """
+    from PIL import Image
+
+    if n_individuals < 2 or per_individual < 2:
+        raise ValueError("need at least 2 individuals with at least 2 photos each")
+    rng = np.random.default_rng(seed)
+    photos = source_photos()
+    regions = _regions(photos, n_individuals, rng)
+    names = [f"t_id_{photos[p][0]}_{int(cy)}_{int(cx)}" for p, cy, cx in regions]
+    labels = np.repeat(names, per_individual)
+    is_original = np.repeat([i % 4 != 3 for i in range(n_individuals)], per_individual)
+    rows = split_rows(labels, is_original, test_fraction, extra_fraction, rng, seed)
+    pad = PHOTO_REGION
+    padded = [Image.fromarray(np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")) for _, img in photos]
+    ids = [_image_id(i, "foldnet-photos") for i in range(len(labels))]
+    with fileio.atomic_dir(out_dir) as tmp:
+        os.makedirs(os.path.join(tmp, "images"))
+        for i, image_id in enumerate(ids):
+            p, cy, cx = regions[i // per_individual]
+            view = _view(padded[p], pad, cy, cx, size, rng, mirror_probability)
+            save_jpeg(os.path.join(tmp, "images", image_id + ".JPG"), view, quality=rng.integers(70, 96))
+        write_layout(tmp, ids, labels, set(labels[is_original]), *rows)
+    return out_dir
+
+
+# ---------------------------------------------------------------- command line
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Build the bundled digits demo dataset (Turtle Recall layout).")
-    p.add_argument("--out_dir", default="data/demo", help="where to write it (replaced) (default: %(default)s)")
-    p.add_argument("--image_size", type=int, default=32, help="side of the JPEGs in pixels (default: %(default)s)")
+    p = argparse.ArgumentParser(description="Build a bundled demo dataset (Turtle Recall layout).")
+    p.add_argument("--kind", choices=("digits", "photos"), default="digits",
+                   help="digits: the make-demo dataset; photos: ~100 px photos of a few dozen individuals, "
+                        "a stand-in for your own small re-identification dataset (default: %(default)s)")
+    p.add_argument("--out_dir", default=None,
+                   help="where to write it (replaced) (default: data/demo for digits, data/photos for photos)")
+    p.add_argument("--image_size", type=int, default=None,
+                   help="side of the JPEGs in pixels (default: 32 for digits, 100 for photos)")
+    p.add_argument("--n_individuals", type=int, default=36, help="photos: number of individuals (default: %(default)s)")
+    p.add_argument("--per_individual", type=int, default=12,
+                   help="photos: photos per individual (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     a = p.parse_args(argv)
-    build_demo_dataset(a.out_dir, image_size=a.image_size, seed=a.seed)
-    print(f"demo dataset written to {a.out_dir}", file=sys.stderr)
+    if a.kind == "digits":
+        out_dir = a.out_dir or "data/demo"
+        build_demo_dataset(out_dir, image_size=a.image_size or 32, seed=a.seed)
+    else:
+        out_dir = a.out_dir or "data/photos"
+        build_photo_dataset(out_dir, n_individuals=a.n_individuals, per_individual=a.per_individual,
+                            size=a.image_size or 100, seed=a.seed)
+    print(f"{a.kind} dataset written to {out_dir}", file=sys.stderr)
     return 0
 
 

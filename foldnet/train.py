@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import data, fileio, models, plots, records
+from .errors import ConfigError
 
 keras = tf.keras
 
@@ -232,6 +233,23 @@ def is_done(run_dir, fold):
     return read_best(p["best"]) is not None
 
 
+# Settings a resumed fold must share with its interrupted run (the checkpoint's structure).
+RESUME_KEYS = ("arch", "dim", "weights", "dropout", "optimizer", "schedule")
+
+
+def model_settings(cfg, n_classes):
+    return {**{k: cfg[k] for k in RESUME_KEYS}, "n_classes": int(n_classes)}
+
+
+def check_same_settings(saved, current, fold):
+    if not saved:
+        return
+    diff = [f"{k}: {saved.get(k)!r} then, {current.get(k)!r} now" for k in current if saved.get(k) != current.get(k)]
+    if diff:
+        raise ConfigError(f"fold {fold} was interrupted while training with other settings ({'; '.join(diff)}); "
+                          "rerun with the same settings to resume, or use --overwrite to start the fold again")
+
+
 def build_compiled_model(cfg, n_classes, steps_per_epoch, strategy):
     with strategy.scope():
         model = models.build_model(cfg["arch"], n_classes=n_classes, dim=cfg["dim"],
@@ -289,6 +307,10 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), log=p
         log(f"fold {fold}: resume state names a missing checkpoint; starting the fold again")
         shutil.rmtree(p["state"], ignore_errors=True)
         state = FoldState(p["state"])
+    settings = model_settings(cfg, n_classes)
+    if initial_epoch > 0:
+        check_same_settings(state.d.get("settings"), settings, fold)
+    state.d["settings"] = settings
     best = read_best(p["best"])
     if best is not None and initial_epoch > 0:
         # The best file is the truth about the best value (it may be newer than state.json).
@@ -301,7 +323,8 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), log=p
     train_ds = data.train_dataset(
         train_files, n_classes, cfg["dim"], batch_size, cfg["aug_number"], cfg["aug_probability"],
         cache=cache, shuffle_buffer=cfg["shuffle_buffer"], drop_remainder=is_tpu,
-        seed=cfg["seed"] + fold, n_workers=_num_workers(strategy))
+        seed=cfg["seed"] + fold, n_workers=_num_workers(strategy), aug_crop_scale=cfg.get("aug_crop_scale", 0.0),
+        aug_rotate=cfg.get("aug_rotate", 0.0), aug_photometric=cfg.get("aug_photometric", 0.0))
     val_ds = data.eval_dataset(val_files, n_classes, cfg["dim"], batch_size, drop_remainder=False)
 
     controller = FoldCallback(p["dir"], state, manager, cfg["monitor"], cfg["schedule"], cfg["lr_patience"],
@@ -330,6 +353,7 @@ def finish_fold(model, p, state, monitor, fold, log=print):
     fileio.atomic_write_json(p["done"], {
         "fold": fold, "epochs": state.d["epochs_done"], "best_epoch": best[0] + 1,
         "best_value": best[1], "monitor": monitor, "stopped_early": bool(state.d["stopped"]),
+        "settings": state.d.get("settings"),
     })
     shutil.rmtree(p["state"], ignore_errors=True)
     log(f"fold {fold}: done, best {monitor} = {best[1]:.4f} at epoch {best[0] + 1}")

@@ -1,10 +1,12 @@
-"""The bundled demo dataset: Turtle Recall layout, 7 original digits, 3 extra-only, deterministic."""
+"""The bundled demo datasets: digits (7 original, 3 extra-only) and photos; Turtle Recall layout, deterministic."""
 import foldnet  # noqa: F401
 
 import hashlib
 import os
 
+import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from foldnet import demo_data
@@ -44,3 +46,53 @@ def test_demo_is_deterministic(tmp_path):
     a = demo_data.build_demo_dataset(str(tmp_path / "a"), image_size=16)
     b = demo_data.build_demo_dataset(str(tmp_path / "b"), image_size=16)
     assert digest(a) == digest(b)
+
+
+def test_photo_dataset_layout_and_rules(tmp_path):
+    pytest.importorskip("skimage")
+    d = demo_data.build_photo_dataset(str(tmp_path / "photos"), n_individuals=8, per_individual=5, size=24)
+    train = pd.read_csv(os.path.join(d, "train.csv"), dtype=str)
+    extra = pd.read_csv(os.path.join(d, "extra_images.csv"), dtype=str)
+    test = pd.read_csv(os.path.join(d, "test.csv"), dtype=str)
+    answers = pd.read_csv(os.path.join(d, "answers.csv"), dtype=str)
+    sample = pd.read_csv(os.path.join(d, "sample_submission.csv"), dtype=str)
+    assert list(train.columns) == ["image_id", "image_location", "turtle_id"]
+    assert list(extra.columns) == ["image_id", "turtle_id"]
+    assert list(sample.columns) == ["image_id"] + [f"prediction{k}" for k in range(1, 6)]
+    labels = set(train["turtle_id"]) | set(extra["turtle_id"])
+    assert len(labels) == 8 and len(set(train["turtle_id"])) == 6  # individuals 3 and 7 are extra-only
+    assert len(train) + len(extra) + len(test) == 40 and len(test) == 8  # 20 %, one per individual
+    assert set(test["image_id"]).isdisjoint(set(train["image_id"]) | set(extra["image_id"]))
+    assert answers["image_id"].tolist() == test["image_id"].tolist() == sample["image_id"].tolist()
+    assert set(answers["turtle_id"]) == set(train["turtle_id"]) | {"new_turtle"}
+    assert set(sample.iloc[0, 1:]) <= set(train["turtle_id"])
+    # Several individuals come from one photo (fine-grained), from more than one photo overall.
+    photos = [label.rsplit("_", 2)[0] for label in labels]
+    assert len(set(photos)) > 1 and len(set(photos)) < len(photos)
+    views = [np.asarray(Image.open(os.path.join(d, "images", i + ".JPG"))) for i in train["image_id"][:5]]
+    assert all(v.shape == (24, 24, 3) and v.dtype == np.uint8 for v in views)
+    assert min(np.abs(a.astype(int) - b).mean() for a, b in zip(views, views[1:])) > 1  # distinct photos
+
+
+def test_photo_dataset_converts_and_is_deterministic(tmp_path):
+    pytest.importorskip("skimage")
+    from foldnet.convert import create_tfrecords
+
+    a = demo_data.build_photo_dataset(str(tmp_path / "a"), n_individuals=6, per_individual=5, size=20, seed=3)
+    b = demo_data.build_photo_dataset(str(tmp_path / "b"), n_individuals=6, per_individual=5, size=20, seed=3)
+    for name in ["train.csv", "extra_images.csv", "test.csv", "answers.csv"]:
+        assert open(os.path.join(a, name), "rb").read() == open(os.path.join(b, name), "rb").read()
+    assert sorted(os.listdir(os.path.join(a, "images"))) == sorted(os.listdir(os.path.join(b, "images")))
+    first = sorted(os.listdir(os.path.join(a, "images")))[0]
+    assert open(os.path.join(a, "images", first), "rb").read() == open(os.path.join(b, "images", first), "rb").read()
+    manifest = create_tfrecords(data_dir=a, out_dir=str(tmp_path / "tfrec"), n_folds=2, workers=1, progress=False)
+    assert manifest["n_classes"] == 6 and manifest["n_examples"] == 24
+
+
+def test_cli_kinds(tmp_path):
+    pytest.importorskip("skimage")
+    assert demo_data.main(["--kind", "photos", "--out_dir", str(tmp_path / "p"), "--image_size", "16",
+                           "--n_individuals", "4", "--per_individual", "5"]) == 0
+    assert Image.open(next((tmp_path / "p" / "images").iterdir())).size == (16, 16)
+    assert demo_data.main(["--out_dir", str(tmp_path / "d"), "--image_size", "8"]) == 0
+    assert len(pd.read_csv(tmp_path / "d" / "answers.csv")) == 360
