@@ -54,6 +54,12 @@ def run_folds(cfg, manifest, label_map, folds, jobs, extra_callbacks=(), log=_lo
         if "train" in jobs:
             if train.is_done(cfg["run_dir"], fold) and not cfg["overwrite"]:
                 log(f"fold {fold}: already trained ({p['done']}); skipped (use --overwrite to retrain)")
+                saved = fileio.read_json(p["done"]).get("settings") or {}
+                now = train.model_settings(cfg, label_map.n_classes)
+                changed = [k for k in now if k in saved and saved[k] != now[k]]
+                if changed:
+                    log(f"fold {fold}: warning: it was trained with other {', '.join(changed)} "
+                        f"({', '.join(f'{k}={saved[k]!r}' for k in changed)}); its predictions use those")
             else:
                 if cfg["overwrite"] and os.path.isdir(p["dir"]):
                     shutil.rmtree(p["dir"])

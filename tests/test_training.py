@@ -235,3 +235,20 @@ def test_mixed_precision_trains_and_predicts_float32(tiny_turtle_dir, tiny_tfrec
     with np.load(run_dir / "fold_0" / "oof.npz") as z:
         assert z["outputs"].dtype == np.float32
         np.testing.assert_allclose(z["outputs"].sum(-1), 1.0, rtol=1e-3)
+
+
+def test_resume_with_other_model_settings_is_refused(tiny_turtle_dir, tiny_tfrec, tmp_path):
+    from foldnet.errors import ConfigError
+
+    run_dir = tmp_path / "member"
+    cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=2, folds="0", job="train")
+    with pytest.raises(KillAfterEpoch):
+        runner.run(cfg, extra_callbacks=[Killer(1)])
+    with pytest.raises(ConfigError) as e:
+        runner.run(dict(cfg, dim=24))
+    assert "dim: 16 then, 24 now" in str(e.value) and "--overwrite" in str(e.value)
+    # the same settings resume; a finished fold run with other settings is skipped with a warning
+    runner.run(cfg)
+    lines = []
+    runner.run(dict(cfg, dim=24), log=lines.append)
+    assert any("warning: it was trained with other dim (dim=16)" in line for line in lines)
