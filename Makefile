@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
 DEMO_RUNS ?= models
 
-.PHONY: install test demo bench clean-demo
+# bench_small_data.py (recipes on a small photo dataset, ~40 min) runs with `make bench-small-data`.
+BENCHES := writer pipeline models tta ensemble
+
+.PHONY: install test demo bench bench-small-data clean-demo
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,7 +36,11 @@ demo: install
 
 bench: install
 	mkdir -p bench/out
-	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in $(BENCHES); do echo "== bench/bench_$$b.py"; $(BIN)/python bench/bench_$$b.py || exit 1; done
+
+bench-small-data: install
+	mkdir -p bench/out
+	$(BIN)/python bench/bench_small_data.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(DEMO_RUNS)/demo
