@@ -6,22 +6,31 @@ import os
 
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 from foldnet import demo_data
 
 
+LAYOUT_COLUMNS = {
+    "train": ["image_id", "image_location", "turtle_id"],
+    "extra_images": ["image_id", "turtle_id"],
+    "test": ["image_id", "image_location"],
+    "answers": ["image_id", "turtle_id"],
+    "sample_submission": ["image_id"] + [f"prediction{k}" for k in range(1, 6)],
+}
+
+
+def read_layout(d):
+    """The five CSVs of a Turtle Recall layout, each checked for its columns."""
+    tables = {name: pd.read_csv(os.path.join(d, f"{name}.csv"), dtype=str) for name in LAYOUT_COLUMNS}
+    for name, cols in LAYOUT_COLUMNS.items():
+        assert list(tables[name].columns) == cols, name
+    return tables["train"], tables["extra_images"], tables["test"], tables["answers"], tables["sample_submission"]
+
+
 def test_demo_layout_and_rules(tmp_path):
     d = demo_data.build_demo_dataset(str(tmp_path / "demo"), image_size=16)
-    train = pd.read_csv(os.path.join(d, "train.csv"), dtype=str)
-    extra = pd.read_csv(os.path.join(d, "extra_images.csv"), dtype=str)
-    test = pd.read_csv(os.path.join(d, "test.csv"), dtype=str)
-    answers = pd.read_csv(os.path.join(d, "answers.csv"), dtype=str)
-    sample = pd.read_csv(os.path.join(d, "sample_submission.csv"), dtype=str)
-    assert list(train.columns) == ["image_id", "image_location", "turtle_id"]
-    assert list(extra.columns) == ["image_id", "turtle_id"]
-    assert list(sample.columns) == ["image_id"] + [f"prediction{k}" for k in range(1, 6)]
+    train, extra, test, answers, sample = read_layout(d)
     originals = {demo_data.digit_id(k) for k in range(7)}
     assert set(train["turtle_id"]) == originals
     assert set(extra["turtle_id"]) - originals == {demo_data.digit_id(k) for k in (7, 8, 9)}
@@ -49,16 +58,8 @@ def test_demo_is_deterministic(tmp_path):
 
 
 def test_photo_dataset_layout_and_rules(tmp_path):
-    pytest.importorskip("skimage")
     d = demo_data.build_photo_dataset(str(tmp_path / "photos"), n_individuals=8, per_individual=5, size=24)
-    train = pd.read_csv(os.path.join(d, "train.csv"), dtype=str)
-    extra = pd.read_csv(os.path.join(d, "extra_images.csv"), dtype=str)
-    test = pd.read_csv(os.path.join(d, "test.csv"), dtype=str)
-    answers = pd.read_csv(os.path.join(d, "answers.csv"), dtype=str)
-    sample = pd.read_csv(os.path.join(d, "sample_submission.csv"), dtype=str)
-    assert list(train.columns) == ["image_id", "image_location", "turtle_id"]
-    assert list(extra.columns) == ["image_id", "turtle_id"]
-    assert list(sample.columns) == ["image_id"] + [f"prediction{k}" for k in range(1, 6)]
+    train, extra, test, answers, sample = read_layout(d)
     labels = set(train["turtle_id"]) | set(extra["turtle_id"])
     assert len(labels) == 8 and len(set(train["turtle_id"])) == 6  # individuals 3 and 7 are extra-only
     assert len(train) + len(extra) + len(test) == 40 and len(test) == 8  # 20 %, one per individual
@@ -75,7 +76,6 @@ def test_photo_dataset_layout_and_rules(tmp_path):
 
 
 def test_photo_dataset_converts_and_is_deterministic(tmp_path):
-    pytest.importorskip("skimage")
     from foldnet.convert import create_tfrecords
 
     a = demo_data.build_photo_dataset(str(tmp_path / "a"), n_individuals=6, per_individual=5, size=20, seed=3)
@@ -90,7 +90,6 @@ def test_photo_dataset_converts_and_is_deterministic(tmp_path):
 
 
 def test_cli_kinds(tmp_path):
-    pytest.importorskip("skimage")
     assert demo_data.main(["--kind", "photos", "--out_dir", str(tmp_path / "p"), "--image_size", "16",
                            "--n_individuals", "4", "--per_individual", "5"]) == 0
     assert Image.open(next((tmp_path / "p" / "images").iterdir())).size == (16, 16)
