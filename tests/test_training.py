@@ -78,10 +78,11 @@ def check_fold_outputs(run_dir, fold, tfrec, data_dir, n_epochs, tta_number, mon
 
 def test_train_predict_score_end_to_end(tiny_turtle_dir, tiny_tfrec, tmp_path):
     run_dir = tmp_path / "member"
-    cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=4)
+    # 6 epochs: at 4, top-1 on these 60 images varied 0.43-0.58 between runs (flaky against 0.5)
+    cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=6)
     assert runner.run(cfg) == 0
     for fold in range(N_FOLDS):
-        check_fold_outputs(str(run_dir), fold, tiny_tfrec, tiny_turtle_dir, 4, 2)
+        check_fold_outputs(str(run_dir), fold, tiny_tfrec, tiny_turtle_dir, 6, 2)
     # scores.json holds what the metrics give on the saved OOF predictions
     scores = json.load(open(run_dir / "scores.json"))
     lm = LabelMap.load(os.path.join(tiny_tfrec, "label_map.json"))
@@ -92,7 +93,7 @@ def test_train_predict_score_end_to_end(tiny_turtle_dir, tiny_tfrec, tmp_path):
         assert row[k] == pytest.approx(v)
     all_mean = next(r for r in scores["rows"] if r["fold"] == "all" and r["tta"] == "mean")
     assert all_mean["n"] == len(_folds(tiny_tfrec))
-    # 6 well separated classes: a tiny CNN beats chance (1/6) by far in 4 epochs
+    # 6 well separated classes: a tiny CNN beats chance (1/6) by far in 6 epochs
     assert all_mean["top1"] > 0.5
     md = (run_dir / "scores.md").read_text()
     assert "| fold | tta |" in md and "map5_new" in md
