@@ -1,0 +1,86 @@
+"""TFRecord example format of the segmentation task (Contract 1, task "segmentation").
+
+One example is one tile. The bands are kept raw (no scaling, no fill of
+missing values) so normalisation and spectral indices stay a training-time
+choice; shapes are static per dataset (the manifest's ``image.shape``), as
+TPUs need.
+
+| key        | type  | meaning                                                         |
+|------------|-------|-----------------------------------------------------------------|
+| ``id``     | bytes | tile id (utf-8)                                                 |
+| ``image``  | bytes | raw little-endian array [H, W, C] of ``manifest.image.dtype``   |
+| ``mask``   | bytes | raw uint8 [H, W], 0/1; empty for test tiles                     |
+| ``valid``  | bytes | raw uint8 [H, W], 1 where no band of the pixel is missing        |
+| ``group``  | bytes | group / AOI / location (utf-8), empty if none                    |
+| ``has_mask`` | int64 | 1 for training tiles, 0 for test tiles                        |
+
+The manifest of a segmentation TFRecord directory has, besides the keys of
+the classification manifest (``n_folds``, ``folds``, ``test``, ...)::
+
+    "task": "segmentation",
+    "image": {"shape": [H, W, C], "dtype": "int16", "missing_value": -32768,
+              "bands": ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"]},
+    "band_stats": [{"band": "SWIR", "min", "max", "q01", "q99", "mean", "std",
+                    "missing_share"}, ...]   (training tiles, valid pixels)
+    "tiles_csv": "tiles.csv"   per-tile properties: id, fold, group,
+                               positive_share, missing_share, and layout
+                               extras (cloud_share, water_share, ...)
+"""
+import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+import numpy as np
+import tensorflow as tf
+
+TASK = "segmentation"
+
+FEATURES = {
+    "id": tf.io.FixedLenFeature([], tf.string),
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "mask": tf.io.FixedLenFeature([], tf.string),
+    "valid": tf.io.FixedLenFeature([], tf.string),
+    "group": tf.io.FixedLenFeature([], tf.string),
+    "has_mask": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def _bytes(value):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def make_example(tile_id, image, mask, valid, group=""):
+    """Serialized example of one tile.
+
+    image: [H, W, C] array of the dataset's dtype; mask: [H, W] 0/1 or None
+    (test tile); valid: [H, W] bool/0-1.
+    """
+    image = np.ascontiguousarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"image must be [H, W, C], got shape {image.shape}")
+    feature = {
+        "id": _bytes(str(tile_id).encode("utf-8")),
+        "image": _bytes(image.astype(image.dtype.newbyteorder("<"), copy=False).tobytes()),
+        "mask": _bytes(b"" if mask is None else np.asarray(mask, np.uint8).tobytes()),
+        "valid": _bytes(np.asarray(valid, np.uint8).tobytes()),
+        "group": _bytes(str(group or "").encode("utf-8")),
+        "has_mask": tf.train.Feature(int64_list=tf.train.Int64List(value=[0 if mask is None else 1])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse_example(serialized, shape, dtype):
+    """Parse one example of a dataset whose tiles are ``shape`` [H, W, C] of ``dtype``.
+
+    Returns a dict: id (string), image [H, W, C] of ``dtype``, mask uint8
+    [H, W] (zeros for test tiles), valid uint8 [H, W], group (string),
+    has_mask (int64). Static shapes throughout.
+    """
+    height, width, channels = (int(s) for s in shape)
+    ex = tf.io.parse_single_example(serialized, FEATURES)
+    image = tf.reshape(tf.io.decode_raw(ex["image"], tf.dtypes.as_dtype(dtype), little_endian=True),
+                       [height, width, channels])
+    mask = tf.cond(tf.strings.length(ex["mask"]) > 0,
+                   lambda: tf.reshape(tf.io.decode_raw(ex["mask"], tf.uint8), [height, width]),
+                   lambda: tf.zeros([height, width], tf.uint8))
+    valid = tf.reshape(tf.io.decode_raw(ex["valid"], tf.uint8), [height, width])
+    return {"id": ex["id"], "image": image, "mask": mask, "valid": valid,
+            "group": ex["group"], "has_mask": ex["has_mask"]}
