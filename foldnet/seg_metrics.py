@@ -1,0 +1,204 @@
+"""Segmentation scores in numpy (no TensorFlow): pooled Dice / IoU, location-weighted IoU,
+and the Dice-vs-threshold table a decision threshold is fitted on.
+
+Conventions (shared by every function here):
+
+* A prediction is positive where ``prob >= threshold``; binary masks are
+  anything with 0/1 (or bool) values, probability maps are floats in [0, 1]
+  or uint8 maps quantised as ``value / 255``.
+* ``valid`` (optional, per tile) excludes pixels from every count (missing
+  data); without it every pixel counts, as in the competitions' scoring.
+* Pooled scores sum true positives (TP), false positives (FP) and false
+  negatives (FN) over all pixels of all tiles, then take one ratio:
+  Dice = 2 TP / (2 TP + FP + FN) (Kelp Wanted), IoU = TP / (TP + FP + FN)
+  (On Cloud N). When there is nothing positive in the truth and nothing
+  predicted (denominator 0) the score is 1.0: nothing to find, nothing found.
+* Location-weighted IoU: per location sum(I) / sum(U) over its tiles, then
+  the unweighted mean over locations (a location with U = 0 counts 1.0).
+"""
+import numpy as np
+
+from . import fileio, report
+
+# Thresholds of the default Dice-vs-threshold table: 0.05, 0.06, ..., 0.95.
+DEFAULT_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)
+METRICS = ("dice", "iou")
+
+
+def as_probs(x):
+    """A probability map as float: uint8 maps are ``value / 255``, floats are kept."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if x.dtype == bool:
+        return x.astype(np.float32)
+    return x
+
+
+def counts(pred, truth, valid=None):
+    """(TP, FP, FN) of one binary prediction against one binary truth, over valid pixels."""
+    pred, truth = np.asarray(pred).astype(bool), np.asarray(truth).astype(bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} != truth shape {truth.shape}")
+    if valid is not None:
+        valid = np.asarray(valid).astype(bool)
+        pred, truth = pred & valid, truth & valid
+    tp = int(np.count_nonzero(pred & truth))
+    return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(truth)) - tp
+
+
+def dice_from(tp, fp, fn):
+    den = 2 * tp + fp + fn
+    return 1.0 if den == 0 else 2.0 * tp / den
+
+
+def iou_from(tp, fp, fn):
+    den = tp + fp + fn
+    return 1.0 if den == 0 else tp / den
+
+
+def _tiles(preds, truths, valids):
+    preds, truths = list(preds), list(truths)
+    if len(preds) != len(truths):
+        raise ValueError(f"{len(preds)} predictions for {len(truths)} truths")
+    valids = [None] * len(preds) if valids is None else list(valids)
+    if len(valids) != len(preds):
+        raise ValueError(f"{len(valids)} valid masks for {len(preds)} tiles")
+    return zip(preds, truths, valids)
+
+
+def pooled_counts(preds, truths, valids=None):
+    """(TP, FP, FN) summed over all tiles; preds/truths: sequences (or stacked arrays) of [H, W]."""
+    tp = fp = fn = 0
+    for p, t, v in _tiles(preds, truths, valids):
+        a, b, c = counts(p, t, v)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    return tp, fp, fn
+
+
+def pooled_dice(preds, truths, valids=None):
+    """Dice over all pixels of all tiles (Kelp Wanted's metric)."""
+    return dice_from(*pooled_counts(preds, truths, valids))
+
+
+def pooled_iou(preds, truths, valids=None):
+    """IoU (Jaccard) over all pixels of all tiles (On Cloud N's metric)."""
+    return iou_from(*pooled_counts(preds, truths, valids))
+
+
+def location_iou(preds, truths, locations, valids=None):
+    """Mean over locations of (sum of intersections / sum of unions) of each location's tiles.
+
+    Returns (score, {location: iou}).
+    """
+    locations = [str(x) for x in locations]
+    per = {}
+    for (p, t, v), loc in zip(_tiles(preds, truths, valids), locations, strict=True):
+        tp, fp, fn = counts(p, t, v)
+        inter, union = per.get(loc, (0, 0))
+        per[loc] = (inter + tp, union + tp + fp + fn)
+    if not per:
+        raise ValueError("no tiles to score")
+    ious = {loc: (1.0 if u == 0 else i / u) for loc, (i, u) in sorted(per.items())}
+    return float(np.mean(list(ious.values()))), ious
+
+
+# ---------------------------------------------------------------- threshold fitting
+
+
+class ThresholdCurve:
+    """TP / FP / FN at many thresholds, accumulated tile by tile (memory: the thresholds only).
+
+    ``add(prob, truth, valid)`` takes one probability map; a pixel is
+    positive at threshold t when prob >= t. Exact for any probabilities (no
+    binning): each pixel's count of thresholds <= prob is found by binary
+    search, and cumulative sums give the counts at every threshold.
+    """
+
+    def __init__(self, thresholds=DEFAULT_THRESHOLDS):
+        self.thresholds = np.asarray(sorted(float(t) for t in thresholds), np.float64)
+        if len(self.thresholds) == 0:
+            raise ValueError("no thresholds")
+        k = len(self.thresholds)
+        self._pos = np.zeros(k + 1, np.int64)  # truth-positive pixels by number of thresholds passed
+        self._neg = np.zeros(k + 1, np.int64)
+
+    def add(self, prob, truth, valid=None):
+        prob = as_probs(prob)
+        truth = np.asarray(truth).astype(bool)
+        if prob.shape != truth.shape:
+            raise ValueError(f"probability map shape {prob.shape} != truth shape {truth.shape}")
+        if valid is not None:
+            keep = np.asarray(valid).astype(bool)
+            prob, truth = prob[keep], truth[keep]
+        passed = np.searchsorted(self.thresholds, prob.ravel().astype(np.float64), side="right")
+        k = len(self.thresholds) + 1
+        truth = truth.ravel()
+        self._pos += np.bincount(passed[truth], minlength=k)
+        self._neg += np.bincount(passed[~truth], minlength=k)
+        return self
+
+    def table(self):
+        """Rows {threshold, dice, iou, tp, fp, fn}, one per threshold (ascending)."""
+        # A pixel that passed m thresholds is positive at thresholds 0..m-1: counts at threshold j
+        # are the pixels with m > j, a reversed cumulative sum.
+        tp_at = np.cumsum(self._pos[::-1])[::-1][1:]
+        fp_at = np.cumsum(self._neg[::-1])[::-1][1:]
+        total_pos = int(self._pos.sum())
+        rows = []
+        for t, tp, fp in zip(self.thresholds, tp_at, fp_at):
+            tp, fp = int(tp), int(fp)
+            fn = total_pos - tp
+            rows.append({"threshold": float(t), "dice": dice_from(tp, fp, fn), "iou": iou_from(tp, fp, fn),
+                         "tp": tp, "fp": fp, "fn": fn})
+        return rows
+
+
+def best_threshold(rows, metric="dice"):
+    """The row with the highest ``metric``; ties go to the threshold nearest 0.5."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return max(rows, key=lambda r: (r[metric], -abs(r["threshold"] - 0.5)))
+
+
+def threshold_table(probs, truths, valids=None, thresholds=DEFAULT_THRESHOLDS, metric="dice"):
+    """(rows, best row) of the pooled score at each threshold over tiles of probability maps."""
+    curve = ThresholdCurve(thresholds)
+    for p, t, v in _tiles(probs, truths, valids):
+        curve.add(p, t, v)
+    rows = curve.table()
+    return rows, best_threshold(rows, metric)
+
+
+def write_threshold_report(rows, best, md_path, png_path=None, title="", metric="dice"):
+    """Markdown table (and PNG curve) of score vs threshold; returns the paths written."""
+    lines = [f"# {title or 'Score vs decision threshold'}\n",
+             f"Best {metric} {best[metric]:.4f} at threshold {best['threshold']:.2f} "
+             f"(pooled over all pixels; positive where probability >= threshold).\n",
+             report.markdown_table(rows, ["threshold", "dice", "iou", "tp", "fp", "fn"])]
+    fileio.atomic_write_text(md_path, "\n".join(lines))
+    written = [md_path]
+    if png_path is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        th = [r["threshold"] for r in rows]
+        for m in METRICS:
+            ax.plot(th, [r[m] for r in rows], label=m)
+        ax.axvline(best["threshold"], color="grey", ls="--", lw=1)
+        ax.annotate(f"best {metric} {best[metric]:.4f} @ {best['threshold']:.2f}",
+                    (best["threshold"], best[metric]), fontsize=8)
+        ax.set_xlabel("threshold")
+        ax.set_ylabel("pooled score")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        with fileio.atomic_path(png_path) as tmp:
+            fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        written.append(png_path)
+    return written
