@@ -135,6 +135,21 @@ def atomic_path(path):
             os.remove(tmp)
 
 
+def replace_aside(src, dst):
+    """Rename ``src`` (file or directory) to ``dst``; an existing ``dst`` is first moved aside and
+    deleted only once ``src`` is in place (local paths)."""
+    old = None
+    if os.path.lexists(dst):
+        old = f"{dst}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old:
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.remove(old)
+
+
 @contextlib.contextmanager
 def atomic_dir(path):
     """Yield a temporary directory next to ``path``; it replaces ``path`` on success.
@@ -152,13 +167,7 @@ def atomic_dir(path):
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any new directory
     try:
         yield tmp
-        old = None
-        if os.path.exists(path):
-            old = f"{path}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_aside(tmp, path)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,13 +18,8 @@ from .errors import DataError
 
 def score_masks(pred, truth, locations=None):
     """Scores of {id: mask} predictions against {id: mask} truths (same ids; checked)."""
-    problems = []
-    missing = sorted(set(truth) - set(pred))
-    extra = sorted(set(pred) - set(truth))
-    if missing:
-        problems.append(f"answer tiles without a prediction {report.preview(missing)}")
-    if extra:
-        problems.append(f"predictions of tiles not in the answers {report.preview(extra)}")
+    problems = seg_submission.id_problems(pred, sorted(truth), "answer tiles without a prediction",
+                                          "predictions of tiles not in the answers")
     ids = sorted(set(truth) & set(pred))
     for i in ids:
         problems += seg_submission.mask_problems(i, pred[i], truth[i].shape)

@@ -17,11 +17,10 @@ import os
 import shutil
 import tarfile
 import tempfile
-import uuid
 
 import numpy as np
 
-from . import report
+from . import fileio, report
 from .errors import DataError
 
 NAMING = {"kelp": "{id}_kelp.tif", "cloud": "{id}.tif", "generic": "{id}.tif"}
@@ -151,12 +150,12 @@ class SubmissionWriter:
                     for tile_id in self.test_ids:
                         name = file_name(tile_id, self.naming)
                         tar.add(os.path.join(self._tmp, name), arcname=name)
-                _replace(tar_tmp, self.out)
+                fileio.replace_aside(tar_tmp, self.out)
             else:
                 umask = os.umask(0)
                 os.umask(umask)
                 os.chmod(self._tmp, 0o777 & ~umask)
-                _replace(self._tmp, self.out)
+                fileio.replace_aside(self._tmp, self.out)
         finally:
             self.abort()
         return self.out
@@ -181,15 +180,12 @@ class SubmissionWriter:
         return False
 
 
-def _replace(src, dst):
-    """Move ``src`` to ``dst``; an existing ``dst`` (already checked replaceable) is moved aside first."""
-    old = None
-    if os.path.lexists(dst):
-        old = f"{dst}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old:
-        shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
+def id_problems(given, expected, missing_text, extra_text):
+    """Messages naming the ``expected`` ids absent from ``given`` and the ``given`` ids not expected."""
+    missing = [i for i in expected if i not in given]
+    extra = sorted(set(given) - set(expected))
+    return ([f"{missing_text} {report.preview(missing)}"] if missing else []) + (
+        [f"{extra_text} {report.preview(extra)}"] if extra else [])
 
 
 def write_submission(masks, out, test_ids, naming="kelp", shape=None, tar=False):
@@ -197,13 +193,7 @@ def write_submission(masks, out, test_ids, naming="kelp", shape=None, tar=False)
     names every problem (missing, unknown, bad shape/dtype/values) before anything is written."""
     test_ids = [str(i) for i in test_ids]
     masks = {str(k): np.asarray(v) for k, v in masks.items()}
-    problems = []
-    missing = [i for i in test_ids if i not in masks]
-    extra = sorted(set(masks) - set(test_ids))
-    if missing:
-        problems.append(f"test tiles without a mask {report.preview(missing)}")
-    if extra:
-        problems.append(f"masks of tiles not in the test list {report.preview(extra)}")
+    problems = id_problems(masks, test_ids, "test tiles without a mask", "masks of tiles not in the test list")
     if shape is None and masks:
         shapes = {m.shape for m in masks.values()}
         if len(shapes) > 1:
