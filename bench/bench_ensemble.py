@@ -3,7 +3,7 @@
 Writes MEMBERS x FOLDS prediction files (Contract 2; rows shuffled per file)
 into a temporary directory, then measures with tracemalloc, in one process:
 
-- streaming: ``foldnet.ensemble.average_test`` (running sum + one array at a time)
+- streaming: ``foldnet.averaging.average_test`` (running sum + one array at a time)
 - naive: read every file, align rows, ``np.stack`` them all, then mean
 
 Prints a Markdown table and writes bench/out/ensemble.md. Not a test.
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 import common  # noqa: E402  (first: puts the repo on sys.path)
-from foldnet import ensemble, report  # noqa: E402
+from foldnet import averaging, report, rundir  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -47,10 +47,10 @@ def naive_average(runs, ids):
     """Every file in memory at once, stacked, then averaged (equal members, equal folds)."""
     arrays = []
     for run in runs:
-        for _, path in ensemble.load_fold_predictions(run, "test"):
+        for _, path in rundir.prediction_files(run, "test"):
             with np.load(path) as npz:
                 rows = pd.Index(npz["ids"]).get_indexer(ids)
-                arrays.append(ensemble.reduce_tta(npz["outputs"])[rows])
+                arrays.append(rundir.reduce_tta(npz["outputs"])[rows])
     return np.stack(arrays).mean(axis=0)
 
 
@@ -80,11 +80,11 @@ def main(argv=None):
     try:
         runs = write_members(root, args.members, args.folds, ids, args.classes, args.tta)
         tracemalloc.start()
-        streamed, s_peak, s_time = measure(lambda: ensemble.average_test(runs, ids))
+        streamed, s_peak, s_time = measure(lambda: averaging.average_test(runs, ids))
         del streamed
         naive, n_peak, n_time = measure(lambda: naive_average(runs, ids))
         tracemalloc.stop()
-        check = ensemble.average_test(runs, ids)
+        check = averaging.average_test(runs, ids)
         max_diff = float(np.abs(check - naive).max())
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -218,10 +218,11 @@ def fit_rate(model, ds, batch, warm, steps):
 def bench_feed(files, arch, dim, batch, reps, steps, feeds):
     import tensorflow as tf
 
-    from foldnet import models, train
+    from foldnet import classification, models, train
 
     tf.keras.backend.clear_session()
-    model = train.compile_model(models.build_model(arch, N_CLASSES, dim), N_CLASSES, "adam", 1e-3)
+    model = classification.compile_classifier(models.build_model(arch, N_CLASSES, dim), N_CLASSES,
+                                              train.make_optimizer("adam", 1e-3))
     pipelines = {name: make() for name, make in feeds}
     x, y = next(iter(pipelines[feeds[0][0]]))
     memory = tf.data.Dataset.from_tensors((x, y)).repeat()

@@ -79,7 +79,7 @@ def bench_model(arch, files, n_images, dim, batch, tta_number, reps):
 
     measures = {
         "one pass (predict_records)": lambda: seconds(
-            lambda: predict.predict_records(model, files, dim, batch, tta_number)),
+            lambda: predict.predict_records(model, files, {"dim": dim, "batch_size": batch, "tta_number": tta_number})),
         "per view (N+1 passes)": lambda: seconds(lambda: per_view_predict(model, files, dim, batch, tta_number)),
         "decode alone": lambda: seconds(lambda: [None for _ in decode_only]),
         f"model alone, batch {batch * n_views}": lambda: seconds(
@@ -87,7 +87,7 @@ def bench_model(arch, files, n_images, dim, batch, tta_number, reps):
         f"model alone, batch {batch}": lambda: seconds(lambda: model.predict(views, batch_size=batch, verbose=0)),
     }
     # untimed round: traces every function (each batch shape), checks the two ways agree
-    one = predict.predict_records(model, files, dim, batch, tta_number)
+    one = predict.predict_records(model, files, {"dim": dim, "batch_size": batch, "tta_number": tta_number})
     base = per_view_predict(model, files, dim, batch, tta_number)
     for name in list(measures)[2:]:
         measures[name]()

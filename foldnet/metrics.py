@@ -1,6 +1,6 @@
 """Top-k accuracy and MAP@k (one true label per row), incl. the new-individual MAP@5.
 
-Ranking rule, shared with ``submission``: classes are ranked by descending
+Ranking rule of ``ranking``: classes are ranked by descending
 probability; equal probabilities are ranked by class index, lower first (a
 stable sort of ``-probs``). The rank of the true class is therefore
 ``1 + #(p > p_true) + #(p == p_true and index < true index)``, computed here
@@ -15,13 +15,13 @@ rows of ``1 / rank`` of the true label if it is within the top k, else 0.
 - ``map5``: MAP@5 over all classes (class indices)
 - ``map5_new``: MAP@5 on labels under the new-individual rule: a true label
   that is not original becomes ``label_map.new_label``; predictions are
-  ``submission.top_k_labels`` (what the competition scores)
+  ``ranking.top_k_labels`` (what the competition scores)
 
 No TensorFlow here: this module runs in light processes.
 """
 import numpy as np
 
-from . import submission
+from . import ranking
 
 SCORE_KEYS = ("top1", "top5", "map5", "map5_new")
 
@@ -104,7 +104,7 @@ def map5_new_individual(y_true, probs, label_map):
     """MAP@5 as the competition scores it (see module doc)."""
     y_true, probs = _check(y_true, probs)
     truth = new_individual_labels(y_true, label_map)
-    return map_at_k_labels(truth, submission.top_k_labels(probs, label_map, k=5), k=5)
+    return map_at_k_labels(truth, ranking.top_k_labels(probs, label_map, k=5), k=5)
 
 
 def score_all(y_true, probs, label_map):

@@ -6,79 +6,38 @@ label map's fingerprint and the checkpoint's fingerprint (Contract 2 in
 docs/DESIGN.md), so ensembling never depends on row order and stale files are
 recognised.
 """
-import hashlib
-import os
-
-import foldnet  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 
-from . import augment, data, fileio, images, submission
+from . import augment, data, images, ranking, rundir, tasks
 from .errors import DataError
 
 
-def weights_fingerprint(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+def predict_records(model, files, cfg, task=None, verbose=0):
+    """``(ids, targets, outputs [tta_number + 1, n, ...])`` of the records in ``files`` (one pass, all views).
 
-
-def _predict_views(model, ds, n_views, batch_size, verbose=0):
-    out = model.predict(ds, verbose=verbose)
-    n_classes = out.shape[-1]
-    out = out.reshape(-1, n_views, n_classes)
-    return np.ascontiguousarray(out.transpose(1, 0, 2)).astype(np.float32)
-
-
-def predict_records(model, files, dim, batch_size, tta_number, verbose=0):
-    """(ids, labels, outputs [tta_number + 1, n, n_classes]) for the records in ``files``."""
-    ids, labels = data.read_ids_labels(files)
-    ds, n_views = data.tta_dataset(files, dim, batch_size, tta_number)
-    outputs = _predict_views(model, ds, n_views, batch_size, verbose)
+    cfg: the settings the task reads (classification: dim, batch_size, tta_number).
+    """
+    task = task or tasks.get(tasks.DEFAULT_TASK)
+    ids, targets = task.read_ids_targets(files)
+    outputs = task.predict_files(model, files, cfg, verbose)
     if outputs.shape[1] != len(ids):
         raise RuntimeError(f"predicted {outputs.shape[1]} rows for {len(ids)} records")
-    return ids, labels, outputs
+    return ids, targets, outputs
 
 
-def save_predictions(path, ids, outputs, labels, tta_names, label_map_fingerprint, weights_fp):
-    with fileio.atomic_path(path) as tmp:
-        np.savez(tmp, ids=np.asarray(ids, dtype=str), outputs=np.asarray(outputs, np.float32),
-                 labels=np.asarray(labels, np.int64), tta_names=np.asarray(tta_names, dtype=str),
-                 label_map_fingerprint=np.asarray(label_map_fingerprint),
-                 weights_fingerprint=np.asarray(weights_fp))
-    return path
+def predict_split(model, files, out_path, cfg, spec_fp, weights_fp, n_rows, task=None, log=print, verbose=0):
+    """Predict the records of ``files`` (all TTA views, one pass) into the prediction file ``out_path``.
 
-
-def load_predictions(path):
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def is_current(path, weights_fp, label_map_fp, n_views, n_rows):
-    """True if ``path`` holds predictions of this checkpoint, label map, TTA count and size."""
-    if not os.path.exists(path):
-        return False
-    try:
-        p = load_predictions(path)
-    except (OSError, ValueError, KeyError):
-        return False
-    return (str(p.get("weights_fingerprint")) == weights_fp
-            and str(p.get("label_map_fingerprint")) == label_map_fp
-            and p["outputs"].shape[:2] == (n_views, n_rows))
-
-
-def predict_split(model, files, out_path, dim, batch_size, tta_number, label_map_fp, weights_fp,
-                  n_rows, log=print, verbose=0):
-    """Predict ``files`` into ``out_path`` unless a current file is already there. Returns True if written."""
-    n_views = tta_number + 1
-    if is_current(out_path, weights_fp, label_map_fp, n_views, n_rows):
-        log(f"  {os.path.basename(out_path)} is current; not predicted again")
-        return False
-    ids, labels, outputs = predict_records(model, files, dim, batch_size, tta_number, verbose)
-    save_predictions(out_path, ids, outputs, labels, augment.tta_names(tta_number), label_map_fp, weights_fp)
+    The caller decides staleness (``rundir.is_current``). Returns the outputs.
+    """
+    task = task or tasks.get(tasks.DEFAULT_TASK)
+    ids, targets, outputs = predict_records(model, files, cfg, task, verbose)
+    if len(ids) != n_rows:
+        raise RuntimeError(f"read {len(ids)} records, the manifest says {n_rows}")
+    rundir.save_predictions(out_path, ids, task.encode_outputs(outputs), task.encode_targets(targets),
+                            task.tta_names(cfg["tta_number"]), spec_fp, weights_fp)
     log(f"  wrote {out_path}: {outputs.shape[1]} rows x {outputs.shape[0]} TTA view(s)")
-    return True
+    return outputs
 
 
 def load_image_files(paths, dim, tta_number):
@@ -126,7 +85,7 @@ def predict_images(model_loader, weights_paths, image_paths, dim, tta_number, la
 
 def labelled_top_k(probs, label_map, k=5):
     rows = []
-    labels_k = submission.top_k_labels(probs, label_map, k=k)
+    labels_k = ranking.top_k_labels(probs, label_map, k=k)
     masked_new = np.where(label_map.original_mask[None, :], -1.0, probs)
     best_new = masked_new.max(axis=1)
     for i, labels in enumerate(labels_k):
@@ -138,17 +97,3 @@ def labelled_top_k(probs, label_map, k=5):
                 row.append((lab, float(probs[i, label_map.encode([lab])[0]])))
         rows.append(row)
     return rows
-
-
-def fold_weight_files(run_dir, n_folds=None):
-    """Best checkpoints of the folds present in ``run_dir``, in fold order."""
-    out = []
-    if not os.path.isdir(run_dir):
-        return out
-    for name in sorted(os.listdir(run_dir)):
-        if name.startswith("fold_") and name[5:].isdigit():
-            path = os.path.join(run_dir, name, "best.h5")
-            if os.path.exists(path) and (n_folds is None or int(name[5:]) < n_folds):
-                out.append((int(name[5:]), path))
-    return [p for _, p in sorted(out)]
-

@@ -1,63 +1,46 @@
 """The `score` job: out-of-fold scores of one member, per fold, per TTA variant and TTA mean.
 
-No TensorFlow here. Reads ``fold_K/oof.npz`` files (Contract 2), aligned by
-their ids, and writes ``scores.json`` and ``scores.md`` in the run dir.
+No TensorFlow here. Reads the run's OOF predictions through
+``rundir.read_oof`` (aligned by their ids), scores them with the task's
+``score`` and writes ``scores.json`` and ``scores.md`` in the run dir.
 """
 import os
 
 import numpy as np
 
-from . import fileio, metrics, report
-from .errors import DataError
-
-COLUMNS = ["fold", "tta", "n", "top1", "top5", "map5", "map5_new"]
+from . import fileio, report, rundir, tasks
 
 
-def _rows_for(name, labels, outputs, tta_names, label_map):
+def _rows_for(name, targets, outputs, tta_names, task, spec):
     rows = []
     for t, tta in enumerate(tta_names):
-        rows.append({"fold": name, "tta": str(tta), "n": len(labels), **metrics.score_all(labels, outputs[t], label_map)})
+        rows.append({"fold": name, "tta": str(tta), "n": len(targets), **task.score(targets, outputs[t], spec)})
     if len(tta_names) > 1:
-        rows.append({"fold": name, "tta": "mean", "n": len(labels),
-                     **metrics.score_all(labels, outputs.mean(axis=0), label_map)})
+        rows.append({"fold": name, "tta": "mean", "n": len(targets),
+                     **task.score(targets, outputs.mean(axis=0), spec)})
     return rows
 
 
-def score_run(run_dir, label_map, log=print):
+def score_run(run_dir, spec, task=None, log=print):
     """Score every fold of ``run_dir`` that has OOF predictions. Returns the rows."""
-    fold_files = []
-    for name in sorted(os.listdir(run_dir)):
-        path = os.path.join(run_dir, name, "oof.npz")
-        if name.startswith("fold_") and name[5:].isdigit() and os.path.exists(path):
-            fold_files.append((int(name[5:]), path))
-    if not fold_files:
-        raise DataError(f"{run_dir}: no out-of-fold predictions to score", ["run with --job val first"])
-    rows, all_ids, all_labels, all_outputs, tta_ref = [], [], [], [], None
-    fp = label_map.fingerprint()
-    for fold, path in sorted(fold_files):
-        with np.load(path, allow_pickle=False) as z:
-            ids, labels, outputs, tta = z["ids"], z["labels"], z["outputs"], list(z["tta_names"])
-            if str(z["label_map_fingerprint"]) != fp:
-                raise DataError(f"{path}: predicted with another label map", [f"expected {fp}, found {z['label_map_fingerprint']}"])
-        rows += _rows_for(str(fold), labels, outputs, tta, label_map)
+    task = task or tasks.get(tasks.DEFAULT_TASK)
+    folds = rundir.read_oof(run_dir, task, expected_fingerprint=spec.fingerprint())
+    rows, tta_ref = [], None
+    for f in folds:
+        tta = f.tta_names or [f"view{t}" for t in range(len(f.outputs))]
+        rows += _rows_for(str(f.fold), f.targets, f.outputs, tta, task, spec)
         if tta_ref is None:
             tta_ref = tta
         elif tta != tta_ref:
             tta_ref = tta[:min(len(tta), len(tta_ref))] if tta[:1] == tta_ref[:1] else None
-        all_ids.append(ids), all_labels.append(labels), all_outputs.append(outputs)
-    ids = np.concatenate(all_ids)
-    if len(set(ids.tolist())) != len(ids):
-        raise DataError(f"{run_dir}: an image id appears in the OOF predictions of two folds")
     if tta_ref:
         n = len(tta_ref)
-        outputs = np.concatenate([o[:n] for o in all_outputs], axis=1)
-        rows += _rows_for("all", np.concatenate(all_labels), outputs, tta_ref, label_map)
-    result = {"folds": [f for f, _ in fold_files], "rows": rows}
+        outputs = np.concatenate([f.outputs[:n] for f in folds], axis=1)
+        rows += _rows_for("all", np.concatenate([f.targets for f in folds]), outputs, tta_ref, task, spec)
+    result = {"folds": [f.fold for f in folds], "rows": rows}
     fileio.atomic_write_json(os.path.join(run_dir, "scores.json"), result)
-    table = report.markdown_table(rows, COLUMNS)
+    table = report.markdown_table(rows, ["fold", "tta", "n", *task.score_keys])
     title = f"# Out-of-fold scores: {os.path.basename(os.path.normpath(run_dir))}\n\n"
-    note = ("\ntop1/top5: accuracy over all classes; map5: MAP@5 over all classes; "
-            "map5_new: MAP@5 after mapping non-original labels to the new-individual label.\n")
-    fileio.atomic_write_text(os.path.join(run_dir, "scores.md"), title + table + note)
+    fileio.atomic_write_text(os.path.join(run_dir, "scores.md"), title + table + "\n" + task.score_note + "\n")
     log(table)
     return rows

@@ -21,11 +21,10 @@ import os
 import shutil
 import time
 
-import foldnet  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
-from . import data, fileio, models, plots, records
+from . import data, fileio, plots, records, rundir, tasks
 from .errors import ConfigError
 
 keras = tf.keras
@@ -89,19 +88,6 @@ def make_optimizer(name, lr, weight_decay=0.0):
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def compile_model(model, n_classes, optimizer, lr, weight_decay=0.0, label_smoothing=0.0, jit_compile=False):
-    metrics = [keras.metrics.CategoricalAccuracy(name="acc")]
-    if n_classes > 5:
-        metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"))
-    model.compile(
-        optimizer=make_optimizer(optimizer, lr, weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-        metrics=metrics,
-        jit_compile=bool(jit_compile),
-    )
-    return model
-
-
 def _current_lr(optimizer):
     lr = optimizer.learning_rate
     if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
@@ -149,7 +135,7 @@ class FoldCallback(keras.callbacks.Callback):
         self.early_stop_patience = early_stop_patience
         self.min_delta = min_delta
         self.log = log
-        self.best_path = os.path.join(fold_dir, "best.h5")
+        self.best_path = os.path.join(fold_dir, rundir.BEST)
         self._t0 = None
 
     def improved(self, value):
@@ -208,22 +194,8 @@ def write_history(fold_dir, history):
     fileio.atomic_write_text(os.path.join(fold_dir, "history.csv"), pd.DataFrame(history).to_csv(index=False))
 
 
-def fold_paths(run_dir, fold):
-    fold_dir = os.path.join(run_dir, f"fold_{fold}")
-    return {
-        "dir": fold_dir,
-        "best": os.path.join(fold_dir, "best.h5"),
-        "done": os.path.join(fold_dir, "done.json"),
-        "state": os.path.join(fold_dir, "state"),
-        "oof": os.path.join(fold_dir, "oof.npz"),
-        "test": os.path.join(fold_dir, "test.npz"),
-        "history": os.path.join(fold_dir, "history.csv"),
-        "curves": os.path.join(fold_dir, "curves.png"),
-    }
-
-
 def is_done(run_dir, fold):
-    p = fold_paths(run_dir, fold)
+    p = rundir.fold_paths(run_dir, fold)
     if not (os.path.exists(p["done"]) and os.path.exists(p["best"])):
         return False
     try:
@@ -237,8 +209,8 @@ def is_done(run_dir, fold):
 RESUME_KEYS = ("arch", "dim", "weights", "dropout", "optimizer", "schedule")
 
 
-def model_settings(cfg, n_classes):
-    return {**{k: cfg[k] for k in RESUME_KEYS}, "n_classes": int(n_classes)}
+def model_settings(cfg, task, spec):
+    return {**{k: cfg[k] for k in RESUME_KEYS}, **task.spec_settings(spec)}
 
 
 def check_same_settings(saved, current, fold):
@@ -250,16 +222,14 @@ def check_same_settings(saved, current, fold):
                           "rerun with the same settings to resume, or use --overwrite to start the fold again")
 
 
-def build_compiled_model(cfg, n_classes, steps_per_epoch, strategy):
+def build_compiled_model(cfg, task, spec, steps_per_epoch, strategy):
     with strategy.scope():
-        model = models.build_model(cfg["arch"], n_classes=n_classes, dim=cfg["dim"],
-                                   weights=cfg["weights"], dropout=cfg["dropout"])
+        model = task.build_model(cfg, spec, cfg["weights"])
         lr = cfg["lr"]
         if cfg["schedule"] == "cosine":
             lr = CosineWarmup(cfg["lr"], total_steps=steps_per_epoch * cfg["n_epochs"],
                               warmup_steps=int(cfg["warmup_epochs"] * steps_per_epoch), floor=cfg["min_lr"])
-        compile_model(model, n_classes, cfg["optimizer"], lr, cfg["weight_decay"],
-                      cfg["label_smoothing"], cfg["jit_compile"])
+        task.compile_model(model, cfg, spec, make_optimizer(cfg["optimizer"], lr, cfg["weight_decay"]))
     return model
 
 
@@ -278,11 +248,15 @@ def _keras_verbose(v):
     return 1 if sys.stdout.isatty() else 2
 
 
-def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), log=print):
-    """Train fold ``fold`` (resuming if it was interrupted). Returns the model with its best weights."""
-    p = fold_paths(run_dir, fold)
+def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), log=print, task=None, spec=None):
+    """Train fold ``fold`` (resuming if it was interrupted). Returns the model with its best weights.
+
+    ``task`` / ``spec`` default to the manifest's task and its spec (``tasks``).
+    """
+    task = task or tasks.for_manifest(manifest)
+    spec = spec if spec is not None else task.load_spec(manifest)
+    p = rundir.fold_paths(run_dir, fold)
     n_folds = manifest["n_folds"]
-    n_classes = manifest["n_classes"]
     train_folds = [f for f in range(n_folds) if f != fold]
     train_files = records.fold_files(manifest, train_folds)
     val_files = records.fold_files(manifest, [fold])
@@ -293,7 +267,7 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), log=p
     os.makedirs(p["dir"], exist_ok=True)
 
     state = FoldState(p["state"])
-    model = build_compiled_model(cfg, n_classes, steps, strategy)
+    model = build_compiled_model(cfg, task, spec, steps, strategy)
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     manager = tf.train.CheckpointManager(ckpt, p["state"], max_to_keep=2)
     initial_epoch = 0
@@ -307,7 +281,7 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), log=p
         log(f"fold {fold}: resume state names a missing checkpoint; starting the fold again")
         shutil.rmtree(p["state"], ignore_errors=True)
         state = FoldState(p["state"])
-    settings = model_settings(cfg, n_classes)
+    settings = model_settings(cfg, task, spec)
     if initial_epoch > 0:
         check_same_settings(state.d.get("settings"), settings, fold)
     state.d["settings"] = settings
@@ -320,12 +294,9 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), log=p
 
     encoded_mb = sum(tf.io.gfile.stat(f).length for f in train_files) / 2**20
     cache = data.choose_cache(cfg["cache"], n_train, cfg["dim"], encoded_mb, cfg["cache_budget_mb"])
-    train_ds = data.train_dataset(
-        train_files, n_classes, cfg["dim"], batch_size, cfg["aug_number"], cfg["aug_probability"],
-        cache=cache, shuffle_buffer=cfg["shuffle_buffer"], drop_remainder=is_tpu,
-        seed=cfg["seed"] + fold, n_workers=_num_workers(strategy), aug_crop_scale=cfg.get("aug_crop_scale", 0.0),
-        aug_rotate=cfg.get("aug_rotate", 0.0), aug_photometric=cfg.get("aug_photometric", 0.0))
-    val_ds = data.eval_dataset(val_files, n_classes, cfg["dim"], batch_size, drop_remainder=False)
+    train_ds = task.train_dataset(train_files, spec, cfg, seed=cfg["seed"] + fold, cache=cache,
+                                  drop_remainder=is_tpu, n_workers=_num_workers(strategy))
+    val_ds = task.eval_dataset(val_files, spec, cfg)
 
     controller = FoldCallback(p["dir"], state, manager, cfg["monitor"], cfg["schedule"], cfg["lr_patience"],
                               cfg["lr_factor"], cfg["min_lr"], cfg["early_stop_patience"], cfg["min_delta"], log=log)
@@ -360,12 +331,12 @@ def finish_fold(model, p, state, monitor, fold, log=print):
     return model
 
 
-def load_fold_model(cfg, n_classes, weights_path, strategy=None):
-    """A model of ``cfg['arch']`` with the weights of ``weights_path`` (no pretrained download)."""
+def load_fold_model(cfg, spec, weights_path, strategy=None, task=None):
+    """A model of ``cfg['arch']`` for ``spec`` with the weights of ``weights_path`` (no pretrained download)."""
+    task = task or tasks.get(tasks.DEFAULT_TASK)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        model = models.build_model(cfg["arch"], n_classes=n_classes, dim=cfg["dim"], weights=None,
-                                   dropout=cfg["dropout"])
+        model = task.build_model(cfg, spec, None)
     model.load_weights(weights_path)
     return model
 

@@ -11,17 +11,17 @@ import sys, json
 import foldnet
 from foldnet import strategy
 devices = strategy.split_cpu(2)
-from foldnet import config, records, train, predict
+from foldnet import config, records, rundir, train, predict
 tfrec, run_dir = sys.argv[1], sys.argv[2]
 strat = strategy.get_strategy(devices=devices)
 manifest = records.load_manifest(tfrec)
 cfg = config.make_config(arch="tiny_cnn", dim=16, batch_size=8, n_epochs=2, tfrec_dir=tfrec, run_dir=run_dir,
                          verbose=0, early_stop_patience=0, aug_number=9, aug_probability=0.5)
 model = train.train_fold(cfg, 0, manifest, run_dir, strat)
-p = train.fold_paths(run_dir, 0)
+p = rundir.fold_paths(run_dir, 0)
 lm = records.load_label_map(manifest)
-predict.predict_split(model, records.fold_files(manifest, [0]), p["oof"], 16, 8, 1, lm.fingerprint(),
-                      predict.weights_fingerprint(p["best"]), manifest["folds"][0]["n_examples"])
+predict.predict_split(model, records.fold_files(manifest, [0]), p["oof"], dict(cfg, tta_number=1), lm.fingerprint(),
+                      rundir.weights_fingerprint(p["best"]), manifest["folds"][0]["n_examples"])
 print(json.dumps({"replicas": strat.num_replicas_in_sync, "kind": type(strat).__name__}))
 """
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldnet import ensemble, metrics, submission
+from foldnet import averaging, classification, ensemble, metrics, rundir, submission, weightfit
 from foldnet.errors import DataError
 from foldnet.labels import LabelMap
 
@@ -58,22 +58,22 @@ def hand_members(tmp_path, shuffle_b=False):
 
 def test_average_hand_example(tmp_path):
     runs = hand_members(tmp_path)
-    np.testing.assert_allclose(ensemble.average_test(runs, ["x", "y"]),
+    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"]),
                                [[.2, .65, .15], [.45, .125, .425]], atol=1e-6)
-    np.testing.assert_allclose(ensemble.average_test(runs, ["x", "y"], weights=[3, 1]),
+    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"], weights=[3, 1]),
                                [[.3, .475, .225], [.425, .1875, .3875]], atol=1e-6)
     # rows come out in the order asked for
-    np.testing.assert_allclose(ensemble.average_test(runs, ["y", "x"]),
+    np.testing.assert_allclose(averaging.average_test(runs, ["y", "x"]),
                                [[.45, .125, .425], [.2, .65, .15]], atol=1e-6)
     # identity view only: A = mean of [[.6,.3,.1],[.2,.2,.6]] and [[.2,.2,.6],[.8,.1,.1]]
     # = [[.4,.25,.35],[.5,.15,.35]]; (A + B) / 2 = [[.2,.625,.175],[.5,.075,.425]]
-    np.testing.assert_allclose(ensemble.average_test(runs, ["x", "y"], tta="identity"),
+    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"], tta="identity"),
                                [[.2, .625, .175], [.5, .075, .425]], atol=1e-6)
 
 
 def test_shuffled_rows_do_not_change_the_result(tmp_path):
     runs = hand_members(tmp_path, shuffle_b=True)
-    np.testing.assert_allclose(ensemble.average_test(runs, ["x", "y"]),
+    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"]),
                                [[.2, .65, .15], [.45, .125, .425]], atol=1e-6)
     rng = np.random.default_rng(0)
     ids = np.array([f"img{i}" for i in range(50)])
@@ -81,8 +81,8 @@ def test_shuffled_rows_do_not_change_the_result(tmp_path):
     write_npz(tmp_path / "C", 0, "test", ids, probs)
     perm = rng.permutation(50)
     write_npz(tmp_path / "D", 0, "test", ids[perm], probs[:, perm])
-    a = ensemble.average_test([str(tmp_path / "C")], ids)
-    b = ensemble.average_test([str(tmp_path / "D")], ids)
+    a = averaging.average_test([str(tmp_path / "C")], ids)
+    b = averaging.average_test([str(tmp_path / "D")], ids)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, probs.mean(axis=0), atol=1e-6)
 
@@ -91,13 +91,13 @@ def test_refuses_other_label_map(tmp_path):
     runs = hand_members(tmp_path)
     write_npz(runs[1], 1, "test", ["x", "y"], np.full((2, 3), 1 / 3), fingerprint="fp-OTHER")
     with pytest.raises(DataError) as e:
-        ensemble.average_test(runs, ["x", "y"])
+        averaging.average_test(runs, ["x", "y"])
     msg = str(e.value)
     assert f"member {runs[1]} fold 1" in msg and "'fp-OTHER'" in msg and "'fp-A'" in msg
     assert len(e.value.problems) == 1
     # the expected fingerprint is the reference when given: then every file differs
     with pytest.raises(DataError) as e:
-        ensemble.average_test(runs, ["x", "y"], expected_fingerprint="fp-LM")
+        averaging.average_test(runs, ["x", "y"], expected_fingerprint="fp-LM")
     assert len(e.value.problems) == 4
 
 
@@ -107,7 +107,7 @@ def test_refuses_missing_and_extra_ids(tmp_path):
     write_npz(tmp_path / "B", 0, "test", ids[:12] + ["zz"], np.full((13, 3), 1 / 3))
     write_npz(tmp_path / "B", 1, "test", ids, np.full((30, 3), 1 / 3))
     with pytest.raises(DataError) as e:
-        ensemble.average_test([str(tmp_path / "A"), str(tmp_path / "B")], ids)
+        averaging.average_test([str(tmp_path / "A"), str(tmp_path / "B")], ids)
     (missing, extra) = e.value.problems
     assert f"member {tmp_path / 'B'} fold 0" in missing
     assert "missing ids 18: 't12', 't13'" in missing and "(+8 more)" in missing   # truncated + count
@@ -119,7 +119,7 @@ def test_refuses_member_without_test_predictions(tmp_path):
     empty = tmp_path / "empty"
     (empty / "fold_0").mkdir(parents=True)
     with pytest.raises(DataError, match=f"member {empty}: no test predictions"):
-        ensemble.average_test(runs + [str(empty)], ["x", "y"])
+        averaging.average_test(runs + [str(empty)], ["x", "y"])
 
 
 def test_load_fold_predictions_orders_folds_numerically(tmp_path):
@@ -127,7 +127,7 @@ def test_load_fold_predictions_orders_folds_numerically(tmp_path):
         write_npz(tmp_path, fold, "oof", ["a"], [[1.0]])
     (tmp_path / "fold_3").mkdir()                 # a fold still training: no file yet
     (tmp_path / "fold_x").mkdir()
-    found = list(ensemble.load_fold_predictions(str(tmp_path), "oof"))
+    found = list(rundir.prediction_files(str(tmp_path), "oof"))
     assert [f for f, _ in found] == [0, 2, 10]
     assert found[1][1] == os.path.join(str(tmp_path), "fold_2", "oof.npz")
 
@@ -135,14 +135,14 @@ def test_load_fold_predictions_orders_folds_numerically(tmp_path):
 def test_load_oof(tmp_path):
     write_npz(tmp_path, 0, "oof", ["a", "b"], [[[.2, .8], [.6, .4]], [[.4, .6], [.8, .2]]], labels=[1, 0])
     write_npz(tmp_path, 1, "oof", ["c"], [[[1.0, 0.0]], [[0.0, 1.0]]], labels=[1])
-    ids, labels, probs = ensemble.load_oof(str(tmp_path))
+    ids, labels, probs = rundir.load_oof(str(tmp_path), classification.TASK)
     assert ids.tolist() == ["a", "b", "c"] and labels.tolist() == [1, 0, 1]
     np.testing.assert_allclose(probs, [[.3, .7], [.7, .3], [.5, .5]], atol=1e-6)
     write_npz(tmp_path, 2, "oof", ["b"], [[.5, .5]], labels=[0])
     with pytest.raises(DataError, match="id 'b' in several folds"):
-        ensemble.load_oof(str(tmp_path))
+        rundir.load_oof(str(tmp_path), classification.TASK)
     with pytest.raises(DataError, match="no out-of-fold predictions"):
-        ensemble.load_oof(str(tmp_path / "nothing"))
+        rundir.load_oof(str(tmp_path / "nothing"), classification.TASK)
 
 
 def good_and_noise(n=400, c=20, seed=0):
@@ -159,15 +159,15 @@ def test_fit_weights_favours_the_good_member():
     labels, good, noise = good_and_noise()
     lm = LabelMap([f"c{i:02d}" for i in range(20)])
     equal = metrics.map_at_k(labels, (good + noise) / 2)
-    fit = ensemble.fit_weights([noise, good], labels, lm)
+    fit = weightfit.fit_weights([noise, good], labels, lm)
     assert fit.before == pytest.approx(equal)
     assert fit.weights.sum() == pytest.approx(1.0) and (fit.weights >= 0).all()
     assert fit.weights[1] > 0.9
-    assert fit.after == pytest.approx(metrics.map_at_k(labels, ensemble.blend([noise, good], fit.weights)))
+    assert fit.after == pytest.approx(metrics.map_at_k(labels, averaging.blend([noise, good], fit.weights)))
     assert fit.after > equal
     assert fit.after >= metrics.map_at_k(labels, good) - 1e-12
     # three members: the good one still gets most of the weight, weights on the simplex
-    fit3 = ensemble.fit_weights([noise, good, noise[::-1].copy()], labels, lm)
+    fit3 = weightfit.fit_weights([noise, good, noise[::-1].copy()], labels, lm)
     assert fit3.weights.sum() == pytest.approx(1.0) and (fit3.weights >= 0).all()
     assert fit3.weights.argmax() == 1 and fit3.after > fit3.before
 
@@ -176,7 +176,7 @@ def test_fit_weights_never_below_equal_weights():
     # two identical members: no move can strictly improve, weights stay equal
     labels, good, _ = good_and_noise(seed=1)
     lm = LabelMap([f"c{i:02d}" for i in range(20)])
-    fit = ensemble.fit_weights([good, good.copy()], labels, lm, metric="map5_new")
+    fit = weightfit.fit_weights([good, good.copy()], labels, lm, metric="map5_new")
     np.testing.assert_allclose(fit.weights, [0.5, 0.5])
     assert fit.after == fit.before and fit.steps == 0
 
@@ -194,7 +194,7 @@ def test_streaming_holds_one_prediction_array_at_a_time(tmp_path, monkeypatch):
         runs.append(str(tmp_path / f"m{m}"))
 
     alive, most_alive = [], []
-    real = ensemble._read_arrays
+    real = rundir.read_arrays
 
     def tracking(path, keys):
         arrays = real(path, keys)
@@ -202,10 +202,10 @@ def test_streaming_holds_one_prediction_array_at_a_time(tmp_path, monkeypatch):
         alive.append(weakref.ref(arrays[keys.index("outputs")]))
         return arrays
 
-    monkeypatch.setattr(ensemble, "_read_arrays", tracking)
+    monkeypatch.setattr(rundir, "read_arrays", tracking)
     tracemalloc.start()
     try:
-        result = ensemble.average_test(runs, ids)
+        result = averaging.average_test(runs, ids)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -269,7 +269,7 @@ def test_cli_end_to_end(tmp_path, data_dir, capsys):
     assert str(saved["label_map_fingerprint"]) == LM.fingerprint()
     weights = saved["member_weights"]
     assert weights[0] > weights[1] and weights.sum() == pytest.approx(1.0)
-    expected = ensemble.average_test([good, noise], TEST_IDS, weights=weights)
+    expected = averaging.average_test([good, noise], TEST_IDS, weights=weights)
     np.testing.assert_allclose(saved["outputs"][0], expected, atol=1e-6)
     assert df.iloc[:, 1:].values.tolist() == submission.top_k_labels(expected, LM)
     # the good member dominates: every test image's true label (class i % 9) is first,
@@ -277,7 +277,7 @@ def test_cli_end_to_end(tmp_path, data_dir, capsys):
     assert df["prediction1"].tolist() == [LM.labels[i] for i in range(6)]
 
     scores = (tmp_path / "out" / "submission.scores.md").read_text()
-    ids, labels, probs = ensemble.load_oof(good)
+    ids, labels, probs = rundir.load_oof(good, classification.TASK)
     good_scores = metrics.score_all(labels, probs, LM)
     oof_section = scores.split("## Out-of-fold scores")[1]
     good_line = next(line for line in oof_section.splitlines() if line.startswith(f"| {good} |"))
@@ -333,7 +333,7 @@ def test_refuses_bad_files_naming_each(tmp_path):
     write_npz(runs[1], 0, "test", ["x", "y"], nan)
     write_npz(runs[1], 1, "test", ["x", "x"], np.full((2, 3), 1 / 3))
     with pytest.raises(DataError) as e:
-        ensemble.average_test(runs, ["x", "y"])
+        averaging.average_test(runs, ["x", "y"])
     msg = str(e.value)
     # unreadable and duplicate-id files are found by the scan, before any array is read
     assert f"{corrupt}: unreadable" in msg
@@ -341,14 +341,14 @@ def test_refuses_bad_files_naming_each(tmp_path):
     os.remove(corrupt)
     write_npz(runs[1], 1, "test", ["x", "y"], np.full((2, 3), 1 / 3))
     with pytest.raises(DataError, match=r"fold_0/test.npz: NaN or inf probabilities for ids 1: 'y'"):
-        ensemble.average_test(runs, ["x", "y"])
+        averaging.average_test(runs, ["x", "y"])
 
 
 def test_load_oof_refuses_unlabelled_and_nan_rows(tmp_path):
     write_npz(tmp_path, 0, "oof", ["a", "b"], [[.5, .5], [np.inf, 0]], labels=[1, 0])
     write_npz(tmp_path, 1, "oof", ["c", "d"], [[.5, .5], [.5, .5]], labels=[-1, 2])
     with pytest.raises(DataError) as e:
-        ensemble.load_oof(str(tmp_path))
+        rundir.load_oof(str(tmp_path), classification.TASK)
     assert len(e.value.problems) == 2
     assert "fold_0/oof.npz: NaN or inf probabilities for ids 1: 'b'" in str(e.value)
     assert "fold_1/oof.npz: labels missing or outside [0, 2) for ids 2: 'c', 'd'" in str(e.value)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldnet import submission
+from foldnet import ranking, submission
 from foldnet.errors import DataError
 from foldnet.labels import LabelMap
 
@@ -72,7 +72,7 @@ def test_matches_reference_walk_incl_worst_case(monkeypatch):
     probs[7] = 0.0
     probs[7, :45] = 1.0
     probs[7, 45:] = np.linspace(0.5, 0.1, 15)
-    monkeypatch.setattr(submission, "_ROW_BLOCK", 32)   # several blocks, a partial last one
+    monkeypatch.setattr(ranking, "_ROW_BLOCK", 32)   # several blocks, a partial last one
     got = submission.top_k_labels(probs, lm, k=5)
     assert got == reference_walk(probs, lm, 5)
     assert got[7] == [NEW, "c45", "c46", "c47", "c48"]

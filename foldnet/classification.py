@@ -1,0 +1,158 @@
+"""The classification task (Turtle Recall): the single implementation of ``tasks.Task`` for it.
+
+Records: ``records.FEATURES`` (encoded image + class index). Inputs: float32
+``[dim, dim, 3]`` in [0, 1] (``data``), train-time augmentation from
+``augment``, TTA views decoded once per image and predicted in one pass.
+Model: ``models.build_model`` (backbone + softmax head, float32
+probabilities ``[batch, n_classes]``). Loss: categorical cross-entropy with
+label smoothing; Keras metrics ``acc`` and, above 5 classes, ``top5``.
+Prediction files: ``outputs`` float32 ``[n_tta, n, n_classes]``, ``labels``
+int64 ``[n]`` (-1 for test). Scores: ``metrics.score_all`` (top1, top5,
+map5, map5_new). Submission: CSV of the top-k labels under the
+new-individual rule (``submission``), in the template's row order.
+
+The spec is the ``LabelMap``.
+"""
+import numpy as np
+
+from . import metrics, submission, tasks
+from .errors import DataError
+from .labels import LabelMap
+
+
+class ClassificationTask(tasks.Task):
+    name = "classification"
+    spec_file = "label_map.json"
+    default_monitor = "val_loss"
+    score_keys = metrics.SCORE_KEYS
+    default_fit_metric = "map5"
+    score_note = ("top1/top5: accuracy over all classes; map5: MAP@5 over all classes; "
+                  "map5_new: MAP@5 after mapping non-original labels to the new-individual label.")
+
+    # -- spec
+    def load_spec(self, manifest):
+        from . import records
+
+        return records.load_label_map(manifest)
+
+    def read_spec(self, path):
+        return LabelMap.load(path)
+
+    def spec_settings(self, spec):
+        return {"n_classes": int(spec.n_classes)}
+
+    # -- data
+    def train_dataset(self, files, spec, cfg, *, seed, cache, drop_remainder, n_workers):
+        from . import data
+
+        return data.train_dataset(
+            files, spec.n_classes, cfg["dim"], cfg["batch_size"], cfg["aug_number"], cfg["aug_probability"],
+            cache=cache, shuffle_buffer=cfg["shuffle_buffer"], drop_remainder=drop_remainder,
+            seed=seed, n_workers=n_workers, aug_crop_scale=cfg["aug_crop_scale"],
+            aug_rotate=cfg["aug_rotate"], aug_photometric=cfg["aug_photometric"])
+
+    def eval_dataset(self, files, spec, cfg):
+        from . import data
+
+        return data.eval_dataset(files, spec.n_classes, cfg["dim"], cfg["batch_size"], drop_remainder=False)
+
+    def read_ids_targets(self, files):
+        from . import data
+
+        return data.read_ids_labels(files)
+
+    def predict_files(self, model, files, cfg, verbose=0):
+        """Probabilities [tta_number + 1, n, n_classes] of the records of ``files``, in file order."""
+        from . import data
+
+        ds, n_views = data.tta_dataset(files, cfg["dim"], cfg["batch_size"], cfg["tta_number"])
+        return merge_views(model.predict(ds, verbose=verbose), n_views)
+
+    def tta_names(self, tta_number):
+        from . import augment
+
+        return augment.tta_names(tta_number)
+
+    # -- model
+    def build_model(self, cfg, spec, weights):
+        from . import models
+
+        return models.build_model(cfg["arch"], n_classes=spec.n_classes, dim=cfg["dim"], weights=weights,
+                                  dropout=cfg["dropout"], options=cfg.get("arch_options") or None)
+
+    def compile_model(self, model, cfg, spec, optimizer):
+        return compile_classifier(model, spec.n_classes, optimizer, cfg["label_smoothing"], cfg["jit_compile"])
+
+    # -- prediction files
+    def encode_outputs(self, outputs):
+        return np.asarray(outputs, np.float32)
+
+    def decode_outputs(self, stored):
+        return stored
+
+    def encode_targets(self, targets):
+        return np.asarray(targets, np.int64)
+
+    # -- scoring
+    @property
+    def fit_metrics(self):
+        return metrics.METRICS
+
+    def score(self, targets, outputs, spec):
+        return metrics.score_all(targets, outputs, spec)
+
+    def invalid_targets(self, targets, outputs):
+        targets = np.asarray(targets)
+        n_classes = outputs.shape[-1]
+        return (targets < 0) | (targets >= n_classes), f"labels missing or outside [0, {n_classes})"
+
+    # -- submission
+    def test_ids(self, template_path):
+        template = read_template(template_path)
+        if template.shape[1] < 2:
+            raise DataError(f"{template_path}: needs an id column and prediction columns",
+                            [f"columns: {list(template.columns)}"])
+        return template.iloc[:, 0].to_numpy().astype(str)
+
+    def write_submission(self, ids, outputs, spec, template_path, out_path, k):
+        template = read_template(template_path)
+        df = submission.make_submission(ids, outputs, spec, template, k)
+        submission.write_submission(df, out_path, template, spec)
+        return f"{len(df)} rows, k={k}"
+
+
+def merge_views(out, n_views):
+    """Model outputs of TTA-expanded batches [n * T, C] (image i at rows i*T..i*T+T-1) -> [T, n, C] float32."""
+    out = np.asarray(out)
+    out = out.reshape(-1, n_views, out.shape[-1])
+    return np.ascontiguousarray(out.transpose(1, 0, 2)).astype(np.float32)
+
+
+def compile_classifier(model, n_classes, optimizer, label_smoothing=0.0, jit_compile=False):
+    """Compile with categorical cross-entropy, ``acc`` and (above 5 classes) ``top5``."""
+    import tensorflow as tf
+
+    keras = tf.keras
+    kmetrics = [keras.metrics.CategoricalAccuracy(name="acc")]
+    if n_classes > 5:
+        kmetrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"))
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=kmetrics,
+        jit_compile=bool(jit_compile),
+    )
+    return model
+
+
+def read_template(path):
+    """Submission template with every cell as a string (ids like '001' stay as written)."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read the submission template {path}", [f"{path}: {e}"]) from e
+
+
+TASK = tasks.register(ClassificationTask())

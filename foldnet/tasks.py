@@ -1,0 +1,221 @@
+"""The task seam: everything that depends on what is predicted, behind one interface.
+
+The machinery (``runner``, ``train``, ``predict``, ``scores``, ``ensemble``,
+``rundir``) knows folds, checkpoints, resume, TTA counts, file formats and
+weighted averages; it never knows what a record holds, what the model
+outputs or how a submission looks. It asks the run's task, chosen by the
+manifest's ``"task"`` field (``for_manifest``; absent = ``"classification"``).
+
+Adding a task is adding a module that defines a ``Task`` subclass and calls
+``register`` on an instance, plus one line in ``_MODULES`` below so that the
+registry can import it on demand. Nothing else changes. The single
+classification implementation is ``foldnet/classification.py``; read it as
+the worked example.
+
+Words used below
+----------------
+cfg
+    The resolved settings of ``run.py`` (``config.resolve``). Tasks read the
+    keys they need (``dim``, ``batch_size``, ``aug_*``, ``tta_number``,
+    ``arch``, ``dropout``, ``label_smoothing``, ...) and may define their own
+    flags only through ``config.FLAGS``.
+spec
+    What the outputs mean, shared by every fold and member of an ensemble
+    (classification: the ``LabelMap``). Any object with ``fingerprint() ->
+    str``, ``save(path)`` and ``==``. Its fingerprint is stored in every
+    prediction file (key ``label_map_fingerprint``, kept for old files) and
+    members whose specs differ are never averaged.
+outputs
+    A model's predictions for one split as a float32 array ``[n_tta, n,
+    *item_shape]``; view 0 is the identity view and every view is already
+    mapped back to the identity frame (for maps: inverse TTA applied), so the
+    machinery may average over axis 0. classification: ``[n_tta, n, C]``
+    probabilities; segmentation: ``[n_tta, n, H, W]`` probability maps.
+targets
+    The true values of the rows, ``[n, *target_shape]`` (classification:
+    int64 class indices, -1 for test rows; segmentation: uint8 masks).
+
+What a task provides (attributes and methods of ``Task``)
+--------------------------------------------------------
+Identity and spec
+
+- ``name``: the manifest's ``task`` value.
+- ``spec_file``: file name of the spec in a run directory (``label_map.json``).
+- ``load_spec(manifest)``: the spec of a TFRecord directory.
+- ``read_spec(path)``: a spec saved with ``spec.save(path)``.
+- ``spec_settings(spec)``: dict of the spec's values that fix the model's
+  structure (classification: ``{"n_classes": C}``); stored with a fold's
+  settings so a resume with another spec is refused.
+
+Records and tf.data (all datasets made of core TF ops, static shapes)
+
+- ``train_dataset(files, spec, cfg, *, seed, cache, drop_remainder, n_workers)``:
+  endless shuffled, augmented batches ``(x, y)`` for ``model.fit``.
+- ``eval_dataset(files, spec, cfg)``: deterministic batches ``(x, y)`` for
+  validation during fit.
+- ``read_ids_targets(files)``: ``(ids list[str], targets ndarray)`` in file
+  order, without decoding inputs.
+- ``predict_files(model, files, cfg, verbose=0)``: ``outputs`` of the records
+  of ``files`` in file order, every TTA view in one pass over the data, views
+  merged to the identity frame (``cfg["tta_number"] + 1`` views).
+- ``tta_names(tta_number)``: names of the views, identity first.
+
+Model
+
+- ``build_model(cfg, spec, weights)``: the Keras model (input pipeline
+  contract of the task, head and output activation; float32 outputs under
+  mixed precision). ``weights`` overrides ``cfg["weights"]`` (None when a
+  checkpoint is loaded afterwards).
+- ``compile_model(model, cfg, spec, optimizer)``: loss and Keras metrics.
+- ``default_monitor``: the ``--monitor`` a recipe of this task would use.
+- ``monitor_mode(monitor)``: ``"min"`` or ``"max"``.
+
+Prediction files (``rundir`` writes and reads them; the task says how its
+arrays are stored)
+
+- ``encode_outputs(outputs)``: the array stored under ``outputs`` (e.g.
+  float32 as is, or uint8-quantised maps). Must keep axes ``[n_tta, n, ...]``.
+- ``decode_outputs(stored)``: back to float32 (any leading block of rows, so
+  the ensemble can stream).
+- ``encode_targets(targets)``: the array stored under ``labels``.
+
+Scoring (no TensorFlow; light processes)
+
+- ``score_keys``: names of the scores ``score`` returns, in table order.
+- ``score(targets, outputs, spec)``: dict of ``score_keys`` for one ``[n,
+  ...]`` (TTA-reduced) output array.
+- ``fit_metrics``: dict ``name -> f(targets, outputs, spec) -> float``
+  (higher is better) usable to fit member weights; ``default_fit_metric``.
+- ``invalid_targets(targets, outputs)``: ``(bad, reason)``: bool ``[n]`` of
+  OOF rows that cannot be scored given their decoded ``[n_tta, n, ...]``
+  outputs, and a phrase naming the problem (classification: label outside
+  ``[0, C)``).
+- ``score_note``: one Markdown sentence explaining the score columns.
+
+Submission
+
+- ``test_ids(template_path)``: the ids a submission must cover, in the
+  submission's order (classification: the template CSV's first column).
+- ``write_submission(ids, outputs, spec, template_path, out_path, k)``: turn
+  the ensemble's averaged ``[n, ...]`` outputs into the competition's files,
+  validated before they are written (atomic); returns a short description.
+  classification: CSV with the top-k labels under the new-individual rule.
+"""
+import importlib
+
+from .errors import ConfigError
+
+DEFAULT_TASK = "classification"
+
+# task name -> module that registers it when imported. One line per task.
+_MODULES = {
+    "classification": "foldnet.classification",
+}
+
+_REGISTRY = {}
+
+
+class Task:
+    """Base class of a task; see the module doc for what each member must do."""
+
+    name = None
+    spec_file = None
+    default_monitor = "val_loss"
+    score_keys = ()
+    default_fit_metric = None
+    score_note = ""
+
+    # -- spec
+    def load_spec(self, manifest):
+        raise NotImplementedError
+
+    def read_spec(self, path):
+        raise NotImplementedError
+
+    def spec_settings(self, spec):
+        return {}
+
+    # -- data
+    def train_dataset(self, files, spec, cfg, *, seed, cache, drop_remainder, n_workers):
+        raise NotImplementedError
+
+    def eval_dataset(self, files, spec, cfg):
+        raise NotImplementedError
+
+    def read_ids_targets(self, files):
+        raise NotImplementedError
+
+    def predict_files(self, model, files, cfg, verbose=0):
+        raise NotImplementedError
+
+    def tta_names(self, tta_number):
+        raise NotImplementedError
+
+    # -- model
+    def build_model(self, cfg, spec, weights):
+        raise NotImplementedError
+
+    def compile_model(self, model, cfg, spec, optimizer):
+        raise NotImplementedError
+
+    def monitor_mode(self, monitor):
+        return "min" if "loss" in monitor else "max"
+
+    # -- prediction files
+    def encode_outputs(self, outputs):
+        return outputs
+
+    def decode_outputs(self, stored):
+        return stored
+
+    def encode_targets(self, targets):
+        return targets
+
+    # -- scoring
+    @property
+    def fit_metrics(self):
+        return {}
+
+    def score(self, targets, outputs, spec):
+        raise NotImplementedError
+
+    def invalid_targets(self, targets, outputs):
+        raise NotImplementedError
+
+    # -- submission
+    def test_ids(self, template_path):
+        raise NotImplementedError
+
+    def write_submission(self, ids, outputs, spec, template_path, out_path, k):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<task {self.name}>"
+
+
+def register(task):
+    """Add ``task`` (a Task instance) to the registry under ``task.name``; returns it."""
+    if not isinstance(task, Task) or not task.name:
+        raise TypeError(f"register expects a named Task instance, got {task!r}")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def names():
+    """Names of the tasks foldnet knows (registered or importable)."""
+    return sorted(set(_MODULES) | set(_REGISTRY))
+
+
+def get(name):
+    """The registered task ``name`` (its module is imported on first use); ConfigError if unknown."""
+    name = name or DEFAULT_TASK
+    if name not in _REGISTRY and name in _MODULES:
+        importlib.import_module(_MODULES[name])
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def for_manifest(manifest):
+    """The task of a TFRecord directory (its manifest's ``task`` field)."""
+    return get(manifest.get("task") or DEFAULT_TASK)
