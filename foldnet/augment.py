@@ -40,8 +40,9 @@ each off at strength 0 (the image is returned unchanged):
 """
 import math
 
-import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
+
+from . import config
 
 TRANSFORMS = [
     "identity",
@@ -57,7 +58,8 @@ TRANSFORMS = [
 ]
 
 CROP_FRACTION = 0.7
-MAX_NUMBER = len(TRANSFORMS) - 1
+MAX_NUMBER = config.BOUNDS["aug_number"].high
+assert MAX_NUMBER == len(TRANSFORMS) - 1 == config.BOUNDS["tta_number"].high, "config.BOUNDS vs TRANSFORMS"
 
 
 def _check_image(image):
@@ -180,8 +182,8 @@ def random_shift_scale(image, crop_scale, rotate_degrees=0.0):
     ``crop_scale == rotate_degrees == 0`` returns the image unchanged.
     """
     image = _check_image(image)
-    crop_scale = _check_strength(crop_scale, "crop_scale", upper=1.0)
-    rotate_degrees = _check_strength(rotate_degrees, "rotate_degrees", upper=180.0)
+    crop_scale = _check_strength(crop_scale, "crop_scale", upper=config.BOUNDS["aug_crop_scale"].high)
+    rotate_degrees = _check_strength(rotate_degrees, "rotate_degrees", upper=config.BOUNDS["aug_rotate"].high)
     if crop_scale == 0.0 and rotate_degrees == 0.0:
         return image
     side = image.shape[0]
@@ -214,7 +216,7 @@ def random_photometric(image, strength):
     brightness and contrast only.
     """
     image = _check_image(image)
-    s = _check_strength(strength, "photometric strength", upper=2.0)
+    s = _check_strength(strength, "photometric strength", upper=config.BOUNDS["aug_photometric"].high)
     if s == 0.0:
         return image
     x = tf.cast(image, tf.float32)

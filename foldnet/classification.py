@@ -45,11 +45,9 @@ class ClassificationTask(tasks.Task):
     def train_dataset(self, files, spec, cfg, *, seed, cache, drop_remainder, n_workers):
         from . import data
 
-        return data.train_dataset(
-            files, spec.n_classes, cfg["dim"], cfg["batch_size"], cfg["aug_number"], cfg["aug_probability"],
-            cache=cache, shuffle_buffer=cfg["shuffle_buffer"], drop_remainder=drop_remainder,
-            seed=seed, n_workers=n_workers, aug_crop_scale=cfg["aug_crop_scale"],
-            aug_rotate=cfg["aug_rotate"], aug_photometric=cfg["aug_photometric"])
+        return data.train_dataset(files, spec.n_classes, cfg["dim"], cfg["batch_size"], cache=cache,
+                                  shuffle_buffer=cfg["shuffle_buffer"], drop_remainder=drop_remainder, seed=seed,
+                                  n_workers=n_workers, **cfg.aug.kwargs())
 
     def eval_dataset(self, files, spec, cfg):
         from . import data
@@ -74,11 +72,20 @@ class ClassificationTask(tasks.Task):
         return augment.tta_names(tta_number)
 
     # -- model
+    def check_config(self, cfg, spec):
+        from . import models
+
+        try:
+            models.get_architecture(cfg["arch"])
+        except ValueError as e:
+            return [str(e)]
+        return []
+
     def build_model(self, cfg, spec, weights):
         from . import models
 
         return models.build_model(cfg["arch"], n_classes=spec.n_classes, dim=cfg["dim"], weights=weights,
-                                  dropout=cfg["dropout"], options=cfg.get("arch_options") or None)
+                                  dropout=cfg["dropout"], options=cfg["arch_options"])
 
     def compile_model(self, model, cfg, spec, optimizer):
         return compile_classifier(model, spec.n_classes, optimizer, cfg["label_smoothing"], cfg["jit_compile"])

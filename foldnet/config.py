@@ -1,11 +1,24 @@
-"""Flags and YAML configs for run.py.
+"""Settings of run.py: one typed, validated, frozen ``Config`` built once.
 
 Every setting is a flag; ``--config models/NAME.yaml`` supplies values for any
-of them and flags given on the command line win. ``resolve`` fills the
-derived paths (tfrec_dir, run_dir) so the rest of the code receives explicit,
-complete settings.
+of them and flags given on the command line win (defaults < YAML < flags).
+``Config.build`` coerces every value to its flag's type ("none" -> None in one
+place), checks every value against ``CHOICES`` and the one ``BOUNDS`` table
+(the augmentation code reads its limits from the same table), parses ``job``
+and ``folds`` once, and fills the derived paths (tfrec_dir, template,
+run_dir). Every problem is reported together, before any model is built.
+
+``Config`` is a frozen dataclass that also reads as a mapping
+(``cfg["dim"]``, ``dict(cfg, dim=32)``); ``cfg.replace(dim=32)`` makes a new,
+validated one. ``cfg.aug`` is the train-time augmentation as one object;
+``cfg.arch_options`` (YAML ``arch_options: {width: 48}``) goes to the
+architecture's builder.
+
+Light module: no TensorFlow (``run.py --help`` stays fast).
 """
 import argparse
+import collections.abc
+import dataclasses
 import os
 
 import yaml
@@ -34,6 +47,62 @@ def _none_or_str(s):
     if s is None:
         return None
     return None if str(s).strip().lower() in ("", "none", "null") else str(s)
+
+
+def _mapping(s):
+    """A dict from a mapping or its YAML text ('{width: 48}'); None/'none' -> None."""
+    if s is None or isinstance(s, dict):
+        return s
+    if _none_or_str(s) is None:
+        return None
+    try:
+        value = yaml.safe_load(str(s))
+    except yaml.YAMLError as e:
+        raise ValueError(f"not a YAML mapping: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping such as '{{width: 48}}', got {type(value).__name__}")
+    return value
+
+
+class Bound(collections.namedtuple("Bound", "low high high_open")):
+    """Allowed range of a numeric setting: low <= x <= high (x < high if high_open); None = unbounded."""
+
+    def contains(self, x):
+        if self.low is not None and x < self.low:
+            return False
+        if self.high is not None and (x >= self.high if self.high_open else x > self.high):
+            return False
+        return True
+
+    def text(self):
+        if self.high is None:
+            return f">= {self.low:g}"
+        return f"in [{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+# Number of train-time / TTA transforms besides the identity (augment.TRANSFORMS[1:]).
+N_TRANSFORMS = 9
+
+# One table of numeric bounds: validated here, read by the augmentation code.
+BOUNDS = {
+    "dim": Bound(1, None, False),
+    "batch_size": Bound(1, None, False),
+    "n_epochs": Bound(1, None, False),
+    "steps_per_epoch": Bound(0, None, False),
+    "lr": Bound(0, None, False),
+    "weight_decay": Bound(0, None, False),
+    "dropout": Bound(0.0, 1.0, True),
+    "label_smoothing": Bound(0.0, 1.0, False),
+    "warmup_epochs": Bound(0, None, False),
+    "aug_number": Bound(0, N_TRANSFORMS, False),
+    "tta_number": Bound(0, N_TRANSFORMS, False),
+    "aug_probability": Bound(0.0, 1.0, False),
+    "aug_crop_scale": Bound(0.0, 1.0, False),
+    "aug_rotate": Bound(0.0, 180.0, False),
+    "aug_photometric": Bound(0.0, 2.0, False),
+    "cache_budget_mb": Bound(0, None, False),
+    "shuffle_buffer": Bound(1, None, False),
+}
 
 
 # name, type, default, help. The order is the order of --help.
@@ -96,6 +165,9 @@ FLAGS = [
     ("jit_compile", _bool, False, "Compile the training step with XLA"),
     ("seed", int, 42, "Random seed (fold K uses seed + K)"),
     ("verbose", int, -1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch, -1 auto (bar on a terminal)"),
+    ("arch_options", dict, None,
+     "Options of the architecture's builder as a YAML mapping, e.g. '{width: 48, depth: 4}' "
+     "(small_cnn: width, depth, blocks; kecam: drop_connect_rate, ...)"),
     # prediction of files
     ("images", list, None, "Image files for --job predict"),
     ("checkpoints", list, None, "Weight files for --job predict (default: every fold's best checkpoint in --run_dir)"),
@@ -114,7 +186,9 @@ def build_parser():
     )
     p.add_argument("--config", default=None, help="YAML file with any of the settings below")
     for name, typ, default, help_ in FLAGS:
-        if typ is list:
+        if typ is dict:
+            p.add_argument(f"--{name}", type=_mapping, default=argparse.SUPPRESS, help=f"{help_} (default: {default})")
+        elif typ is list:
             p.add_argument(f"--{name}", nargs="+", default=argparse.SUPPRESS, help=f"{help_} (default: {default})")
         else:
             p.add_argument(f"--{name}", type=typ, default=argparse.SUPPRESS, help=f"{help_} (default: {default})")
@@ -137,38 +211,39 @@ def load_yaml(path):
     return d
 
 
-def _coerce(name, value, source):
-    typ = next(t for n, t, _, _ in FLAGS if n == name)
+_TYPES = {name: typ for name, typ, _, _ in FLAGS}
+
+
+def _coerce(name, value):
+    """``value`` as flag ``name``'s type; ValueError / TypeError / ArgumentTypeError if it is not one."""
+    typ = _TYPES[name]
     if value is None:
         return None
-    try:
-        if typ is list:
-            return list(value) if isinstance(value, (list, tuple)) else [value]
-        return typ(value)
-    except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
-        raise ConfigError(f"{source}: bad value for {name}: {value!r} ({e})") from None
+    if typ is list:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    if typ is dict:
+        return _mapping(value)
+    if typ is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError("not an integer")
+    if typ in (int, float) and isinstance(value, bool):
+        raise ValueError("not a number")
+    return typ(value)
 
 
-def parse_config(argv=None):
-    """Return the settings as a dict: defaults < YAML config < command line."""
-    args = vars(build_parser().parse_args(argv))
-    cfg = dict(DEFAULTS)
-    cfg["config"] = args.pop("config")
-    if cfg["config"]:
-        for k, v in load_yaml(cfg["config"]).items():
-            cfg[k] = _coerce(k, v, cfg["config"])
-    cfg.update(args)
-    return resolve(cfg)
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Train-time augmentation settings, one object (see augment and data.train_dataset)."""
 
+    number: int = 0            # transforms drawn from augment.TRANSFORMS[1:number + 1]
+    probability: float = 0.0   # chance a training image gets one of them
+    crop_scale: float = 0.0    # random zoom / shift strength
+    rotate: float = 0.0        # random rotation in degrees either way
+    photometric: float = 0.0   # brightness / contrast / saturation / white balance strength
 
-def make_config(**overrides):
-    """Settings for use from Python: defaults updated with ``overrides``, resolved."""
-    unknown = sorted(set(overrides) - set(FLAG_NAMES) - {"config"})
-    if unknown:
-        raise ConfigError(f"unknown settings {unknown}")
-    cfg = dict(DEFAULTS, config=None)
-    cfg.update(overrides)
-    return resolve(cfg)
+    def kwargs(self):
+        """The keyword arguments of ``data.train_dataset``."""
+        return {"aug_number": self.number, "aug_probability": self.probability, "aug_crop_scale": self.crop_scale,
+                "aug_rotate": self.rotate, "aug_photometric": self.photometric}
 
 
 def job_words(job):
@@ -176,67 +251,203 @@ def job_words(job):
     bad = [w for w in words if w not in JOB_WORDS]
     if bad or not words:
         raise ConfigError(f"--job {job!r}: unknown words {bad}; use words from {', '.join(JOB_WORDS)} joined by '_'")
-    return set(words)
+    return frozenset(words)
 
 
-def parse_folds(folds, n_folds):
+def _fold_spec(folds):
+    """None for 'all', else the sorted tuple of fold numbers (range checked against the manifest later)."""
     if folds is None or str(folds).strip().lower() == "all":
-        return list(range(n_folds))
+        return None
     try:
-        out = sorted({int(x) for x in str(folds).split(",") if x.strip() != ""})
+        out = tuple(sorted({int(x) for x in str(folds).split(",") if x.strip() != ""}))
     except ValueError:
         raise ConfigError(f"--folds {folds!r}: expected 'all' or a comma list of integers") from None
-    bad = [f for f in out if not 0 <= f < n_folds]
-    if bad or not out:
-        raise ConfigError(f"--folds {folds!r}: folds must be in 0..{n_folds - 1}")
+    if not out:
+        raise ConfigError(f"--folds {folds!r}: expected 'all' or a comma list of integers")
     return out
 
 
-def resolve(cfg):
-    """Check values and fill derived paths. Returns a new dict."""
-    cfg = dict(cfg)
+def parse_folds(folds, n_folds):
+    """Fold numbers of ``folds`` ('all' or '0,2') for a dataset of ``n_folds`` folds."""
+    spec = _fold_spec(folds)
+    if spec is None:
+        return list(range(n_folds))
+    bad = [f for f in spec if not 0 <= f < n_folds]
+    if bad:
+        raise ConfigError(f"--folds {folds!r}: folds must be in 0..{n_folds - 1}")
+    return list(spec)
+
+
+def _problems(values):
+    """Every problem of a dict of coerced settings, as lines."""
     problems = []
+    for name, allowed in CHOICES.items():
+        if values[name] not in allowed:
+            problems.append(f"{name}={values[name]!r}: choose one of {', '.join(allowed)}")
+    for name, bound in BOUNDS.items():
+        if values[name] is not None and not bound.contains(values[name]):
+            problems.append(f"{name} must be {bound.text()}, got {values[name]}")
+    if not str(values["monitor"]).startswith("val_"):
+        problems.append(f"monitor={values['monitor']!r}: must be a validation quantity such as val_loss or val_acc")
+    for check in (lambda: job_words(values["job"]), lambda: _fold_spec(values["folds"])):
+        try:
+            check()
+        except ConfigError as e:
+            problems.append(str(e))
+    return problems
 
-    def choice(name, allowed):
-        if cfg[name] not in allowed:
-            problems.append(f"{name}={cfg[name]!r}: choose one of {', '.join(allowed)}")
 
-    cfg["mixed_precision"] = (cfg.get("mixed_precision") or "none").lower()
-    choice("mixed_precision", MIXED_PRECISION)
-    choice("optimizer", OPTIMIZERS)
-    choice("schedule", SCHEDULES)
-    choice("cache", CACHE_MODES)
-    for name in ("dim", "batch_size", "n_epochs"):
-        if cfg[name] <= 0:
-            problems.append(f"{name} must be positive, got {cfg[name]}")
-    if not 0.0 <= cfg["aug_probability"] <= 1.0:
-        problems.append(f"aug_probability must be in [0, 1], got {cfg['aug_probability']}")
-    if cfg["aug_number"] < 0 or cfg["tta_number"] < 0:
-        problems.append("aug_number and tta_number must be >= 0")
-    for name, upper in (("aug_crop_scale", 1.0), ("aug_rotate", 180.0), ("aug_photometric", 2.0)):
-        if not 0.0 <= cfg[name] <= upper:
-            problems.append(f"{name} must be in [0, {upper:g}], got {cfg[name]}")
-    if not cfg["monitor"].startswith("val_"):
-        problems.append(f"monitor={cfg['monitor']!r}: must be a validation quantity such as val_loss or val_acc")
-    try:
-        job_words(cfg["job"])
-    except ConfigError as e:
-        problems.append(str(e))
-    if problems:
-        raise ConfigError("bad settings:\n  - " + "\n  - ".join(problems))
-    if cfg["weights"] is not None and str(cfg["weights"]).lower() in ("none", "null", ""):
-        cfg["weights"] = None
-    if not cfg.get("tfrec_dir"):
-        cfg["tfrec_dir"] = os.path.join(cfg["data_dir"], "tfrec")
-    if not cfg.get("template"):
-        cfg["template"] = os.path.join(cfg["data_dir"], "sample_submission.csv")
-    if not cfg.get("run_dir"):
-        stem = os.path.splitext(os.path.basename(cfg["config"]))[0] if cfg.get("config") else cfg["arch"]
-        base = os.path.dirname(cfg["config"]) if cfg.get("config") else "models"
-        cfg["run_dir"] = os.path.join(base, stem)
-    return cfg
+def _config_fields():
+    fields = [("config", "str | None", dataclasses.field(default=None))]
+    for name, typ, default, _ in FLAGS:
+        fields.append((name, typ, dataclasses.field(default=default)))
+    return fields
+
+
+class _Mapping:
+    """Read access as a mapping of the settings (``cfg["dim"]``, ``dict(cfg)``, ``cfg.get``)."""
+
+    def __getitem__(self, key):
+        if key not in SETTING_NAMES:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def keys(self):
+        return list(SETTING_NAMES)
+
+    def __iter__(self):
+        return iter(SETTING_NAMES)
+
+    def __len__(self):
+        return len(SETTING_NAMES)
+
+    def __contains__(self, key):
+        return key in SETTING_NAMES
+
+    def get(self, key, default=None):
+        return getattr(self, key) if key in SETTING_NAMES else default
+
+    def items(self):
+        return [(k, getattr(self, k)) for k in SETTING_NAMES]
+
+    @property
+    def jobs(self):
+        """The job words, parsed once."""
+        return self._derived["jobs"]
+
+    @property
+    def aug(self):
+        """The train-time augmentation settings as one ``Augmentation``."""
+        return self._derived["aug"]
+
+    def folds_for(self, n_folds):
+        """Fold numbers to run for a dataset of ``n_folds`` folds."""
+        return parse_folds(self.folds, n_folds)
+
+    def replace(self, **changes):
+        """A new validated Config with ``changes``."""
+        return Config.build(dict(self, **changes))
+
+    @classmethod
+    def build(cls, values, source="settings"):
+        """Validated Config from a mapping of settings (missing ones take their defaults)."""
+        if isinstance(values, Config):
+            return values
+        unknown = sorted(set(values) - set(SETTING_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown settings {unknown}")
+        merged = dict(DEFAULTS, config=None)
+        merged.update(values)
+        problems = []
+        for name in FLAG_NAMES:
+            try:
+                merged[name] = _coerce(name, merged[name])
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+                problems.append(f"{source}: bad value for {name}: {merged[name]!r} ({e})")
+        if problems:
+            raise ConfigError("bad settings:\n  - " + "\n  - ".join(problems))
+        merged["mixed_precision"] = (merged["mixed_precision"] or "none").lower()
+        problems = _problems(merged)
+        if problems:
+            raise ConfigError("bad settings:\n  - " + "\n  - ".join(problems))
+        if not merged["tfrec_dir"]:
+            merged["tfrec_dir"] = os.path.join(merged["data_dir"], "tfrec")
+        if not merged["template"]:
+            merged["template"] = os.path.join(merged["data_dir"], "sample_submission.csv")
+        if not merged["run_dir"]:
+            merged["run_dir"] = default_run_dir(merged["config"], merged["arch"])
+        cfg = cls(**merged)
+        object.__setattr__(cfg, "_derived", {
+            "jobs": job_words(merged["job"]),
+            "aug": Augmentation(merged["aug_number"], merged["aug_probability"], merged["aug_crop_scale"],
+                                merged["aug_rotate"], merged["aug_photometric"]),
+        })
+        return cfg
+
+
+Config = dataclasses.make_dataclass("Config", _config_fields(), bases=(_Mapping,), frozen=True)
+Config.__doc__ = "The settings of one run.py call (see the module doc); frozen, validated by ``Config.build``."
+SETTING_NAMES = ("config", *FLAG_NAMES)
+
+CHOICES = {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "cache": CACHE_MODES}
+
+
+def default_run_dir(config_path, arch):
+    """models/<config name> beside the config (or models/<arch> without one)."""
+    if config_path:
+        return os.path.join(os.path.dirname(config_path), os.path.splitext(os.path.basename(config_path))[0])
+    return os.path.join("models", arch)
+
+
+def parse_config(argv=None):
+    """The Config of a command line: defaults < YAML config < command line."""
+    args = vars(build_parser().parse_args(argv))
+    values = {"config": args.pop("config")}
+    source = "settings"
+    if values["config"]:
+        source = values["config"]
+        for k, v in load_yaml(values["config"]).items():
+            try:
+                values[k] = _coerce(k, v)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+                raise ConfigError(f"{source}: bad value for {k}: {v!r} ({e})") from None
+    values.update(args)
+    return Config.build(values, source)
+
+
+def make_config(**overrides):
+    """The Config for use from Python: defaults updated with ``overrides``."""
+    return Config.build(overrides)
 
 
 def to_yaml(cfg):
-    keep = {k: cfg[k] for k in FLAG_NAMES if k in cfg and k not in ("images", "checkpoints")}
+    keep = {k: cfg[k] for k in FLAG_NAMES if k not in ("images", "checkpoints")}
+    if keep.get("arch_options") is None:
+        keep.pop("arch_options", None)
     return yaml.safe_dump(keep, sort_keys=False)
+
+
+def main(argv=None):
+    """``python -m foldnet.config [run.py flags] --print NAME``: print one resolved setting (for shell scripts)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--print" not in argv or argv.index("--print") + 1 >= len(argv):
+        print("usage: python -m foldnet.config [run.py flags] --print NAME", file=sys.stderr)
+        return 2
+    i = argv.index("--print")
+    name = argv[i + 1]
+    try:
+        cfg = parse_config(argv[:i] + argv[i + 2:])
+        print(cfg[name])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyError:
+        print(f"error: no setting {name!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -115,8 +115,9 @@ def run_predict(cfg, log=_log):
 
 
 def run(cfg, extra_callbacks=(), log=_log):
-    """Do the jobs of ``cfg`` (a dict from config.parse_config / make_config)."""
-    jobs = config.job_words(cfg["job"])
+    """Do the jobs of ``cfg`` (a ``config.Config``, or a mapping of settings validated into one)."""
+    cfg = config.Config.build(cfg)
+    jobs = cfg.jobs
     if "predict" in jobs:
         run_predict(cfg, log=log)
         return 0
@@ -125,7 +126,10 @@ def run(cfg, extra_callbacks=(), log=_log):
     manifest = records.load_manifest(cfg["tfrec_dir"])
     task = tasks.for_manifest(manifest)
     spec = task.load_spec(manifest)
-    folds = config.parse_folds(cfg["folds"], manifest["n_folds"])
+    folds = cfg.folds_for(manifest["n_folds"])
+    problems = task.check_config(cfg, spec)
+    if problems:
+        raise ConfigError("bad settings:\n  - " + "\n  - ".join(problems))
     prepare_run_dir(cfg, task, spec)
     if jobs & {"train", "val", "test"}:
         run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks, log=log)

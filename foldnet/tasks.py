@@ -62,6 +62,10 @@ Records and tf.data (all datasets made of core TF ops, static shapes)
 
 Model
 
+- ``check_config(cfg, spec)``: list of problems of the settings for this task
+  and spec that the generic validation (``config``) cannot see (e.g. an
+  unknown architecture); the runner raises them as one ConfigError before
+  any model is built.
 - ``build_model(cfg, spec, weights)``: the Keras model (input pipeline
   contract of the task, head and output activation; float32 outputs under
   mixed precision). ``weights`` overrides ``cfg["weights"]`` (None when a
@@ -152,6 +156,9 @@ class Task:
         raise NotImplementedError
 
     # -- model
+    def check_config(self, cfg, spec):
+        return []
+
     def build_model(self, cfg, spec, weights):
         raise NotImplementedError
 

@@ -25,9 +25,10 @@ member_config() {
   exit 2
 }
 
-# YAML path -> RUNS_DIR/<member>, or beside the config (models/<member>/).
+# YAML path -> RUNS_DIR/<member>, or the run dir the config itself resolves to
+# (config.default_run_dir: models/<member>/ beside the config, unless it sets run_dir).
 member_run_dir() {
-  local cfg=$1 name
-  name=$(basename "$cfg" .yaml)
-  if [ -n "${RUNS_DIR:-}" ]; then echo "$RUNS_DIR/$name"; else echo "$(dirname "$cfg")/$name"; fi
+  local cfg=$1
+  if [ -n "${RUNS_DIR:-}" ]; then echo "$RUNS_DIR/$(basename "$cfg" .yaml)"; return; fi
+  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m foldnet.config --config "$cfg" --print run_dir
 }

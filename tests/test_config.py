@@ -88,3 +88,46 @@ def test_committed_member_configs_are_valid():
     for p in paths:
         cfg = config.parse_config(["--config", p])
         assert cfg["arch"] in names, p
+
+
+def test_out_of_range_values_fail_at_config_time_with_the_shared_bounds():
+    # aug_number 12 used to pass here and fail only while tf.data traced, after the model was built
+    with pytest.raises(ConfigError) as e:
+        config.make_config(aug_number=12, tta_number=10, dropout=1.0, aug_rotate=200)
+    msg = str(e.value)
+    for needle in ("aug_number must be in [0, 9], got 12", "tta_number must be in [0, 9], got 10",
+                   "dropout must be in [0, 1), got 1.0", "aug_rotate must be in [0, 180], got 200"):
+        assert needle in msg
+    from foldnet import augment
+
+    assert config.BOUNDS["aug_number"].high == augment.MAX_NUMBER == len(augment.TRANSFORMS) - 1
+
+
+def test_config_is_frozen_typed_and_reads_as_a_mapping(tmp_path):
+    cfg = config.make_config(dim="24", job="train_val", folds="2,0", aug_number=3, aug_rotate=10)
+    assert cfg.dim == 24 and cfg["dim"] == 24 and cfg.jobs == {"train", "val"}
+    assert cfg.folds_for(3) == [0, 2]
+    assert cfg.aug == config.Augmentation(number=3, probability=0.5, crop_scale=0.0, rotate=10.0, photometric=0.0)
+    with pytest.raises(Exception):
+        cfg.dim = 32
+    again = config.Config.build(dict(cfg, dim=32))
+    assert again.dim == 32 and again.run_dir == cfg.run_dir
+    with pytest.raises(ConfigError, match="dim must be >= 1"):
+        cfg.replace(dim=0)
+
+
+def test_arch_options_reach_the_builder(tmp_path):
+    from foldnet import classification
+    from foldnet.labels import LabelMap
+
+    path = write(tmp_path, "arch: small_cnn\ndim: 16\narch_options: {width: 8, depth: 2}\n")
+    cfg = config.parse_config(["--config", path])
+    assert cfg.arch_options == {"width": 8, "depth": 2}
+    assert "arch_options" in config.to_yaml(cfg)
+    flag = config.parse_config(["--config", path, "--arch_options", "{width: 16, depth: 2}"])
+    lm = LabelMap(["a", "b", "c"])
+    narrow = classification.TASK.build_model(cfg, lm, None).count_params()
+    wide = classification.TASK.build_model(flag, lm, None).count_params()
+    assert narrow < wide
+    with pytest.raises(ConfigError, match="arch_options"):
+        config.make_config(arch_options="[1, 2]")
