@@ -120,7 +120,7 @@ def run_recipe(base, overrides, data_dir, tfrec_dir, run_dir):
     cfg = config.make_config(**{**settings, "data_dir": data_dir, "tfrec_dir": tfrec_dir, "run_dir": run_dir,
                                 "job": "train_val_score", "verbose": 0, "overwrite": True})
     start = time.time()
-    runner.run(cfg, log=lambda msg: None)
+    runner.run(cfg)
     seconds = time.time() - start
     rows = fileio.read_json(os.path.join(run_dir, "scores.json"))["rows"]
     row = next(r for r in rows if r["fold"] == "all" and r["tta"] == "identity")

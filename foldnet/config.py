@@ -165,6 +165,7 @@ FLAGS = [
     ("jit_compile", _bool, False, "Compile the training step with XLA"),
     ("seed", int, 42, "Random seed (fold K uses seed + K)"),
     ("verbose", int, -1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch, -1 auto (bar on a terminal)"),
+    ("quiet", _bool, False, "Log warnings and errors only (foldnet's own lines; Keras progress follows --verbose)"),
     ("arch_options", dict, None,
      "Options of the architecture's builder as a YAML mapping, e.g. '{width: 48, depth: 4}' "
      "(small_cnn: width, depth, blocks; kecam: drop_connect_rate, ...)"),
@@ -421,7 +422,7 @@ def make_config(**overrides):
 
 
 def to_yaml(cfg):
-    keep = {k: cfg[k] for k in FLAG_NAMES if k not in ("images", "checkpoints")}
+    keep = {k: cfg[k] for k in FLAG_NAMES if k not in ("images", "checkpoints", "quiet")}
     if keep.get("arch_options") is None:
         keep.pop("arch_options", None)
     return yaml.safe_dump(keep, sort_keys=False)

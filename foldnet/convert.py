@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import fileio, folds as folds_mod, images, layouts
 from .errors import ConfigError, DataError
-from .labels import LabelMap
+from .labels import DEFAULT_NEW_LABEL, LabelMap
 
 DEFAULT_SHARD_SIZE = "150MB"
 _OUTPUT_NAMES = {"manifest.json", "label_map.json", "folds.csv"}
@@ -293,7 +293,7 @@ def check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_dupl
 
 def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=None, images_dir=None,
                      id_col="image_id", label_col="label", path_col=None, path_pattern=None, group_col=None,
-                     known_labels_csv=None, new_label=layouts.TURTLE_NEW_LABEL, n_folds=5, seed=42,
+                     known_labels_csv=None, new_label=DEFAULT_NEW_LABEL, n_folds=5, seed=42,
                      group_duplicates=None, shard_size=DEFAULT_SHARD_SIZE, workers=None, max_side=None,
                      jpeg_quality=95, skip_bad=False, overwrite=False, progress=True):
     """Convert a dataset into a TFRecord directory (Contract 1); return its manifest.
@@ -382,7 +382,7 @@ def build_parser():
     gen.add_argument("--group_col", help="rows sharing a value stay in one fold (StratifiedGroupKFold)")
     gen.add_argument("--known_labels_csv", help="CSV listing the 'original' labels; others map to --new_label "
                      "in submissions (default: all labels are original)")
-    gen.add_argument("--new_label", default=layouts.TURTLE_NEW_LABEL, help="label for new individuals")
+    gen.add_argument("--new_label", default=DEFAULT_NEW_LABEL, help="label for new individuals")
     fo = p.add_argument_group("folds")
     fo.add_argument("--n_folds", type=int, default=5, help="number of folds (stratified K-fold)")
     fo.add_argument("--seed", type=int, default=42, help="seed of the fold split and shard order")

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 
 from . import fileio
+from .labels import DEFAULT_NEW_LABEL
 
 N_ORIGINAL = 7
-NEW_LABEL = "new_turtle"
 LOCATIONS = ["top", "left", "right"]
 
 
@@ -112,7 +112,7 @@ def write_layout(root, ids, labels, original, train_rows, extra_rows, test_rows)
     sample.to_csv(os.path.join(root, "sample_submission.csv"), index=False)
     pd.DataFrame({
         "image_id": test_ids,
-        "turtle_id": [labels[i] if labels[i] in original else NEW_LABEL for i in test_rows],
+        "turtle_id": [labels[i] if labels[i] in original else DEFAULT_NEW_LABEL for i in test_rows],
     }).to_csv(os.path.join(root, "answers.csv"), index=False)
 
 

@@ -18,19 +18,22 @@ No TensorFlow here: this module runs in light processes. Local paths only.
 import argparse
 import hashlib
 import json
+import logging
 import os
 import sys
 
 import numpy as np
 
-from . import fileio, report, rundir, tasks
+from . import fileio, logs, report, rundir, tasks
 from .averaging import TTA_MODES, average_test, normalise_weights, scan_members
 from .errors import ConfigError, DataError
 from .weightfit import oof_report
 
+log = logging.getLogger(__name__)
+
 
 def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=False, fit_metric=None,
-                  tta="mean", k=5, task=None, log=print):
+                  tta="mean", k=5, task=None):
     """Ensemble ``runs`` into the submission ``out_path``; returns the paths written.
 
     template: the submission template (classification: sample submission CSV
@@ -68,7 +71,7 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     if notes:
         text += "\n" + "".join(f"- {n}\n" for n in notes)
     scores_path = fileio.atomic_write_text(f"{stem}.scores.md", text)
-    log(text)
+    log.info(text)
     return out_path, probs_path, scores_path
 
 
@@ -128,6 +131,7 @@ def _parse_args(argv):
     p.add_argument("--tta", default="mean", choices=TTA_MODES, help="TTA reduction")
     p.add_argument("--submission", required=True, help="output CSV path")
     p.add_argument("--k", type=int, default=5, help="predictions per row")
+    logs.add_flags(p)
     args = p.parse_args(argv)
     if not args.template and not args.data_dir:
         p.error("give --data_dir (for DATA_DIR/sample_submission.csv) or --template")
@@ -145,6 +149,7 @@ def _parse_weights(text):
 
 def main(argv=None):
     args = _parse_args(argv)
+    logs.setup(logs.verbosity(args))
     try:
         template = args.template or os.path.join(args.data_dir, "sample_submission.csv")
         paths = make_ensemble(args.runs, args.submission, template, args.tfrec_dir,
@@ -153,7 +158,7 @@ def main(argv=None):
     except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("wrote " + ", ".join(paths))
+    log.info("wrote " + ", ".join(paths))
     return 0
 
 

@@ -10,6 +10,9 @@ import numpy as np
 
 from . import fileio
 
+# The label a submission gives an individual not among the original labels (Turtle Recall's "new_turtle").
+DEFAULT_NEW_LABEL = "new_turtle"
+
 
 class LabelMap:
     """Class index <-> label string, plus the set of original labels.
@@ -19,7 +22,7 @@ class LabelMap:
     other predicted label becomes ``new_label`` (e.g. ``new_turtle``).
     """
 
-    def __init__(self, labels, original=None, new_label="new_turtle"):
+    def __init__(self, labels, original=None, new_label=DEFAULT_NEW_LABEL):
         self.labels = [str(x) for x in labels]
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("label map has duplicate labels")
@@ -33,7 +36,7 @@ class LabelMap:
         self.original_mask = np.array([lab in self.original for lab in self.labels], dtype=bool)
 
     @classmethod
-    def fit(cls, labels, original=None, new_label="new_turtle"):
+    def fit(cls, labels, original=None, new_label=DEFAULT_NEW_LABEL):
         return cls(sorted(set(str(x) for x in labels)), original, new_label)
 
     @property
@@ -69,7 +72,7 @@ class LabelMap:
     @classmethod
     def load(cls, path):
         d = fileio.read_json(path)
-        lm = cls(d["labels"], d.get("original"), d.get("new_label", "new_turtle"))
+        lm = cls(d["labels"], d.get("original"), d.get("new_label", DEFAULT_NEW_LABEL))
         if "fingerprint" in d and d["fingerprint"] != lm.fingerprint():
             raise ValueError(f"{path}: label map fingerprint does not match its content")
         return lm

@@ -21,8 +21,8 @@ from typing import NamedTuple
 import pandas as pd
 
 from .errors import DataError
+from .labels import DEFAULT_NEW_LABEL
 
-TURTLE_NEW_LABEL = "new_turtle"
 # Preferred extensions when several files match <id>.*; others follow, sorted.
 _EXT_ORDER = [".JPG", ".jpg", ".jpeg", ".JPEG", ".png", ".PNG"]
 
@@ -244,11 +244,7 @@ def finish(train, test, original, new_label, csv_files, root, label_name, skip_b
 # ---------------------------------------------------------------- layouts
 
 
-def is_turtle_layout(data_dir):
-    return os.path.isfile(os.path.join(data_dir, "train.csv")) and os.path.isfile(os.path.join(data_dir, "test.csv"))
-
-
-def read_turtle(data_dir, skip_bad=False, new_label=TURTLE_NEW_LABEL):
+def read_turtle(data_dir, skip_bad=False, new_label=DEFAULT_NEW_LABEL):
     """The Turtle Recall layout of ``data_dir`` as a validated Dataset."""
     specs = {
         "train": (os.path.join(data_dir, "train.csv"), ["image_id", "image_location", "turtle_id"]),
@@ -273,7 +269,7 @@ def read_turtle(data_dir, skip_bad=False, new_label=TURTLE_NEW_LABEL):
 
 
 def read_generic(train_csv, images_dir, id_col, label_col, test_csv=None, path_col=None, path_pattern=None,
-                 group_col=None, known_labels_csv=None, new_label=TURTLE_NEW_LABEL, skip_bad=False):
+                 group_col=None, known_labels_csv=None, new_label=DEFAULT_NEW_LABEL, skip_bad=False):
     """A generic CSV layout as a validated Dataset.
 
     Image paths come from ``path_col`` (relative to ``images_dir`` unless

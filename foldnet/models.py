@@ -43,7 +43,6 @@ import sys
 import tempfile
 from typing import Callable, Optional, Tuple
 
-import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 

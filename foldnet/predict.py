@@ -6,10 +6,14 @@ label map's fingerprint and the checkpoint's fingerprint (Contract 2 in
 docs/DESIGN.md), so ensembling never depends on row order and stale files are
 recognised.
 """
+import logging
+
 import numpy as np
 
 from . import augment, data, images, ranking, rundir, tasks
 from .errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def predict_records(model, files, cfg, task=None, verbose=0):
@@ -25,7 +29,7 @@ def predict_records(model, files, cfg, task=None, verbose=0):
     return ids, targets, outputs
 
 
-def predict_split(model, files, out_path, cfg, spec_fp, weights_fp, n_rows, task=None, log=print, verbose=0):
+def predict_split(model, files, out_path, cfg, spec_fp, weights_fp, n_rows, task=None, verbose=0):
     """Predict the records of ``files`` (all TTA views, one pass) into the prediction file ``out_path``.
 
     The caller decides staleness (``rundir.is_current``). Returns the outputs.
@@ -36,7 +40,7 @@ def predict_split(model, files, out_path, cfg, spec_fp, weights_fp, n_rows, task
         raise RuntimeError(f"read {len(ids)} records, the manifest says {n_rows}")
     rundir.save_predictions(out_path, ids, task.encode_outputs(outputs), task.encode_targets(targets),
                             task.tta_names(cfg["tta_number"]), spec_fp, weights_fp)
-    log(f"  wrote {out_path}: {outputs.shape[1]} rows x {outputs.shape[0]} TTA view(s)")
+    log.info(f"  wrote {out_path}: {outputs.shape[1]} rows x {outputs.shape[0]} TTA view(s)")
     return outputs
 
 

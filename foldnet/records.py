@@ -8,7 +8,6 @@ Writing: worker processes (foldnet.images, no TensorFlow) read, validate and
 re-encode images; this process serialises tf.train.Example protos and writes
 them with tf.io.TFRecordWriter (its C++ CRC32C is far faster than Python).
 """
-import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
 import os
 import re

@@ -5,17 +5,16 @@ Jobs are words joined by '_': train, val, test, score, subm, predict (see
 interrupted fold resumes from its last epoch, and predictions are made only
 where they are missing or stale.
 """
+import logging
 import os
 import shutil
 import sys
 import time
 
-from . import config, fileio, rundir, tasks
+from . import config, fileio, logs, rundir, tasks
 from .errors import ConfigError, DataError
 
-
-def _log(msg):
-    print(msg, flush=True)
+log = logging.getLogger(__name__)
 
 
 def prepare_run_dir(cfg, task, spec):
@@ -34,40 +33,40 @@ def prepare_run_dir(cfg, task, spec):
     fileio.atomic_write_text(os.path.join(run_dir, "config.yaml"), config.to_yaml(cfg))
 
 
-def _warn_changed_settings(cfg, task, spec, fold, done_path, log):
+def _warn_changed_settings(cfg, task, spec, fold, done_path):
     saved = fileio.read_json(done_path).get("settings") or {}
     from . import train
 
     now = train.model_settings(cfg, task, spec)
     changed = [k for k in now if k in saved and saved[k] != now[k]]
     if changed:
-        log(f"fold {fold}: warning: it was trained with other {', '.join(changed)} "
+        log.warning(f"fold {fold}: warning: it was trained with other {', '.join(changed)} "
             f"({', '.join(f'{k}={saved[k]!r}' for k in changed)}); its predictions use those")
 
 
-def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=(), log=_log):
+def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=()):
     import tensorflow as tf
 
     from . import predict, records, strategy, train
 
     strategy.set_mixed_precision(cfg["mixed_precision"])
-    strat = strategy.get_strategy(cfg["tpu"], logger=log)
+    strat = strategy.get_strategy(cfg["tpu"])
     spec_fp = spec.fingerprint()
     for fold in folds:
         t0 = time.time()
-        log(f"=== fold {fold} of {manifest['n_folds']} ({cfg['arch']}, {os.path.basename(cfg['run_dir'])}) ===")
+        log.info(f"=== fold {fold} of {manifest['n_folds']} ({cfg['arch']}, {os.path.basename(cfg['run_dir'])}) ===")
         tf.keras.backend.clear_session()
         train.seed_everything(cfg["seed"] + fold)
         p = rundir.fold_paths(cfg["run_dir"], fold)
         model = None
         if "train" in jobs:
             if train.is_done(cfg["run_dir"], fold) and not cfg["overwrite"]:
-                log(f"fold {fold}: already trained ({p['done']}); skipped (use --overwrite to retrain)")
-                _warn_changed_settings(cfg, task, spec, fold, p["done"], log)
+                log.info(f"fold {fold}: already trained ({p['done']}); skipped (use --overwrite to retrain)")
+                _warn_changed_settings(cfg, task, spec, fold, p["done"])
             else:
                 if cfg["overwrite"] and os.path.isdir(p["dir"]):
                     shutil.rmtree(p["dir"])
-                model = train.train_fold(cfg, fold, manifest, cfg["run_dir"], strat, extra_callbacks, log=log,
+                model = train.train_fold(cfg, fold, manifest, cfg["run_dir"], strat, extra_callbacks,
                                          task=task, spec=spec)
         splits = []
         if "val" in jobs:
@@ -80,15 +79,15 @@ def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=(), log=_l
             weights_fp = rundir.weights_fingerprint(p["best"])
             for name, files, n_rows in splits:
                 if rundir.is_current(p[name], weights_fp, spec_fp, cfg["tta_number"] + 1, n_rows):
-                    log(f"  {p[name]} is current; not predicted again")
+                    log.info(f"  {p[name]} is current; not predicted again")
                     continue
                 if model is None:
                     model = train.load_fold_model(cfg, spec, p["best"], strat, task=task)
-                predict.predict_split(model, files, p[name], cfg, spec_fp, weights_fp, n_rows, task=task, log=log)
-        log(f"fold {fold}: {time.time() - t0:.1f} s")
+                predict.predict_split(model, files, p[name], cfg, spec_fp, weights_fp, n_rows, task=task)
+        log.info(f"fold {fold}: {time.time() - t0:.1f} s")
 
 
-def run_predict(cfg, log=_log):
+def run_predict(cfg):
     """--job predict: top-k labels of image files, averaged over fold checkpoints (classification)."""
     from . import predict, train
 
@@ -106,20 +105,20 @@ def run_predict(cfg, log=_log):
     _, rows = predict.predict_images(
         lambda w: train.load_fold_model(cfg, label_map, w, task=task), weights, cfg["images"],
         cfg["dim"], cfg["tta_number"], label_map)
-    log(f"{len(weights)} checkpoint(s), {cfg['tta_number'] + 1} view(s) per image")
+    log.info(f"{len(weights)} checkpoint(s), {cfg['tta_number'] + 1} view(s) per image")
     for path, row in zip(cfg["images"], rows):
-        log(f"{path}")
+        log.info(f"{path}")
         for rank, (label, prob) in enumerate(row, 1):
-            log(f"  {rank}. {label:<24} {prob:.4f}")
+            log.info(f"  {rank}. {label:<24} {prob:.4f}")
     return rows
 
 
-def run(cfg, extra_callbacks=(), log=_log):
+def run(cfg, extra_callbacks=()):
     """Do the jobs of ``cfg`` (a ``config.Config``, or a mapping of settings validated into one)."""
     cfg = config.Config.build(cfg)
     jobs = cfg.jobs
     if "predict" in jobs:
-        run_predict(cfg, log=log)
+        run_predict(cfg)
         return 0
     from . import records
 
@@ -132,16 +131,16 @@ def run(cfg, extra_callbacks=(), log=_log):
         raise ConfigError("bad settings:\n  - " + "\n  - ".join(problems))
     prepare_run_dir(cfg, task, spec)
     if jobs & {"train", "val", "test"}:
-        run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks, log=log)
+        run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks)
     if "score" in jobs:
         from . import scores
 
-        scores.score_run(cfg["run_dir"], spec, task=task, log=log)
+        scores.score_run(cfg["run_dir"], spec, task=task)
     if "subm" in jobs:
         from . import ensemble
 
         ensemble.make_ensemble([cfg["run_dir"]], os.path.join(cfg["run_dir"], "submission.csv"),
-                               template=cfg["template"], tfrec_dir=cfg["tfrec_dir"], log=log)
+                               template=cfg["template"], tfrec_dir=cfg["tfrec_dir"])
     return 0
 
 
@@ -150,6 +149,7 @@ def main(argv=None):
 
     try:
         cfg = config.parse_config(argv)
+        logs.setup(-1 if cfg.quiet else 0)
         return run(cfg)
     except (ConfigError, DataError, TPUUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,11 +4,14 @@ No TensorFlow here. Reads the run's OOF predictions through
 ``rundir.read_oof`` (aligned by their ids), scores them with the task's
 ``score`` and writes ``scores.json`` and ``scores.md`` in the run dir.
 """
+import logging
 import os
 
 import numpy as np
 
 from . import fileio, report, rundir, tasks
+
+log = logging.getLogger(__name__)
 
 
 def _rows_for(name, targets, outputs, tta_names, task, spec):
@@ -21,7 +24,7 @@ def _rows_for(name, targets, outputs, tta_names, task, spec):
     return rows
 
 
-def score_run(run_dir, spec, task=None, log=print):
+def score_run(run_dir, spec, task=None):
     """Score every fold of ``run_dir`` that has OOF predictions. Returns the rows."""
     task = task or tasks.get(tasks.DEFAULT_TASK)
     folds = rundir.read_oof(run_dir, task, expected_fingerprint=spec.fingerprint())
@@ -42,5 +45,5 @@ def score_run(run_dir, spec, task=None, log=print):
     table = report.markdown_table(rows, ["fold", "tta", "n", *task.score_keys])
     title = f"# Out-of-fold scores: {os.path.basename(os.path.normpath(run_dir))}\n\n"
     fileio.atomic_write_text(os.path.join(run_dir, "scores.md"), title + table + "\n" + task.score_note + "\n")
-    log(table)
+    log.info(table)
     return rows

@@ -14,11 +14,13 @@
 Only TensorFlow is used (no cloud-tpu-client).
 """
 import json
+import logging
 import os
 import threading
 
-import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
+
+log = logging.getLogger(__name__)
 
 keras = tf.keras
 
@@ -85,11 +87,10 @@ def _tf_config_workers(tf_config):
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
-def get_strategy(tpu=None, logger=print, devices=None, tpu_resolve_timeout=60.0):
-    """Return the ``tf.distribute.Strategy`` to build and train models under.
+def get_strategy(tpu=None, devices=None, tpu_resolve_timeout=60.0):
+    """Return the ``tf.distribute.Strategy`` to build and train models under; logs one line naming it.
 
     tpu: TPU name, ``grpc://`` address or ``"local"``; None or "" for no TPU.
-    logger: called once with a line naming the strategy and replica count.
     devices: explicit device names for a MirroredStrategy (e.g.
         ``["/cpu:0", "/cpu:1"]`` after ``split_cpu(2)``).
     tpu_resolve_timeout: seconds to wait for a TPU name to resolve.
@@ -107,7 +108,7 @@ def get_strategy(tpu=None, logger=print, devices=None, tpu_resolve_timeout=60.0)
     else:
         strategy = tf.distribute.get_strategy()
         detail = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    logger(f"strategy: {type(strategy).__name__} ({detail}), replicas: {strategy.num_replicas_in_sync}")
+    log.info(f"strategy: {type(strategy).__name__} ({detail}), replicas: {strategy.num_replicas_in_sync}")
     return strategy
 
 

@@ -15,10 +15,13 @@ the worked example.
 Words used below
 ----------------
 cfg
-    The resolved settings of ``run.py`` (``config.resolve``). Tasks read the
-    keys they need (``dim``, ``batch_size``, ``aug_*``, ``tta_number``,
-    ``arch``, ``dropout``, ``label_smoothing``, ...) and may define their own
-    flags only through ``config.FLAGS``.
+    The settings of ``run.py``: a frozen, validated ``config.Config`` (reads
+    as a mapping: ``cfg["dim"]``; ``cfg.aug`` is the augmentation object,
+    ``cfg["arch_options"]`` the builder options). Tasks read the keys they
+    need (``dim``, ``batch_size``, ``tta_number``, ``arch``, ``dropout``,
+    ``label_smoothing``, ...); new settings are added to ``config.FLAGS`` (and
+    their bounds to ``config.BOUNDS``). Helpers outside ``run.py`` (benches)
+    may pass a plain dict with the keys the method reads.
 spec
     What the outputs mean, shared by every fold and member of an ensemble
     (classification: the ``LabelMap``). Any object with ``fingerprint() ->

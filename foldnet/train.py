@@ -16,6 +16,7 @@ the same semantics as the Keras ones (patience, factor, min_delta, min_lr) so
 that their counters are part of the saved state.
 """
 import json
+import logging
 import math
 import os
 import shutil
@@ -28,6 +29,7 @@ from . import data, fileio, plots, records, rundir, tasks
 from .errors import ConfigError
 
 keras = tf.keras
+log = logging.getLogger(__name__)
 
 
 def monitor_mode(monitor):
@@ -121,7 +123,7 @@ class FoldCallback(keras.callbacks.Callback):
     """
 
     def __init__(self, fold_dir, state, manager, monitor, schedule, lr_patience, lr_factor, min_lr,
-                 early_stop_patience, min_delta, log=print):
+                 early_stop_patience, min_delta):
         super().__init__()
         self.fold_dir = fold_dir
         self.state = state
@@ -134,7 +136,6 @@ class FoldCallback(keras.callbacks.Callback):
         self.min_lr = min_lr
         self.early_stop_patience = early_stop_patience
         self.min_delta = min_delta
-        self.log = log
         self.best_path = os.path.join(fold_dir, rundir.BEST)
         self._t0 = None
 
@@ -157,7 +158,7 @@ class FoldCallback(keras.callbacks.Callback):
         d = self.state.d
         lr = _current_lr(self.model.optimizer)
         if not math.isfinite(value):
-            self.log(f"  epoch {epoch + 1}: {self.monitor} is {value}; not a candidate for the best checkpoint")
+            log.info(f"  epoch {epoch + 1}: {self.monitor} is {value}; not a candidate for the best checkpoint")
         elif self.improved(value):
             save_best(self.model, self.best_path, epoch, self.monitor, value)
             d["best"], d["best_epoch"] = value, epoch
@@ -168,13 +169,13 @@ class FoldCallback(keras.callbacks.Callback):
             if self.schedule == "plateau" and d["plateau_wait"] >= self.lr_patience and lr > self.min_lr:
                 new_lr = max(lr * self.lr_factor, self.min_lr)
                 self.model.optimizer.learning_rate.assign(new_lr)
-                self.log(f"  epoch {epoch + 1}: {self.monitor} did not improve for {d['plateau_wait']} epochs; "
+                log.info(f"  epoch {epoch + 1}: {self.monitor} did not improve for {d['plateau_wait']} epochs; "
                          f"learning rate {lr:.3g} -> {new_lr:.3g}")
                 d["plateau_wait"] = 0
             if self.early_stop_patience and d["stop_wait"] >= self.early_stop_patience:
                 d["stopped"] = True
                 self.model.stop_training = True
-                self.log(f"  epoch {epoch + 1}: early stop, no improvement of {self.monitor} "
+                log.info(f"  epoch {epoch + 1}: early stop, no improvement of {self.monitor} "
                          f"for {d['stop_wait']} epochs")
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}, "lr": lr,
                "seconds": round(time.time() - (self._t0 or time.time()), 2)}
@@ -248,7 +249,7 @@ def _keras_verbose(v):
     return 1 if sys.stdout.isatty() else 2
 
 
-def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), log=print, task=None, spec=None):
+def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=None, spec=None):
     """Train fold ``fold`` (resuming if it was interrupted). Returns the model with its best weights.
 
     ``task`` / ``spec`` default to the manifest's task and its spec (``tasks``).
@@ -276,9 +277,9 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), log=p
         initial_epoch = state.d["epochs_done"]
         if cfg["schedule"] == "plateau" and state.d["lr"] is not None:
             model.optimizer.learning_rate.assign(state.d["lr"])
-        log(f"fold {fold}: resuming after epoch {initial_epoch} from {state.d['checkpoint']}")
+        log.info(f"fold {fold}: resuming after epoch {initial_epoch} from {state.d['checkpoint']}")
     elif state.d["epochs_done"]:
-        log(f"fold {fold}: resume state names a missing checkpoint; starting the fold again")
+        log.warning(f"fold {fold}: resume state names a missing checkpoint; starting the fold again")
         shutil.rmtree(p["state"], ignore_errors=True)
         state = FoldState(p["state"])
     settings = model_settings(cfg, task, spec)
@@ -299,21 +300,21 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), log=p
     val_ds = task.eval_dataset(val_files, spec, cfg)
 
     controller = FoldCallback(p["dir"], state, manager, cfg["monitor"], cfg["schedule"], cfg["lr_patience"],
-                              cfg["lr_factor"], cfg["min_lr"], cfg["early_stop_patience"], cfg["min_delta"], log=log)
+                              cfg["lr_factor"], cfg["min_lr"], cfg["early_stop_patience"], cfg["min_delta"])
     callbacks = [controller, keras.callbacks.TensorBoard(os.path.join(p["dir"], "tb"), profile_batch=0),
                  *extra_callbacks]
-    log(f"fold {fold}: {n_train} training images ({len(train_files)} shards, cache={cache}), "
+    log.info(f"fold {fold}: {n_train} training images ({len(train_files)} shards, cache={cache}), "
         f"{manifest['folds'][fold]['n_examples']} validation, {steps} steps/epoch of {batch_size}, "
         f"{strategy.num_replicas_in_sync} replica(s)")
     if state.d["stopped"] or initial_epoch >= cfg["n_epochs"]:
-        log(f"fold {fold}: training had already finished; finalising")
+        log.info(f"fold {fold}: training had already finished; finalising")
     else:
         model.fit(train_ds, steps_per_epoch=steps, epochs=cfg["n_epochs"], initial_epoch=initial_epoch,
                   validation_data=val_ds, callbacks=callbacks, verbose=_keras_verbose(cfg["verbose"]))
-    return finish_fold(model, p, state, cfg["monitor"], fold, log)
+    return finish_fold(model, p, state, cfg["monitor"], fold)
 
 
-def finish_fold(model, p, state, monitor, fold, log=print):
+def finish_fold(model, p, state, monitor, fold):
     best = read_best(p["best"])
     if best is None:
         raise RuntimeError(f"fold {fold}: no best checkpoint was saved ({monitor} was never finite)")
@@ -327,7 +328,7 @@ def finish_fold(model, p, state, monitor, fold, log=print):
         "settings": state.d.get("settings"),
     })
     shutil.rmtree(p["state"], ignore_errors=True)
-    log(f"fold {fold}: done, best {monitor} = {best[1]:.4f} at epoch {best[0] + 1}")
+    log.info(f"fold {fold}: done, best {monitor} = {best[1]:.4f} at epoch {best[0] + 1}")
     return model
 
 

@@ -116,3 +116,23 @@ def tiny_tfrec(tiny_turtle_dir, tmp_path_factory):
 def turtle_copy(tiny_turtle_dir, tmp_path):
     """Path (str) of a writable copy of ``tiny_turtle_dir`` (for tests that change it)."""
     return shutil.copytree(tiny_turtle_dir, str(tmp_path / "turtle"))
+
+
+@pytest.fixture
+def log_lines():
+    """The messages foldnet's loggers emit at INFO and above during the test, as a list."""
+    import logging
+
+    lines = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("foldnet")
+    handler, level = Collect(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)

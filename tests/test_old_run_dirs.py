@@ -49,7 +49,7 @@ def test_old_run_dirs_ensemble_to_the_same_submission(old_runs, monkeypatch):
 
 def test_old_run_dir_scores_alike(old_runs):
     run = str(old_runs / "m0")
-    scores.score_run(run, LabelMap.load(os.path.join(run, "label_map.json")), log=lambda m: None)
+    scores.score_run(run, LabelMap.load(os.path.join(run, "label_map.json")))
     with open(os.path.join(run, "scores.json")) as f:
         new = json.load(f)
     with open(old_runs / "expected" / "m0_scores.json") as f:

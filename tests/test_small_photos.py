@@ -22,7 +22,7 @@ def test_small_photos_recipe_beats_chance_by_far(tmp_path):
     cfg = config.make_config(**{**recipe, "n_epochs": 30, "data_dir": data_dir, "tfrec_dir": tfrec,
                                 "run_dir": str(tmp_path / "run"), "folds": "0", "job": "train_val_score",
                                 "verbose": 0})
-    assert runner.run(cfg, log=lambda msg: None) == 0
+    assert runner.run(cfg) == 0
     rows = fileio.read_json(str(tmp_path / "run" / "scores.json"))["rows"]
     top1 = next(r for r in rows if r["fold"] == "0" and r["tta"] == "identity")["top1"]
     print(f"small_photos recipe, tiny photo dataset (8 individuals, 32 training images): top-1 {top1:.3f}")

@@ -23,8 +23,14 @@ from foldnet import strategy
 devices = strategy.split_cpu(2)
 import numpy as np, tensorflow as tf
 from foldnet import models
+import logging
 lines = []
-strat = strategy.get_strategy(devices=devices[:2], logger=lines.append)
+class Collect(logging.Handler):
+    def emit(self, record):
+        lines.append(record.getMessage())
+logging.getLogger("foldnet").addHandler(Collect())
+logging.getLogger("foldnet").setLevel(logging.INFO)
+strat = strategy.get_strategy(devices=devices[:2])
 with strat.scope():
     model = models.build_model("tiny_cnn", n_classes=3, dim=16)
     model.compile(tf.keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
@@ -59,9 +65,10 @@ def test_mirrored_strategy_on_split_cpu_trains_a_step():
 
 
 @pytest.mark.skipif(len(tf.config.list_physical_devices("GPU")) > 1, reason="several GPUs: mirrored")
-def test_default_strategy_without_arguments():
-    lines = []
-    strat = strategy.get_strategy(logger=lines.append)
+def test_default_strategy_without_arguments(log_lines):
+    lines = log_lines
+    lines.clear()  # only what follows
+    strat = strategy.get_strategy()
     assert strat is tf.distribute.get_strategy()
     assert not tf.distribute.has_strategy()  # the default strategy, not a scoped one
     assert strat.num_replicas_in_sync == 1
@@ -72,7 +79,7 @@ def test_default_strategy_without_arguments():
 def test_bogus_tpu_name_fails_quickly_and_clearly():
     start = time.time()
     with pytest.raises(strategy.TPUUnavailableError, match="no-such-tpu-xyz"):
-        strategy.get_strategy(tpu="no-such-tpu-xyz", logger=lambda line: None, tpu_resolve_timeout=20)
+        strategy.get_strategy(tpu="no-such-tpu-xyz", tpu_resolve_timeout=20)
     assert time.time() - start < 25
 
 
@@ -83,7 +90,7 @@ def test_hanging_tpu_resolver_is_cut_off(monkeypatch):
     monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", hang)
     start = time.time()
     with pytest.raises(strategy.TPUUnavailableError, match="did not resolve within 0.5 s"):
-        strategy.get_strategy(tpu="my-tpu", logger=lambda line: None, tpu_resolve_timeout=0.5)
+        strategy.get_strategy(tpu="my-tpu", tpu_resolve_timeout=0.5)
     assert time.time() - start < 2
 
 

@@ -100,25 +100,26 @@ def test_train_predict_score_end_to_end(tiny_turtle_dir, tiny_tfrec, tmp_path):
     assert os.path.exists(run_dir / "config.yaml") and os.path.exists(run_dir / "label_map.json")
 
 
-def test_rerun_skips_finished_folds_and_current_predictions(tiny_turtle_dir, tiny_tfrec, tmp_path):
+def test_rerun_skips_finished_folds_and_current_predictions(tiny_turtle_dir, tiny_tfrec, tmp_path, log_lines):
     run_dir = tmp_path / "member"
     cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=1, folds="0", job="train_val_test")
     runner.run(cfg)
     files = [run_dir / "fold_0" / n for n in ("best.h5", "oof.npz", "test.npz", "done.json")]
     before = [f.stat().st_mtime_ns for f in files]
-    lines = []
-    runner.run(cfg, log=lines.append)
+    lines = log_lines
+    lines.clear()  # only what follows
+    runner.run(cfg)
     assert [f.stat().st_mtime_ns for f in files] == before
     assert any("already trained" in line for line in lines)
     assert sum("is current" in line for line in lines) == 2
     # a changed TTA count makes the predictions stale: they are redone, training is not
-    runner.run(dict(cfg, tta_number=1), log=lines.append)
+    runner.run(dict(cfg, tta_number=1))
     assert files[0].stat().st_mtime_ns == before[0]
     with np.load(files[1]) as z:
         assert z["outputs"].shape[0] == 2
 
 
-def test_kill_mid_fold_then_rerun_resumes(tiny_turtle_dir, tiny_tfrec, tmp_path):
+def test_kill_mid_fold_then_rerun_resumes(tiny_turtle_dir, tiny_tfrec, tmp_path, log_lines):
     run_dir = tmp_path / "member"
     cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=4, folds="0,1", job="train_val_test")
     with pytest.raises(KillAfterEpoch):
@@ -129,8 +130,9 @@ def test_kill_mid_fold_then_rerun_resumes(tiny_turtle_dir, tiny_tfrec, tmp_path)
     best_before = train.read_best(str(run_dir / "fold_0" / "best.h5"))
     assert best_before is not None and best_before[0] in (0, 1)
 
-    lines = []
-    runner.run(cfg, log=lines.append)
+    lines = log_lines
+    lines.clear()  # only what follows
+    runner.run(cfg)
     assert any("fold 0: resuming after epoch 2" in line for line in lines)
     for fold in (0, 1):
         check_fold_outputs(str(run_dir), fold, tiny_tfrec, tiny_turtle_dir, 4, 2)
@@ -167,14 +169,15 @@ def test_plateau_reduces_learning_rate_and_early_stop(tiny_turtle_dir, tiny_tfre
     np.testing.assert_allclose(hist["lr"].tolist(), [1e-3, 1e-3, 5e-4, 2.5e-4], rtol=1e-5)
 
 
-def test_predict_job_on_image_files(tiny_turtle_dir, tiny_tfrec, tmp_path, capsys):
+def test_predict_job_on_image_files(tiny_turtle_dir, tiny_tfrec, tmp_path, capsys, log_lines):
     run_dir = tmp_path / "member"
     cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=2, job="train", folds="0,1")
     runner.run(cfg)
     test_ids = pd.read_csv(os.path.join(tiny_turtle_dir, "test.csv"), dtype=str)["image_id"][:2]
     images = [os.path.join(tiny_turtle_dir, "images", f"{i}.JPG") for i in test_ids]
-    lines = []
-    rows = runner.run(dict(cfg, job="predict", images=images, tta_number=1), log=lines.append)
+    lines = log_lines
+    lines.clear()  # only what follows
+    rows = runner.run(dict(cfg, job="predict", images=images, tta_number=1))
     assert rows == 0
     lm = LabelMap.load(os.path.join(tiny_tfrec, "label_map.json"))
     ranked = [line for line in lines if line.strip()[:2] in ("1.", "2.", "3.", "4.", "5.")]
@@ -238,7 +241,7 @@ def test_mixed_precision_trains_and_predicts_float32(tiny_turtle_dir, tiny_tfrec
         np.testing.assert_allclose(z["outputs"].sum(-1), 1.0, rtol=1e-3)
 
 
-def test_resume_with_other_model_settings_is_refused(tiny_turtle_dir, tiny_tfrec, tmp_path):
+def test_resume_with_other_model_settings_is_refused(tiny_turtle_dir, tiny_tfrec, tmp_path, log_lines):
     from foldnet.errors import ConfigError
 
     run_dir = tmp_path / "member"
@@ -250,6 +253,7 @@ def test_resume_with_other_model_settings_is_refused(tiny_turtle_dir, tiny_tfrec
     assert "dim: 16 then, 24 now" in str(e.value) and "--overwrite" in str(e.value)
     # the same settings resume; a finished fold run with other settings is skipped with a warning
     runner.run(cfg)
-    lines = []
-    runner.run(dict(cfg, dim=24), log=lines.append)
+    lines = log_lines
+    lines.clear()  # only what follows
+    runner.run(dict(cfg, dim=24))
     assert any("warning: it was trained with other dim (dim=16)" in line for line in lines)
