@@ -42,6 +42,12 @@ class ClassificationTask(tasks.Task):
         return {"n_classes": int(spec.n_classes)}
 
     # -- data
+    def cache_mode(self, cfg, n_examples, encoded_mb):
+        """``data.choose_cache``: decoded pixels if they fit the budget, else encoded bytes, else none."""
+        from . import data
+
+        return data.choose_cache(cfg["cache"], n_examples, cfg["dim"], encoded_mb, cfg["cache_budget_mb"])
+
     def train_dataset(self, files, spec, cfg, *, seed, cache, drop_remainder, n_workers):
         from . import data
 
@@ -121,7 +127,7 @@ class ClassificationTask(tasks.Task):
                             [f"columns: {list(template.columns)}"])
         return template.iloc[:, 0].to_numpy().astype(str)
 
-    def write_submission(self, ids, outputs, spec, template_path, out_path, k):
+    def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
         template = read_template(template_path)
         df = submission.make_submission(ids, outputs, spec, template, k)
         submission.write_submission(df, out_path, template, spec)

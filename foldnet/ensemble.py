@@ -56,9 +56,9 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     # Fail early (before OOF work) if the test predictions cannot be ensembled.
     plans = scan_members(runs, "test", ids, spec.fingerprint())
 
-    rows, notes, weights = oof_report(runs, weights, spec, fit_metric, fit, tta, task)
+    rows, notes, weights, post = oof_report(runs, weights, spec, fit_metric, fit, tta, task)
     outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task)
-    what = task.write_submission(ids, outputs, spec, template, out_path, k)
+    what = task.write_submission(ids, outputs, spec, template, out_path, k, post)
 
     stem = _stem(out_path)
     probs_path = save_probs(f"{stem}.probs.npz", ids, task.encode_outputs(outputs[None]), spec.fingerprint(),

@@ -52,6 +52,10 @@ Identity and spec
 
 Records and tf.data (all datasets made of core TF ops, static shapes)
 
+- ``cache_mode(cfg, n_examples, encoded_mb)``: what ``train_dataset``
+  caches: ``cfg["cache"]`` unless it is ``auto``, which the task resolves
+  from the sizes it knows (default: ``encoded`` if the record bytes fit in
+  ``cfg["cache_budget_mb"]``, else ``none``).
 - ``train_dataset(files, spec, cfg, *, seed, cache, drop_remainder, n_workers)``:
   endless shuffled, augmented batches ``(x, y)`` for ``model.fit``.
 - ``eval_dataset(files, spec, cfg)``: deterministic batches ``(x, y)`` for
@@ -98,13 +102,18 @@ Scoring (no TensorFlow; light processes)
   outputs, and a phrase naming the problem (classification: label outside
   ``[0, C)``).
 - ``score_note``: one Markdown sentence explaining the score columns.
+- ``fit_post(targets, outputs, spec)``: post-processing parameters fitted on
+  the ensemble's OOF blend (final member weights), as a small dict such as
+  ``{"threshold": 0.48}``, or None (classification: None). Reported in the
+  ensemble's scores.md and passed to ``write_submission``.
 
 Submission
 
 - ``test_ids(template_path)``: the ids a submission must cover, in the
   submission's order (classification: the template CSV's first column).
-- ``write_submission(ids, outputs, spec, template_path, out_path, k)``: turn
-  the ensemble's averaged ``[n, ...]`` outputs into the competition's files,
+- ``write_submission(ids, outputs, spec, template_path, out_path, k, post)``:
+  turn the ensemble's averaged ``[n, ...]`` outputs (and ``post`` from
+  ``fit_post``, None if nothing was fitted) into the competition's files,
   validated before they are written (atomic); returns a short description.
   classification: CSV with the top-k labels under the new-individual rule.
 """
@@ -143,6 +152,11 @@ class Task:
         return {}
 
     # -- data
+    def cache_mode(self, cfg, n_examples, encoded_mb):
+        if cfg["cache"] != "auto":
+            return cfg["cache"]
+        return "encoded" if encoded_mb <= cfg["cache_budget_mb"] else "none"
+
     def train_dataset(self, files, spec, cfg, *, seed, cache, drop_remainder, n_workers):
         raise NotImplementedError
 
@@ -192,11 +206,14 @@ class Task:
     def invalid_targets(self, targets, outputs):
         raise NotImplementedError
 
+    def fit_post(self, targets, outputs, spec):
+        return None
+
     # -- submission
     def test_ids(self, template_path):
         raise NotImplementedError
 
-    def write_submission(self, ids, outputs, spec, template_path, out_path, k):
+    def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
         raise NotImplementedError
 
     def __repr__(self):

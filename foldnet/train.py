@@ -25,15 +25,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from . import data, fileio, plots, records, rundir, tasks
+from . import fileio, plots, records, rundir, tasks
 from .errors import ConfigError
 
 keras = tf.keras
 log = logging.getLogger(__name__)
-
-
-def monitor_mode(monitor):
-    return "min" if "loss" in monitor else "max"
 
 
 def read_best(path):
@@ -122,14 +118,14 @@ class FoldCallback(keras.callbacks.Callback):
     the epoch that was interrupted.
     """
 
-    def __init__(self, fold_dir, state, manager, monitor, schedule, lr_patience, lr_factor, min_lr,
+    def __init__(self, fold_dir, state, manager, monitor, mode, schedule, lr_patience, lr_factor, min_lr,
                  early_stop_patience, min_delta):
         super().__init__()
         self.fold_dir = fold_dir
         self.state = state
         self.manager = manager
         self.monitor = monitor
-        self.mode = monitor_mode(monitor)
+        self.mode = mode  # "min" or "max" (the task's monitor_mode)
         self.schedule = schedule
         self.lr_patience = lr_patience
         self.lr_factor = lr_factor
@@ -294,12 +290,13 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
         os.remove(p["best"])
 
     encoded_mb = sum(tf.io.gfile.stat(f).length for f in train_files) / 2**20
-    cache = data.choose_cache(cfg["cache"], n_train, cfg["dim"], encoded_mb, cfg["cache_budget_mb"])
+    cache = task.cache_mode(cfg, n_train, encoded_mb)
     train_ds = task.train_dataset(train_files, spec, cfg, seed=cfg["seed"] + fold, cache=cache,
                                   drop_remainder=is_tpu, n_workers=_num_workers(strategy))
     val_ds = task.eval_dataset(val_files, spec, cfg)
 
-    controller = FoldCallback(p["dir"], state, manager, cfg["monitor"], cfg["schedule"], cfg["lr_patience"],
+    controller = FoldCallback(p["dir"], state, manager, cfg["monitor"], task.monitor_mode(cfg["monitor"]),
+                              cfg["schedule"], cfg["lr_patience"],
                               cfg["lr_factor"], cfg["min_lr"], cfg["early_stop_patience"], cfg["min_delta"])
     callbacks = [controller, keras.callbacks.TensorBoard(os.path.join(p["dir"], "tb"), profile_batch=0),
                  *extra_callbacks]

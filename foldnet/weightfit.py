@@ -83,7 +83,11 @@ def fit_weights(oof_list, labels, label_map, metric="map5", resolution=8, max_st
 
 
 def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None):
-    """OOF scores of each member and of the ensemble; returns ``(rows, notes, final_weights)``.
+    """OOF scores of each member and of the ensemble; returns ``(rows, notes, final_weights, post)``.
+
+    ``post`` is what the task's ``fit_post`` fitted on the ensemble's OOF
+    blend with the final weights (e.g. a decision threshold), or None when
+    the ensemble has no OOF predictions or the task fits nothing.
 
     Members without (valid) OOF predictions are named in ``notes`` and left
     out; the ensemble rows blend the scored members only. With ``fit`` and at
@@ -92,7 +96,7 @@ def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None)
     its final weight in the test average.
     """
     task = task or tasks.get(tasks.DEFAULT_TASK)
-    rows, notes, oofs, scored = [], [], [], []
+    rows, notes, oofs, scored, post = [], [], [], [], None
     for idx, run in enumerate(runs):
         try:
             ids, labels, probs = rundir.load_oof(run, task, tta)
@@ -123,8 +127,11 @@ def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None)
                          **task.score(labels, blend(probs_list, result.weights), label_map)})
             notes.append(f"fitted on OOF {result.metric}: {result.before:.4f} (equal) -> {result.after:.4f} "
                          f"in {result.steps} moves")
+        post = task.fit_post(labels, blend(probs_list, final[scored] / share), label_map)
+        if post:
+            notes.append("fitted on the ensemble's OOF: " + ", ".join(f"{k} = {v}" for k, v in post.items()))
     if fit and (len(oofs) < 2 or share == 0):
         notes.append("--fit_weights: fewer than 2 members with OOF predictions, weights unchanged")
     for row, idx in zip(rows, scored):
         row["weight"] = float(final[idx])
-    return rows, notes, final
+    return rows, notes, final, post

@@ -11,7 +11,8 @@ import sys, json
 import foldnet
 from foldnet import strategy
 devices = strategy.split_cpu(2)
-from foldnet import config, records, rundir, train, predict
+from foldnet import config, logs, records, rundir, train, predict
+logs.setup()
 tfrec, run_dir = sys.argv[1], sys.argv[2]
 strat = strategy.get_strategy(devices=devices)
 manifest = records.load_manifest(tfrec)
