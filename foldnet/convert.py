@@ -22,7 +22,7 @@ from .errors import ConfigError, DataError
 from .labels import DEFAULT_NEW_LABEL, LabelMap
 
 DEFAULT_SHARD_SIZE = "150MB"
-_OUTPUT_NAMES = {"manifest.json", "label_map.json", "folds.csv"}
+_OUTPUT_NAMES = {"manifest.json", "label_map.json", "folds.csv", "tiles.csv"}
 
 
 def say(msg):
@@ -374,7 +374,7 @@ def build_parser():
     gen.add_argument("--train_csv", help="training CSV (relative to --data_dir if given); selects this layout")
     gen.add_argument("--test_csv", help="test CSV (default: no test set)")
     gen.add_argument("--images_dir", help="image directory (relative to --data_dir); default: DATA_DIR/images")
-    gen.add_argument("--id_col", default="image_id", help="id column")
+    gen.add_argument("--id_col", help="id column (default: image_id; segmentation: id)")
     gen.add_argument("--label_col", default="label", help="label column")
     gen.add_argument("--path_col", help="column with image paths relative to --images_dir "
                      "(default: search <id>.* in --images_dir)")
@@ -396,6 +396,20 @@ def build_parser():
                     "(default: keep JPEG/PNG bytes as they are)")
     sh.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality when re-encoding a JPEG")
     sh.add_argument("--workers", type=int, default=0, help="image worker processes (0: all cores)")
+    se = p.add_argument_group("segmentation layouts (--layout kelp|cloud|seg; kelp and cloud are recognised "
+                              "from DATA_DIR's folders)")
+    se.add_argument("--layout", choices=("classification",) + SEG_LAYOUTS,
+                    help="classification (default): Turtle Recall or generic CSV of labelled images; kelp: Kelp "
+                         "Wanted (train_satellite/, train_kelp/, metadata_fTq0l2T.csv); cloud: On Cloud N "
+                         "(train_features/<chip>/B0x.tif, train_labels/, train_metadata.csv); seg: generic CSV "
+                         "of tiles (--train_csv with --id_col, --image_col, --mask_col, --group_col)")
+    se.add_argument("--image_col", help="seg: column of the tile's multi-band TIFF, or a pattern with {band} "
+                    "naming one TIFF per band of --bands (default: image)")
+    se.add_argument("--mask_col", help="seg: column of the mask TIFF, uint8 0/1 (default: mask)")
+    se.add_argument("--bands", help="seg: comma-separated band names (default: b0, b1, ... from the first tile)")
+    se.add_argument("--missing_value", type=float, help="seg: pixel value meaning missing (default: none)")
+    se.add_argument("--stratify_bins", type=int, default=3, help="segmentation folds are stratified on "
+                    "has-positive x this many quantile bins of cloud share and water share (when known)")
     ru = p.add_argument_group("behaviour")
     ru.add_argument("--skip_bad", action="store_true", help="skip bad rows/images (listed in the manifest) "
                     "instead of failing")
@@ -404,13 +418,58 @@ def build_parser():
     return p
 
 
+SEG_LAYOUTS = ("kelp", "cloud", "seg")
+SEG_FLAGS = ("image_col", "mask_col", "bands", "missing_value", "stratify_bins")
+_CLASSIFICATION_ONLY = {"images_dir": None, "label_col": "label", "path_col": None, "path_pattern": None,
+                        "known_labels_csv": None, "max_side": None, "jpeg_quality": 95,
+                        "new_label": layouts.TURTLE_NEW_LABEL}
+
+
+def detect_seg_layout(data_dir):
+    from .seg_layouts import detect_layout
+
+    return detect_layout(data_dir)
+
+
+def create_seg(layout, kwargs, seg_kwargs):
+    """create_tfrecords.py with a segmentation layout (foldnet.seg_convert)."""
+    from .seg_convert import create_seg_tfrecords
+
+    foreign = [f"--{k}" for k, default in _CLASSIFICATION_ONLY.items() if kwargs.get(k) != default]
+    if foreign:
+        raise ConfigError(f"{', '.join(foreign)} do not apply to the {layout} layout")
+    missing = seg_kwargs["missing_value"]
+    if missing is not None and float(missing).is_integer():
+        missing = int(missing)
+    bands = [b.strip() for b in seg_kwargs["bands"].split(",") if b.strip()] if seg_kwargs["bands"] else None
+    return create_seg_tfrecords(
+        layout, kwargs["data_dir"], kwargs["out_dir"], train_csv=kwargs["train_csv"], test_csv=kwargs["test_csv"],
+        id_col=kwargs["id_col"] or "id", image_col=seg_kwargs["image_col"] or "image",
+        mask_col=seg_kwargs["mask_col"] or "mask", group_col=kwargs["group_col"], bands=bands,
+        missing_value=missing, n_folds=kwargs["n_folds"], seed=kwargs["seed"],
+        group_duplicates="default" if kwargs["group_duplicates"] is None else kwargs["group_duplicates"],
+        stratify_bins=seg_kwargs["stratify_bins"], shard_size=kwargs["shard_size"], workers=kwargs["workers"],
+        skip_bad=kwargs["skip_bad"], overwrite=kwargs["overwrite"], progress=kwargs["progress"])
+
+
 def main(argv=None):
     """Command line entry point; returns the exit code (2 on bad input or flags)."""
     args = build_parser().parse_args(argv)
     kwargs = vars(args)
     kwargs["progress"] = not kwargs.pop("no_progress")
     try:
-        create_tfrecords(**kwargs)
+        layout = kwargs.pop("layout")
+        if layout is None and kwargs["train_csv"] is None and kwargs["data_dir"] is not None:
+            layout = detect_seg_layout(kwargs["data_dir"])
+        seg_kwargs = {k: kwargs.pop(k) for k in SEG_FLAGS}
+        if layout in SEG_LAYOUTS:
+            create_seg(layout, kwargs, seg_kwargs)
+        else:
+            set_seg = [f"--{k}" for k, v in seg_kwargs.items() if v is not None and k != "stratify_bins"]
+            if set_seg:
+                raise ConfigError(f"{', '.join(set_seg)} apply to segmentation layouts only (--layout)")
+            kwargs["id_col"] = kwargs["id_col"] or "image_id"
+            create_tfrecords(**kwargs)
     except (DataError, ConfigError) as e:
         say(f"error: {e}")
         return 2

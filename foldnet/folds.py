@@ -100,3 +100,21 @@ def merge_groups(a, b):
     cols = np.concatenate([n + ia, n + na + ib])
     comp = components(n + na + nb, (rows, cols))[:n]
     return np.unique(comp, return_inverse=True)[1]
+
+
+def quantile_bins(values, bins):
+    """Bin index (0..bins-1) of each value by the quantiles of ``values`` (ties share a bin; fewer
+    bins when the values have fewer distinct levels, e.g. mostly zeros)."""
+    values = np.asarray(values, dtype=np.float64)
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])) if len(values) else []
+    return np.searchsorted(edges, values, side="right")
+
+
+def combined_strata(parts):
+    """One stratum label per row joining several label arrays ("a-b-c"), for stratifying on
+    several properties at once."""
+    parts = [np.asarray(p).astype(str) for p in parts]
+    out = parts[0]
+    for p in parts[1:]:
+        out = np.char.add(np.char.add(out, "-"), p)
+    return out

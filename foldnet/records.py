@@ -203,7 +203,9 @@ def load_manifest(tfrec_dir):
         raise DataError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}; "
                         "re-run create_tfrecords.py")
     manifest["dir"] = tfrec_dir
-    listed = [manifest["label_map"], manifest["folds_csv"]] + [f for part in _parts(manifest) for f in part["files"]]
+    # label_map: classification; tiles_csv: segmentation (seg_records).
+    listed = ([manifest[k] for k in ("label_map", "folds_csv", "tiles_csv") if manifest.get(k)]
+              + [f for part in _parts(manifest) for f in part["files"]])
     missing = [f for f in listed if not fileio.exists(fileio.join(tfrec_dir, f))]
     if missing:
         raise DataError(f"{tfrec_dir} is incomplete: {len(missing)} file(s) listed in {MANIFEST} are missing",

@@ -18,13 +18,28 @@ The manifest of a segmentation TFRecord directory has, besides the keys of
 the classification manifest (``n_folds``, ``folds``, ``test``, ...)::
 
     "task": "segmentation",
+    "layout": "kelp" | "cloud" | "seg",
     "image": {"shape": [H, W, C], "dtype": "int16", "missing_value": -32768,
-              "bands": ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"]},
-    "band_stats": [{"band": "SWIR", "min", "max", "q01", "q99", "mean", "std",
-                    "missing_share"}, ...]   (training tiles, valid pixels)
-    "tiles_csv": "tiles.csv"   per-tile properties: id, fold, group,
-                               positive_share, missing_share, and layout
-                               extras (cloud_share, water_share, ...)
+              "bands": ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"],
+              "valid_bands": ["SWIR", "NIR", "R", "G", "B"],  (a missing value in one of
+                         these makes the pixel invalid in ``valid``; a missing DEM does not)
+              "qa_band": "QA" | null, "dem_band": "DEM" | null},
+    "band_stats": [{"band": "SWIR", "n_valid", "missing_share", "min", "max", "mean",
+                    "std", "q01", "q99"}, ...]   (training tiles, pixels where that
+                    band is not missing; None values for a band that is all missing)
+    "quantiles": "exact" (integer bands <= 16 bit) or "sampled (...)"
+    "positive_share": share of positive mask pixels over all training pixels,
+    "submission_naming": "{id}_kelp.tif" (file name of one test tile's mask),
+    "tiles_csv": "tiles.csv"   one row per tile: id, split (train/test), fold
+                               (-1 for test), group, positive_share (empty for
+                               test), missing_share, and layout extras
+                               (kelp: cloud_share = QA != 0, water_share =
+                               DEM <= 0, dem_missing_share)
+    "folds_csv": "folds.csv"   id, fold, group of the training tiles
+
+``group`` (records, tiles.csv, folds.csv) is the layout's group (AOI /
+location column) or, when grouping by near-duplicates only, the cluster
+("aoi17"); empty when tiles are not grouped. Written by foldnet.seg_convert.
 """
 import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 

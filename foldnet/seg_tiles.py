@@ -1,0 +1,226 @@
+"""Read and inspect one multispectral tile (bands + mask) with tifffile.
+
+Runs in the worker processes of the segmentation converter (through
+``images.map_images``), so this module must never import TensorFlow.
+
+A tile is described by a ``TileSpec``: its band files (one multi-band TIFF,
+or one single-band TIFF per band), its mask file (None for test tiles) and
+the layout's band semantics (``Bands``). ``inspect_task`` reads a tile once
+and returns everything the converter needs before it writes anything: the
+problems of the tile, its shape, per-tile properties (positive / missing /
+cloud / water / DEM-missing shares), partial band statistics and a small
+embedding for near-duplicate grouping. ``load_task`` reads it again for
+writing: (image [H, W, C], mask [H, W] uint8 or None, valid [H, W] bool).
+"""
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+EMBED_SIZE = 16  # embedding: each chosen band block-averaged to EMBED_SIZE x EMBED_SIZE
+FLOAT_SAMPLE = 2048  # float bands: pixels per tile and band kept for the quantile sample
+
+
+class Bands(NamedTuple):
+    """Band semantics of a layout."""
+
+    names: tuple  # one name per band, in file order
+    missing_value: object  # value marking a missing pixel (None: nothing is missing)
+    valid_bands: tuple  # indices of the bands whose missing values make a pixel invalid
+    qa: int = -1  # index of a QA cloud band (0 = clear), -1 if none
+    dem: int = -1  # index of a DEM band (<= 0 is water), -1 if none
+    embed_bands: tuple = ()  # indices of the bands of the near-duplicate embedding (empty: valid_bands)
+
+
+class TileSpec(NamedTuple):
+    id: str
+    band_files: tuple  # one multi-band file, or one file per band
+    mask_file: object  # None for a test tile
+    bands: Bands
+    seed: int = 0  # seeds the float quantile sample
+
+
+class TileInfo(NamedTuple):
+    problems: list  # messages; the tile is unusable if non-empty
+    shape: tuple  # (H, W, C) as read
+    dtype: str
+    props: dict  # positive_share (None for test), missing_share, and layout extras
+    stats: list  # training tiles, per band: dict(count, missing, sum, sumsq, min, max, values, counts)
+    embedding: object  # training tiles: float32 unit vector (zeros if the chosen bands are flat or missing)
+
+
+class BadTile(Exception):
+    pass
+
+
+def read_tiff(path):
+    """The array of a TIFF file (first series). Raises BadTile."""
+    import tifffile
+
+    name = os.path.basename(path)
+    try:
+        arr = tifffile.imread(path)
+    except FileNotFoundError as e:
+        raise BadTile(f"file not found: {name}") from e
+    except (OSError, ValueError, KeyError, IndexError, tifffile.TiffFileError) as e:  # tifffile's errors
+        raise BadTile(f"cannot read TIFF {name} ({type(e).__name__}: {e})") from e
+    if arr.size == 0:  # tifffile logs a corrupt header and returns an empty array
+        raise BadTile(f"cannot read TIFF {name} (no image data)")
+    return arr
+
+
+def read_bands(band_files, n_bands):
+    """[H, W, C] of one multi-band TIFF (pixel- or band-interleaved) or of one TIFF per band."""
+    if len(band_files) == 1:
+        arr = read_tiff(band_files[0])
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        elif arr.ndim == 3 and arr.shape[-1] != n_bands and arr.shape[0] == n_bands:
+            arr = np.moveaxis(arr, 0, -1)  # band-interleaved (planar) file
+        elif arr.ndim != 3:
+            raise BadTile(f"{band_files[0]}: {arr.ndim}-D array {arr.shape}, expected [H, W, bands]")
+        return arr
+    planes = [read_tiff(p) for p in band_files]
+    shapes = {p.shape for p in planes}
+    if len(shapes) > 1 or any(p.ndim != 2 for p in planes):
+        raise BadTile("band files differ in shape or are not single-band: "
+                      + ", ".join(f"{f} {p.shape}" for f, p in zip(band_files, planes)))
+    dtypes = {p.dtype for p in planes}
+    if len(dtypes) > 1:
+        raise BadTile(f"band files differ in dtype: {sorted(str(d) for d in dtypes)}")
+    return np.stack(planes, axis=-1)
+
+
+def missing_of(image, bands):
+    """[H, W, C] bool: the pixel of that band is missing."""
+    if bands.missing_value is None:
+        return np.zeros(image.shape, bool)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.isnan(image) | (image == bands.missing_value)
+    return image == bands.missing_value
+
+
+def valid_of(missing, bands):
+    """[H, W] bool: no band of ``bands.valid_bands`` is missing."""
+    return ~missing[:, :, list(bands.valid_bands)].any(axis=-1)
+
+
+def load_tile(spec):
+    """(image [H, W, C], mask uint8 [H, W] or None, valid bool [H, W]) without checks beyond reading."""
+    image = read_bands(spec.band_files, len(spec.bands.names))
+    mask = None
+    if spec.mask_file is not None:
+        mask = read_tiff(spec.mask_file)
+        if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
+            mask = mask.reshape(mask.shape[:2] if mask.shape[-1] == 1 else mask.shape[1:])
+    return image, mask, valid_of(missing_of(image, spec.bands), spec.bands)
+
+
+def mask_problems(mask, shape):
+    problems = []
+    if mask.shape != tuple(shape[:2]):
+        problems.append(f"mask shape {mask.shape} != image shape {tuple(shape[:2])}")
+    elif not np.issubdtype(mask.dtype, np.integer) and mask.dtype != bool:
+        problems.append(f"mask dtype {mask.dtype} is not an integer type")
+    else:
+        values = np.unique(mask)
+        bad = values[(values != 0) & (values != 1)]
+        if len(bad):
+            problems.append(f"mask is not binary: values {bad[:5].tolist()}{' ...' if len(bad) > 5 else ''}")
+    return problems
+
+
+def band_partial(values, dtype, rng):
+    """Partial statistics of one band's valid values (a 1-D array)."""
+    n = int(values.size)
+    out = {"count": n, "sum": 0.0, "sumsq": 0.0, "min": None, "max": None, "values": None, "counts": None}
+    if n == 0:
+        return out
+    v64 = values.astype(np.float64)
+    out.update(sum=float(v64.sum()), sumsq=float(np.dot(v64, v64)), min=float(v64.min()), max=float(v64.max()))
+    if np.issubdtype(dtype, np.integer) and np.dtype(dtype).itemsize <= 2:
+        out["values"], out["counts"] = np.unique(values, return_counts=True)  # exact histogram, sparse
+    else:
+        take = values if n <= FLOAT_SAMPLE else rng.choice(values, FLOAT_SAMPLE, replace=False)
+        out["values"], out["counts"] = np.asarray(take, np.float64), np.full(len(take), n / len(take))
+    return out
+
+
+def embedding(image, missing, bands):
+    """Unit-norm float32 vector: each embedding band block-averaged to EMBED_SIZE^2 (missing pixels
+    take the band's mean), mean-centred per band. Zeros when there is no variation to compare."""
+    chosen = list(bands.embed_bands or bands.valid_bands)
+    h, w = image.shape[:2]
+    ys = np.linspace(0, h, EMBED_SIZE + 1).astype(int)
+    xs = np.linspace(0, w, EMBED_SIZE + 1).astype(int)
+    parts = []
+    for b in chosen:
+        band = image[:, :, b].astype(np.float64)
+        ok = ~missing[:, :, b]
+        if not ok.any():
+            parts.append(np.zeros(EMBED_SIZE * EMBED_SIZE))
+            continue
+        band = np.where(ok, band, band[ok].mean())
+        # block means through cumulative sums (any H, W >= EMBED_SIZE or smaller)
+        cs = np.pad(band, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+        sums = cs[ys[1:]][:, xs[1:]] - cs[ys[:-1]][:, xs[1:]] - cs[ys[1:]][:, xs[:-1]] + cs[ys[:-1]][:, xs[:-1]]
+        area = np.maximum(np.outer(np.diff(ys), np.diff(xs)), 1)
+        small = (sums / area).ravel()
+        small -= small.mean()
+        std = small.std()
+        parts.append(small / std if std > 0 else np.zeros_like(small))
+    v = np.concatenate(parts).astype(np.float32)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
+
+
+def inspect_tile(spec):
+    """TileInfo of one tile (problems listed, not raised, except unreadable files)."""
+    bands = spec.bands
+    image, mask, valid = load_tile(spec)
+    problems = []
+    if image.shape[-1] != len(bands.names):
+        problems.append(f"{image.shape[-1]} bands, expected {len(bands.names)} ({', '.join(bands.names)})")
+        return TileInfo(problems, image.shape, str(image.dtype), {}, [], None)
+    if mask is not None:
+        problems += mask_problems(mask, image.shape)
+    if not valid.any():
+        problems.append("all pixels missing (every pixel has a missing value in a band)")
+    missing = missing_of(image, bands)
+    n_pix = valid.size
+    props = {"positive_share": None if mask is None or problems else float(np.count_nonzero(mask)) / n_pix,
+             "missing_share": 1.0 - float(np.count_nonzero(valid)) / n_pix}
+    if bands.qa >= 0:
+        props["cloud_share"] = float(np.count_nonzero(image[:, :, bands.qa] != 0)) / n_pix
+    if bands.dem >= 0:
+        dem, dem_missing = image[:, :, bands.dem], missing[:, :, bands.dem]
+        props["water_share"] = float(np.count_nonzero((dem <= 0) & ~dem_missing)) / n_pix
+        props["dem_missing_share"] = float(np.count_nonzero(dem_missing)) / n_pix
+    if mask is None:  # test tile: band statistics and grouping use training tiles only
+        return TileInfo(problems, image.shape, str(image.dtype), props, [], None)
+    rng = np.random.default_rng(spec.seed)
+    stats = []
+    for b in range(image.shape[-1]):
+        part = band_partial(image[:, :, b][~missing[:, :, b]], image.dtype, rng)
+        part["missing"] = int(np.count_nonzero(missing[:, :, b]))
+        stats.append(part)
+    return TileInfo(problems, image.shape, str(image.dtype), props, stats, embedding(image, missing, bands))
+
+
+# ---------------------------------------------------------------- worker entry points
+
+
+def inspect_task(spec):
+    """(True, TileInfo) or (False, reason)."""
+    try:
+        return True, inspect_tile(spec)
+    except BadTile as e:
+        return False, str(e)
+
+
+def load_task(spec):
+    """(True, (image, mask, valid)) or (False, reason)."""
+    try:
+        return True, load_tile(spec)
+    except BadTile as e:
+        return False, str(e)
