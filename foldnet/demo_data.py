@@ -266,19 +266,30 @@ def build_photo_dataset(out_dir, n_individuals=36, per_individual=12, size=100, 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Build a bundled demo dataset (Turtle Recall layout).")
-    p.add_argument("--kind", choices=("digits", "photos"), default="digits",
+    p.add_argument("--kind", choices=("digits", "photos", "kelp"), default="digits",
                    help="digits: the make-demo dataset; photos: ~100 px photos of a few dozen individuals, "
-                        "a stand-in for your own small re-identification dataset (default: %(default)s)")
+                        "a stand-in for your own small re-identification dataset; kelp: synthetic Kelp Wanted "
+                        "tiles in the real layout (foldnet.seg_demo_data) (default: %(default)s)")
     p.add_argument("--out_dir", default=None,
                    help="where to write it (replaced) (default: data/demo for digits, data/photos for photos)")
     p.add_argument("--image_size", type=int, default=None,
-                   help="side of the JPEGs in pixels (default: 32 for digits, 100 for photos)")
+                   help="side of the images in pixels (default: 32 for digits, 100 for photos, 64 for kelp; "
+                        "350 is the real Kelp tile size)")
     p.add_argument("--n_individuals", type=int, default=36, help="photos: number of individuals (default: %(default)s)")
     p.add_argument("--per_individual", type=int, default=12,
                    help="photos: photos per individual (default: %(default)s)")
+    p.add_argument("--n_places", type=int, default=40, help="kelp: number of places (default: %(default)s)")
+    p.add_argument("--acquisitions", type=int, default=4,
+                   help="kelp: tiles per place, near-duplicates of each other (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     a = p.parse_args(argv)
-    if a.kind == "digits":
+    if a.kind == "kelp":
+        from .seg_demo_data import build_kelp_dataset
+
+        out_dir = a.out_dir or "data/kelp_demo"
+        build_kelp_dataset(out_dir, n_places=a.n_places, acquisitions=a.acquisitions, size=a.image_size or 64,
+                           seed=a.seed)
+    elif a.kind == "digits":
         out_dir = a.out_dir or "data/demo"
         build_demo_dataset(out_dir, image_size=a.image_size or 32, seed=a.seed)
     else:
