@@ -105,14 +105,20 @@ def valid_of(missing, bands):
     return ~missing[:, :, list(bands.valid_bands)].any(axis=-1)
 
 
-def load_tile(spec):
-    """(image [H, W, C], mask uint8 [H, W] or None, valid bool [H, W]) without checks beyond reading."""
+def read_tile(spec):
+    """(image [H, W, C], mask [H, W] or None) as read."""
     image = read_bands(spec.band_files, len(spec.bands.names))
     mask = None
     if spec.mask_file is not None:
         mask = read_tiff(spec.mask_file)
         if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
             mask = mask.reshape(mask.shape[:2] if mask.shape[-1] == 1 else mask.shape[1:])
+    return image, mask
+
+
+def load_tile(spec):
+    """(image [H, W, C], mask [H, W] or None, valid bool [H, W]) of a tile that passed inspection."""
+    image, mask = read_tile(spec)
     return image, mask, valid_of(missing_of(image, spec.bands), spec.bands)
 
 
@@ -130,19 +136,53 @@ def mask_problems(mask, shape):
     return problems
 
 
-def band_partial(values, dtype, rng):
-    """Partial statistics of one band's valid values (a 1-D array)."""
-    n = int(values.size)
+def _exact_ints(dtype):
+    return np.issubdtype(dtype, np.integer) and np.dtype(dtype).itemsize <= 2
+
+
+def _partial_of_hist(hist, low):
+    """Partial statistics from one band's dense histogram (index = value - low), kept sparse."""
+    levels = np.flatnonzero(hist)
+    n = int(hist.sum())
     out = {"count": n, "sum": 0.0, "sumsq": 0.0, "min": None, "max": None, "values": None, "counts": None}
     if n == 0:
         return out
-    v64 = values.astype(np.float64)
-    out.update(sum=float(v64.sum()), sumsq=float(np.dot(v64, v64)), min=float(v64.min()), max=float(v64.max()))
-    if np.issubdtype(dtype, np.integer) and np.dtype(dtype).itemsize <= 2:
-        out["values"], out["counts"] = np.unique(values, return_counts=True)  # exact histogram, sparse
-    else:
-        take = values if n <= FLOAT_SAMPLE else rng.choice(values, FLOAT_SAMPLE, replace=False)
-        out["values"], out["counts"] = np.asarray(take, np.float64), np.full(len(take), n / len(take))
+    counts = hist[levels]
+    vals = (levels + low).astype(np.float64)
+    out.update(sum=float(np.dot(vals, counts)), sumsq=float(np.dot(vals * vals, counts)), min=float(vals[0]),
+               max=float(vals[-1]), values=levels + low, counts=counts)
+    return out
+
+
+def band_partials(image, missing, bands, rng):
+    """Per band: partial statistics of the values that are not missing.
+
+    Integer bands of up to 16 bits: an exact histogram of every value, counted
+    for all bands in one pass (no sort), from which the sums follow exactly.
+    Other dtypes: exact sums, and a uniform sample of FLOAT_SAMPLE values
+    weighted by the band's count for the quantiles.
+    """
+    c = image.shape[-1]
+    if _exact_ints(image.dtype):
+        info = np.iinfo(image.dtype)
+        low, span = int(info.min), int(info.max) - int(info.min) + 1
+        idx = image.reshape(-1, c).astype(np.int32) - low + np.arange(c, dtype=np.int32) * span
+        hist = np.bincount(idx.ravel(), minlength=c * span).reshape(c, span)
+        mv = bands.missing_value
+        if mv is not None and float(mv).is_integer() and info.min <= mv <= info.max:
+            hist[:, int(mv) - low] = 0  # the missing value's bin holds exactly the missing pixels
+        return [_partial_of_hist(hist[b], low) for b in range(c)]
+    out = []
+    for b in range(c):
+        values = image[:, :, b][~missing[:, :, b]]
+        n = int(values.size)
+        part = {"count": n, "sum": 0.0, "sumsq": 0.0, "min": None, "max": None, "values": None, "counts": None}
+        if n:
+            v64 = values.astype(np.float64)
+            take = v64 if n <= FLOAT_SAMPLE else rng.choice(v64, FLOAT_SAMPLE, replace=False)
+            part.update(sum=float(v64.sum()), sumsq=float(np.dot(v64, v64)), min=float(v64.min()),
+                        max=float(v64.max()), values=take, counts=np.full(len(take), n / len(take)))
+        out.append(part)
     return out
 
 
@@ -177,16 +217,17 @@ def embedding(image, missing, bands):
 def inspect_tile(spec):
     """TileInfo of one tile (problems listed, not raised, except unreadable files)."""
     bands = spec.bands
-    image, mask, valid = load_tile(spec)
+    image, mask = read_tile(spec)
     problems = []
     if image.shape[-1] != len(bands.names):
         problems.append(f"{image.shape[-1]} bands, expected {len(bands.names)} ({', '.join(bands.names)})")
         return TileInfo(problems, image.shape, str(image.dtype), {}, [], None)
     if mask is not None:
         problems += mask_problems(mask, image.shape)
+    missing = missing_of(image, bands)
+    valid = valid_of(missing, bands)
     if not valid.any():
         problems.append("all pixels missing (every pixel has a missing value in a band)")
-    missing = missing_of(image, bands)
     n_pix = valid.size
     props = {"positive_share": None if mask is None or problems else float(np.count_nonzero(mask)) / n_pix,
              "missing_share": 1.0 - float(np.count_nonzero(valid)) / n_pix}
@@ -199,11 +240,9 @@ def inspect_tile(spec):
     if mask is None:  # test tile: band statistics and grouping use training tiles only
         return TileInfo(problems, image.shape, str(image.dtype), props, [], None)
     rng = np.random.default_rng(spec.seed)
-    stats = []
-    for b in range(image.shape[-1]):
-        part = band_partial(image[:, :, b][~missing[:, :, b]], image.dtype, rng)
-        part["missing"] = int(np.count_nonzero(missing[:, :, b]))
-        stats.append(part)
+    stats = band_partials(image, missing, bands, rng)
+    for b, part in enumerate(stats):
+        part["missing"] = int(missing[:, :, b].size - part["count"])
     return TileInfo(problems, image.shape, str(image.dtype), props, stats, embedding(image, missing, bands))
 
 

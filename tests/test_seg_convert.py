@@ -203,7 +203,7 @@ def test_every_bad_tile_named_before_anything_is_written(tmp_path):
     write_kelp(str(root), n_places=4, per_place=2)
     sat, kelp = root / "train_satellite", root / "train_kelp"
     tifffile.imwrite(kelp / "T0000_kelp.tif", np.zeros((7, 8), np.uint8))  # mask shape != image shape
-    tifffile.imwrite(sat / "T0001_satellite.tif", np.zeros((8, 8, 6), np.int16))  # 6 bands
+    tifffile.imwrite(sat / "T0001_satellite.tif", np.zeros((8, 8, 3), np.int16), photometric="minisblack")  # 3 bands
     tifffile.imwrite(kelp / "T0002_kelp.tif", np.full((8, 8), 255, np.uint8))  # non-binary
     os.remove(kelp / "T0003_kelp.tif")  # missing mask
     tifffile.imwrite(sat / "T0004_satellite.tif", np.full((8, 8, 7), MISSING, np.int16))  # all missing
@@ -220,7 +220,7 @@ def test_every_bad_tile_named_before_anything_is_written(tmp_path):
         seg_convert.create_seg_tfrecords("kelp", str(root), str(out), n_folds=2, workers=2, progress=False)
     text = e.value.format()
     for needle in ["T0000 (train_satellite/T0000_satellite.tif): mask shape (7, 8) != image shape (8, 8)",
-                   "T0001 (train_satellite/T0001_satellite.tif): 6 bands, expected 7",
+                   "T0001 (train_satellite/T0001_satellite.tif): 3 bands, expected 7",
                    "T0002 (train_satellite/T0002_satellite.tif): mask is not binary: values [255]",
                    "T0004 (train_satellite/T0004_satellite.tif): all pixels missing",
                    "T0005 (train_satellite/T0005_satellite.tif): cannot read TIFF",
