@@ -268,27 +268,33 @@ def report(manifest, out_dir):
 
 
 def check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_duplicates, shard_size, path_pattern):
-    problems = []
+    problems = shared_flag_problems(n_folds, group_duplicates, shard_size)
     if data_dir is None and train_csv is None:
         problems.append("give --data_dir (Turtle Recall layout) or --train_csv (generic layout)")
-    if n_folds < 2:
-        problems.append(f"--n_folds must be >= 2, got {n_folds}")
     if not 1 <= jpeg_quality <= 100:
         problems.append(f"--jpeg_quality must be in 1..100, got {jpeg_quality}")
     if max_side is not None and max_side < 1:
         problems.append(f"--max_side must be >= 1, got {max_side}")
-    if group_duplicates is not None and not 0 < group_duplicates <= 1:
-        problems.append(f"--group_duplicates is a cosine similarity in (0, 1], got {group_duplicates}")
     if path_pattern is not None and "{id}" not in path_pattern:
         problems.append(f"--path_pattern must contain {{id}}, got {path_pattern!r}")
-    try:
-        from .records import parse_shard_size
+    if problems:
+        raise ConfigError("; ".join(problems))
 
+
+def shared_flag_problems(n_folds, group_duplicates, shard_size):
+    """Messages about the flags every layout shares (folds, near-duplicate threshold, shard size)."""
+    from .records import parse_shard_size
+
+    problems = []
+    if n_folds < 2:
+        problems.append(f"--n_folds must be >= 2, got {n_folds}")
+    if group_duplicates is not None and not 0 < group_duplicates <= 1:
+        problems.append(f"--group_duplicates is a cosine similarity in (0, 1], got {group_duplicates}")
+    try:
         parse_shard_size(shard_size)
     except ValueError as e:
         problems.append(str(e))
-    if problems:
-        raise ConfigError("; ".join(problems))
+    return problems
 
 
 def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=None, images_dir=None,
@@ -318,12 +324,19 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
              "new_label": new_label, "id_col": id_col, "label_col": label_col, "path_col": path_col,
              "path_pattern": path_pattern}
     fingerprint = input_fingerprint(dataset, flags)
+    return write_unless_current(out_dir, fingerprint, overwrite,
+                                lambda: convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress))
+
+
+def write_unless_current(out_dir, fingerprint, overwrite, write):
+    """The manifest of ``out_dir`` if it is current (same ``fingerprint``) and not ``overwrite``;
+    else ``write()``'s, after checking that ``out_dir`` may be replaced. Shared by every layout."""
     existing = None if overwrite else current_manifest(out_dir, fingerprint)
     if existing is not None:
         print(f"{out_dir}: shards are current (same inputs and flags); nothing to do (--overwrite rewrites)")
         return existing
     check_replaceable(out_dir)
-    return convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress)
+    return write()
 
 
 def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):

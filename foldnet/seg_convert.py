@@ -23,16 +23,15 @@ band, weighted by the tile's pixel count; with n sampled pixels the rank
 error is about sqrt(q (1 - q) / n), e.g. 0.0022 (0.22 percentile points) for
 q = 0.01 and n = 2048 from a single tile, less with more tiles.
 """
-import hashlib
-import json
 import os
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from . import fileio, folds as folds_mod, images, report, seg_layouts, seg_submission, seg_tiles
-from .convert import check_replaceable, current_manifest, say, staging_dir
+from .convert import input_fingerprint, say, shared_flag_problems, staging_dir, write_unless_current
 from .errors import ConfigError, DataError
 
 TILES_CSV = "tiles.csv"
@@ -218,18 +217,13 @@ def tiles_table(dataset, train_infos, test_infos, fold, group_names):
 
 
 def fingerprint(dataset, flags):
-    """sha256 of the CSV contents, every band and mask file's name, size and mtime, and ``flags``."""
-    h = hashlib.sha256()
-    for path in dataset.csv_files:
-        h.update(f"csv {os.path.basename(path)}\n".encode())
-        h.update(fileio.read_bytes(path))
-    for table in (dataset.train, dataset.test):
-        for row in table.itertuples():
-            for path in tuple(row.files) + ((row.mask,) if row.mask is not None else ()):
-                st = os.stat(path)
-                h.update(f"{row.id}\t{os.path.relpath(path, dataset.root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    h.update(json.dumps(flags, sort_keys=True).encode())
-    return h.hexdigest()
+    """convert.input_fingerprint over every band and mask file of every tile (names, sizes, mtimes),
+    the CSV contents and ``flags``."""
+    entries = [(r.id, path) for table in (dataset.train, dataset.test) for r in table.itertuples()
+               for path in tuple(r.files) + ((r.mask,) if r.mask is not None else ())]
+    files = pd.DataFrame(entries, columns=["id", "path"])
+    return input_fingerprint(SimpleNamespace(csv_files=dataset.csv_files, root=dataset.root, train=files,
+                                             test=files.iloc[:0]), flags)
 
 
 def build_manifest(dataset, shape, dtype, files, counts, band_stats, exact, positive_share, flags, fp, n_grouped):
@@ -268,23 +262,13 @@ def build_manifest(dataset, shape, dtype, files, counts, band_stats, exact, posi
 
 
 def check_flags(layout, n_folds, group_duplicates, stratify_bins, shard_size, skip_bad):
-    from .records import parse_shard_size
-
-    problems = []
+    problems = shared_flag_problems(n_folds, group_duplicates, shard_size)
     if layout not in seg_layouts.LAYOUTS:
         problems.append(f"--layout must be one of {', '.join(seg_layouts.LAYOUTS)} for segmentation, got {layout!r}")
-    if n_folds < 2:
-        problems.append(f"--n_folds must be >= 2, got {n_folds}")
-    if group_duplicates is not None and not 0 < group_duplicates <= 1:
-        problems.append(f"--group_duplicates is a cosine similarity in (0, 1], got {group_duplicates}")
     if stratify_bins < 1:
         problems.append(f"--stratify_bins must be >= 1, got {stratify_bins}")
     if skip_bad:
         problems.append("--skip_bad is not supported for segmentation layouts: fix or remove the listed tiles")
-    try:
-        parse_shard_size(shard_size)
-    except ValueError as e:
-        problems.append(str(e))
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -312,12 +296,8 @@ def create_seg_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=None,
              "id_col": id_col, "image_col": image_col, "mask_col": mask_col, "bands": list(dataset.bands.names),
              "missing_value": dataset.bands.missing_value}
     fp = fingerprint(dataset, flags)
-    existing = None if overwrite else current_manifest(out_dir, fp)
-    if existing is not None:
-        print(f"{out_dir}: shards are current (same inputs and flags); nothing to do (--overwrite rewrites)")
-        return existing
-    check_replaceable(out_dir)
-    return convert_seg_dataset(dataset, out_dir, flags, fp, workers, progress)
+    return write_unless_current(out_dir, fp, overwrite,
+                                lambda: convert_seg_dataset(dataset, out_dir, flags, fp, workers, progress))
 
 
 def convert_seg_dataset(dataset, out_dir, flags, fp, workers, progress):

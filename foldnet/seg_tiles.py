@@ -12,6 +12,7 @@ cloud / water / DEM-missing shares), partial band statistics and a small
 embedding for near-duplicate grouping. ``load_task`` reads it again for
 writing: (image [H, W, C], mask [H, W] uint8 or None, valid [H, W] bool).
 """
+import functools
 import os
 from typing import NamedTuple
 
@@ -249,17 +250,15 @@ def inspect_tile(spec):
 # ---------------------------------------------------------------- worker entry points
 
 
-def inspect_task(spec):
-    """(True, TileInfo) or (False, reason)."""
+def _outcome(fn, spec):
+    """(True, fn(spec)) or (False, reason) when the tile cannot be read."""
     try:
-        return True, inspect_tile(spec)
+        return True, fn(spec)
     except BadTile as e:
         return False, str(e)
 
 
-def load_task(spec):
-    """(True, (image, mask, valid)) or (False, reason)."""
-    try:
-        return True, load_tile(spec)
-    except BadTile as e:
-        return False, str(e)
+# (True, TileInfo) or (False, reason)
+inspect_task = functools.partial(_outcome, inspect_tile)
+# (True, (image, mask, valid)) or (False, reason)
+load_task = functools.partial(_outcome, load_tile)
