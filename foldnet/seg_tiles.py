@@ -167,8 +167,12 @@ def band_partials(image, missing, bands, rng):
     if _exact_ints(image.dtype):
         info = np.iinfo(image.dtype)
         low, span = int(info.min), int(info.max) - int(info.min) + 1
-        idx = image.reshape(-1, c).astype(np.int32) - low + np.arange(c, dtype=np.int32) * span
-        hist = np.bincount(idx.ravel(), minlength=c * span).reshape(c, span)
+        if image.dtype == np.int16:  # value - low as uint16 without widening: flip the sign bit
+            shifted = image.view(np.uint16) ^ np.uint16(0x8000)
+        else:
+            shifted = image.astype(np.int32) - low if low else image
+        planes = np.ascontiguousarray(np.moveaxis(shifted, -1, 0)).reshape(c, -1)
+        hist = np.stack([np.bincount(planes[b], minlength=span) for b in range(c)])
         mv = bands.missing_value
         if mv is not None and float(mv).is_integer() and info.min <= mv <= info.max:
             hist[:, int(mv) - low] = 0  # the missing value's bin holds exactly the missing pixels
