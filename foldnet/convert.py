@@ -435,7 +435,7 @@ SEG_LAYOUTS = ("kelp", "cloud", "seg")
 SEG_FLAGS = ("image_col", "mask_col", "bands", "missing_value", "stratify_bins")
 _CLASSIFICATION_ONLY = {"images_dir": None, "label_col": "label", "path_col": None, "path_pattern": None,
                         "known_labels_csv": None, "max_side": None, "jpeg_quality": 95,
-                        "new_label": layouts.TURTLE_NEW_LABEL}
+                        "new_label": DEFAULT_NEW_LABEL}
 
 
 def detect_seg_layout(data_dir):
