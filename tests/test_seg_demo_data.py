@@ -101,3 +101,30 @@ def test_ndvi_baseline_is_imperfect_and_context_helps(kelp_demo, tmp_path):
         preds.append(s >= t)
         truths.append(tifffile.imread(os.path.join(kelp_demo, "answers", f"{tid}_kelp.tif")))
     assert seg_metrics.pooled_dice(preds, truths) > base["dice"] + 0.1
+
+
+def test_command_lines_build_baseline_and_score(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+
+    d = str(tmp_path / "k")
+    proc = run("foldnet.demo_data", "--kind", "kelp", "--out_dir", d, "--image_size", "32", "--n_places", "10",
+               "--acquisitions", "2", "--seed", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert len(os.listdir(os.path.join(d, "train_satellite"))) + len(os.listdir(os.path.join(d, "answers"))) == 20
+    assert tifffile.imread(os.path.join(d, "answers", os.listdir(os.path.join(d, "answers"))[0])).shape == (32, 32)
+    proc = run("foldnet.seg_baseline", "--data_dir", d, "--out", str(tmp_path / "b.tar"))
+    assert proc.returncode == 0 and "NDVI baseline: threshold" in proc.stdout, proc.stderr
+    proc = run("foldnet.seg_evaluate", "--submission", str(tmp_path / "b.tar"), "--answers", os.path.join(d, "answers"),
+               "--locations", os.path.join(d, "places.csv"), "--label", "baseline")
+    assert proc.returncode == 0, proc.stderr
+    assert "baseline: test set (4 tiles): Dice" in proc.stdout and "location-weighted IoU" in proc.stdout
+    # the same submission path again is ours to replace; a folder of other files is not
+    os.makedirs(tmp_path / "mine")
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    proc = run("foldnet.seg_baseline", "--data_dir", d, "--out", str(tmp_path / "mine"))
+    assert proc.returncode == 2 and "refusing to replace" in proc.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
