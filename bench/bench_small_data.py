@@ -19,7 +19,6 @@ rows are ``models/small_photos.yaml`` and changes of it. Prints a Markdown table
 writes it to bench/out/small_data.md. Not a test. About 50 minutes on 2 cores.
 """
 import argparse
-import functools
 import json
 import os
 import shutil
@@ -40,13 +39,6 @@ PHOTO = {**FLIP, "aug_crop_scale": 0.25, "aug_rotate": 15.0, "aug_photometric": 
 LONG = {"batch_size": 32, "n_epochs": 40}  # 40 epochs of ~7 steps instead of 15 of ~3
 P40 = {**PHOTO, **LONG}
 
-# Extra small_cnn shapes, registered under these names for this process only
-# (a YAML config cannot pass small_cnn options).
-VARIANTS = {
-    "small_cnn_w48": {"width": 48},
-    "small_cnn_b2": {"blocks": 2},
-    "small_cnn_s32": {"start_size": 32},
-}
 DEMO, RECIPE = "models/demo.yaml", "models/small_photos.yaml"
 
 # (name, what changes, base config, overrides). DEMO rows run at dim 96.
@@ -78,10 +70,10 @@ RECIPES = [
     ("dim64", "photo_40ep at dim 64 (stages 16-8-4 px)", DEMO, {**P40, "dim": 64}),
     ("dim100", "photo_40ep at dim 100 (stages 13-7-4 px)", DEMO, {**P40, "dim": 100}),
     ("dim100_s32", "photo_40ep at dim 100, start_size 32 (stages 25-13-7 px)", DEMO,
-     {**P40, "dim": 100, "arch": "small_cnn_s32"}),
+     {**P40, "dim": 100, "arch_options": {"start_size": 32}}),
     # small_cnn shape
-    ("dim64_w48", "photo_40ep at dim 64, width 48 (48-96-192)", DEMO, {**P40, "dim": 64, "arch": "small_cnn_w48"}),
-    ("dim64_blocks2", "photo_40ep at dim 64, 2 blocks per stage", DEMO, {**P40, "dim": 64, "arch": "small_cnn_b2"}),
+    ("dim64_w48", "photo_40ep at dim 64, width 48 (48-96-192)", DEMO, {**P40, "dim": 64, "arch_options": {"width": 48}}),
+    ("dim64_blocks2", "photo_40ep at dim 64, 2 blocks per stage", DEMO, {**P40, "dim": 64, "arch_options": {"blocks": 2}}),
     # the committed recipe: photo aug, 70 epochs, batch 32, dim 64
     ("small_photos", "models/small_photos.yaml", RECIPE, {}),
     ("small_photos_s2", "small_photos, seed 2 (seed noise)", RECIPE, {"seed": 2}),
@@ -89,15 +81,6 @@ RECIPES = [
      {"aug_crop_scale": 0.0, "aug_rotate": 0.0}),
     ("small_photos_100ep", "small_photos, 100 epochs", RECIPE, {"n_epochs": 100}),
 ]
-
-
-def register_variants():
-    from foldnet import models
-
-    for name, options in VARIANTS.items():
-        if name not in models.ARCHITECTURES:
-            models.register(name, f"small_cnn {options} (bench only)", input_norm="none",
-                            build=functools.partial(models._small_cnn, **options))
 
 
 def make_tfrecords(root, n_folds):
@@ -143,7 +126,6 @@ def main(argv=None):
 
     import tensorflow as tf
 
-    register_variants()
     root = tempfile.mkdtemp(prefix="bench-small-data-")
     lines = []
     try:

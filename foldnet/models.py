@@ -127,12 +127,6 @@ def mean_std_affine(mean, std):
     return np.diag(1.0 / std), -mean / std
 
 
-NORMS = {
-    "imagenet": mean_std_affine(IMAGENET_MEAN, IMAGENET_STD),
-    "inception": mean_std_affine(0.5, 0.5),
-}
-
-
 def affine_of(preprocess_input):
     """(matrix, bias) of a per-pixel affine ``preprocess_input`` taking [0, 255] RGB.
 

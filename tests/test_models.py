@@ -18,6 +18,11 @@ REQUIRED = ["tiny_cnn", "small_cnn", "efficientnet_b0", "efficientnet_b7", "effi
             "efficientnet_v2_l", "efficientnet_v2_xl", "beit_l16"]
 LARGE = {"efficientnet_b7": 32, "efficientnet_v1_l2": 32, "efficientnet_v2_l": 32,
          "efficientnet_v2_xl": 32, "beit_l16": 32}
+# What each declared input_norm means, as (matrix, bias) on [0, 1] pixels.
+NORMS = {
+    "imagenet": models.mean_std_affine(models.IMAGENET_MEAN, models.IMAGENET_STD),
+    "inception": models.mean_std_affine(0.5, 0.5),
+}
 SMALL = {"tiny_cnn": "none", "small_cnn": "none", "efficientnet_b0": "imagenet",
          "keras:MobileNetV2": "inception", "kecam:efficientnet.EfficientNetV2B0": "imagenet"}
 
@@ -39,7 +44,7 @@ def _assert_norm(norm, expected):
     if expected == "none":
         assert norm is None
         return
-    matrix, bias = models.NORMS[expected]
+    matrix, bias = NORMS[expected]
     np.testing.assert_allclose(norm[0], matrix, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(norm[1], bias, rtol=1e-4, atol=1e-6)
 
