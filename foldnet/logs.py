@@ -42,6 +42,9 @@ def setup(verbosity=0, stream="stdout"):
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
+    # Not again through the root logger: libraries loaded later (TensorFlow's absl) give it a handler
+    # of their own, which would print every line a second time as "INFO:foldnet...".
+    logger.propagate = False
     return logger
 
 

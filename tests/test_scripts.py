@@ -30,6 +30,7 @@ def run_script(name, env):
     out = subprocess.run(["bash", os.path.join(ROOT, name)], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, PYTHON=sys.executable, **env), timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "INFO:foldnet" not in out.stderr  # foldnet's lines are printed once, on stdout
     return out.stdout
 
 
