@@ -29,7 +29,8 @@ from .averaging import TTA_MODES, average_test, normalise_weights, scan_members
 from .errors import ConfigError, DataError
 from .weightfit import oof_report
 
-log = logging.getLogger(__name__)
+# By name, not __name__: run as ``python -m foldnet.ensemble`` this module is __main__, outside "foldnet".
+log = logging.getLogger("foldnet.ensemble")
 
 
 def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=False, fit_metric=None,

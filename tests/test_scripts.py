@@ -50,6 +50,7 @@ def test_training_then_inference_scripts(tiny_turtle_dir, tiny_tfrec, tmp_path):
     sub_path = tmp_path / "sub" / "submission.csv"
     out = run_script("run_inference.sh", dict(env, SUBMISSION=str(sub_path), FIT_WEIGHTS="1"))
     assert "is current; not predicted again" in out  # training already predicted test
+    assert "## Out-of-fold scores" in out and "wrote " + str(sub_path) in out  # the ensemble CLI's report
     sub = pd.read_csv(sub_path, dtype=str)
     template = pd.read_csv(os.path.join(tiny_turtle_dir, "sample_submission.csv"), dtype=str)
     assert sub["image_id"].tolist() == template["image_id"].tolist()
