@@ -19,20 +19,28 @@ AUTOTUNE = tf.data.AUTOTUNE
 _EXAMPLE_OVERHEAD = 64
 
 
-def decode_image(image_bytes, dim):
-    """Encoded JPEG/PNG bytes -> float32 [dim, dim, 3] in [0, 1].
+def decode_source(image_bytes, dim):
+    """Encoded JPEG/PNG bytes -> uint8 [H, W, 3], decoded no larger than needed for ``dim``.
 
     A JPEG at least twice ``dim`` on its shorter side is decoded at 1/2, 1/4
     or 1/8 scale by the JPEG decoder itself (DCT scaling: several times
     cheaper than a full decode plus an antialiased resize, and itself a
-    low-pass filter); the rest of the way is a bilinear resize, antialiased
-    only when it still shrinks a side more than 2x.
+    low-pass filter), never below ``dim``. Other formats decode at full size.
     """
     image = tf.cond(tf.io.is_jpeg(image_bytes),
                     lambda: _decode_jpeg_scaled(image_bytes, dim),
                     lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
     image.set_shape([None, None, 3])
-    return resize_image(image, dim)
+    return image
+
+
+def decode_image(image_bytes, dim):
+    """Encoded JPEG/PNG bytes -> float32 [dim, dim, 3] in [0, 1].
+
+    ``decode_source`` then a bilinear resize, antialiased only when it still
+    shrinks a side more than 2x (extreme aspect ratios, large PNGs).
+    """
+    return resize_image(decode_source(image_bytes, dim), dim)
 
 
 def _decode_jpeg_scaled(image_bytes, dim):
@@ -47,20 +55,32 @@ def _decode_jpeg_scaled(image_bytes, dim):
 
 
 def resize_image(image, dim):
-    """uint8 or float [H, W, 3] in 0..255 -> float32 [dim, dim, 3] in [0, 1].
+    """uint8 or float [H, W, 3] in 0..255 -> float32 [dim, dim, 3] in [0, 1] (``augment.resize``).
 
     Bilinear weights are non-negative and sum to 1, so no clipping is needed.
     """
-    shape = tf.shape(image)
-    shrink = tf.cast(tf.maximum(shape[0], shape[1]), tf.float32) / float(dim)
-    image = tf.cond(shrink > 2.0,
-                    lambda: tf.image.resize(image, [dim, dim], antialias=True),
-                    lambda: tf.image.resize(image, [dim, dim]))
-    return image * (1.0 / 255.0)
+    return augment.resize(image, dim) * (1.0 / 255.0)
 
 
 def _decode_uint8(image_bytes, dim):
     return tf.cast(tf.round(decode_image(image_bytes, dim) * 255.0), tf.uint8)
+
+
+def augment_image(source, dim, aug_number=0, aug_probability=0.0, aug_crop_scale=0.0, aug_rotate=0.0,
+                  aug_photometric=0.0):
+    """A decoded image (uint8 [H, W, 3], ``decode_source`` or the decoded cache)
+    -> float32 [dim, dim, 3] in [0, 1], augmented for training.
+
+    The geometric part (random shift/scale/rotation, then a transform of
+    ``augment.TRANSFORMS``) is one matrix composed with the resize and one
+    resampling from ``source`` (``augment.geometric``); photometric jitter
+    after. All zero: the plain resize of ``decode_image``.
+    """
+    image = augment.geometric(source, dim, aug_number, aug_probability, aug_crop_scale, aug_rotate)
+    image = image * (1.0 / 255.0)
+    if aug_photometric > 0:
+        image = augment.random_photometric(image, aug_photometric)
+    return image
 
 
 def _parse(serialized):
@@ -106,35 +126,29 @@ def train_dataset(files, n_classes, dim, batch_size, aug_number=0, aug_probabili
                   aug_photometric=0.0):
     """Endless shuffled, augmented batches of (images, one-hot labels).
 
-    Augmentation order per image: random shift/scale/rotation
-    (``aug_crop_scale``, ``aug_rotate``), then a flip/rotation drawn from
-    ``augment.TRANSFORMS`` (``aug_number``, ``aug_probability``), then
-    photometric jitter (``aug_photometric``). All zero: no augmentation.
+    Augmentation per image (``augment_image``): random shift/scale/rotation
+    (``aug_crop_scale``, ``aug_rotate``) and a flip/rotation drawn from
+    ``augment.TRANSFORMS`` (``aug_number``, ``aug_probability``) as one
+    resampling from the decoded image, then photometric jitter
+    (``aug_photometric``). All zero: no augmentation.
     """
     ds = _read(files, deterministic=False).map(_parse, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda _id, img, label: (img, label), num_parallel_calls=AUTOTUNE)
     if cache == "decoded":
         ds = ds.map(lambda img, label: (_decode_uint8(img, dim), label), num_parallel_calls=AUTOTUNE).cache()
         ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
-
-        def prepare(img, label):
-            return tf.cast(img, tf.float32) / 255.0, label
+        source = tf.identity
     else:
         if cache == "encoded":
             ds = ds.cache()
         ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
 
-        def prepare(img, label):
-            return decode_image(img, dim), label
+        def source(img):
+            return decode_source(img, dim)
 
     def make(img, label):
-        image, label = prepare(img, label)
-        if aug_crop_scale > 0 or aug_rotate > 0:
-            image = augment.random_shift_scale(image, aug_crop_scale, aug_rotate)
-        if aug_number > 0 and aug_probability > 0:
-            image = augment.random_augment(image, aug_number, aug_probability)
-        if aug_photometric > 0:
-            image = augment.random_photometric(image, aug_photometric)
+        image = augment_image(source(img), dim, aug_number, aug_probability, aug_crop_scale, aug_rotate,
+                              aug_photometric)
         return image, tf.one_hot(label, n_classes)
 
     ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)
@@ -153,6 +167,12 @@ def eval_dataset(files, n_classes, dim, batch_size, drop_remainder=False, cache=
     return ds.prefetch(AUTOTUNE)
 
 
+def tta_views(image_bytes, dim, tta_number):
+    """Encoded bytes -> float32 [tta_number + 1, dim, dim, 3] in [0, 1], identity first
+    (``augment.tta_views`` of the decoded source; the identity view is ``decode_image``)."""
+    return augment.tta_views(decode_source(image_bytes, dim), tta_number, dim) * (1.0 / 255.0)
+
+
 def tta_dataset(files, dim, batch_size, tta_number):
     """Batches of images [batch * (tta_number + 1), dim, dim, 3] in file order.
 
@@ -161,8 +181,7 @@ def tta_dataset(files, dim, batch_size, tta_number):
     """
     n_views = tta_number + 1
     ds = _read(files, deterministic=True).map(_parse, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda _id, img, label: augment.tta_views(decode_image(img, dim), tta_number),
-                num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda _id, img, label: tta_views(img, dim, tta_number), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size)
     ds = ds.map(lambda v: tf.reshape(v, [-1, dim, dim, 3]))
     return ds.prefetch(AUTOTUNE), n_views

@@ -61,7 +61,7 @@ def load_image_files(paths, dim, tta_number):
             problems.append(f"{path}: {e.strerror or e}")
     if problems:
         raise DataError(f"{len(problems)} of {len(paths)} image(s) cannot be read", problems)
-    views = [augment.tta_views(data.decode_image(tf.constant(b), dim), tta_number) for b in encoded]
+    views = [data.tta_views(tf.constant(b), dim, tta_number) for b in encoded]
     return tf.concat(views, axis=0)
 
 
