@@ -282,3 +282,219 @@ def test_train_dataset_applies_photo_transforms(tiny_tfrec):
     # No jittered image is one of the decoded originals.
     distances = np.abs(changed[:, None] - originals[None]).mean(axis=(2, 3, 4))
     assert distances.min() > 1e-3
+
+
+# ---------------------------------------------------------------- one matrix per image
+
+import math  # noqa: E402
+
+
+def _old_rotate_crop(image, degrees):
+    """The two-step implementation before the fused warp: rotate (border repeated),
+    crop the central square, resize it back (the reference for "same outputs")."""
+    side = image.shape[0]
+    start = math.ceil(side * 0.15)
+    rotated = augment.rotate(image, degrees)[start:side - start, start:side - start, :]
+    return tf.image.resize(rotated, [side, side], method="bilinear")
+
+
+def _old_shift_scale(image, zoom, degrees, shift):
+    """The former random_shift_scale with its draws given."""
+    side = image.shape[0]
+    c = (side - 1) / 2.0
+    theta = math.radians(degrees)
+    cos, sin = math.cos(theta) / zoom, math.sin(theta) / zoom
+    cx, cy = c + shift[0], c + shift[1]
+    t = tf.constant([[cos, -sin, c - cos * cx + sin * cy, sin, cos, c - sin * cx - cos * cy, 0.0, 0.0]], tf.float32)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None], transforms=t, output_shape=[side, side], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="REFLECT")[0]
+
+
+def _smooth_source(height, width, seed=0):
+    """A smooth photo-like uint8 image (low-frequency waves plus a soft blob)."""
+    rows, cols = np.indices((height, width)) / max(height, width)
+    rng = np.random.RandomState(seed)
+    chans = [np.sin(2 * np.pi * (rng.uniform(1, 3) * rows + rng.uniform(1, 3) * cols) + rng.uniform(0, 6))
+             for _ in range(3)]
+    img = 0.5 + 0.35 * np.stack(chans, -1)
+    img += 0.15 * np.exp(-((rows - 0.3) ** 2 + (cols - 0.6) ** 2) / 0.01)[..., None]
+    return np.clip(img * 255, 0, 255).round().astype(np.uint8)
+
+
+def _apply_matrix(matrix, x, y):
+    p = np.asarray(matrix, np.float64) @ np.array([x, y, 1.0])
+    return p[0] / p[2], p[1] / p[2]
+
+
+@pytest.mark.parametrize("name", list(EXACT))
+def test_exact_transform_matrices_permute_pixels_like_numpy(name):
+    side = 7
+    x = _image(side)
+    expected = EXACT[name](x)
+    m = augment.transform_matrix(name, side)
+    for row in range(side):
+        for col in range(side):
+            sx, sy = _apply_matrix(m, col, row)
+            assert abs(sx - round(sx)) < 1e-9 and abs(sy - round(sy)) < 1e-9
+            np.testing.assert_array_equal(expected[row, col], x[int(round(sy)), int(round(sx))])
+
+
+def test_diagonal_matrices_rotate_and_zoom_about_the_centre():
+    side = 41
+    zoom = (side - 2 * math.ceil(side * (1 - augment.CROP_FRACTION) / 2)) / side  # as the former crop
+    c = (side - 1) / 2
+    for name, degrees in [("rot45", 45), ("rot135", 135), ("rot225", 225), ("rot315", 315)]:
+        m = augment.transform_matrix(name, side)
+        assert _apply_matrix(m, c, c) == pytest.approx((c, c))
+        # the output point one pixel right of the centre samples the input turned clockwise (y down)
+        t = math.radians(degrees)
+        assert _apply_matrix(m, c + 1, c) == pytest.approx((c + zoom * math.cos(t), c + zoom * math.sin(t)))
+        assert np.linalg.det(m[:2, :2]) == pytest.approx(zoom ** 2)
+
+
+def test_resize_matrix_matches_tf_image_resize():
+    src = _smooth_source(30, 36).astype(np.float32)  # shrinks < 2x: no box filter
+    m = augment.resize_matrix(30, 36, 20)
+    out = _np(augment.warp(src, m, 20))
+    np.testing.assert_allclose(out, _np(tf.image.resize(src, [20, 20])), atol=1e-3)
+
+
+def test_random_geometry_draws_the_original_distribution():
+    matrices, index = augment.random_geometry(9000, 16, 9, 0.5, seed=tf.constant([1, 2]))
+    counts = np.bincount(_np(index), minlength=10) / 9000
+    assert counts[0] == pytest.approx(0.5, abs=0.03)
+    np.testing.assert_allclose(counts[1:], 0.5 / 9, atol=0.012)
+    table = _np(augment.transform_matrices(16))
+    np.testing.assert_allclose(_np(matrices), table[_np(index)], atol=1e-6)
+    # Same seed, same draws; stateless.
+    again, _ = augment.random_geometry(9000, 16, 9, 0.5, seed=tf.constant([1, 2]))
+    np.testing.assert_array_equal(_np(again), _np(matrices))
+
+
+def test_random_geometry_shift_scale_bounds():
+    side = 32
+    matrices, index = augment.random_geometry(4000, side, 0, 0.0, crop_scale=0.25, rotate_degrees=15.0,
+                                              seed=tf.constant([3, 4]))
+    m = _np(matrices).astype(np.float64)
+    assert (_np(index) == 0).all()
+    scale = np.sqrt(np.abs(np.linalg.det(m[:, :2, :2])))  # 1 / zoom
+    assert scale.min() >= 0.8 - 1e-5 and scale.max() <= 1.25 + 1e-5
+    assert scale.min() < 0.82 and scale.max() > 1.22
+    angle = np.degrees(np.arctan2(m[:, 1, 0], m[:, 0, 0]))
+    assert np.abs(angle).max() <= 15 + 1e-3 and np.abs(angle).max() > 14
+    # the output centre samples centre - R shift / zoom: |shift| <= 12.5 % of the side per axis
+    c = (side - 1) / 2
+    sampled = m[:, :2, :2] @ [c, c] + m[:, :2, 2] - c
+    shift = np.linalg.solve(m[:, :2, :2], -sampled[..., None])[..., 0]
+    assert np.abs(shift).max() <= 0.125 * side + 1e-3 and np.abs(shift).max() > 0.11 * side
+
+
+@pytest.mark.parametrize("name", augment.TRANSFORMS)
+def test_fused_warp_matches_the_two_step_pipeline(name):
+    # Today's path: resize the decoded image to dim, then the transform; fused: one warp from the source.
+    dim = 48
+    src = _smooth_source(80, 90)  # shrinks < 2x: no box filter, as the plain resize
+    resized = tf.image.resize(src, [dim, dim])
+    i = augment.TRANSFORMS.index(name)
+    old = _old_rotate_crop(resized, int(name[3:])) if i >= augment.N_EXACT else augment.apply_transform(resized, i)
+    matrix = augment.resize_matrix(80, 90, dim) @ augment.transform_matrix(name, dim)
+    fused = _np(augment.warp(src, tf.constant(matrix, tf.float32), dim))
+    diff = np.abs(fused - _np(old)) / 255
+    if i < augment.N_EXACT:
+        assert diff.max() < 1e-4  # the same sampling points
+    else:
+        assert diff.mean() < 0.01 and diff.max() < 0.06  # one interpolation instead of three
+
+
+def test_fused_shift_scale_and_rotation_matches_the_two_step_pipeline():
+    dim = 48
+    src = _smooth_source(90, 80, seed=1)
+    resized = tf.image.resize(src, [dim, dim])
+    for zoom, degrees, shift, name in [(0.8, 12.0, (5.0, -3.0), "rot135"), (1.25, -15.0, (-6.0, 6.0), "flip_lr"),
+                                       (1.0, 0.0, (0.0, 0.0), "rot45")]:
+        i = augment.TRANSFORMS.index(name)
+        step = _old_shift_scale(resized, zoom, degrees, shift)
+        old = _old_rotate_crop(step, int(name[3:])) if i >= augment.N_EXACT else augment.apply_transform(step, i)
+        s = augment.shift_scale_matrix(tf.constant([zoom]), tf.constant([degrees]), tf.constant([shift]), dim)[0]
+        matrix = augment.resize_matrix(90, 80, dim) @ _np(s) @ augment.transform_matrix(name, dim)
+        fused = _np(augment.warp(src, tf.constant(matrix, tf.float32), dim))
+        diff = np.abs(fused - _np(old)) / 255
+        assert diff.mean() < 0.01 and diff.max() < 0.08, (zoom, degrees, name, diff.mean(), diff.max())
+
+
+def test_warp_from_a_much_larger_source_is_antialiased():
+    # A 1-pixel checkerboard shrunk 5x: an antialiased result is flat grey; plain bilinear
+    # sampling of it would alias into a pattern of 0s and 1s.
+    dim = 24
+    board = (np.indices((120, 120)).sum(0) % 2).astype(np.float32)[..., None] * np.ones(3, np.float32)
+    matrix = augment.resize_matrix(120, 120, dim) @ augment.transform_matrix("rot45", dim)
+    out = _np(augment.warp(board, tf.constant(matrix, tf.float32), dim))
+    assert abs(out.mean() - 0.5) < 0.03 and out.std() < 0.05
+    identity = _np(augment.warp(board, augment.resize_matrix(120, 120, dim), dim))
+    assert identity.std() < 0.05
+
+
+def test_geometric_exact_path_equals_resize_then_numpy():
+    # No shift/scale and at most the exact transforms: never a warp, identical to resize + permutation.
+    tf.random.set_seed(11)
+    dim = 16
+    src = _smooth_source(30, 24)
+    base = _np(tf.image.resize(src, [dim, dim]))
+    views = [EXACT[name](base) for name in augment.TRANSFORMS[:6]]
+    for _ in range(30):
+        out = _np(augment.geometric(tf.constant(src), dim, 5, 1.0))
+        assert sum(np.array_equal(out, v) for v in views[1:]) == 1
+
+
+def test_tta_views_from_source_identity_is_decode_image_and_names_unchanged():
+    from foldnet import data
+
+    dim = 64
+    src = _smooth_source(192, 256)  # 4x larger: box-filtered before the 45-degree warps
+    png = tf.io.encode_png(src)
+    views = _np(data.tta_views(png, dim, 9))
+    assert views.shape == (10, dim, dim, 3)
+    np.testing.assert_array_equal(views[0], _np(data.decode_image(png, dim)))
+    for i in range(1, augment.N_EXACT):
+        np.testing.assert_array_equal(views[i], EXACT[augment.TRANSFORMS[i]](views[0]))
+    for i in range(augment.N_EXACT, 10):
+        old = _old_rotate_crop(tf.constant(views[0]), int(augment.TRANSFORMS[i][3:]))
+        assert np.abs(views[i] - _np(old)).mean() < 0.01
+    assert augment.tta_names(9) == augment.TRANSFORMS
+
+
+# ---------------------------------------------------------------- augmentation in the model
+
+def test_gather_warp_equals_the_projective_kernel():
+    src = _smooth_source(20, 20).astype(np.float32)[None].repeat(3, 0) / 255
+    matrices, _ = augment.random_geometry(3, 20, 9, 1.0, crop_scale=0.5, rotate_degrees=40.0, seed=tf.constant([5, 6]))
+    gathered = _np(augment.warp_gather(src, matrices, 20))
+    kernel = np.stack([_np(augment.warp(src[i], matrices[i], 20)) for i in range(3)])
+    np.testing.assert_allclose(gathered, kernel, atol=1e-4)
+
+
+def test_layer_same_seed_same_output_as_the_pipeline_functions():
+    layer = augment.GeometricAugment(9, 0.5, crop_scale=0.25, rotate_degrees=15.0, photometric_strength=0.5)
+    images = np.stack([_smooth_source(24, 24, seed=i) for i in range(6)]).astype(np.float32) / 255
+    seed = tf.constant([7, 8])
+    out = _np(layer.augment(images, seed=seed))
+    geometry_seed, photo_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    matrices, _ = augment.random_geometry(6, 24, 9, 0.5, 0.25, 15.0, seed=geometry_seed)
+    expected = tf.stack([augment.warp(images[i], matrices[i], 24) for i in range(6)])
+    expected = augment.photometric(expected, 0.5, seed=photo_seed)
+    np.testing.assert_allclose(out, _np(expected), atol=1e-4)
+    assert np.abs(out - images).mean() > 1e-2
+
+
+def test_layer_is_identity_at_inference_and_random_in_training():
+    layer = augment.GeometricAugment(9, 1.0)
+    x = _image(16)[None].repeat(4, 0)
+    np.testing.assert_array_equal(_np(layer(x, training=False)), x)
+    np.testing.assert_array_equal(_np(layer(x)), x)
+    outs = _np(layer(x, training=True))
+    views = _np(augment.tta_views(x[0], 9))
+    for out in outs:  # every image is one of the 9 transforms, never the identity
+        match = [i for i, v in enumerate(views) if np.abs(v - out).max() < 1e-4]
+        assert len(match) == 1 and match[0] != 0
+    assert augment.GeometricAugment.from_config(layer.get_config()).settings == layer.settings
