@@ -500,6 +500,7 @@ class GeometricAugment(tf.keras.layers.Layer):
 
     def __init__(self, aug_number=0, aug_probability=0.0, crop_scale=0.0, rotate_degrees=0.0,
                  photometric_strength=0.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # also under mixed precision: pixels stay float32
         super().__init__(**kwargs)
         self.settings = dict(zip(("aug_number", "aug_probability", "crop_scale", "rotate_degrees"),
                                  _check_settings(aug_number, aug_probability, crop_scale, rotate_degrees)))

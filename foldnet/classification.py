@@ -53,7 +53,8 @@ class ClassificationTask(tasks.Task):
 
         return data.train_dataset(files, spec.n_classes, cfg["dim"], cfg["batch_size"], cache=cache,
                                   shuffle_buffer=cfg["shuffle_buffer"], drop_remainder=drop_remainder, seed=seed,
-                                  n_workers=n_workers, **cfg.aug.kwargs())
+                                  n_workers=n_workers,
+                                  **({} if cfg["aug_in_model"] else cfg.aug.kwargs()))  # else the model augments
 
     def eval_dataset(self, files, spec, cfg):
         from . import data
@@ -91,7 +92,8 @@ class ClassificationTask(tasks.Task):
         from . import models
 
         return models.build_model(cfg["arch"], n_classes=spec.n_classes, dim=cfg["dim"], weights=weights,
-                                  dropout=cfg["dropout"], options=cfg["arch_options"])
+                                  dropout=cfg["dropout"], options=cfg["arch_options"],
+                                  augment_layer=augment_layer(cfg.aug) if cfg["aug_in_model"] else None)
 
     def compile_model(self, model, cfg, spec, optimizer):
         return compile_classifier(model, spec.n_classes, optimizer, cfg["label_smoothing"], cfg["jit_compile"])
@@ -169,3 +171,11 @@ def read_template(path):
 
 
 TASK = tasks.register(ClassificationTask())
+
+
+def augment_layer(aug):
+    """``config.Augmentation`` as a model layer (``--aug_in_model``; inactive at inference)."""
+    from . import augment
+
+    return augment.GeometricAugment(aug.number, aug.probability, aug.crop_scale, aug.rotate, aug.photometric,
+                                    name="augment")

@@ -153,6 +153,9 @@ FLAGS = [
     ("aug_rotate", float, 0.0, "Train-time random rotation by up to this many degrees either way (photos: 10-20); 0 = off"),
     ("aug_photometric", float, 0.0,
      "Strength of train-time brightness/contrast/saturation/white-balance jitter (0.5 mild, 1 strong); 0 = off"),
+    ("aug_in_model", _bool, False,
+     "Run the augmentation inside the model (first layer, training only) instead of in the input pipeline: "
+     "for accelerators whose host has few CPU cores; same distribution"),
     ("tta_number", int, 0, "Test-time transforms besides the identity (same list as --aug_number)"),
     ("cache", str, "auto",
      "Cache of the training data: decoded (resized pixels), encoded (file bytes), none, or auto "

@@ -423,7 +423,7 @@ def _pool(features):
 
 
 def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0, name=None,
-                normalize=True, options=None):
+                normalize=True, options=None, augment_layer=None):
     """Build a classifier: [batch, dim, dim, n_channels] in [0, 1] -> float32 softmax.
 
     arch: a registered name (``list_architectures()``), ``kecam:<module>.<Class>``
@@ -436,6 +436,9 @@ def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0,
         [0, 1] straight in, as the original solution did).
     options: dict of extra keyword arguments for the architecture's builder
         (e.g. small_cnn: width, depth, blocks; kecam: drop_connect_rate).
+    augment_layer: a weightless layer applied to the input first (e.g.
+        ``augment.GeometricAugment``: active in training only); checkpoints
+        load into the model with or without it.
     """
     spec = get_architecture(arch)
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
@@ -452,7 +455,7 @@ def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0,
         raise
 
     inputs = keras.Input(input_shape, dtype="float32", name="image")
-    x = inputs
+    x = inputs if augment_layer is None else augment_layer(inputs)
     if normalize and affine is not None and n_channels == 3:
         x = PixelAffine(*affine, name="input_norm")(x)
     x = _pool(backbone(x))

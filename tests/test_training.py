@@ -257,3 +257,44 @@ def test_resume_with_other_model_settings_is_refused(tiny_turtle_dir, tiny_tfrec
     lines.clear()  # only what follows
     runner.run(dict(cfg, dim=24))
     assert any("warning: it was trained with other dim (dim=16)" in line for line in lines)
+
+
+def test_augmentation_in_the_model_trains_resumes_and_predicts(tiny_turtle_dir, tiny_tfrec, tmp_path, monkeypatch):
+    from foldnet import data, models
+
+    calls = []
+    original = data.train_dataset
+
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(data, "train_dataset", recording)
+    built = []
+    build = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda *a, **k: built.append(k.get("augment_layer")) or build(*a, **k))
+    run_dir = tmp_path / "member"
+    cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=2, folds="0", job="train_val_test", tta_number=1,
+                   aug_in_model=True, aug_crop_scale=0.2, aug_photometric=0.5)
+    with pytest.raises(KillAfterEpoch):
+        runner.run(cfg, extra_callbacks=[Killer(1)])
+    runner.run(cfg)  # resumes the fold whose model holds the augmentation layer
+    # the pipeline did not augment; the model's first layer did, with the config's settings
+    args, kwargs = calls[-1]
+    assert args[4:6] == (0, 0.0) and kwargs["aug_crop_scale"] == 0 and kwargs["aug_photometric"] == 0
+    layer = [b for b in built if b is not None][-1]
+    assert layer.settings == {"aug_number": 9, "aug_probability": 0.5, "crop_scale": 0.2, "rotate_degrees": 0.0}
+    assert layer.photometric_strength == 0.5
+    check_fold_outputs(str(run_dir), 0, tiny_tfrec, tiny_turtle_dir, n_epochs=2, tta_number=1)
+    from foldnet import classification
+
+    # best.h5 loads into the model with or without the layer (no weights); at inference both agree
+    x = np.random.RandomState(0).rand(4, 16, 16, 3).astype("float32")
+    outs = []
+    for layer_ in (None, classification.augment_layer(cfg)):
+        model = build("tiny_cnn", n_classes=6, dim=16, augment_layer=layer_)
+        model.load_weights(str(run_dir / "fold_0" / "best.h5"))
+        outs.append(model.predict(x, verbose=0))
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+    with np.load(run_dir / "fold_0" / "oof.npz") as z:
+        assert z["outputs"].shape[0] == 2 and np.isfinite(z["outputs"]).all()
