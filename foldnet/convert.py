@@ -251,6 +251,37 @@ def write_output(out_dir, jobs, train, fold, groups, label_map, flags, fingerpri
     return manifest
 
 
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+
+
+def member_dims(models_dir=MODELS_DIR):
+    """{config name: dim} of the member configs ``models_dir``/*.yaml (none if absent)."""
+    import yaml
+
+    dims = {}
+    for name in sorted(os.listdir(models_dir)) if os.path.isdir(models_dir) else []:
+        if name.endswith(".yaml"):
+            with open(os.path.join(models_dir, name)) as f:
+                cfg = yaml.safe_load(f)
+            if isinstance(cfg, dict) and isinstance(cfg.get("dim"), int):
+                dims[name[:-5]] = cfg["dim"]
+    return dims
+
+
+def oversize_warning(image_stats, dims):
+    """A warning if the kept images are far larger than the largest member ``dim``
+    needs (longer side above 3x dim on average; ``--max_side`` 2x dim is enough), else None."""
+    if not dims or not image_stats.get("height"):
+        return None
+    name, dim = max(dims.items(), key=lambda kv: kv[1])
+    longer = max(image_stats["height"]["mean"], image_stats["width"]["mean"])
+    if longer <= 3 * dim:
+        return None
+    return (f"images are kept at a mean longer side of {longer:.0f} px, {longer / dim:.1f}x the largest member dim "
+            f"({dim}, models/{name}.yaml): --max_side {2 * dim} would make smaller shards and a faster input "
+            f"pipeline with no loss at that dim (see data/README.md)")
+
+
 def report(manifest, out_dir):
     n_files = sum(len(p["files"]) for p in manifest["folds"]) + len(manifest["test"]["files"])
     print(f"wrote {manifest['n_examples']} training examples ({manifest['n_classes']} classes, "
@@ -361,6 +392,8 @@ def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
     manifest = write_output(out_dir, jobs, train, fold, groups, label_map, flags, fingerprint, skipped,
                             n_grouped, dataset.root, workers, progress)
     report(manifest, out_dir)
+    if flags["max_side"] is None and (warning := oversize_warning(manifest["image_stats"], member_dims())):
+        say(f"warning: {warning}")
     return manifest
 
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from foldnet import images, records
+from foldnet import convert as convert_mod, images, records
 from foldnet.convert import create_tfrecords, main
 from foldnet.errors import DataError
 from foldnet.labels import LabelMap
@@ -305,3 +305,30 @@ def test_help_lists_every_flag_with_its_default(capsys):
                  "--max_side", "--jpeg_quality", "--workers", "--skip_bad", "--overwrite", "--path_pattern"]:
         assert flag in out
     assert "(default: 5)" in out and "(default: 150MB)" in out and "(default: 42)" in out
+
+
+# ---------------------------------------------------------------- images larger than the members need
+
+def test_member_dims_read_from_the_model_configs():
+    dims = convert_mod.member_dims()
+    assert dims["ef1b7"] == 512 and dims["demo"] == 32 and max(dims.values()) == 512
+
+
+def test_oversize_warning_only_far_above_the_largest_dim():
+    def stats(h, w):
+        return {"height": {"min": h, "max": h, "mean": float(h)}, "width": {"min": w, "max": w, "mean": float(w)}}
+
+    dims = {"a": 256, "b": 512}
+    warning = convert_mod.oversize_warning(stats(3000, 4000), dims)
+    assert "--max_side 1024" in warning and "models/b.yaml" in warning and "7.8x" in warning
+    assert convert_mod.oversize_warning(stats(1200, 1536), dims) is None  # 3x: not far larger
+    assert convert_mod.oversize_warning(stats(3000, 4000), {}) is None
+    assert convert_mod.oversize_warning({"height": {}, "width": {}}, dims) is None
+
+
+def test_converter_warns_when_bytes_are_kept_far_above_member_dims(turtle_copy, capsys, monkeypatch):
+    monkeypatch.setattr(convert_mod, "member_dims", lambda: {"tiny": 2})  # the images are 3x+ larger
+    convert(turtle_copy, overwrite=True)
+    assert "warning: images are kept at a mean longer side" in capsys.readouterr().err
+    convert(turtle_copy, overwrite=True, max_side=8)  # resized on purpose: no warning
+    assert "warning: images are kept" not in capsys.readouterr().err
