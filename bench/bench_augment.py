@@ -20,9 +20,9 @@ Rows (images/s of 12 batches of 32 after warm-up, tf.data over the same shards):
 * photo augmentation (flip_lr, shift/scale 0.25, rotate 15), fused and former;
 * TTA with all 9 views in one pass (``data.tta_views``), fused vs former.
 
-Also the in-model option (``augment.GeometricAugment``) on this CPU: images/s
-of the layer on a batch of 32 already at dim, vs the pipeline without
-augmentation. Writes bench/out/augment.md. Ratios are medians of per-round
+Also the in-model option (``augment.GeometricAugment``, XLA-compiled as in a
+jit-compiled training step) on this CPU: images/s of the layer on a batch of
+32 already at dim, vs the pipeline without augmentation. Writes bench/out/augment.md. Ratios are medians of per-round
 ratios of interleaved rounds (A B C A B C ...).
 """
 import argparse
@@ -47,6 +47,19 @@ PHOTO = dict(aug_number=1, aug_probability=0.5, aug_crop_scale=0.25, aug_rotate=
 
 # ---------------------------------------------------------------- the former augmentation
 
+def former_rotate(image, degrees):
+    """The former augment.rotate: ImageProjectiveTransformV3, border pixels repeated."""
+    import tensorflow as tf
+
+    from foldnet import augment
+
+    side = image.shape[0]
+    matrix = augment._about_centre(augment._rotation(degrees), side)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=tf.constant(matrix.reshape(1, 9)[:, :8], tf.float32),
+        output_shape=[side, side], fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")[0]
+
+
 def former_augment_image(source, dim, aug_number=0, aug_probability=0.0, aug_crop_scale=0.0, aug_rotate=0.0,
                          aug_photometric=0.0):
     """What train_dataset did before the fused warp: resize to dim, then a random
@@ -59,12 +72,14 @@ def former_augment_image(source, dim, aug_number=0, aug_probability=0.0, aug_cro
     image = data.resize_image(source, dim)
     if aug_crop_scale > 0 or aug_rotate > 0:
         matrices, _ = augment.random_geometry(1, dim, 0, 0.0, aug_crop_scale, aug_rotate)
-        image = augment._projective(image[None], matrices, dim)[0]
+        image = tf.raw_ops.ImageProjectiveTransformV3(
+            images=image[None], transforms=tf.reshape(matrices, [1, 9])[:, :8], output_shape=[dim, dim],
+            fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
     if aug_number and aug_probability:
         start = math.ceil(dim * (1.0 - augment.CROP_FRACTION) / 2.0)
 
         def diagonal(degrees):
-            rotated = augment.rotate(image, degrees)[start:dim - start, start:dim - start]
+            rotated = former_rotate(image, degrees)[start:dim - start, start:dim - start]
             return tf.image.resize(rotated, [dim, dim])
 
         branches = [lambda i=i: augment._exact(image, i) for i in range(augment.N_EXACT)]
@@ -88,7 +103,7 @@ def former_tta_views(image_bytes, dim, tta_number):
     start = math.ceil(dim * (1.0 - augment.CROP_FRACTION) / 2.0)
     views = [augment._exact(image, i) for i in range(augment.N_EXACT)]
     for degrees in (45, 135, 225, 315)[:max(0, tta_number + 1 - augment.N_EXACT)]:
-        rotated = augment.rotate(image, degrees)[start:dim - start, start:dim - start]
+        rotated = former_rotate(image, degrees)[start:dim - start, start:dim - start]
         views.append(tf.image.resize(rotated, [dim, dim]))
     return tf.stack(views[:tta_number + 1])
 
@@ -157,7 +172,7 @@ def layer_rate(dim, batch, reps_inner=3, **settings):
 
     layer = augment.GeometricAugment(**settings)
     x = tf.random.uniform([batch, dim, dim, 3])
-    fn = tf.function(lambda images: layer(images, training=True))
+    fn = tf.function(lambda images: layer(images, training=True), jit_compile=True)  # as in an XLA-compiled step
     fn(x)
 
     def measure():
@@ -209,7 +224,7 @@ def main(argv=None):
         measures = {}
         for name, ds, kind in variants:
             b = 8 if kind == "tta" else batch
-            measures[name] = lambda ds=ds, b=b: iterate_rate(ds, b, 2, args.batches)
+            measures[name] = lambda ds=ds, b=b: iterate_rate(ds, b, 3, args.batches)
         measures["GeometricAugment layer (9, 0.5), CPU, batch already at dim"] = layer_rate(dim, batch, **{
             "aug_number": 9, "aug_probability": 0.5})
         measures["GeometricAugment layer, photo aug, CPU"] = layer_rate(dim, batch, aug_number=1,
@@ -231,7 +246,7 @@ def main(argv=None):
         f"{time.perf_counter() - t0:.0f} s, of which {built:.0f} s building the photos)",
         "",
         f"{args.n} JPEGs of 1600x1200 ({mean_bytes / 1e3:.0f} kB each, quality 90, bytes kept by create_tfrecords), "
-        f"batch {batch} (TTA: 8 images x 10 views); {args.batches} batches per measurement after 2 of warm-up; "
+        f"batch {batch} (TTA: 8 images x 10 views); {args.batches} batches per measurement after 3 of warm-up; "
         f"medians of {args.reps} interleaved rounds; ratios are medians of per-round ratios.",
         "",
         "| pipeline | images/s | / no augmentation | / bare decode |",
