@@ -27,7 +27,6 @@ ratios of interleaved rounds (A B C A B C ...).
 """
 import argparse
 import contextlib
-import gc
 import math
 import os
 import shutil
@@ -108,22 +107,13 @@ def former_tta_views(image_bytes, dim, tta_number):
     return tf.stack(views[:tta_number + 1])
 
 
-@contextlib.contextmanager
-def patched(module, name, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
-
 
 # ---------------------------------------------------------------- datasets
 
 def train_dataset(files, dim, batch, former=False, **aug):
     from foldnet import data
 
-    with patched(data, "augment_image", former_augment_image) if former else contextlib.nullcontext():
+    with common.patched(data, "augment_image", former_augment_image) if former else contextlib.nullcontext():
         return data.train_dataset(files, N_CLASSES, dim, batch, cache="none", seed=0, **aug)
 
 
@@ -149,19 +139,6 @@ def tta_dataset(files, dim, batch, tta_number, former=False):
         deterministic=False)
     return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
 
-
-def iterate_rate(ds, batch, warm, n):
-    """Images/s of ``n`` batches from a new iterator after ``warm`` batches."""
-    it = iter(ds)
-    for _ in range(warm):
-        next(it)
-    start = time.perf_counter()
-    for _ in range(n):
-        next(it)
-    elapsed = time.perf_counter() - start
-    del it
-    gc.collect()
-    return n * batch / elapsed
 
 
 def layer_rate(dim, batch, reps_inner=3, **settings):
@@ -224,7 +201,7 @@ def main(argv=None):
         measures = {}
         for name, ds, kind in variants:
             b = 8 if kind == "tta" else batch
-            measures[name] = lambda ds=ds, b=b: iterate_rate(ds, b, 3, args.batches)
+            measures[name] = lambda ds=ds, b=b: common.iterate_rate(ds, b, 3, args.batches)
         measures["GeometricAugment layer (9, 0.5), CPU, batch already at dim"] = layer_rate(dim, batch, **{
             "aug_number": 9, "aug_probability": 0.5})
         measures["GeometricAugment layer, photo aug, CPU"] = layer_rate(dim, batch, aug_number=1,

@@ -72,22 +72,15 @@ def decode_prototype(dct_scaled=False, method="bilinear", antialias=True):
     return decode
 
 
-@contextlib.contextmanager
-def patched(module, name, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
-
 
 def train_dataset(files, dim, batch, cache="none", aug=AUG, decode=None):
     """foldnet.data.train_dataset, optionally with a prototype decode function
     (traced while the dataset is built, so the patch lasts only that long)."""
     from foldnet import data
 
-    with patched(data, "decode_image", decode) if decode else contextlib.nullcontext():
+    # the pipeline decodes with data.decode_source, then resizes (a dim x dim source is only cast) and / 255
+    prototype = (lambda image_bytes, d: decode(image_bytes, d) * 255.0) if decode else None
+    with common.patched(data, "decode_source", prototype) if decode else contextlib.nullcontext():
         return data.train_dataset(files, N_CLASSES, dim, batch, aug[0], aug[1], cache=cache, seed=0)
 
 
@@ -104,19 +97,6 @@ def ceiling_dataset(files, batch):
                                                     deterministic=False)
     return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
 
-
-def iterate_rate(ds, batch, warm, n):
-    """Images/s of ``n`` batches from a new iterator after ``warm`` batches."""
-    it = iter(ds)
-    for _ in range(warm):
-        next(it)
-    start = time.perf_counter()
-    for _ in range(n):
-        next(it)
-    elapsed = time.perf_counter() - start
-    del it
-    gc.collect()
-    return n * batch / elapsed
 
 
 # ---------------------------------------------------------------- (a)
@@ -137,9 +117,9 @@ def bench_pipeline(files, n_images, dim, batch, reps, n_batches):
          train_dataset(files, dim, batch, decode=decode_prototype(dct_scaled=True, antialias=False)), 3,
          "prototype"),
     ]
-    measures = {name: (lambda ds=ds, w=w: iterate_rate(ds, batch, w, n_batches)) for name, ds, w, _ in variants}
+    measures = {name: (lambda ds=ds, w=w: common.iterate_rate(ds, batch, w, n_batches)) for name, ds, w, _ in variants}
     # untimed: fill the in-memory cache (it outlives the iterator)
-    iterate_rate(variants[2][1], batch, warm_cached, 1)
+    common.iterate_rate(variants[2][1], batch, warm_cached, 1)
     rates = common.interleaved(measures, reps)
     ceiling = rates[variants[0][0]]
     rows = []
@@ -232,7 +212,7 @@ def bench_feed(files, arch, dim, batch, reps, steps, feeds):
     for name, ds in pipelines.items():
         measures[name] = lambda ds=ds: fit_rate(model, ds, batch, warm, steps)
         # the pipeline alone at the same dim, for the no-overlap bound
-        measures[name + " (alone)"] = lambda ds=ds: iterate_rate(ds, batch, 3, 15)
+        measures[name + " (alone)"] = lambda ds=ds: common.iterate_rate(ds, batch, 3, 15)
     rates = common.interleaved(measures, reps)
     mem = rates["in-memory batch"]
     rows = [f"| {arch} | in-memory batch | {common.median(mem):.1f} | 1.00 | |"]

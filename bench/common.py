@@ -7,12 +7,15 @@
 * ``photo_tfrecords``: such photos in a temp dir, converted with foldnet's
   ``create_tfrecords`` (generic layout);
 * ``interleaved``: alternate repetitions of several measurements, medians;
+* ``iterate_rate``: images/s of a tf.data pipeline; ``patched``: swap a function in;
 * ``cpu_flags`` / ``machine``: one line about the machine for the tables;
 * ``write_out``: write a Markdown report to bench/out/NAME.md and print it.
 
 Machines are noisy and shared: the scripts report ratios of quantities
 measured in the same run, interleaved where possible.
 """
+import contextlib
+import gc
 import os
 import platform
 import statistics
@@ -126,6 +129,31 @@ def median(values):
 def median_ratio(num, den):
     """Median of the per-round ratios num[i] / den[i] (rounds measured back to back)."""
     return median([a / b for a, b in zip(num, den)])
+
+
+def iterate_rate(ds, batch, warm, n):
+    """Images/s of ``n`` batches of ``batch`` from a new iterator over ``ds`` after ``warm`` batches."""
+    it = iter(ds)
+    for _ in range(warm):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    elapsed = time.perf_counter() - start
+    del it
+    gc.collect()
+    return n * batch / elapsed
+
+
+@contextlib.contextmanager
+def patched(module, name, value):
+    """Temporarily replace ``module.name`` by ``value`` (prototypes swapped in while a dataset is built)."""
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
 
 
 def rate(n_items, fn):
