@@ -9,9 +9,9 @@ Geometry is one matrix per image. Every geometric step (the resize to
 ``TRANSFORMS``) is a 3x3 matrix that maps an output pixel ``(x, y, 1)``
 (x = column, y = row down, pixel centres at integers) to the input point it
 samples; the steps compose by matrix product, and the image is resampled
-once, from the decoded image straight to ``dim x dim`` (``warp``: bilinear,
-pixels from outside the image mirror it; gathers compiled by XLA, several
-times faster on CPU than the ImageProjectiveTransformV3 kernel). Transforms that only permute pixels (flips, 90-degree
+once, from the decoded image straight to ``dim x dim`` (``warp``;
+ImageProjectiveTransformV3, bilinear, pixels from outside the image mirror
+it). Transforms that only permute pixels (flips, 90-degree
 rotations) take the cheaper exact path instead: a bilinear resize, then the
 permutation; both paths sample the same points.
 
@@ -267,27 +267,12 @@ def warp_gather(images, matrices, size):
     return _sample(images, matrices, size, shape[1], shape[2])
 
 
-# One XLA-compiled resampling per (size, fill mode): on CPU it is several times
-# faster than the ImageProjectiveTransformV3 kernel. XLA compiles once per input
-# shape, so sources are zero-padded to multiples of _BUCKET (a few shapes).
-_BUCKET = 128
-_COMPILED = {}
-
-
-def _compiled(size, fill_mode):
-    key = (size, fill_mode)
-    if key not in _COMPILED:
-        def one(image, matrix, height, width):
-            return _sample(image[tf.newaxis], matrix[tf.newaxis], size, height, width, fill_mode)[0]
-        _COMPILED[key] = tf.function(one, jit_compile=True, reduce_retracing=True)
-    return _COMPILED[key]
-
-
-def _resample(image, matrix, size, fill_mode):
-    """float32 image [H, W, C] -> [size, size, C] by the 3x3 affine ``matrix`` (compiled)."""
-    shape = tf.shape(image)
-    padded = tf.pad(image, [[0, -shape[0] % _BUCKET], [0, -shape[1] % _BUCKET], [0, 0]])
-    return _compiled(size, fill_mode)(padded, tf.cast(matrix, tf.float32), shape[0], shape[1])
+def _projective(images, matrices, size, fill_mode="REFLECT"):
+    """ImageProjectiveTransformV3 of float32 images [B, H, W, C] by [B, 3, 3] to size x size."""
+    flat = tf.reshape(matrices, [-1, 9])[:, :8] / matrices[:, 2:3, 2]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=tf.cast(flat, tf.float32), output_shape=tf.constant([size, size], tf.int32),
+        fill_value=tf.constant(0.0, tf.float32), interpolation="BILINEAR", fill_mode=fill_mode)
 
 
 def _box_factor(source_side, out_side):
@@ -326,7 +311,7 @@ def warp(source, matrix, dim, fill_mode="REFLECT"):
     image = tf.cast(source, tf.float32)
     image, to_shrunk = _preshrink(image, dim)
     matrix = tf.matmul(to_shrunk, tf.cast(matrix, tf.float32))
-    out = _resample(image, matrix, dim, fill_mode)
+    out = _projective(image[tf.newaxis], matrix[tf.newaxis], dim, fill_mode)[0]
     return tf.ensure_shape(out, [dim, dim, source.shape[-1]])
 
 
