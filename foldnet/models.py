@@ -300,6 +300,10 @@ def _keras_application(class_name):
 
 register("efficientnet_b0", "EfficientNet-B0 (efficientnet package), 4M params",
          weights=("imagenet", "noisy-student"), input_norm="imagenet", build=_efficientnet_package("EfficientNetB0"))
+for _b, _params in ((1, 6), (2, 8), (3, 11), (4, 18), (5, 29), (6, 41)):
+    register(f"efficientnet_b{_b}", f"EfficientNet-B{_b} (efficientnet package), {_params}M params",
+             weights=("imagenet", "noisy-student"), input_norm="imagenet",
+             build=_efficientnet_package(f"EfficientNetB{_b}"))
 register("efficientnet_b7", "EfficientNet-B7 (efficientnet package), 64M params",
          weights=("imagenet", "noisy-student"), input_norm="imagenet", build=_efficientnet_package("EfficientNetB7"))
 register("efficientnet_v1_l2", "EfficientNet-L2 Noisy Student (kecam EfficientNetV1L2), 476M params",
