@@ -146,8 +146,8 @@ def _encoder(arch, input_shape, weights, options):
 
 
 def _block(x, filters, name):
-    x = models._conv_bn(x, filters, 3, 1, 0.99, f"{name}_1")
-    return models._conv_bn(x, filters, 3, 1, 0.99, f"{name}_2")
+    x = models._conv_bn(x, filters, 3, 1, 0.9, f"{name}_1")
+    return models._conv_bn(x, filters, 3, 1, 0.9, f"{name}_2")
 
 
 def build_unet(arch, n_channels, dim, weights="none", decoder_filters=DEFAULT_DECODER_FILTERS, name=None,

@@ -1,0 +1,354 @@
+"""tf.data pipelines over segmentation records (``seg_records``), core TF ops only.
+
+Training (``train_dataset``): parallel interleaved reads -> optional cache
+of the serialized tiles -> shuffle -> repeat -> weighted tile sampler
+(optional) -> parse -> features (``spectral.Features``: normalisation,
+indices, masking, missing fill) -> paired augmentation of image, mask and
+valid mask -> padding to a multiple of 32 (padding is invalid) -> batch.
+Endless: an epoch is ``steps_per_epoch(tiles_per_epoch, batch_size)`` steps.
+
+Weighted tile sampler: tile i is drawn with probability proportional to
+``w_i = max(1 + sum_k coef_k * x_ik, floor)``, ``x_ik`` the tile's value of
+property k in ``tiles.csv`` (``positive_share``, ``cloud_share``,
+``water_share``, ``missing_share``, ... and the derived ``has_positive``);
+e.g. ``{has_positive: 2, positive_share: 5, cloud_share: -1}``. It is
+streaming rejection sampling: the shuffled, repeated stream keeps tile i
+with probability ``w_i / max(w)``, so draws follow the weights (with
+replacement across passes) at a memory cost independent of the dataset;
+the price is reading ``max(w) / mean(w)`` tiles per kept tile (parsing only:
+rejected tiles are never decoded or augmented). ``cache=True`` keeps the
+serialized tiles in memory so the extra reads cost nothing after the first
+pass.
+
+Targets are float32 ``[H, W, 2]`` (mask, valid) or ``[H, W, 3]`` with the
+tile's group index (``group_index``) for the location-weighted IoU; see
+``seg_losses``.
+
+Evaluation (``eval_dataset``) and prediction (``tta_dataset``) read in file
+order. ``tta_dataset`` expands every tile to its TTA views in one pass
+(identity first); ``merge_tta`` applies each view's inverse transform to its
+predicted map, averages, and crops the padding away.
+"""
+import math
+
+import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+
+from . import data, seg_records, spectral
+from .errors import ConfigError, DataError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+TTA_VIEWS = ("identity", "flip_lr", "flip_ud", "rot90", "rot180", "rot270", "transpose")
+_SQUARE_ONLY = ("rot90", "rot270", "transpose")
+_INVERSE = {"identity": "identity", "flip_lr": "flip_lr", "flip_ud": "flip_ud", "rot90": "rot270",
+            "rot180": "rot180", "rot270": "rot90", "transpose": "transpose"}
+
+
+# ---------------------------------------------------------------- views (TTA) and their inverses
+
+
+def apply_view(x, name):
+    """View ``name`` of ``x`` [..., H, W, C] (the last three axes are rows, columns, channels)."""
+    if name == "identity":
+        return x
+    if name == "flip_lr":
+        return tf.reverse(x, [-2])
+    if name == "flip_ud":
+        return tf.reverse(x, [-3])
+    if name in ("rot90", "rot180", "rot270"):
+        return tf.image.rot90(x, k={"rot90": 1, "rot180": 2, "rot270": 3}[name])
+    if name == "transpose":
+        rank = x.shape.rank
+        return tf.transpose(x, list(range(rank - 3)) + [rank - 2, rank - 3, rank - 1])
+    raise ValueError(f"unknown TTA view {name!r}; views: {', '.join(TTA_VIEWS)}")
+
+
+def check_views(names, height, width):
+    names = list(names)
+    unknown = [n for n in names if n not in TTA_VIEWS]
+    if unknown:
+        raise ConfigError(f"unknown TTA view(s) {unknown}; views: {', '.join(TTA_VIEWS)}")
+    if not names or names[0] != "identity":
+        raise ConfigError(f"TTA views must start with identity, got {names}")
+    if height != width and any(n in _SQUARE_ONLY for n in names):
+        raise ConfigError(f"TTA views {[n for n in names if n in _SQUARE_ONLY]} need square tiles, got {height}x{width}")
+    return names
+
+
+def merge_tta(predictions, names, height=None, width=None, weights=None, multiple=32):
+    """Average TTA predictions back in the original frame.
+
+    predictions: ``[n * T, Hp, Wp]`` or ``[n * T, Hp, Wp, 1]`` as ``tta_dataset`` orders them
+    (tile i at rows i*T .. i*T+T-1, identity first). names: the T view names.
+    height, width: crop the padding back to this size (``spectral.crop_padding``).
+    weights: optional per-view weights. Returns float32 ``[n, H, W]``.
+    """
+    x = tf.convert_to_tensor(predictions, tf.float32)
+    names = list(names)
+    n_views = len(names)
+    if x.shape.rank == 3:
+        x = x[..., tf.newaxis]
+    if x.shape.rank != 4 or x.shape[-1] != 1:
+        raise ValueError(f"merge_tta expects [n * T, H, W(, 1)] maps, got shape {x.shape}")
+    x = tf.reshape(x, [-1, n_views] + x.shape[1:].as_list())
+    w = np.ones(n_views) if weights is None else np.asarray(weights, np.float64)
+    w = (w / w.sum()).tolist()
+    merged = tf.add_n([w[k] * apply_view(x[:, k], _INVERSE[name]) for k, name in enumerate(names)])
+    if height is not None:
+        merged = spectral.crop_padding(merged, height, width if width is not None else height, multiple)
+    return merged[..., 0]
+
+
+# ---------------------------------------------------------------- paired augmentation
+
+
+def _random_affine(side_h, side_w, scale, rotate, shift):
+    """8-parameter projective transform: zoom log-uniform in [1/(1+scale), 1+scale], rotation
+    uniform in +-rotate degrees, shift uniform in +-shift of the side (output -> input)."""
+    log_zoom = math.log1p(scale)
+    zoom = tf.exp(tf.random.uniform([], -log_zoom, log_zoom)) if scale else tf.constant(1.0)
+    theta = tf.random.uniform([], -1.0, 1.0) * math.radians(rotate)
+    move = tf.random.uniform([2], -1.0, 1.0) * shift * tf.constant([side_w, side_h], tf.float32)
+    cx, cy = (side_w - 1) / 2.0, (side_h - 1) / 2.0
+    cos, sin = tf.cos(theta) / zoom, tf.sin(theta) / zoom
+    ox, oy = cx + move[0], cy + move[1]
+    return tf.stack([cos, -sin, cx - cos * ox + sin * oy, sin, cos, cy - sin * ox - cos * oy, 0.0, 0.0])[tf.newaxis]
+
+
+def _warp(x, transform, interpolation):
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[tf.newaxis], transforms=transform, output_shape=tf.shape(x)[:2],
+        fill_value=tf.constant(0.0), interpolation=interpolation, fill_mode="REFLECT")[0]
+
+
+def paired_augment(image, mask, valid, flip=True, rot90=True, scale=0.0, rotate=0.0, shift=0.0):
+    """The same random geometric transform of ``image`` [H, W, C] (float), ``mask`` and ``valid`` [H, W].
+
+    flip: left-right and up-down, each with probability 1/2. rot90: k*90 degrees,
+    k uniform in 0..3 (square tiles only). scale/rotate/shift: one small affine
+    map (0: off), bilinear for the image, nearest for mask and valid, pixels
+    from outside mirrored. Returns (image float32, mask float32, valid float32).
+    """
+    image = tf.cast(image, tf.float32)
+    height, width, channels = image.shape
+    maps = tf.stack([tf.cast(mask, tf.float32), tf.cast(valid, tf.float32)], -1)
+    x = tf.concat([image, maps], -1)
+    if flip:
+        x = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(x, [1]), lambda: x)
+        x = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(x, [0]), lambda: x)
+    if rot90 and height == width:
+        x = tf.image.rot90(x, tf.random.uniform([], 0, 4, tf.int32))
+        x = tf.ensure_shape(x, [height, width, channels + 2])
+    image, maps = x[..., :channels], x[..., channels:]
+    if scale or rotate or shift:
+        transform = _random_affine(float(height), float(width), float(scale), float(rotate), float(shift))
+        image = _warp(image, transform, "BILINEAR")
+        maps = _warp(maps, transform, "NEAREST")
+    return image, maps[..., 0], maps[..., 1]
+
+
+# ---------------------------------------------------------------- sampler
+
+
+def tile_weights(tiles, terms, floor=0.01):
+    """Sampling weight of every row of ``tiles`` (a tiles.csv DataFrame): see module doc.
+
+    Raises ConfigError naming unknown terms, DataError naming tiles with a missing value.
+    """
+    derived = {"has_positive": lambda t: (t["positive_share"] > 0).astype(float)}
+    unknown = [k for k in terms if k not in tiles.columns and k not in derived]
+    if unknown:
+        known = sorted(set(tiles.columns) - {"id", "fold", "group"}) + sorted(derived)
+        raise ConfigError(f"sampler terms {unknown} are not tile properties; known: {', '.join(known)}")
+    weights = np.ones(len(tiles))
+    problems = []
+    for term, coef in terms.items():
+        if isinstance(coef, bool) or not isinstance(coef, (int, float)):
+            raise ConfigError(f"sampler term {term}: coefficient must be a number, got {coef!r}")
+        values = np.asarray(tiles[term] if term in tiles.columns else derived[term](tiles), np.float64)
+        bad = ~np.isfinite(values)
+        problems += [f"tile {tid}: no value of {term}" for tid in tiles["id"][bad]]
+        weights += float(coef) * np.where(bad, 0.0, values)
+    if problems:
+        raise DataError("tiles.csv has tiles without a sampler property", problems)
+    return np.maximum(weights, float(floor))
+
+
+def steps_per_epoch(tiles_per_epoch, batch_size):
+    """Training steps of an epoch of ``tiles_per_epoch`` tiles (at least 1)."""
+    return max(int(tiles_per_epoch) // int(batch_size), 1)
+
+
+def _acceptance_table(ids, weights):
+    weights = np.asarray(weights, np.float64)
+    keys = tf.constant([str(i) for i in ids])
+    values = tf.constant((weights / weights.max()).astype(np.float32))
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1.0)
+
+
+# ---------------------------------------------------------------- pipelines
+
+
+def _group_table(group_index):
+    keys = tf.constant([str(k) for k in group_index])
+    values = tf.constant([int(v) for v in group_index.values()], tf.int64)
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
+
+
+def _target(mask, valid, group=None):
+    maps = [tf.cast(mask, tf.float32) * tf.cast(valid, tf.float32), tf.cast(valid, tf.float32)]
+    if group is not None:
+        maps.append(tf.fill(tf.shape(maps[0]), tf.cast(group, tf.float32)))
+    return tf.stack(maps, -1)
+
+
+def _group_of(ex, table):
+    if table is None:
+        return None
+    group = table.lookup(ex["group"])
+    tf.debugging.assert_non_negative(group, message="a tile's group is not in group_index")
+    return group
+
+
+def _pad(x, target, multiple):
+    if not multiple:
+        return x, target
+    return (spectral.pad_to_multiple(x, multiple, "REFLECT"),
+            spectral.pad_to_multiple(target, multiple, "CONSTANT", 0))
+
+
+def _parser(features):
+    return lambda s: seg_records.parse_example(s, features.shape, features.dtype)
+
+
+def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augment=None, cache=False,
+                  shuffle_buffer=256, pad_multiple=32, group_index=None, seed=None, n_workers=1):
+    """Endless batches of (features [B, Hp, Wp, F], target [B, Hp, Wp, 2|3]) for training.
+
+    features: a ``spectral.Features``. tile_ids, weights: the weighted sampler
+    (``tile_weights`` of the training tiles; None: every tile alike).
+    augment: keyword arguments of ``paired_augment`` (None: flips and rot90).
+    group_index: {group: index} adds the group channel to the target.
+    """
+    augment = {"flip": True, "rot90": True} if augment is None else dict(augment)
+    files = list(files)
+    parse = _parser(features)
+    groups = _group_table(group_index) if group_index else None
+    ds = data._read(files, deterministic=False)
+    if cache:
+        ds = ds.cache()
+    ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=False)
+    if weights is not None:
+        table = _acceptance_table(tile_ids, weights)
+
+        def keep(ex):
+            p = table.lookup(ex["id"])
+            tf.debugging.assert_non_negative(p, message="a training tile is not in the sampler's tiles")
+            return tf.random.uniform([], seed=seed) < p
+
+        ds = ds.filter(keep)
+
+    def make(ex):
+        x = features(ex["image"], ex["valid"])
+        x, mask, valid = paired_augment(x, ex["mask"], ex["valid"], **augment)
+        return _pad(x, _target(mask, valid, _group_of(ex, groups)), pad_multiple)
+
+    ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    return data._with_options(ds, shard_by_data=len(files) < n_workers)
+
+
+def eval_dataset(files, features, batch_size, pad_multiple=32, group_index=None, cache=False):
+    """Batches of (features, target) in file order (validation during fit)."""
+    parse = _parser(features)
+    groups = _group_table(group_index) if group_index else None
+
+    def make(serialized):
+        ex = parse(serialized)
+        x = features(ex["image"], ex["valid"])
+        return _pad(x, _target(ex["mask"], ex["valid"], _group_of(ex, groups)), pad_multiple)
+
+    ds = data._read(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    return (ds.cache() if cache else ds).prefetch(AUTOTUNE)
+
+
+def tta_dataset(files, features, batch_size, views=("identity",), pad_multiple=32):
+    """Batches of features ``[b * T, Hp, Wp, F]`` in file order, tile i's T views at rows
+    i*T .. i*T+T-1 (identity first): all TTA views predicted in one pass; ``merge_tta``
+    undoes them."""
+    height, width = features.shape[:2]
+    views = check_views(views, height, width)
+    parse = _parser(features)
+
+    def make(serialized):
+        ex = parse(serialized)
+        x = features(ex["image"], ex["valid"])
+        if pad_multiple:
+            x = spectral.pad_to_multiple(x, pad_multiple, "REFLECT")
+        return tf.stack([apply_view(x, v) for v in views])
+
+    ds = data._read(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    ds = ds.map(lambda v: tf.reshape(v, [-1] + v.shape[2:].as_list()))
+    return ds.prefetch(AUTOTUNE)
+
+
+def read_tiles(files, features, with_maps=True):
+    """(ids, masks uint8 [n, H, W], valids uint8 [n, H, W], groups) of the records in file order
+    (masks/valids None when ``with_maps`` is False)."""
+    parse = _parser(features)
+    ids, groups, masks, valids = [], [], [], []
+    ds = data._read(files, deterministic=True).map(
+        lambda s: {k: v for k, v in parse(s).items() if k != "image" and (with_maps or k not in ("mask", "valid"))},
+        num_parallel_calls=AUTOTUNE)
+    for batch in ds.batch(256).as_numpy_iterator():
+        ids += [x.decode("utf-8") for x in batch["id"]]
+        groups += [x.decode("utf-8") for x in batch["group"]]
+        if with_maps:
+            masks.append(batch["mask"])
+            valids.append(batch["valid"])
+    if not with_maps:
+        return ids, None, None, groups
+    h, w = features.shape[:2]
+    empty = np.zeros([0, h, w], np.uint8)
+    return ids, (np.concatenate(masks) if masks else empty), (np.concatenate(valids) if valids else empty), groups
+
+
+def fit_index_ranges(files, features, n_tiles=64, quantiles=(0.01, 0.99)):
+    """{index: (low, high)}: the quantiles of every index without a natural range over the
+    kept (unmasked, not missing) pixels of the first ``n_tiles`` tiles of ``files``.
+
+    Pass it as ``spectral.Features(..., index_ranges=...)``.
+    """
+    names = [n for n in features.indices if not spectral.INDICES[n].natural]
+    if not names:
+        return {}
+    parse = _parser(features)
+    roles = spectral.band_roles(features.all_bands)
+    values = {n: [] for n in names}
+
+    def raw(serialized):
+        ex = parse(serialized)
+        x = tf.cast(ex["image"], tf.float32)
+        miss = features.missing(ex["image"], ex["valid"])
+        idx = spectral.compute_indices(x, features.all_bands, names, *features.reflectance)
+        keep = spectral.clear_water(x, features.all_bands, features.qa_clear) if features.mask_indices \
+            else tf.ones(tf.shape(x)[:2], tf.bool)
+        oks = [keep & ~tf.reduce_any(tf.stack([miss[..., roles[b]] for b in spectral.INDICES[n].bands], -1), -1)
+               for n in names]
+        return idx, tf.stack(oks, -1)
+
+    for idx, ok in data._read(files, deterministic=True).take(n_tiles).map(raw).as_numpy_iterator():
+        for k, n in enumerate(names):
+            values[n].append(idx[..., k][ok[..., k]])
+    out = {}
+    for n in names:
+        v = np.concatenate(values[n]) if values[n] else np.zeros(0)
+        if v.size:
+            low, high = np.quantile(v, quantiles)
+            out[n] = (float(low), float(high)) if high > low else spectral.INDICES[n].range
+        else:
+            out[n] = spectral.INDICES[n].range
+    return out
