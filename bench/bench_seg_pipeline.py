@@ -1,0 +1,155 @@
+"""Segmentation input pipeline and TTA (issue 9).
+
+a) ``seg_data.train_dataset`` (parse, normalise, spectral indices with
+   land/cloud masking, paired augmentation, padding, batching) against the
+   ceiling of a bare parse of the same records (read + ``parse_example``:
+   the raw bands decoded, nothing computed), tiles/s, interleaved rounds.
+b) TTA: all views predicted in one pass (``tta_dataset`` + one
+   ``predict`` + ``merge_tta``) against one pass per view (a dataset and a
+   ``predict`` per view, then the same merge), tiles/s, with the tiny UNet.
+
+Synthetic Kelp-like tiles (7 int16 bands, 350x350 by default), written as
+seg records in a temp dir. Results: bench/out/seg_pipeline.md.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+import tensorflow as tf  # noqa: E402
+
+from foldnet import seg_data, seg_records, spectral, unet  # noqa: E402
+
+BANDS = ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"]
+INDICES = ["NDVI", "NDWI", "GNDVI", "MNDWI", "NDMI", "EVI", "SAVI", "MSAVI", "CIG", "FAI"]
+
+
+def write_tiles(root, n, size, n_files=4, seed=0):
+    rng = np.random.default_rng(seed)
+    files = [os.path.join(root, f"train-{k}.tfrec") for k in range(n_files)]
+    writers = [tf.io.TFRecordWriter(f) for f in files]
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        image = rng.normal(8000, 1500, (size, size, 7)).astype(np.int16)
+        image[..., 5] = (rng.random((size, size)) < 0.1).astype(np.int16)
+        image[..., 6] = np.where(xx < size // 4, 30, -1)
+        cy, cx = rng.integers(0, size, 2)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < (size // 10) ** 2).astype(np.uint8)
+        valid = rng.random((size, size)) > 0.01
+        image[~valid, 0] = -32768
+        writers[i % n_files].write(seg_records.make_example(f"t{i}", image, mask, valid, f"g{i % 5}"))
+    for w in writers:
+        w.close()
+    stats = [{"band": b, "min": 0.0, "max": 16000.0, "q01": 4500.0, "q99": 11500.0, "mean": 8000.0, "std": 1500.0,
+              "missing_share": 0.0} for b in BANDS]
+    manifest = {"image": {"shape": [size, size, 7], "dtype": "int16", "missing_value": -32768, "bands": BANDS},
+                "band_stats": stats}
+    return files, manifest
+
+
+def tiles_per_s(ds, n_batches, batch_size):
+    it = iter(ds)
+    next(it)  # warm-up: tracing, first reads
+    start = time.perf_counter()
+    for _ in range(n_batches):
+        next(it)
+    return n_batches * batch_size / (time.perf_counter() - start)
+
+
+def bare_parse(files, manifest, batch_size):
+    shape, dtype = manifest["image"]["shape"], manifest["image"]["dtype"]
+    ds = seg_data.data._read(files, deterministic=False).repeat()
+    ds = ds.map(lambda s: seg_records.parse_example(s, shape, dtype), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def pipeline_part(files, manifest, batch_size, n_batches, reps):
+    full = spectral.Features(manifest, indices=INDICES, reflectance_scale=2.75e-5, reflectance_offset=-0.2)
+    bands_only = spectral.Features(manifest)
+    aug = {"flip": True, "rot90": True, "scale": 0.1, "rotate": 10, "shift": 0.05}
+    measures = {
+        "ceiling: read + parse only": lambda: bare_parse(files, manifest, batch_size),
+        "train_dataset: 7 bands + 10 indices, flips/rot90 + affine": lambda: seg_data.train_dataset(
+            files, full, batch_size, augment=aug),
+        "train_dataset: 7 bands + 10 indices, flips/rot90": lambda: seg_data.train_dataset(files, full, batch_size),
+        "train_dataset: 7 bands + 10 indices, no augmentation": lambda: seg_data.train_dataset(
+            files, full, batch_size, augment={"flip": False, "rot90": False}),
+        "train_dataset: 7 bands only, flips/rot90": lambda: seg_data.train_dataset(files, bands_only, batch_size),
+    }
+    got = common.interleaved({k: (lambda f=f: tiles_per_s(f(), n_batches, batch_size)) for k, f in measures.items()},
+                             reps)
+    ceiling = got["ceiling: read + parse only"]
+    rows = [f"| {k} | {common.median(v):.1f} | {common.median_ratio(v, ceiling):.2f} |" for k, v in got.items()]
+    return rows, full
+
+
+def tta_part(files, features, views, batch_size, reps):
+    size = features.shape[0]
+    padded = size + sum(spectral.padding_for(size))
+    model = unet.build_unet("tiny", features.n_channels, padded)
+    n = sum(1 for _ in seg_data.data._read(files, deterministic=True))
+
+    def one_pass():
+        start = time.perf_counter()
+        pred = model.predict(seg_data.tta_dataset(files, features, batch_size, views), verbose=0)
+        seg_data.merge_tta(pred, views, size, size).numpy()
+        return n / (time.perf_counter() - start)
+
+    def per_view():
+        start = time.perf_counter()
+        maps = []
+        for v in views:
+            ds = seg_data.tta_dataset(files, features, batch_size, ["identity"]).map(
+                lambda x, v=v: seg_data.apply_view(x, v))
+            maps.append(model.predict(ds, verbose=0))
+        stacked = np.stack(maps, 1).reshape((-1,) + maps[0].shape[1:])
+        seg_data.merge_tta(stacked, views, size, size).numpy()
+        return n / (time.perf_counter() - start)
+
+    one_pass(), per_view()  # warm-up
+    got = common.interleaved({"one pass": one_pass, "per view": per_view}, reps)
+    return (f"| {len(views)} ({', '.join(views)}) | {common.median(got['one pass']):.1f} | "
+            f"{common.median(got['per view']):.1f} | {common.median_ratio(got['one pass'], got['per view']):.2f} |")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n_tiles", type=int, default=64, help="synthetic tiles written")
+    p.add_argument("--size", type=int, default=350, help="tile side (px)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--n_batches", type=int, default=12, help="batches timed per pipeline measurement")
+    p.add_argument("--tta_tiles", type=int, default=16, help="tiles predicted in the TTA part")
+    p.add_argument("--reps", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--out", default=None, help="Markdown output (default bench/out/seg_pipeline.md)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        files, manifest = write_tiles(tmp, args.n_tiles, args.size)
+        rows, features = pipeline_part(files, manifest, args.batch_size, args.n_batches, args.reps)
+        tta_dir = os.path.join(tmp, "tta")
+        os.makedirs(tta_dir)
+        tta_files, _ = write_tiles(tta_dir, args.tta_tiles, args.size, n_files=1, seed=1)
+        tta_rows = [tta_part(tta_files, features, views, args.batch_size, args.reps)
+                    for views in (["identity", "flip_lr"], ["identity", "flip_lr", "flip_ud", "rot90"])]
+    text = "\n".join([
+        "# Segmentation input pipeline and TTA", "",
+        f"{common.machine()} ({common.cpu_flags()}); {args.n_tiles} synthetic tiles {args.size}x{args.size}x7 int16 "
+        f"in 4 shards, batch {args.batch_size}, {args.n_batches} batches per measurement, "
+        f"medians of {args.reps} interleaved rounds.", "",
+        "## a) train_dataset vs the bare parse of the same records", "",
+        "| pipeline | tiles/s | / ceiling |", "|---|---:|---:|", *rows, "",
+        f"## b) TTA on {args.tta_tiles} tiles, tiny UNet on {features.n_channels} channels, padded to "
+        f"{args.size + sum(spectral.padding_for(args.size))}", "",
+        "| views | one pass tiles/s | per-view passes tiles/s | one pass / per view |",
+        "|---|---:|---:|---:|", *tta_rows, "",
+    ])
+    common.write_out(text, "seg_pipeline", args.out)
+
+
+if __name__ == "__main__":
+    main()
