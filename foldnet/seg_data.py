@@ -77,28 +77,36 @@ def check_views(names, height, width):
     return names
 
 
-def merge_tta(predictions, names, height=None, width=None, weights=None, multiple=32):
-    """Average TTA predictions back in the original frame.
+def invert_tta(predictions, names, height=None, width=None, multiple=32):
+    """Every TTA view's predicted map back in the original frame, padding cropped.
 
     predictions: ``[n * T, Hp, Wp]`` or ``[n * T, Hp, Wp, 1]`` as ``tta_dataset`` orders them
     (tile i at rows i*T .. i*T+T-1, identity first). names: the T view names.
     height, width: crop the padding back to this size (``spectral.crop_padding``).
-    weights: optional per-view weights. Returns float32 ``[n, H, W]``.
+    Returns float32 ``[T, n, H, W]`` (the task seam's ``outputs`` layout).
     """
     x = tf.convert_to_tensor(predictions, tf.float32)
     names = list(names)
-    n_views = len(names)
     if x.shape.rank == 3:
         x = x[..., tf.newaxis]
     if x.shape.rank != 4 or x.shape[-1] != 1:
-        raise ValueError(f"merge_tta expects [n * T, H, W(, 1)] maps, got shape {x.shape}")
-    x = tf.reshape(x, [-1, n_views] + x.shape[1:].as_list())
-    w = np.ones(n_views) if weights is None else np.asarray(weights, np.float64)
-    w = (w / w.sum()).tolist()
-    merged = tf.add_n([w[k] * apply_view(x[:, k], _INVERSE[name]) for k, name in enumerate(names)])
-    if height is not None:
-        merged = spectral.crop_padding(merged, height, width if width is not None else height, multiple)
-    return merged[..., 0]
+        raise ValueError(f"TTA predictions must be [n * T, H, W(, 1)] maps, got shape {x.shape}")
+    x = tf.reshape(x, [-1, len(names)] + x.shape[1:].as_list())
+    views = []
+    for k, name in enumerate(names):
+        view = apply_view(x[:, k], _INVERSE[name])
+        if height is not None:
+            view = spectral.crop_padding(view, height, width if width is not None else height, multiple)
+        views.append(view[..., 0])
+    return tf.stack(views)
+
+
+def merge_tta(predictions, names, height=None, width=None, weights=None, multiple=32):
+    """The (weighted) mean over views of ``invert_tta``: float32 ``[n, H, W]``."""
+    views = invert_tta(predictions, names, height, width, multiple)
+    w = np.ones(len(names)) if weights is None else np.asarray(weights, np.float64)
+    w = tf.constant((w / w.sum()).astype(np.float32))
+    return tf.tensordot(w, views, axes=1)
 
 
 # ---------------------------------------------------------------- paired augmentation

@@ -70,6 +70,10 @@ def test_tta_merge_inverts_every_view_exactly():
     # crop back from 32 to 30 (padding 1 + 1), weights per view
     out = seg_data.merge_tta(stacked[:, :2].reshape(-1, 32, 32), views[:2], height=30, width=30, weights=[3, 1])
     np.testing.assert_allclose(out.numpy(), maps[:, 1:31, 1:31, 0], rtol=1e-6)
+    per_view = seg_data.invert_tta(stacked.reshape(-1, 32, 32), views, height=30, width=30).numpy()
+    assert per_view.shape == (7, 3, 30, 30)
+    for k in range(7):
+        np.testing.assert_array_equal(per_view[k], maps[:, 1:31, 1:31, 0])
     with pytest.raises(ConfigError, match="need square tiles"):
         seg_data.check_views(["identity", "rot90"], 30, 40)
     with pytest.raises(ConfigError, match="start with identity"):
