@@ -8,7 +8,7 @@ DEMO_DIR ?= data/demo
 DEMO_RUNS ?= models
 
 # bench_small_data.py (recipes on a small photo dataset, ~40 min) runs with `make bench-small-data`.
-BENCHES := writer seg_writer pipeline augment models tta ensemble
+BENCHES := writer seg_writer pipeline seg_pipeline augment models tta ensemble
 
 .PHONY: install test demo bench bench-small-data clean-demo
 

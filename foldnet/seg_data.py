@@ -184,6 +184,35 @@ def tile_weights(tiles, terms, floor=0.01):
     return np.maximum(weights, float(floor))
 
 
+def read_tiles_csv(manifest):
+    """The manifest's tiles.csv (``manifest["tiles_csv"]``, relative to ``manifest["dir"]``) as a DataFrame."""
+    import io
+
+    import pandas as pd
+
+    from . import fileio
+
+    name = manifest.get("tiles_csv")
+    if not name:
+        raise DataError(f"manifest in {manifest.get('dir')} has no tiles_csv (not a segmentation TFRecord directory?)")
+    path = fileio.join(manifest["dir"], name)
+    tiles = pd.read_csv(io.StringIO(fileio.read_text(path)), dtype={"id": str, "group": str})
+    if "group" in tiles.columns:
+        tiles["group"] = tiles["group"].fillna("")
+    return tiles
+
+
+def sampler_weights(tiles, folds, terms, floor=0.01):
+    """(ids, weights) of the tiles of ``folds`` for ``train_dataset``'s sampler (``tile_weights``)."""
+    part = tiles[tiles["fold"].isin(list(folds))].reset_index(drop=True)
+    return part["id"].astype(str).tolist(), tile_weights(part, terms, floor)
+
+
+def group_index(tiles):
+    """{group: index} over the sorted distinct groups of tiles.csv (the location-IoU channel)."""
+    return {g: k for k, g in enumerate(sorted(set(tiles["group"].astype(str))))}
+
+
 def steps_per_epoch(tiles_per_epoch, batch_size):
     """Training steps of an epoch of ``tiles_per_epoch`` tiles (at least 1)."""
     return max(int(tiles_per_epoch) // int(batch_size), 1)

@@ -203,3 +203,16 @@ def test_tiny_unet_learns_synthetic_kelp(tmp_path):
     truth = np.stack([t[2] * t[3] for t in tiles[16:]])
     assert truth.sum(axis=(1, 2)).min() > 0
     assert after["dice"] > 0.6, after
+
+
+def test_sampler_weights_from_tiles_csv(tmp_path):
+    (tmp_path / "tiles.csv").write_text(
+        "id,split,fold,group,positive_share,missing_share,cloud_share\n"
+        "a,train,0,p1,0.0,0.0,0.5\nb,train,1,p2,0.2,0.1,0.0\nc,train,2,,0.4,0.0,0.0\nd,test,-1,p1,,0.0,0.0\n")
+    tiles = seg_data.read_tiles_csv({"dir": str(tmp_path), "tiles_csv": "tiles.csv"})
+    ids, weights = seg_data.sampler_weights(tiles, [0, 2], {"has_positive": 1, "cloud_share": -1})
+    assert ids == ["a", "c"]
+    np.testing.assert_allclose(weights, [0.5, 2.0])
+    assert seg_data.group_index(tiles) == {"": 0, "p1": 1, "p2": 2}
+    with pytest.raises(DataError, match="no tiles_csv"):
+        seg_data.read_tiles_csv({"dir": str(tmp_path)})
