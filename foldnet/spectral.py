@@ -258,27 +258,40 @@ class Features:
         return miss
 
     def __call__(self, image, valid=None):
-        """image: raw ``[H, W, C]`` of the dataset dtype; valid: ``[H, W]`` 0/1 or None."""
+        """image: raw ``[..., H, W, C]`` of the dataset dtype; valid: ``[..., H, W]`` 0/1 or None."""
         miss = self.missing(image, valid)
         x = tf.cast(image, tf.float32)
+        # raw bands: one vectorised affine + clip + fill over the selected channels
+        scale, shift, low, high, fill = (tf.constant(v, tf.float32) for v in zip(*self._affine))
+        y = tf.clip_by_value((tf.gather(x, self._positions, axis=-1) - shift) * scale, low, high)
+        out = tf.where(tf.gather(miss, self._positions, axis=-1), fill, y)
+        if not self.indices:
+            return out
+        # indices on channel-first planes (contiguous), then back to channels-last
+        planes = tf.experimental.numpy.moveaxis(x, -1, 0)
+        miss_planes = tf.experimental.numpy.moveaxis(miss, -1, 0)
+        roles = band_roles(self.all_bands)
+        raw = {role: planes[pos] for role, pos in roles.items()}
+        scale_r, offset_r = self.reflectance
+        refl = {role: raw[role] * scale_r + offset_r for role in raw}
+        keep = None
+        if self.mask_indices:
+            keep = tf.ones(tf.shape(planes)[1:], tf.bool)
+            if "qa" in roles:
+                keep &= tf.reduce_any(tf.stack([tf.equal(raw["qa"], float(v)) for v in self.qa_clear]), 0)
+            if "dem" in roles:
+                keep &= raw["dem"] <= 0.0
         channels = []
-        for pos, (scale, shift, low, high, fill) in zip(self._positions, self._affine):
-            y = tf.clip_by_value((x[..., pos] - shift) * scale, low, high) if math.isfinite(high) \
-                else (x[..., pos] - shift) * scale
-            channels.append(tf.where(miss[..., pos], fill, y))
-        if self.indices:
-            raw = compute_indices(x, self.all_bands, self.indices, *self.reflectance)
-            roles = band_roles(self.all_bands)
-            keep = clear_water(x, self.all_bands, self.qa_clear) if self.mask_indices else None
-            for k, name in enumerate(self.indices):
-                low, high = self.index_ranges[name]
-                y = tf.clip_by_value((raw[..., k] - low) / max(high - low, _EPS), 0.0, 1.0)
-                ok = tf.logical_not(tf.reduce_any(
-                    tf.stack([miss[..., roles[b]] for b in INDICES[name].bands], -1), -1))
-                if keep is not None:
-                    ok &= keep
-                channels.append(tf.where(ok, y, 0.0))
-        return tf.stack(channels, axis=-1)
+        for name in self.indices:
+            spec = INDICES[name]
+            value = spec.fn(refl if spec.reflectance else raw)
+            lo, hi = self.index_ranges[name]
+            value = tf.clip_by_value((value - lo) / max(hi - lo, _EPS), 0.0, 1.0)
+            ok = tf.logical_not(tf.reduce_any(tf.stack([miss_planes[roles[b]] for b in spec.bands]), 0))
+            if keep is not None:
+                ok &= keep
+            channels.append(tf.where(ok, value, 0.0))
+        return tf.concat([out, tf.experimental.numpy.moveaxis(tf.stack(channels), 0, -1)], -1)
 
 
 # ---------------------------------------------------------------- padding

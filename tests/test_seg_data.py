@@ -216,3 +216,24 @@ def test_sampler_weights_from_tiles_csv(tmp_path):
     assert seg_data.group_index(tiles) == {"": 0, "p1": 1, "p2": 2}
     with pytest.raises(DataError, match="no tiles_csv"):
         seg_data.read_tiles_csv({"dir": str(tmp_path)})
+
+
+def test_warp_matches_image_projective_transform():
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.random((24, 20, 5)).astype(np.float32))
+    c, s = np.cos(0.15) / 1.08, np.sin(0.15) / 1.08
+    cx, cy = 9.5 + 1.3, 11.5 - 0.7
+    transform = tf.constant([[c, -s, 9.5 - c * cx + s * cy, s, c, 11.5 - s * cx - c * cy, 0.0, 0.0]], tf.float32)
+    for nearest, mode in ((False, "BILINEAR"), (True, "NEAREST")):
+        want = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x[tf.newaxis], transforms=transform, output_shape=[24, 20], fill_value=0.0,
+            interpolation=mode, fill_mode="REFLECT")[0].numpy()
+        got = seg_data.warp(x, transform, nearest=nearest).numpy()
+        np.testing.assert_allclose(got[3:-3, 3:-3], want[3:-3, 3:-3], rtol=1e-5, atol=1e-6)
+    # identity transform returns the image; a shift past the border mirrors it
+    ident = tf.constant([[1.0, 0, 0, 0, 1.0, 0, 0, 0]])
+    np.testing.assert_array_equal(seg_data.warp(x, ident).numpy(), x.numpy())
+    shift = tf.constant([[1.0, 0, -2.0, 0, 1.0, 0, 0, 0]])  # output column j samples input column j - 2
+    got = seg_data.warp(x, shift, nearest=True).numpy()
+    np.testing.assert_array_equal(got[:, 2:], x.numpy()[:, :-2])
+    np.testing.assert_array_equal(got[:, :2], x.numpy()[:, 1::-1])
