@@ -363,6 +363,23 @@ def tta_dataset(files, features, batch_size, views=("identity",), pad_multiple=3
     return ds.prefetch(AUTOTUNE)
 
 
+def predict_maps(model, files, features, batch_size, views=("identity",), pad_multiple=32):
+    """Probability maps of every tile of ``files`` (file order), all views in one pass, each
+    mapped back to the identity frame and cropped: float32 ``[T, n, H, W]``.
+
+    Streams batch by batch (``predict_on_batch``); the maps of all tiles are kept.
+    """
+    height, width = features.shape[:2]
+    views = check_views(views, height, width)
+    out = []
+    for batch in tta_dataset(files, features, batch_size, views, pad_multiple):
+        pred = model.predict_on_batch(batch)
+        out.append(invert_tta(pred, views, height, width, pad_multiple or 1).numpy())
+    if not out:
+        return np.zeros([len(views), 0, height, width], np.float32)
+    return np.concatenate(out, axis=1)
+
+
 def read_tiles(files, features, with_maps=True):
     """(ids, masks uint8 [n, H, W], valids uint8 [n, H, W], groups) of the records in file order
     (masks/valids None when ``with_maps`` is False)."""

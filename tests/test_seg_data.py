@@ -91,6 +91,15 @@ def test_tta_dataset_one_pass_round_trip(tmp_path):
     merged = seg_data.merge_tta(np.concatenate(batches)[..., 1], views, height=30, width=30).numpy()
     want = np.stack([features(t[1], t[3]).numpy()[..., 1] for t in tiles])
     np.testing.assert_allclose(merged, want, rtol=1e-6, atol=1e-7)
+    # predict_maps: a real model, every view back in the identity frame
+    model = unet.build_unet("tiny", features.n_channels, 32)
+    maps = seg_data.predict_maps(model, files, features, 2, views)
+    assert maps.shape == (4, 5, 30, 30) and maps.dtype == np.float32
+    x = spectral.pad_to_multiple(np.stack([features(t[1], t[3]).numpy() for t in tiles]))
+    direct = model(x).numpy()[:, 1:31, 1:31, 0]
+    np.testing.assert_allclose(maps[0], direct, rtol=1e-4, atol=1e-5)
+    flipped = model(x[:, :, ::-1]).numpy()[:, :, ::-1][:, 1:31, 1:31, 0]
+    np.testing.assert_allclose(maps[1], flipped, rtol=1e-4, atol=1e-5)
 
 
 def test_paired_augmentation_moves_image_mask_and_valid_together():
