@@ -69,8 +69,12 @@ def bare_parse(files, manifest, batch_size):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def kelp_features(manifest):
+    return spectral.Features(manifest, indices=INDICES, reflectance_scale=2.75e-5, reflectance_offset=-0.2)
+
+
 def pipeline_part(files, manifest, batch_size, n_batches, reps):
-    full = spectral.Features(manifest, indices=INDICES, reflectance_scale=2.75e-5, reflectance_offset=-0.2)
+    full = kelp_features(manifest)
     bands_only = spectral.Features(manifest)
     aug = {"flip": True, "rot90": True, "scale": 0.1, "rotate": 10, "shift": 0.05}
     measures = {
@@ -85,8 +89,7 @@ def pipeline_part(files, manifest, batch_size, n_batches, reps):
     got = common.interleaved({k: (lambda f=f: tiles_per_s(f(), n_batches, batch_size)) for k, f in measures.items()},
                              reps)
     ceiling = got["ceiling: read + parse only"]
-    rows = [f"| {k} | {common.median(v):.1f} | {common.median_ratio(v, ceiling):.2f} |" for k, v in got.items()]
-    return rows, full
+    return [f"| {k} | {common.median(v):.1f} | {common.median_ratio(v, ceiling):.2f} |" for k, v in got.items()]
 
 
 def tta_part(files, features, views, batch_size, reps):
@@ -112,10 +115,27 @@ def tta_part(files, features, views, batch_size, reps):
         seg_data.merge_tta(stacked, views, size, size).numpy()
         return n / (time.perf_counter() - start)
 
-    one_pass(), per_view()  # warm-up
-    got = common.interleaved({"one pass": one_pass, "per view": per_view}, reps)
-    return (f"| {len(views)} ({', '.join(views)}) | {common.median(got['one pass']):.1f} | "
-            f"{common.median(got['per view']):.1f} | {common.median_ratio(got['one pass'], got['per view']):.2f} |")
+    def features_alone():  # read + features + views, no model
+        start = time.perf_counter()
+        for _ in seg_data.tta_dataset(files, features, batch_size, ["identity"]):
+            pass
+        return n / (time.perf_counter() - start)
+
+    views_in_memory = np.concatenate(list(seg_data.tta_dataset(files, features, batch_size, ["identity"])))
+
+    def model_alone():  # views/s on in-memory inputs
+        start = time.perf_counter()
+        model.predict(views_in_memory, batch_size=batch_size, verbose=0)
+        return n / (time.perf_counter() - start)
+
+    one_pass(), per_view(), model_alone()  # warm-up
+    got = common.interleaved({"one pass": one_pass, "per view": per_view, "features": features_alone,
+                              "model": model_alone}, reps)
+    f, m, t = common.median(got["features"]), common.median(got["model"]), len(views)
+    expected = t * (1 / f + 1 / m) / (1 / f + t / m)
+    return (f"| {t} ({', '.join(views)}) | {common.median(got['one pass']):.1f} | "
+            f"{common.median(got['per view']):.1f} | {common.median_ratio(got['one pass'], got['per view']):.2f} | "
+            f"{expected:.2f} | {f:.1f} | {m:.1f} |")
 
 
 def main(argv=None):
@@ -126,16 +146,21 @@ def main(argv=None):
     p.add_argument("--n_batches", type=int, default=12, help="batches timed per pipeline measurement")
     p.add_argument("--tta_tiles", type=int, default=16, help="tiles predicted in the TTA part")
     p.add_argument("--reps", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--part", choices=("all", "pipeline", "tta"), default="all", help="what to measure")
     p.add_argument("--out", default=None, help="Markdown output (default bench/out/seg_pipeline.md)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        files, manifest = write_tiles(tmp, args.n_tiles, args.size)
-        rows, features = pipeline_part(files, manifest, args.batch_size, args.n_batches, args.reps)
-        tta_dir = os.path.join(tmp, "tta")
-        os.makedirs(tta_dir)
-        tta_files, _ = write_tiles(tta_dir, args.tta_tiles, args.size, n_files=1, seed=1)
-        tta_rows = [tta_part(tta_files, features, views, args.batch_size, args.reps)
-                    for views in (["identity", "flip_lr"], ["identity", "flip_lr", "flip_ud", "rot90"])]
+        rows, tta_rows = ["| (not measured) | | |"], ["| (not measured) | | | | | | |"]
+        files, manifest = write_tiles(tmp, args.n_tiles if args.part != "tta" else 1, args.size)
+        features = kelp_features(manifest)
+        if args.part != "tta":
+            rows = pipeline_part(files, manifest, args.batch_size, args.n_batches, args.reps)
+        if args.part != "pipeline":
+            tta_dir = os.path.join(tmp, "tta")
+            os.makedirs(tta_dir)
+            tta_files, _ = write_tiles(tta_dir, args.tta_tiles, args.size, n_files=1, seed=1)
+            tta_rows = [tta_part(tta_files, features, views, args.batch_size, args.reps)
+                        for views in (["identity", "flip_lr"], ["identity", "flip_lr", "flip_ud", "rot90"])]
     text = "\n".join([
         "# Segmentation input pipeline and TTA", "",
         f"{common.machine()} ({common.cpu_flags()}); {args.n_tiles} synthetic tiles {args.size}x{args.size}x7 int16 "
@@ -145,8 +170,9 @@ def main(argv=None):
         "| pipeline | tiles/s | / ceiling |", "|---|---:|---:|", *rows, "",
         f"## b) TTA on {args.tta_tiles} tiles, tiny UNet on {features.n_channels} channels, padded to "
         f"{args.size + sum(spectral.padding_for(args.size))}", "",
-        "| views | one pass tiles/s | per-view passes tiles/s | one pass / per view |",
-        "|---|---:|---:|---:|", *tta_rows, "",
+        "| views | one pass tiles/s | per-view passes tiles/s | speed-up | expected from the parts | "
+        "features alone tiles/s | model alone views/s |",
+        "|---|---:|---:|---:|---:|---:|---:|", *tta_rows, "",
     ])
     common.write_out(text, "seg_pipeline", args.out)
 
