@@ -411,19 +411,13 @@ def fit_index_ranges(files, features, n_tiles=64, quantiles=(0.01, 0.99)):
     if not names:
         return {}
     parse = _parser(features)
-    roles = spectral.band_roles(features.all_bands)
     values = {n: [] for n in names}
+    position = [features.indices.index(n) for n in names]
 
     def raw(serialized):
         ex = parse(serialized)
-        x = tf.cast(ex["image"], tf.float32)
-        miss = features.missing(ex["image"], ex["valid"])
-        idx = spectral.compute_indices(x, features.all_bands, names, *features.reflectance)
-        keep = spectral.clear_water(x, features.all_bands, features.qa_clear) if features.mask_indices \
-            else tf.ones(tf.shape(x)[:2], tf.bool)
-        oks = [keep & ~tf.reduce_any(tf.stack([miss[..., roles[b]] for b in spectral.INDICES[n].bands], -1), -1)
-               for n in names]
-        return idx, tf.stack(oks, -1)
+        planes, oks = features.raw_indices(ex["image"], ex["valid"])
+        return tf.stack([planes[k] for k in position], -1), tf.stack([oks[k] for k in position], -1)
 
     for idx, ok in data._read(files, deterministic=True).take(n_tiles).map(raw).as_numpy_iterator():
         for k, n in enumerate(names):

@@ -147,31 +147,42 @@ def check_indices(names, bands):
         raise ValueError("; ".join(problems))
 
 
+def role_planes(image, bands):
+    """{role: float32 plane [..., H, W]} of the bands with a known role (channel-first copies)."""
+    planes = tf.experimental.numpy.moveaxis(tf.cast(image, tf.float32), -1, 0)
+    return {role: planes[pos] for role, pos in band_roles(bands).items()}
+
+
+def index_planes(raw, names, reflectance_scale=1.0, reflectance_offset=0.0):
+    """[plane] of the indices ``names`` from role planes (``role_planes``)."""
+    refl = {role: raw[role] * float(reflectance_scale) + float(reflectance_offset) for role in raw}
+    return [INDICES[n].fn(refl if INDICES[n].reflectance else raw) for n in names]
+
+
+def clear_water_plane(raw, qa_clear=(0,)):
+    """bool plane: QA clear and DEM <= 0 (True where the band is absent)."""
+    keep = tf.ones(tf.shape(next(iter(raw.values()))), tf.bool)
+    if "qa" in raw:
+        keep &= tf.reduce_any(tf.stack([tf.equal(raw["qa"], float(v)) for v in qa_clear]), 0)
+    if "dem" in raw:
+        keep &= raw["dem"] <= 0.0
+    return keep
+
+
 def compute_indices(image, bands, names, reflectance_scale=1.0, reflectance_offset=0.0):
-    """Raw spectral indices ``[H, W, len(names)]`` float32 of a float image ``[H, W, C]``.
+    """Raw spectral indices ``[..., H, W, len(names)]`` float32 of an image ``[..., H, W, C]``.
 
     No masking or normalisation; a division by ~0 gives 0.
     """
     check_indices(names, bands)
-    roles = band_roles(bands)
-    image = tf.cast(image, tf.float32)
-    raw = {role: image[..., pos] for role, pos in roles.items()}
-    refl = {role: raw[role] * float(reflectance_scale) + float(reflectance_offset) for role in raw}
-    out = [INDICES[n].fn(refl if INDICES[n].reflectance else raw) for n in names]
-    return tf.stack(out, axis=-1) if out else tf.zeros(tf.concat([tf.shape(image)[:-1], [0]], 0), tf.float32)
+    if not names:
+        return tf.zeros(tf.concat([tf.shape(image)[:-1], [0]], 0), tf.float32)
+    return tf.stack(index_planes(role_planes(image, bands), names, reflectance_scale, reflectance_offset), -1)
 
 
 def clear_water(image, bands, qa_clear=(0,)):
-    """bool ``[H, W]``: QA clear and DEM <= 0 (True where the band is absent)."""
-    roles = band_roles(bands)
-    image = tf.cast(image, tf.float32)
-    keep = tf.ones(tf.shape(image)[:-1], tf.bool)
-    if "qa" in roles:
-        qa = image[..., roles["qa"]]
-        keep &= tf.reduce_any(tf.stack([tf.equal(qa, float(v)) for v in qa_clear], -1), -1)
-    if "dem" in roles:
-        keep &= image[..., roles["dem"]] <= 0.0
-    return keep
+    """bool ``[..., H, W]``: QA clear and DEM <= 0 (True where the band is absent)."""
+    return clear_water_plane(role_planes(image, bands), qa_clear)
 
 
 def _stat(stats, key, band):
@@ -262,36 +273,35 @@ class Features:
         miss = self.missing(image, valid)
         x = tf.cast(image, tf.float32)
         # raw bands: one vectorised affine + clip + fill over the selected channels
-        scale, shift, low, high, fill = (tf.constant(v, tf.float32) for v in zip(*self._affine))
-        y = tf.clip_by_value((tf.gather(x, self._positions, axis=-1) - shift) * scale, low, high)
-        out = tf.where(tf.gather(miss, self._positions, axis=-1), fill, y)
+        scale, shift, low, high, fill = (tf.constant(v, tf.float32, shape=[len(self._affine)])
+                                         for v in (list(zip(*self._affine)) or [()] * 5))
+        positions = tf.constant(self._positions, tf.int32, shape=[len(self._positions)])
+        y = tf.clip_by_value((tf.gather(x, positions, axis=-1) - shift) * scale, low, high)
+        out = tf.where(tf.gather(miss, positions, axis=-1), fill, y)
         if not self.indices:
             return out
-        # indices on channel-first planes (contiguous), then back to channels-last
-        planes = tf.experimental.numpy.moveaxis(x, -1, 0)
-        miss_planes = tf.experimental.numpy.moveaxis(miss, -1, 0)
-        roles = band_roles(self.all_bands)
-        raw = {role: planes[pos] for role, pos in roles.items()}
-        scale_r, offset_r = self.reflectance
-        refl = {role: raw[role] * scale_r + offset_r for role in raw}
-        keep = None
-        if self.mask_indices:
-            keep = tf.ones(tf.shape(planes)[1:], tf.bool)
-            if "qa" in roles:
-                keep &= tf.reduce_any(tf.stack([tf.equal(raw["qa"], float(v)) for v in self.qa_clear]), 0)
-            if "dem" in roles:
-                keep &= raw["dem"] <= 0.0
+        values, oks = self.raw_indices(image, valid, miss)
         channels = []
-        for name in self.indices:
-            spec = INDICES[name]
-            value = spec.fn(refl if spec.reflectance else raw)
+        for name, value, ok in zip(self.indices, values, oks):
             lo, hi = self.index_ranges[name]
             value = tf.clip_by_value((value - lo) / max(hi - lo, _EPS), 0.0, 1.0)
-            ok = tf.logical_not(tf.reduce_any(tf.stack([miss_planes[roles[b]] for b in spec.bands]), 0))
-            if keep is not None:
-                ok &= keep
             channels.append(tf.where(ok, value, 0.0))
         return tf.concat([out, tf.experimental.numpy.moveaxis(tf.stack(channels), 0, -1)], -1)
+
+    def raw_indices(self, image, valid=None, miss=None):
+        """([index plane], [kept plane]) of the configured indices before normalisation:
+        kept = none of the index's bands missing and, with ``mask_indices``, clear water."""
+        miss = self.missing(image, valid) if miss is None else miss
+        miss_planes = tf.experimental.numpy.moveaxis(miss, -1, 0)
+        raw = role_planes(image, self.all_bands)
+        roles = band_roles(self.all_bands)
+        keep = clear_water_plane(raw, self.qa_clear) if self.mask_indices else None
+        values = index_planes(raw, self.indices, *self.reflectance)
+        oks = []
+        for name in self.indices:
+            ok = tf.logical_not(tf.reduce_any(tf.stack([miss_planes[roles[b]] for b in INDICES[name].bands]), 0))
+            oks.append(ok if keep is None else ok & keep)
+        return values, oks
 
 
 # ---------------------------------------------------------------- padding

@@ -117,3 +117,13 @@ def test_pad_to_multiple_and_crop_back():
     pm = spectral.pad_to_multiple(mask, mode="CONSTANT", constant=0)
     assert pm.shape == (2, 64, 64, 1) and int(tf.reduce_sum(tf.cast(pm, tf.int32))) == 2 * 33 * 40
     np.testing.assert_array_equal(spectral.crop_padding(pm, 33, 40).numpy(), mask.numpy())
+
+
+def test_indices_only_features():
+    m = kelp_manifest()
+    image = np.full((2, 2, 7), 50, np.int16)
+    image[..., 1] = 70
+    image[..., 5:] = 0
+    out = spectral.Features(m, bands=[], indices=["NDVI"])(image).numpy()
+    assert out.shape == (2, 2, 1)
+    np.testing.assert_allclose(out[..., 0], (20 / 120 + 1) / 2, rtol=1e-6)
