@@ -222,10 +222,11 @@ class Features:
     norm: quantile | minmax | zscore (raw bands; indices always min-max).
     index_ranges: {name: (low, high)} overriding an index's range (fitted).
     mask_indices: keep indices only on clear water (QA clear, DEM <= 0).
+    jit_compile: compute through one XLA-compiled function (one compile per input shape).
     """
 
     def __init__(self, manifest, bands=None, indices=(), norm="quantile", index_ranges=None, mask_indices=True,
-                 qa_clear=(0,), reflectance_scale=1.0, reflectance_offset=0.0):
+                 qa_clear=(0,), reflectance_scale=1.0, reflectance_offset=0.0, jit_compile=True):
         image = manifest["image"]
         self.all_bands = list(image["bands"])
         self.bands = list(self.all_bands if bands is None else bands)
@@ -249,6 +250,9 @@ class Features:
         self.reflectance = (float(reflectance_scale), float(reflectance_offset))
         self.shape = tuple(int(s) for s in image["shape"])
         self.dtype = image["dtype"]
+        # XLA fuses the ~10 elementwise passes per channel: 2x (bands) to 8x (bands + 10
+        # indices) faster in tf.data on CPU (bench/bench_seg_pipeline.py)
+        self._compiled = tf.function(self._compute, jit_compile=True) if jit_compile else None
 
     @property
     def names(self):
@@ -270,21 +274,31 @@ class Features:
 
     def __call__(self, image, valid=None):
         """image: raw ``[..., H, W, C]`` of the dataset dtype; valid: ``[..., H, W]`` 0/1 or None."""
+        image = tf.convert_to_tensor(image)
+        if valid is None:
+            valid = tf.ones(tf.shape(image)[:-1], tf.uint8)
+        return (self._compiled or self._compute)(image, tf.convert_to_tensor(valid))
+
+    def _compute(self, image, valid):
         miss = self.missing(image, valid)
         x = tf.cast(image, tf.float32)
         # raw bands: one vectorised affine + clip + fill over the selected channels
         scale, shift, low, high, fill = (tf.constant(v, tf.float32, shape=[len(self._affine)])
                                          for v in (list(zip(*self._affine)) or [()] * 5))
-        positions = tf.constant(self._positions, tf.int32, shape=[len(self._positions)])
-        y = tf.clip_by_value((tf.gather(x, positions, axis=-1) - shift) * scale, low, high)
-        out = tf.where(tf.gather(miss, positions, axis=-1), fill, y)
+        if self._positions == list(range(len(self.all_bands))):  # all bands in order: no gather
+            chosen, chosen_miss = x, miss
+        else:
+            positions = tf.constant(self._positions, tf.int32, shape=[len(self._positions)])
+            chosen, chosen_miss = tf.gather(x, positions, axis=-1), tf.gather(miss, positions, axis=-1)
+        # minimum/maximum: clip_by_value costs twice as much here
+        out = tf.where(chosen_miss, fill, tf.minimum(tf.maximum((chosen - shift) * scale, low), high))
         if not self.indices:
             return out
         values, oks = self.raw_indices(image, valid, miss)
         channels = []
         for name, value, ok in zip(self.indices, values, oks):
             lo, hi = self.index_ranges[name]
-            value = tf.clip_by_value((value - lo) / max(hi - lo, _EPS), 0.0, 1.0)
+            value = tf.minimum(tf.maximum((value - lo) * (1.0 / max(hi - lo, _EPS)), 0.0), 1.0)
             channels.append(tf.where(ok, value, 0.0))
         return tf.concat([out, tf.experimental.numpy.moveaxis(tf.stack(channels), 0, -1)], -1)
 
