@@ -162,6 +162,15 @@ def warp(x, transform, nearest=False):
     return tf.reshape(out, [height, width, channels])
 
 
+_warp_compiled = tf.function(warp, jit_compile=True)
+
+
+def _rotation_matrices(side):
+    """Output -> input pixel maps (3x3) of ``tf.image.rot90`` by k = 0..3 on a square of ``side``."""
+    r1 = np.array([[0.0, -1.0, side - 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    return np.stack([np.linalg.matrix_power(r1, k) for k in range(4)]).astype(np.float32)
+
+
 def paired_augment(image, mask, valid, flip=True, rot90=True, scale=0.0, rotate=0.0, shift=0.0):
     """The same random geometric transform of ``image`` [H, W, C] (float), ``mask`` and ``valid`` [H, W].
 
@@ -169,22 +178,33 @@ def paired_augment(image, mask, valid, flip=True, rot90=True, scale=0.0, rotate=
     k uniform in 0..3 (square tiles only). scale/rotate/shift: one small affine
     map (0: off), bilinear for the image, nearest for mask and valid, pixels
     from outside mirrored. Returns (image float32, mask float32, valid float32).
+
+    Flips, rotation and affine map are composed into one pixel map, applied by one
+    XLA-compiled ``warp`` (flips and 90-degree turns land on whole pixels, so they
+    are exact, also under bilinear interpolation).
     """
     image = tf.cast(image, tf.float32)
-    height, width, channels = image.shape
+    height, width, _ = image.shape
     maps = tf.stack([tf.cast(mask, tf.float32), tf.cast(valid, tf.float32)], -1)
-    x = tf.concat([image, maps], -1)
+    rot90 = rot90 and height == width
+    affine = bool(scale or rotate or shift)
+    if not (flip or rot90 or affine):
+        return image, maps[..., 0], maps[..., 1]
+    matrix = tf.eye(3)
     if flip:
-        x = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(x, [1]), lambda: x)
-        x = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.reverse(x, [0]), lambda: x)
-    if rot90 and height == width:
-        x = tf.image.rot90(x, tf.random.uniform([], 0, 4, tf.int32))
-        x = tf.ensure_shape(x, [height, width, channels + 2])
-    image, maps = x[..., :channels], x[..., channels:]
-    if scale or rotate or shift:
-        transform = _random_affine(float(height), float(width), float(scale), float(rotate), float(shift))
-        image = warp(image, transform)
-        maps = warp(maps, transform, nearest=True)
+        lr, ud = tf.random.uniform([]) < 0.5, tf.random.uniform([]) < 0.5
+        sx, tx = tf.where(lr, -1.0, 1.0), tf.where(lr, width - 1.0, 0.0)
+        sy, ty = tf.where(ud, -1.0, 1.0), tf.where(ud, height - 1.0, 0.0)
+        matrix = tf.reshape(tf.stack([sx, 0.0, tx, 0.0, sy, ty, 0.0, 0.0, 1.0]), [3, 3])
+    if rot90:
+        k = tf.random.uniform([], 0, 4, tf.int32)
+        matrix = matrix @ tf.gather(tf.constant(_rotation_matrices(height)), k)
+    if affine:
+        t = _random_affine(float(height), float(width), float(scale), float(rotate), float(shift))[0]
+        matrix = matrix @ tf.reshape(tf.concat([t[:6], [0.0, 0.0, 1.0]], 0), [3, 3])
+    transform = tf.concat([tf.reshape(matrix[:2], [6]), [0.0, 0.0]], 0)[tf.newaxis]
+    image = _warp_compiled(image, transform)
+    maps = _warp_compiled(maps, transform, nearest=True)
     return image, maps[..., 0], maps[..., 1]
 
 

@@ -115,7 +115,9 @@ def test_paired_augmentation_moves_image_mask_and_valid_together():
         np.testing.assert_array_equal(x[..., 1].numpy(), v.numpy())
         assert m.numpy().sum() == mask.sum()
         seen.add(m.numpy().tobytes())
-    assert len(seen) >= 4  # flips and rotations happen
+    dihedral = {np.ascontiguousarray(np.rot90(f, k)).astype(np.float32).tobytes()
+                for f in (mask, mask[:, ::-1]) for k in range(4)}
+    assert len(seen) >= 4 and seen <= dihedral  # flips and rotations happen, and nothing else
     # small affine: the mask stays binary (nearest) and follows the image (bilinear) closely
     smooth = np.zeros((32, 32), np.float32)
     smooth[8:24, 10:20] = 1.0
