@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import string
 import sys
 import tempfile
 
@@ -38,13 +39,13 @@ def base_dir(data_dir, train_csv):
 
 
 def read_dataset(data_dir, train_csv, test_csv, images_dir, id_col, label_col, path_col, path_pattern,
-                 group_col, known_labels_csv, new_label, skip_bad):
+                 group_col, known_labels_csv, new_label, skip_bad, allow_outside=False):
     """The Turtle Recall layout of ``data_dir``, or the generic layout if ``train_csv`` is given."""
     if train_csv is None:
         if group_col or path_col or path_pattern or test_csv or known_labels_csv:
             raise ConfigError("--test_csv/--path_col/--path_pattern/--group_col/--known_labels_csv "
                               "need --train_csv (generic layout)")
-        return layouts.read_turtle(data_dir, skip_bad=skip_bad, new_label=new_label)
+        return layouts.read_turtle(data_dir, skip_bad=skip_bad, new_label=new_label, allow_outside=allow_outside)
     base = base_dir(data_dir, train_csv)
     return layouts.read_generic(
         train_csv=os.path.join(base, train_csv),
@@ -52,7 +53,21 @@ def read_dataset(data_dir, train_csv, test_csv, images_dir, id_col, label_col, p
         images_dir=os.path.join(base, images_dir or "images"),
         id_col=id_col, label_col=label_col, path_col=path_col, path_pattern=path_pattern, group_col=group_col,
         known_labels_csv=None if known_labels_csv is None else os.path.join(base, known_labels_csv),
-        new_label=new_label, skip_bad=skip_bad)
+        new_label=new_label, skip_bad=skip_bad, allow_outside=allow_outside, data_root=base)
+
+
+def with_corrupt_images(error, max_pixels, workers, progress):
+    """``error`` (bad rows) extended with every existing image that does not decode: one error for all."""
+    found = getattr(error, "found_images", None)
+    if not found:
+        return error
+    results = images.map_images(images.check_task, [(path, max_pixels) for _, path in found], workers,
+                                desc="checking images", progress=progress)
+    bad = [f"{image_id} ({path}): {reason}" for (image_id, path), (ok, reason) in zip(found, results) if not ok]
+    if not bad:
+        return error
+    return DataError(f"bad input: {len(error.problems)} bad row(s) and {len(bad)} unreadable image file(s) "
+                     "(use --skip_bad to drop them)", error.problems + bad)
 
 
 def input_fingerprint(dataset, flags):
@@ -61,10 +76,17 @@ def input_fingerprint(dataset, flags):
     for path in dataset.csv_files:
         h.update(f"csv {os.path.basename(path)}\n".encode())
         h.update(fileio.read_bytes(path))
+    problems = []
     for table in (dataset.train, dataset.test):
         for image_id, path in zip(table["id"], table["path"]):
-            st = os.stat(path)
+            try:
+                st = os.stat(path)
+            except OSError as e:  # removed or made unreadable since it was found
+                problems.append(f"{image_id} ({path}): {e.strerror}")
+                continue
             h.update(f"{image_id}\t{os.path.relpath(path, dataset.root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    if problems:
+        raise DataError(f"{len(problems)} image file(s) cannot be read", problems)
     h.update(json.dumps(flags, sort_keys=True).encode())
     return h.hexdigest()
 
@@ -83,11 +105,31 @@ def current_manifest(out_dir, fingerprint):
     return manifest if manifest.get("fingerprint") == fingerprint else None
 
 
+def listed_outputs(manifest_path):
+    """Names a previous conversion wrote, from its manifest (an empty set if it has none or it is unreadable)."""
+    try:
+        manifest = json.loads(fileio.read_text(manifest_path))
+        parts = list(manifest.get("folds", [])) + [manifest.get("test", {})]
+        return {str(f) for part in parts for f in part.get("files", [])}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
+
+
 def check_replaceable(out_dir):
-    """Refuse to replace a local directory holding files we did not write."""
-    if fileio.is_remote(out_dir) or not os.path.isdir(out_dir):
+    """Refuse (ConfigError) to replace a file, or a local directory holding files we did not write.
+
+    Ours: manifest.json, label_map.json, folds.csv and the shards the manifest
+    lists. Any other file (a ``*.tfrec`` the manifest does not list too) is foreign.
+    """
+    if fileio.is_remote(out_dir):
         return
-    foreign = sorted(n for n in os.listdir(out_dir) if n not in _OUTPUT_NAMES and not n.endswith(".tfrec"))
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"--out_dir {out_dir} is an existing file, not a directory; refusing to replace it: "
+                          "choose another --out_dir")
+    if not os.path.isdir(out_dir):
+        return
+    ours = _OUTPUT_NAMES | listed_outputs(os.path.join(out_dir, "manifest.json"))
+    foreign = sorted(n for n in os.listdir(out_dir) if n not in ours)
     if foreign:
         raise ConfigError(f"--out_dir {out_dir} holds files create_tfrecords.py did not write "
                           f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
@@ -190,15 +232,17 @@ def upload_dir(local_dir, remote_dir):
     gfile = fileio._gfile()
     manifest = fileio.join(remote_dir, "manifest.json")
     gfile.makedirs(remote_dir)
+    previous = set()
     if gfile.exists(manifest):
+        previous = listed_outputs(manifest)  # only shards an earlier conversion listed are ever removed
         gfile.remove(manifest)
     names = sorted(os.listdir(local_dir))
     for name in names:
         if name != "manifest.json":
             gfile.copy(os.path.join(local_dir, name), fileio.join(remote_dir, name), overwrite=True)
-    for stale in gfile.glob(fileio.join(remote_dir, "*.tfrec")):
-        if stale.rsplit("/", 1)[-1] not in names:
-            gfile.remove(stale)
+    for stale in sorted(previous - set(names)):
+        if gfile.exists(fileio.join(remote_dir, stale)):
+            gfile.remove(fileio.join(remote_dir, stale))
     gfile.copy(os.path.join(local_dir, "manifest.json"), manifest, overwrite=True)
 
 
@@ -239,7 +283,8 @@ def write_output(out_dir, jobs, train, fold, groups, label_map, flags, fingerpri
 
     limit = records.parse_shard_size(flags["shard_size"])
     with staging_dir(out_dir) as tmp:
-        result = records.write_shards(jobs, tmp, limit, workers, flags["max_side"], flags["jpeg_quality"], progress)
+        result = records.write_shards(jobs, tmp, limit, workers, flags["max_side"], flags["jpeg_quality"], progress,
+                                      max_pixels=flags["max_pixels"])
         skipped = skipped + handle_bad_images(result.bad, root, flags["skip_bad"])
         written = ~train["id"].isin({job.id for job, _ in result.bad if job.split != "test"}).to_numpy()
         label_map.save(os.path.join(tmp, records.LABEL_MAP))
@@ -298,7 +343,26 @@ def report(manifest, out_dir):
 # ---------------------------------------------------------------- entry points
 
 
-def check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_duplicates, shard_size, path_pattern):
+def path_pattern_problem(path_pattern):
+    """Why ``--path_pattern`` cannot make a file name from an id, or None."""
+    if path_pattern is None:
+        return None
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(path_pattern) if f is not None}
+        path_pattern.format(id="x")
+    except (ValueError, KeyError, IndexError, AttributeError) as e:
+        return f"--path_pattern {path_pattern!r} is not a valid pattern ({type(e).__name__}: {e}); use e.g. '{{id}}.png'"
+    unknown = sorted(fields - {"id"})
+    if unknown:
+        return (f"--path_pattern {path_pattern!r}: unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; "
+                "the only field is {id} (double braces {{ }} write a literal brace)")
+    if "id" not in fields:
+        return f"--path_pattern must contain {{id}}, got {path_pattern!r}"
+    return None
+
+
+def check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_duplicates, shard_size, path_pattern,
+                max_pixels=images.DEFAULT_MAX_PIXELS):
     problems = shared_flag_problems(n_folds, group_duplicates, shard_size)
     if data_dir is None and train_csv is None:
         problems.append("give --data_dir (Turtle Recall layout) or --train_csv (generic layout)")
@@ -306,8 +370,10 @@ def check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_dupl
         problems.append(f"--jpeg_quality must be in 1..100, got {jpeg_quality}")
     if max_side is not None and max_side < 1:
         problems.append(f"--max_side must be >= 1, got {max_side}")
-    if path_pattern is not None and "{id}" not in path_pattern:
-        problems.append(f"--path_pattern must contain {{id}}, got {path_pattern!r}")
+    if path_pattern_problem(path_pattern):
+        problems.append(path_pattern_problem(path_pattern))
+    if max_pixels is not None and max_pixels < 1:
+        problems.append(f"--max_pixels must be >= 1, got {max_pixels}")
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -332,7 +398,8 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
                      id_col="image_id", label_col="label", path_col=None, path_pattern=None, group_col=None,
                      known_labels_csv=None, new_label=DEFAULT_NEW_LABEL, n_folds=5, seed=42,
                      group_duplicates=None, shard_size=DEFAULT_SHARD_SIZE, workers=None, max_side=None,
-                     jpeg_quality=95, skip_bad=False, overwrite=False, progress=True):
+                     jpeg_quality=95, skip_bad=False, overwrite=False, progress=True,
+                     max_pixels=images.DEFAULT_MAX_PIXELS, allow_outside=False):
     """Convert a dataset into a TFRecord directory (Contract 1); return its manifest.
 
     Without ``train_csv`` ``data_dir`` is read as the Turtle Recall layout;
@@ -340,20 +407,27 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
     default "images", are relative to ``data_dir`` or the train CSV's folder).
     ``out_dir`` defaults to ``<data dir>/tfrec``. If ``out_dir`` already holds
     a manifest with the same input fingerprint nothing is rewritten (unless
-    ``overwrite``). Raises DataError (bad input) or ConfigError (bad flags).
+    ``overwrite``). Images must lie inside the data folder unless
+    ``allow_outside``, and have at most ``max_pixels`` pixels. A local
+    ``out_dir`` is locked for the conversion (runlock). Raises DataError (bad
+    input) or ConfigError (bad flags, busy or foreign ``out_dir``).
     """
-    check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_duplicates, shard_size, path_pattern)
+    check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_duplicates, shard_size, path_pattern,
+                max_pixels)
     workers = images.default_workers() if not workers else int(workers)
-    dataset = read_dataset(data_dir=data_dir, train_csv=train_csv, test_csv=test_csv, images_dir=images_dir,
-                           id_col=id_col, label_col=label_col, path_col=path_col, path_pattern=path_pattern,
-                           group_col=group_col, known_labels_csv=known_labels_csv, new_label=new_label,
-                           skip_bad=skip_bad)
+    try:
+        dataset = read_dataset(data_dir=data_dir, train_csv=train_csv, test_csv=test_csv, images_dir=images_dir,
+                               id_col=id_col, label_col=label_col, path_col=path_col, path_pattern=path_pattern,
+                               group_col=group_col, known_labels_csv=known_labels_csv, new_label=new_label,
+                               skip_bad=skip_bad, allow_outside=allow_outside)
+    except DataError as e:
+        raise with_corrupt_images(e, max_pixels, workers, progress) from None
     out_dir = out_dir or os.path.join(base_dir(data_dir, train_csv), "tfrec")
     flags = {"layout": "generic" if train_csv else "turtle", "n_folds": n_folds, "seed": seed,
              "shard_size": str(shard_size), "max_side": max_side, "jpeg_quality": jpeg_quality,
              "group_duplicates": group_duplicates, "group_col": group_col, "skip_bad": skip_bad,
              "new_label": new_label, "id_col": id_col, "label_col": label_col, "path_col": path_col,
-             "path_pattern": path_pattern}
+             "path_pattern": path_pattern, "max_pixels": max_pixels, "allow_outside": allow_outside}
     fingerprint = input_fingerprint(dataset, flags)
     return write_unless_current(out_dir, fingerprint, overwrite,
                                 lambda: convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress))
@@ -361,13 +435,47 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
 
 def write_unless_current(out_dir, fingerprint, overwrite, write):
     """The manifest of ``out_dir`` if it is current (same ``fingerprint``) and not ``overwrite``;
-    else ``write()``'s, after checking that ``out_dir`` may be replaced. Shared by every layout."""
-    existing = None if overwrite else current_manifest(out_dir, fingerprint)
-    if existing is not None:
-        print(f"{out_dir}: shards are current (same inputs and flags); nothing to do (--overwrite rewrites)")
-        return existing
+    else ``write()``'s, after checking that ``out_dir`` may be replaced. Shared by every layout.
+
+    A local ``out_dir`` is locked meanwhile (``.<name>.lock`` beside it, runlock: one conversion
+    per folder) and the unfinished folders of interrupted conversions beside it are removed.
+    """
     check_replaceable(out_dir)
-    return write()
+    with contextlib.ExitStack() as stack:
+        if not fileio.is_remote(out_dir):
+            from .runlock import sibling_lock
+
+            stack.enter_context(sibling_lock(out_dir))
+            fileio.clean_dir_debris(out_dir)
+        existing = None if overwrite else current_manifest(out_dir, fingerprint)
+        if existing is not None:
+            print(f"{out_dir}: shards are current (same inputs and flags); nothing to do (--overwrite rewrites)")
+            return existing
+        check_replaceable(out_dir)  # again under the lock
+        return write()
+
+
+def check_submission_labels(label_map, k=5):
+    """DataError if some labels map to the new label and fewer than ``k`` distinct submission
+    labels remain (top-``k`` impossible); found here, before any image is written or model trained.
+
+    A closed set (every label original) of fewer than ``k`` classes passes: its scores rank all
+    the labels it has (a ``k``-column submission is refused by the ensemble, before it averages).
+    """
+    from .ranking import n_submission_labels
+
+    n = n_submission_labels(label_map)
+    if n >= k:
+        return
+    n_new = int((~label_map.original_mask).sum())
+    if n_new == 0:
+        return
+    raise DataError(
+        f"top-{k} predictions are impossible: {len(label_map.original)} original label(s) + the new label "
+        f"{label_map.new_label!r} = {n} distinct submission labels, {k} needed",
+        [f"original labels: {sorted(label_map.original) or 'none'}; {n_new} other class(es) map to "
+         f"{label_map.new_label!r}",
+         f"list at least {k} labels in --known_labels_csv (or leave it out: then every label is original)"])
 
 
 def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
@@ -382,6 +490,7 @@ def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
         say(f"near-duplicates: {n_grouped} images in clusters of 2 or more (threshold {flags['group_duplicates']})")
     original = sorted(set(dataset.original) & set(train["label"]))  # a class may lose all its images to skip_bad
     label_map = LabelMap.fit(train["label"], original=original, new_label=dataset.new_label)
+    check_submission_labels(label_map)
     groups = fold_groups(train, flags["group_col"], clusters)
     warn_small_classes(train["label"], flags["n_folds"])
     try:
@@ -442,6 +551,8 @@ def build_parser():
                     "(default: keep JPEG/PNG bytes as they are)")
     sh.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality when re-encoding a JPEG")
     sh.add_argument("--workers", type=int, default=0, help="image worker processes (0: all cores)")
+    sh.add_argument("--max_pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
+                    help="largest image accepted, in pixels (width x height); a larger one is a bad image")
     se = p.add_argument_group("segmentation layouts (--layout kelp|cloud|seg; kelp and cloud are recognised "
                               "from DATA_DIR's folders)")
     se.add_argument("--layout", choices=("classification",) + SEG_LAYOUTS,
@@ -460,6 +571,8 @@ def build_parser():
     ru.add_argument("--skip_bad", action="store_true", help="skip bad rows/images (listed in the manifest) "
                     "instead of failing")
     ru.add_argument("--overwrite", action="store_true", help="rewrite even if the shards are current")
+    ru.add_argument("--allow_outside", action="store_true", help="read images whose path (from a CSV column, "
+                    "a pattern or a symlink) resolves outside the data folder and the images folder")
     ru.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
@@ -468,7 +581,8 @@ SEG_LAYOUTS = ("kelp", "cloud", "seg")
 SEG_FLAGS = ("image_col", "mask_col", "bands", "missing_value", "stratify_bins")
 _CLASSIFICATION_ONLY = {"images_dir": None, "label_col": "label", "path_col": None, "path_pattern": None,
                         "known_labels_csv": None, "max_side": None, "jpeg_quality": 95,
-                        "new_label": DEFAULT_NEW_LABEL}
+                        "new_label": DEFAULT_NEW_LABEL, "max_pixels": images.DEFAULT_MAX_PIXELS,
+                        "allow_outside": False}
 
 
 def detect_seg_layout(data_dir):
@@ -503,7 +617,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     kwargs = vars(args)
     kwargs["progress"] = not kwargs.pop("no_progress")
-    try:
+    from .cli import run_main
+
+    def go():
         layout = kwargs.pop("layout")
         if layout is None and kwargs["train_csv"] is None and kwargs["data_dir"] is not None:
             layout = detect_seg_layout(kwargs["data_dir"])
@@ -516,7 +632,5 @@ def main(argv=None):
                 raise ConfigError(f"{', '.join(set_seg)} apply to segmentation layouts only (--layout)")
             kwargs["id_col"] = kwargs["id_col"] or "image_id"
             create_tfrecords(**kwargs)
-    except (DataError, ConfigError) as e:
-        say(f"error: {e}")
-        return 2
-    return 0
+
+    return run_main(go)

@@ -157,14 +157,18 @@ def train_dataset(files, n_classes, dim, batch_size, aug_number=0, aug_probabili
 
 
 def eval_dataset(files, n_classes, dim, batch_size, drop_remainder=False, cache=True):
-    """Batches of (images, one-hot labels) in file order, for validation during fit."""
+    """Batches of (images, one-hot labels) in file order, for validation during fit.
+
+    Several workers (MultiWorkerMirroredStrategy) split it by batches, not by
+    files: a validation fold is often a single shard.
+    """
     ds = _read(files, deterministic=True).map(_parse, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda _id, img, label: (decode_image(img, dim), tf.one_hot(tf.maximum(label, 0), n_classes)),
                 num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if cache:
         ds = ds.cache()
-    return ds.prefetch(AUTOTUNE)
+    return _with_options(ds.prefetch(AUTOTUNE), shard_by_data=True)
 
 
 def tta_views(image_bytes, dim, tta_number):

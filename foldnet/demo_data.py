@@ -25,6 +25,7 @@ Both write ``train.csv``, ``extra_images.csv``, ``test.csv``,
 for the test split in submission terms: an original id, or ``new_turtle``).
 """
 import argparse
+import contextlib
 import hashlib
 import io
 import math
@@ -35,9 +36,12 @@ import numpy as np
 import pandas as pd
 
 from . import fileio
+from .errors import ConfigError
 from .labels import DEFAULT_NEW_LABEL
 
 N_ORIGINAL = 7
+# Written inside every dataset folder this module builds: a folder holding it may be replaced.
+MARKER = ".foldnet-demo"
 LOCATIONS = ["top", "left", "right"]
 
 
@@ -50,6 +54,33 @@ def _image_id(i, prefix="foldnet-demo"):
 
 
 # ---------------------------------------------------------------- shared layout writing
+
+
+def check_out_dir(out_dir):
+    """Refuse (ConfigError) an ``out_dir`` that is a file, or a non-empty folder this module did not build."""
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"--out_dir {out_dir} is an existing file, not a folder; choose another --out_dir")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MARKER)):
+        raise ConfigError(f"--out_dir {out_dir} is a folder foldnet.demo_data did not build (no {MARKER} in it); "
+                          "refusing to replace it: choose another --out_dir or remove it yourself")
+
+
+@contextlib.contextmanager
+def dataset_dir(out_dir, kind, subdirs=("images",)):
+    """A temporary folder (holding ``subdirs``) that replaces ``out_dir`` when the build succeeds,
+    marked as ours; refuses an ``out_dir`` this module did not build (``check_out_dir``)."""
+    from .runlock import sibling_lock
+
+    check_out_dir(out_dir)
+    with sibling_lock(out_dir):
+        fileio.clean_dir_debris(out_dir)
+        check_out_dir(out_dir)
+        with fileio.atomic_dir(out_dir) as tmp:
+            for d in subdirs:
+                os.makedirs(os.path.join(tmp, d))
+            yield tmp
+            with open(os.path.join(tmp, MARKER), "w") as f:
+                f.write(f"{kind} dataset built by foldnet.demo_data; rebuilding replaces this folder\n")
 
 
 def split_rows(labels, is_original, test_fraction, extra_fraction, rng, seed):
@@ -132,7 +163,9 @@ def _render(img8, size, rng):
 
 
 def build_demo_dataset(out_dir, image_size=32, test_fraction=0.2, extra_fraction=0.25, seed=0):
-    """Write the digits demo dataset into ``out_dir`` (replacing it) and return its path."""
+    """Write the digits demo dataset into ``out_dir`` and return its path.
+
+    An existing ``out_dir`` is replaced only if this module built it (ConfigError otherwise)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -140,8 +173,7 @@ def build_demo_dataset(out_dir, image_size=32, test_fraction=0.2, extra_fraction
     rng = np.random.default_rng(seed)
     rows = split_rows(y, y < N_ORIGINAL, test_fraction, extra_fraction, rng, seed)
     ids = [_image_id(i) for i in range(len(y))]
-    with fileio.atomic_dir(out_dir) as tmp:
-        os.makedirs(os.path.join(tmp, "images"))
+    with dataset_dir(out_dir, "digits") as tmp:
         for i, image_id in enumerate(ids):
             save_jpeg(os.path.join(tmp, "images", image_id + ".JPG"), _render(digits.images[i], image_size, rng))
         write_layout(tmp, ids, [digit_id(d) for d in y], {digit_id(d) for d in range(N_ORIGINAL)}, *rows)
@@ -195,7 +227,7 @@ def _regions(photos, n_individuals, rng):
     out = []
     while len(out) < n_individuals:
         if not any(queues):
-            raise ValueError(f"the source photos hold fewer than {n_individuals} distinct regions")
+            raise ConfigError(f"the source photos hold fewer than {n_individuals} distinct regions")
         for queue in queues:
             if queue and len(out) < n_individuals:
                 out.append(queue.pop(0))
@@ -240,7 +272,7 @@ def build_photo_dataset(out_dir, n_individuals=36, per_individual=12, size=100, 
     from PIL import Image
 
     if n_individuals < 2 or per_individual < 2:
-        raise ValueError("need at least 2 individuals with at least 2 photos each")
+        raise ConfigError("--n_individuals and --per_individual must be at least 2")
     rng = np.random.default_rng(seed)
     photos = source_photos()
     regions = _regions(photos, n_individuals, rng)
@@ -251,8 +283,7 @@ def build_photo_dataset(out_dir, n_individuals=36, per_individual=12, size=100, 
     pad = PHOTO_REGION
     padded = [Image.fromarray(np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")) for _, img in photos]
     ids = [_image_id(i, "foldnet-photos") for i in range(len(labels))]
-    with fileio.atomic_dir(out_dir) as tmp:
-        os.makedirs(os.path.join(tmp, "images"))
+    with dataset_dir(out_dir, "photos") as tmp:
         for i, image_id in enumerate(ids):
             p, cy, cx = regions[i // per_individual]
             view = _view(padded[p], pad, cy, cx, size, rng, mirror_probability)
@@ -271,7 +302,8 @@ def main(argv=None):
                         "a stand-in for your own small re-identification dataset; kelp: synthetic Kelp Wanted "
                         "tiles in the real layout (foldnet.seg_demo_data) (default: %(default)s)")
     p.add_argument("--out_dir", default=None,
-                   help="where to write it (replaced) (default: data/demo for digits, data/photos for photos)")
+                   help="where to write it (a folder this tool built before is replaced; any other existing folder is "
+                        "refused) (default: data/demo for digits, data/photos for photos)")
     p.add_argument("--image_size", type=int, default=None,
                    help="side of the images in pixels (default: 32 for digits, 100 for photos, 64 for kelp; "
                         "350 is the real Kelp tile size)")
@@ -283,19 +315,26 @@ def main(argv=None):
                    help="kelp: tiles per place, near-duplicates of each other (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     a = p.parse_args(argv)
+    for name in ("image_size", "n_individuals", "per_individual", "n_places", "acquisitions"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    from .cli import run_main
+
     if a.kind == "kelp":
         from .seg_demo_data import build_kelp_dataset
 
         out_dir = a.out_dir or "data/kelp_demo"
-        build_kelp_dataset(out_dir, n_places=a.n_places, acquisitions=a.acquisitions, size=a.image_size or 64,
-                           seed=a.seed)
+        rc = run_main(build_kelp_dataset, out_dir, n_places=a.n_places, acquisitions=a.acquisitions,
+                      size=a.image_size or 64, seed=a.seed)
     elif a.kind == "digits":
         out_dir = a.out_dir or "data/demo"
-        build_demo_dataset(out_dir, image_size=a.image_size or 32, seed=a.seed)
+        rc = run_main(build_demo_dataset, out_dir, image_size=a.image_size or 32, seed=a.seed)
     else:
         out_dir = a.out_dir or "data/photos"
-        build_photo_dataset(out_dir, n_individuals=a.n_individuals, per_individual=a.per_individual,
-                            size=a.image_size or 100, seed=a.seed)
+        rc = run_main(build_photo_dataset, out_dir, n_individuals=a.n_individuals, per_individual=a.per_individual,
+                      size=a.image_size or 100, seed=a.seed)
+    if rc:
+        return rc
     print(f"{a.kind} dataset written to {out_dir}", file=sys.stderr)
     return 0
 

@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from . import fileio, logs, report, rundir, tasks
+from . import fileio, logs, preflight, report, rundir, tasks
 from .averaging import TTA_MODES, average_test, normalise_weights, scan_members
 from .errors import ConfigError, DataError
 from .weightfit import oof_report
@@ -49,6 +49,7 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     if fit and fit_metric not in task.fit_metrics:
         raise ConfigError(f"--fit_metric {fit_metric!r}: choose one of {', '.join(sorted(task.fit_metrics))}")
     spec = read_specs(runs, tfrec_dir, task)
+    preflight.check_ensemble(out_path, template, os.path.dirname(str(template)), spec, k)
     ids = task.test_ids(template)
     try:
         weights = normalise_weights(weights, len(runs))
@@ -149,18 +150,18 @@ def _parse_weights(text):
 
 
 def main(argv=None):
+    from .cli import run_main
+
     args = _parse_args(argv)
     logs.setup(logs.verbosity(args))
-    try:
-        template = args.template or os.path.join(args.data_dir, "sample_submission.csv")
-        paths = make_ensemble(args.runs, args.submission, template, args.tfrec_dir,
-                              _parse_weights(args.weights), args.fit_weights, args.fit_metric,
-                              args.tta, args.k)
-    except (DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    log.info("wrote " + ", ".join(paths))
-    return 0
+    template = args.template or os.path.join(args.data_dir, "sample_submission.csv")
+    paths = []
+    rc = run_main(lambda: paths.extend(make_ensemble(
+        args.runs, args.submission, template, args.tfrec_dir, _parse_weights(args.weights), args.fit_weights,
+        args.fit_metric, args.tta, args.k)))
+    if not rc:
+        log.info("wrote " + ", ".join(paths))
+    return rc
 
 
 if __name__ == "__main__":

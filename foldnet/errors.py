@@ -27,3 +27,7 @@ class DataError(Exception):
 
 class ConfigError(Exception):
     """Bad flag or config value."""
+
+
+class WeightsError(DataError, ValueError):
+    """A weights / checkpoint file that does not fit the model (another architecture, head or size)."""

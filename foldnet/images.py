@@ -21,6 +21,11 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 THUMB_SIZE = 16
+# Largest image accepted (width x height); larger ones are bad images with a clear reason.
+DEFAULT_MAX_PIXELS = 100_000_000
+# Pillow's own guard only warns up to 2x its limit: ours (max_pixels, checked on the header
+# before any pixel is decoded) replaces it.
+Image.MAX_IMAGE_PIXELS = None
 
 # Pillow modes whose JPEG / PNG bytes TensorFlow decodes to 3 channels as is.
 _KEEP_MODES = {
@@ -43,8 +48,11 @@ class EncodedImage(NamedTuple):
     reencoded: bool
 
 
-def decode(data, max_side=None):
+def decode(data, max_side=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Decode ``data`` fully; return (PIL image, source format, target (w, h) or None).
+
+    An image of more than ``max_pixels`` pixels (None: no limit) is refused
+    from its header, before its pixels are decoded.
 
     The target size (None if the image is small enough) has the longer side
     ``max_side``. For a JPEG larger than that the decoder downscales by
@@ -55,6 +63,9 @@ def decode(data, max_side=None):
     try:
         img = Image.open(io.BytesIO(data))
         fmt = img.format
+        if max_pixels and img.width * img.height > max_pixels:
+            raise BadImage(f"{img.width}x{img.height} = {img.width * img.height / 1e6:.0f} MP is more than "
+                           f"--max_pixels {max_pixels} ({max_pixels / 1e6:g} MP); raise --max_pixels if it is meant")
         size = target_size(img.width, img.height, max_side)
         size = None if size == img.size else size
         if fmt == "JPEG" and size is not None:
@@ -111,10 +122,10 @@ def read_file(path):
         raise BadImage(f"cannot read file ({e.strerror or e})") from e
 
 
-def load_image(path, max_side=None, jpeg_quality=95):
+def load_image(path, max_side=None, jpeg_quality=95, max_pixels=DEFAULT_MAX_PIXELS):
     """Read ``path``, validate it and return an EncodedImage. Raises BadImage."""
     data = read_file(path)
-    img, fmt, size = decode(data, max_side)
+    img, fmt, size = decode(data, max_side, max_pixels)
     if size is None and img.mode in _KEEP_MODES.get(fmt, ()):
         return EncodedImage(data, img.height, img.width, fmt, False)
     # A resized JPEG stays JPEG; anything else re-encoded (CMYK JPEG, BMP, GIF...) becomes lossless PNG.
@@ -125,9 +136,9 @@ def load_image(path, max_side=None, jpeg_quality=95):
     return EncodedImage(encode(img, out_fmt, jpeg_quality), img.height, img.width, out_fmt, True)
 
 
-def thumbnail(path):
+def thumbnail(path, max_pixels=DEFAULT_MAX_PIXELS):
     """A mean-centred, unit-norm float32 vector of the 16x16 grayscale image. Raises BadImage."""
-    img, _, _ = decode(read_file(path), max_side=4 * THUMB_SIZE)  # only the draft speed-up matters
+    img, _, _ = decode(read_file(path), max_side=4 * THUMB_SIZE, max_pixels=max_pixels)  # only the draft speed-up matters
     small = to_8bit(img, for_jpeg=True).convert("L").resize((THUMB_SIZE, THUMB_SIZE), Image.BOX)
     v = np.asarray(small, dtype=np.float32).ravel()
     v -= v.mean()
@@ -139,18 +150,29 @@ def thumbnail(path):
 
 
 def encode_task(args):
-    """Worker entry: (path, max_side, jpeg_quality) -> (True, EncodedImage) or (False, reason)."""
-    path, max_side, jpeg_quality = args
+    """Worker entry: (path, max_side, jpeg_quality[, max_pixels]) -> (True, EncodedImage) or (False, reason)."""
+    path, max_side, jpeg_quality, *rest = args
     try:
-        return True, load_image(path, max_side, jpeg_quality)
+        return True, load_image(path, max_side, jpeg_quality, *rest)
     except BadImage as e:
         return False, str(e)
 
 
-def thumb_task(path):
-    """Worker entry: path -> (True, thumbnail vector) or (False, reason)."""
+def thumb_task(args):
+    """Worker entry: path or (path, max_pixels) -> (True, thumbnail vector) or (False, reason)."""
+    path, *rest = (args,) if isinstance(args, str) else args
     try:
-        return True, thumbnail(path)
+        return True, thumbnail(path, *rest)
+    except BadImage as e:
+        return False, str(e)
+
+
+def check_task(args):
+    """Worker entry: (path, max_pixels) -> (True, None) if the image decodes fully, else (False, reason)."""
+    path, max_pixels = args
+    try:
+        decode(read_file(path), max_pixels=max_pixels)
+        return True, None
     except BadImage as e:
         return False, str(e)
 

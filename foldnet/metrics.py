@@ -104,7 +104,9 @@ def map5_new_individual(y_true, probs, label_map):
     """MAP@5 as the competition scores it (see module doc)."""
     y_true, probs = _check(y_true, probs)
     truth = new_individual_labels(y_true, label_map)
-    return map_at_k_labels(truth, ranking.top_k_labels(probs, label_map, k=5), k=5)
+    # A label map with fewer than 5 submission labels (a closed set of < 5 classes) ranks all it has.
+    k = min(5, ranking.n_submission_labels(label_map))
+    return map_at_k_labels(truth, ranking.top_k_labels(probs, label_map, k=k), k=5)
 
 
 def score_all(y_true, probs, label_map):

@@ -47,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from foldnet import fileio
+from foldnet.errors import WeightsError
 
 keras = tf.keras
 layers = keras.layers
@@ -375,9 +376,12 @@ def load_weights_file(model, backbone, path):
         try:
             model.load_weights(local)
             return "whole model"
-        except (ValueError, KeyError, IndexError) as error:  # structure differs
+        except (ValueError, KeyError, IndexError, OSError) as error:  # structure differs (or not HDF5)
             whole_error = error
-        file_shapes = _h5_layer_shapes(local)
+        try:
+            file_shapes = _h5_layer_shapes(local)
+        except (OSError, KeyError) as error:
+            raise WeightsError(f"{path} is not a Keras .h5 weights file", [f"{path}: {error}"]) from error
         loaded = []
         for target in (model, backbone):
             matching = _matching_layers(target, file_shapes)
@@ -386,12 +390,25 @@ def load_weights_file(model, backbone, path):
                 loaded.extend(matching)
     if not loaded:
         sample = ", ".join(list(file_shapes)[:8]) or "none"
-        raise ValueError(
+        raise WeightsError(
             f"no weights in {path} fit {model.name}: loading the whole model failed "
             f"({str(whole_error).splitlines()[0]}) and no layer matches by name and shape "
-            f"(file layers: {sample}{', ...' if len(file_shapes) > 8 else ''})"
+            f"(file layers: {sample}{', ...' if len(file_shapes) > 8 else ''})",
+            [f"{path} was saved from another architecture, head or --dim; pass weights of {model.name}"]
         )
     return f"by name: {len(loaded)} layers"
+
+
+def load_checkpoint(model, path):
+    """``model.load_weights(path)`` for a fold checkpoint of exactly this model; WeightsError
+    (a DataError) naming the file if it is unreadable or of another architecture, head or size."""
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError, IndexError, OSError) as error:
+        raise WeightsError(f"{path} is not a checkpoint of {model.name} with this --dim and class count",
+                           [f"{path}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__}",
+                            "pass the --arch/--dim the checkpoint was trained with, or checkpoints of this member"]
+                           ) from error
 
 
 # ---------------------------------------------------------------- build_model

@@ -34,6 +34,14 @@ def _check_probs(probs):
     return probs
 
 
+def n_submission_labels(label_map):
+    """How many distinct labels a row can hold: the original labels, plus the new label if some
+    class maps to it."""
+    labels = np.array(label_map.labels, dtype=object)
+    keeps = label_map.original_mask & (labels != label_map.new_label)
+    return int(keeps.sum()) + int((~keeps).any())
+
+
 def top_k_labels(probs, label_map, k=5):
     """Per row, the k labels to submit under the new-individual rule (see module doc).
 

@@ -148,7 +148,8 @@ class WriteResult(NamedTuple):
     bad: list  # (Job, reason) of images that could not be read
 
 
-def write_shards(jobs, out_dir, limit, workers, max_side=None, jpeg_quality=95, progress=True):
+def write_shards(jobs, out_dir, limit, workers, max_side=None, jpeg_quality=95, progress=True,
+                 max_pixels=images.DEFAULT_MAX_PIXELS):
     """Write ``jobs`` (grouped by split, in order) into shards in ``out_dir``.
 
     Images are read and re-encoded by ``workers`` processes; bad images are
@@ -156,7 +157,7 @@ def write_shards(jobs, out_dir, limit, workers, max_side=None, jpeg_quality=95, 
     """
     writers = {}
     sizes, bad = [], []
-    tasks = [(job.path, max_side, jpeg_quality) for job in jobs]
+    tasks = [(job.path, max_side, jpeg_quality, max_pixels) for job in jobs]
     results = images.map_images(images.encode_task, tasks, workers, desc="writing shards", progress=progress)
     for job, (ok, value) in zip(jobs, results):
         if job.split not in writers:

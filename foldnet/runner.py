@@ -8,7 +8,6 @@ where they are missing or stale.
 import logging
 import os
 import shutil
-import sys
 import time
 
 from . import config, fileio, logs, rundir, tasks
@@ -114,13 +113,25 @@ def run_predict(cfg):
 
 
 def run(cfg, extra_callbacks=()):
-    """Do the jobs of ``cfg`` (a ``config.Config``, or a mapping of settings validated into one)."""
+    """Do the jobs of ``cfg`` (a ``config.Config``, or a mapping of settings validated into one).
+
+    Everything checkable is checked before a model is built (preflight); the
+    run directory is locked for the whole run (one writer; workers.writable_run_dir).
+    """
+    from . import preflight, workers
+
     cfg = config.Config.build(cfg)
     jobs = cfg.jobs
+    preflight.check_run(cfg, jobs)
     if "predict" in jobs:
         run_predict(cfg)
         return 0
-    from . import records
+    with workers.writable_run_dir(cfg["run_dir"]) as run_dir:
+        return run_jobs(cfg.replace(run_dir=run_dir), jobs, extra_callbacks)
+
+
+def run_jobs(cfg, jobs, extra_callbacks=()):
+    from . import records, splits
 
     manifest = records.load_manifest(cfg["tfrec_dir"])
     task = tasks.for_manifest(manifest)
@@ -129,6 +140,8 @@ def run(cfg, extra_callbacks=()):
     problems = task.check_config(cfg, spec)
     if problems:
         raise ConfigError("bad settings:\n  - " + "\n  - ".join(problems))
+    if jobs & {"train", "val", "score"}:
+        splits.check_run_splits(cfg["run_dir"], manifest, folds if "train" in jobs and cfg["overwrite"] else ())
     prepare_run_dir(cfg, task, spec)
     if jobs & {"train", "val", "test"}:
         run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks)
@@ -145,12 +158,15 @@ def run(cfg, extra_callbacks=()):
 
 
 def main(argv=None):
+    from .cli import run_main
     from .strategy import TPUUnavailableError
 
-    try:
+    result = []
+
+    def go():
         cfg = config.parse_config(argv)
         logs.setup(-1 if cfg.quiet else 0)
-        return run(cfg)
-    except (ConfigError, DataError, TPUUnavailableError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        result.append(run(cfg))
+
+    rc = run_main(go, extra_errors=(TPUUnavailableError,))
+    return rc or result[0]

@@ -33,7 +33,6 @@ import os
 import numpy as np
 import pandas as pd
 
-from . import fileio
 
 MISSING = -32768
 KELP_BAND_ORDER = ("SWIR", "NIR", "R", "G", "B", "QA", "DEM")
@@ -123,19 +122,21 @@ def make_acquisition(rng, place, size):
 
 
 def build_kelp_dataset(out_dir, n_places=40, acquisitions=4, size=64, test_fraction=0.2, seed=0):
-    """Write the synthetic Kelp Wanted dataset into ``out_dir`` (replaced atomically); return its path."""
+    """Write the synthetic Kelp Wanted dataset into ``out_dir`` (replaced atomically, and only if this
+    tool built it: demo_data.dataset_dir); return its path."""
     import tifffile
 
+    from .demo_data import dataset_dir
+    from .errors import ConfigError
+
     if n_places < 4 or acquisitions < 1 or size < 16:
-        raise ValueError("need n_places >= 4, acquisitions >= 1 and size >= 16")
+        raise ConfigError("need --n_places >= 4, --acquisitions >= 1 and --image_size >= 16")
     rng = np.random.default_rng(seed)
     n_test = max(1, int(round(n_places * test_fraction)))
     test_places = set(rng.permutation(n_places)[:n_test].tolist())
     kelp_free = rng.random(n_places) < 0.25
     rows, places = [], []
-    with fileio.atomic_dir(out_dir) as tmp:
-        for d in ("train_satellite", "train_kelp", "test_satellite", "answers"):
-            os.makedirs(os.path.join(tmp, d))
+    with dataset_dir(out_dir, "kelp", ("train_satellite", "train_kelp", "test_satellite", "answers")) as tmp:
         k = 0
         for p in range(n_places):
             place = make_place(rng, size, bool(kelp_free[p]))

@@ -20,6 +20,8 @@ import threading
 
 import tensorflow as tf
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 keras = tf.keras
@@ -87,6 +89,32 @@ def _tf_config_workers(tf_config):
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+def _multi_worker_strategy():
+    """MultiWorkerMirroredStrategy with bounded waits.
+
+    TensorFlow waits forever for the other workers at start and checks a
+    running cluster's health every 30 s. Here the start waits at most
+    ``FOLDNET_CLUSTER_WAIT`` seconds (default 600) and health is checked every
+    ``FOLDNET_HEALTH_INTERVAL`` seconds (default 30): when a worker dies, the
+    others' collectives are aborted and they stop with an error (rerun all
+    workers to resume). These are class settings TensorFlow reads when the
+    strategy starts.
+    """
+    from tensorflow.python.distribute import collective_all_reduce_strategy as cars
+
+    ext = cars.CollectiveAllReduceExtended
+    ext._check_health_initial_timeout = float(os.environ.get("FOLDNET_CLUSTER_WAIT", "600"))
+    ext._check_health_interval = float(os.environ.get("FOLDNET_HEALTH_INTERVAL", "30"))
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as error:
+        if "Timeout waiting for the cluster" in str(error):
+            raise ConfigError(
+                f"the other workers of TF_CONFIG did not join within {ext._check_health_initial_timeout:g} s "
+                "(FOLDNET_CLUSTER_WAIT); start the same command on every worker") from error
+        raise
+
+
 def get_strategy(tpu=None, devices=None, tpu_resolve_timeout=60.0):
     """Return the ``tf.distribute.Strategy`` to build and train models under; logs one line naming it.
 
@@ -98,7 +126,7 @@ def get_strategy(tpu=None, devices=None, tpu_resolve_timeout=60.0):
     if tpu:
         strategy, detail = _tpu_strategy(tpu, tpu_resolve_timeout), f"TPU {tpu}"
     elif _tf_config_workers(os.environ.get("TF_CONFIG", "")) > 1:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = _multi_worker_strategy()
         detail = f"{_tf_config_workers(os.environ['TF_CONFIG'])} workers from TF_CONFIG"
     elif devices:
         strategy, detail = tf.distribute.MirroredStrategy(devices=list(devices)), ", ".join(devices)

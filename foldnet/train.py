@@ -25,7 +25,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from . import fileio, plots, records, rundir, tasks
+from . import fileio, models, plots, records, rundir, splits, tasks
 from .errors import ConfigError
 
 keras = tf.keras
@@ -278,7 +278,7 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
         log.warning(f"fold {fold}: resume state names a missing checkpoint; starting the fold again")
         shutil.rmtree(p["state"], ignore_errors=True)
         state = FoldState(p["state"])
-    settings = model_settings(cfg, task, spec)
+    settings = dict(model_settings(cfg, task, spec), split=splits.fold_split(manifest, fold))
     if initial_epoch > 0:
         check_same_settings(state.d.get("settings"), settings, fold)
     state.d["settings"] = settings
@@ -335,7 +335,7 @@ def load_fold_model(cfg, spec, weights_path, strategy=None, task=None):
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = task.build_model(cfg, spec, None)
-    model.load_weights(weights_path)
+    models.load_checkpoint(model, weights_path)
     return model
 
 

@@ -75,7 +75,7 @@ def test_image_index_prefers_jpg_and_matches_case_insensitively(tmp_path):
 # ---------------------------------------------------------------- generic layout
 
 
-def write_generic(root, n_per_class=6, classes=("cat", "dog", "owl")):
+def write_generic(root, n_per_class=6, classes=("cat", "dog", "owl"), known=("cat", "dog")):
     """Generic layout: PNG images named by id, a group column, a test CSV."""
     rng = np.random.default_rng(1)
     os.makedirs(os.path.join(root, "pics"))
@@ -83,7 +83,7 @@ def write_generic(root, n_per_class=6, classes=("cat", "dog", "owl")):
     for c, label in enumerate(classes):
         for k in range(n_per_class):
             image_id = f"{label}{k}"
-            arr = np.full((12, 10, 3), 60 * c + 20, np.uint8) + rng.integers(0, 20, (12, 10, 3), dtype=np.uint8)
+            arr = np.full((12, 10, 3), 40 * c + 20, np.uint8) + rng.integers(0, 20, (12, 10, 3), dtype=np.uint8)
             Image.fromarray(arr).save(os.path.join(root, "pics", f"{image_id}.png"))
             rows.append((image_id, label, f"g{label}{k // 2}", f"{image_id}.png"))
     pd.DataFrame(rows, columns=["name", "species", "site", "file"]).to_csv(os.path.join(root, "tr.csv"), index=False)
@@ -91,21 +91,24 @@ def write_generic(root, n_per_class=6, classes=("cat", "dog", "owl")):
     for image_id, name in test:
         Image.fromarray(np.full((12, 10, 3), 90, np.uint8)).save(os.path.join(root, "pics", name))
     pd.DataFrame(test, columns=["name", "file"]).to_csv(os.path.join(root, "te.csv"), index=False)
-    pd.DataFrame({"species": ["cat", "dog"]}).to_csv(os.path.join(root, "known.csv"), index=False)
+    pd.DataFrame({"species": list(known)}).to_csv(os.path.join(root, "known.csv"), index=False)
     return root
 
 
+SIX = ("cat", "dog", "owl", "eel", "fox", "yak")
+
+
 def test_generic_layout_with_pattern_groups_and_known_labels(tmp_path):
-    root = write_generic(str(tmp_path))
+    root = write_generic(str(tmp_path), classes=SIX, known=SIX[:4])
     m = create_tfrecords(data_dir=root, train_csv="tr.csv", test_csv="te.csv", images_dir="pics", id_col="name",
                          label_col="species", path_pattern="{id}.png", group_col="site",
                          known_labels_csv="known.csv", new_label="unknown", n_folds=3, workers=1, progress=False)
     assert m["dir"] == os.path.join(root, "tfrec")
-    assert m["n_examples"] == 18 and m["test"]["n_examples"] == 2 and m["n_classes"] == 3
+    assert m["n_examples"] == 36 and m["test"]["n_examples"] == 2 and m["n_classes"] == 6
     from foldnet import records
 
     lm = records.load_label_map(records.load_manifest(m["dir"]))
-    assert lm.labels == ["cat", "dog", "owl"] and lm.original == {"cat", "dog"} and lm.new_label == "unknown"
+    assert lm.labels == sorted(SIX) and lm.original == set(SIX[:4]) and lm.new_label == "unknown"
     folds = pd.read_csv(os.path.join(m["dir"], "folds.csv"))
     assert list(folds.columns) == ["id", "label", "fold", "group"]
     assert (folds.groupby("group")["fold"].nunique() == 1).all()  # a site never spans two folds

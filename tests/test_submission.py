@@ -185,7 +185,7 @@ def test_write_submission_validates_then_writes(tmp_path):
     submission.write_submission(good_submission(), str(path), template(), turtle_map())
     back = pd.read_csv(path, dtype=str)
     pd.testing.assert_frame_equal(back, good_submission())
-    assert [p.name for p in path.parent.iterdir()] == ["submission.csv"]   # no temp left
+    assert sorted(p.name for p in path.parent.iterdir()) == [".submission.csv.foldnet", "submission.csv"]  # no temp left; marked as ours
 
     bad, _ = _break("repeated prediction")
     other = tmp_path / "bad.csv"
