@@ -6,7 +6,8 @@
 # DATA_DIR   dataset directory (default: data); TFRecords are made in
 #            TFREC_DIR (default: DATA_DIR/tfrec) if they are not there yet
 # MODELS     names of configs in models/ or paths to YAML files
-#            (default: every committed member in models/ except demo and small_photos)
+#            (default: the Turtle Recall members in models/: not demo, small_photos,
+#            seg_*, kelp_*, cloud_*)
 # RUNS_DIR   where each member's outputs go, as RUNS_DIR/<member>/
 #            (default: beside its config, models/<member>/)
 # JOB        run.py job (default: train_val_test_score)

@@ -5,8 +5,8 @@ of them and flags given on the command line win (defaults < YAML < flags).
 ``Config.build`` coerces every value to its flag's type ("none" -> None in one
 place), checks every value against ``CHOICES`` and the one ``BOUNDS`` table
 (the augmentation code reads its limits from the same table), parses ``job``
-and ``folds`` once, and fills the derived paths (tfrec_dir, template,
-run_dir). Every problem is reported together, before any model is built.
+and ``folds`` once, and fills the derived paths (tfrec_dir, run_dir;
+the template's default is the task's). Every problem is reported together, before any model is built.
 
 ``Config`` is a frozen dataclass that also reads as a mapping
 (``cfg["dim"]``, ``dict(cfg, dim=32)``); ``cfg.replace(dim=32)`` makes a new,
@@ -30,6 +30,7 @@ MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("plateau", "cosine")
 CACHE_MODES = ("auto", "decoded", "encoded", "none")
+NORMS = ("quantile", "minmax", "zscore")
 
 
 def _bool(s):
@@ -61,6 +62,16 @@ def _mapping(s):
         raise ValueError(f"not a YAML mapping: {e}") from None
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping such as '{{width: 48}}', got {type(value).__name__}")
+    return value
+
+
+def _str_or_mapping(s):
+    """A term name or a mapping (or its YAML text); None/'none' -> None."""
+    if s is None or isinstance(s, dict):
+        return s
+    if _none_or_str(s) is None:
+        return None
+    value = _mapping(s) if str(s).strip().startswith("{") else str(s).strip()
     return value
 
 
@@ -102,6 +113,7 @@ BOUNDS = {
     "aug_photometric": Bound(0.0, 2.0, False),
     "cache_budget_mb": Bound(0, None, False),
     "shuffle_buffer": Bound(1, None, False),
+    "tiles_per_epoch": Bound(0, None, False),
 }
 
 
@@ -118,7 +130,9 @@ FLAGS = [
     ("data_dir", str, "data", "Dataset directory (CSV files, sample_submission.csv)"),
     ("tfrec_dir", _none_or_str, None, "TFRecord directory made by create_tfrecords.py (default: DATA_DIR/tfrec)"),
     ("run_dir", _none_or_str, None, "Output directory of this member (default: models/<config name>)"),
-    ("template", _none_or_str, None, "Submission template CSV (default: DATA_DIR/sample_submission.csv)"),
+    ("template", _none_or_str, None,
+     "Submission template (default: the task's: DATA_DIR/sample_submission.csv for classification, "
+     "TFREC_DIR/tiles.csv for segmentation)"),
     # model
     ("arch", str, "small_cnn", "Architecture name (see foldnet.models.list_architectures)"),
     ("weights", _none_or_str, None,
@@ -130,7 +144,9 @@ FLAGS = [
     ("batch_size", int, 32, "Global batch size (split across replicas)"),
     ("lr", float, 1e-3, "Learning rate (peak learning rate for the cosine schedule)"),
     ("n_epochs", int, 20, "Maximum number of epochs per fold"),
-    ("steps_per_epoch", int, 0, "Steps per epoch; 0 = training examples of the fold // batch_size"),
+    ("steps_per_epoch", int, 0, "Steps per epoch; 0 = tiles_per_epoch (or the fold's training examples) // batch_size"),
+    ("tiles_per_epoch", int, 0, "Examples per epoch (segmentation: tiles drawn by the sampler); 0 = the fold's "
+     "training examples"),
     ("optimizer", str, "adam", f"Optimizer: {', '.join(OPTIMIZERS)}"),
     ("weight_decay", float, 0.0, "Decoupled weight decay (adamw) or L2-free decay for sgd"),
     ("label_smoothing", float, 0.0, "Label smoothing of the cross-entropy loss"),
@@ -172,6 +188,17 @@ FLAGS = [
     ("arch_options", dict, None,
      "Options of the architecture's builder as a YAML mapping, e.g. '{width: 48, depth: 4}' "
      "(small_cnn: width, depth, blocks; kecam: drop_connect_rate, ...)"),
+    # segmentation (ignored by classification)
+    ("loss", _str_or_mapping, None,
+     "Segmentation loss: a term (dice, jaccard, focal, bce) or a YAML mapping of weights, e.g. "
+     "'{jaccard: 1.0, focal: 0.1, per_image: true}' (default: dice)"),
+    ("seg_bands", list, None, "Segmentation: raw bands kept as channels (default: all bands of the dataset)"),
+    ("indices", list, None, "Segmentation: spectral indices added as channels (foldnet.spectral.INDICES), e.g. NDVI NDWI"),
+    ("norm", str, "quantile", f"Segmentation: normalisation of raw bands: {', '.join(NORMS)}"),
+    ("mask_indices", _bool, True, "Segmentation: keep indices only on clear water (QA clear, DEM <= 0)"),
+    ("sampler", dict, None,
+     "Segmentation: weighted tile sampler terms of tiles.csv, e.g. '{has_positive: 2, cloud_share: -1}' "
+     "(default: every tile alike)"),
     # prediction of files
     ("images", list, None, "Image files for --job predict"),
     ("checkpoints", list, None, "Weight files for --job predict (default: every fold's best checkpoint in --run_dir)"),
@@ -376,8 +403,6 @@ class _Mapping:
             raise ConfigError("bad settings:\n  - " + "\n  - ".join(problems))
         if not merged["tfrec_dir"]:
             merged["tfrec_dir"] = os.path.join(merged["data_dir"], "tfrec")
-        if not merged["template"]:
-            merged["template"] = os.path.join(merged["data_dir"], "sample_submission.csv")
         if not merged["run_dir"]:
             merged["run_dir"] = default_run_dir(merged["config"], merged["arch"])
         cfg = cls(**merged)
@@ -393,7 +418,8 @@ Config = dataclasses.make_dataclass("Config", _config_fields(), bases=(_Mapping,
 Config.__doc__ = "The settings of one run.py call (see the module doc); frozen, validated by ``Config.build``."
 SETTING_NAMES = ("config", *FLAG_NAMES)
 
-CHOICES = {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "cache": CACHE_MODES}
+CHOICES = {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "cache": CACHE_MODES,
+           "norm": NORMS}
 
 
 def default_run_dir(config_path, arch):

@@ -124,14 +124,16 @@ def _parse_args(argv):
     p.add_argument("--runs", nargs="+", required=True, help="run directories (members)")
     p.add_argument("--data_dir", help="dataset directory holding sample_submission.csv")
     p.add_argument("--tfrec_dir", help="TFRecord directory; its label_map.json must match the runs'")
-    p.add_argument("--template", help="submission template CSV (default DATA_DIR/sample_submission.csv)")
+    p.add_argument("--template", help="submission template (default: the task's; classification "
+                   "DATA_DIR/sample_submission.csv, segmentation TFREC_DIR/tiles.csv)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights", help="comma-separated member weights, e.g. 1,2,1 (default equal)")
     g.add_argument("--fit_weights", action="store_true", help="fit member weights on OOF predictions")
     p.add_argument("--fit_metric", default=None,
                    help="OOF metric to fit (default: the task's; classification: map5, or map5_new)")
     p.add_argument("--tta", default="mean", choices=TTA_MODES, help="TTA reduction")
-    p.add_argument("--submission", required=True, help="output CSV path")
+    p.add_argument("--submission", required=True,
+                   help="output: CSV (classification); directory or .tar of TIFFs (segmentation)")
     p.add_argument("--k", type=int, default=5, help="predictions per row")
     logs.add_flags(p)
     args = p.parse_args(argv)
@@ -154,11 +156,16 @@ def main(argv=None):
 
     args = _parse_args(argv)
     logs.setup(logs.verbosity(args))
-    template = args.template or os.path.join(args.data_dir, "sample_submission.csv")
     paths = []
-    rc = run_main(lambda: paths.extend(make_ensemble(
-        args.runs, args.submission, template, args.tfrec_dir, _parse_weights(args.weights), args.fit_weights,
-        args.fit_metric, args.tta, args.k)))
+
+    def work():
+        task = tasks.get(rundir.runs_task(args.runs))
+        template = args.template or task.default_template(args.data_dir, args.tfrec_dir)
+        paths.extend(make_ensemble(args.runs, args.submission, template, args.tfrec_dir,
+                                   _parse_weights(args.weights), args.fit_weights, args.fit_metric,
+                                   args.tta, args.k, task=task))
+
+    rc = run_main(work)
     if not rc:
         log.info("wrote " + ", ".join(paths))
     return rc

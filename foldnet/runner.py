@@ -152,8 +152,9 @@ def run_jobs(cfg, jobs, extra_callbacks=()):
     if "subm" in jobs:
         from . import ensemble
 
-        ensemble.make_ensemble([cfg["run_dir"]], os.path.join(cfg["run_dir"], "submission.csv"),
-                               template=cfg["template"], tfrec_dir=cfg["tfrec_dir"])
+        template = cfg["template"] or task.default_template(cfg["data_dir"], cfg["tfrec_dir"])
+        ensemble.make_ensemble([cfg["run_dir"]], os.path.join(cfg["run_dir"], task.submission_name),
+                               template=template, tfrec_dir=cfg["tfrec_dir"], task=task)
     return 0
 
 

@@ -39,7 +39,10 @@ def score_run(run_dir, spec, task=None):
     if tta_ref:
         n = len(tta_ref)
         outputs = np.concatenate([f.outputs[:n] for f in folds], axis=1)
-        rows += _rows_for("all", np.concatenate([f.targets for f in folds]), outputs, tta_ref, task, spec)
+        targets = np.concatenate([f.targets for f in folds])
+        rows += _rows_for("all", targets, outputs, tta_ref, task, spec)
+        task.report(os.path.join(run_dir, "oof"), targets, outputs.mean(axis=0),
+                    f"{os.path.basename(os.path.normpath(run_dir))}: out-of-fold, all folds")
     result = {"folds": [f.fold for f in folds], "rows": rows}
     fileio.atomic_write_json(os.path.join(run_dir, "scores.json"), result)
     table = report.markdown_table(rows, ["fold", "tta", "n", *task.score_keys])

@@ -107,8 +107,18 @@ Scoring (no TensorFlow; light processes)
   ``{"threshold": 0.48}``, or None (classification: None). Reported in the
   ensemble's scores.md and passed to ``write_submission``.
 
+Reports (optional)
+
+- ``report(stem, targets, outputs, title)``: extra files about TTA-reduced
+  OOF outputs (segmentation: Dice-vs-threshold table ``stem.threshold.md``
+  and PNG), written by the score job for all folds' TTA-mean OOF outputs
+  (stem ``RUN_DIR/oof``); returns the paths (default: none).
+
 Submission
 
+- ``submission_name``: file name of the ``subm`` job's output in the run dir.
+- ``default_template(data_dir, tfrec_dir)``: the template when none is given
+  (classification: ``DATA_DIR/sample_submission.csv``).
 - ``test_ids(template_path)``: the ids a submission must cover, in the
   submission's order (classification: the template CSV's first column).
 - ``write_submission(ids, outputs, spec, template_path, out_path, k, post)``:
@@ -118,6 +128,7 @@ Submission
   classification: CSV with the top-k labels under the new-individual rule.
 """
 import importlib
+import os
 
 from .errors import ConfigError
 
@@ -126,6 +137,7 @@ DEFAULT_TASK = "classification"
 # task name -> module that registers it when imported. One line per task.
 _MODULES = {
     "classification": "foldnet.classification",
+    "segmentation": "foldnet.segmentation",
 }
 
 _REGISTRY = {}
@@ -140,6 +152,7 @@ class Task:
     score_keys = ()
     default_fit_metric = None
     score_note = ""
+    submission_name = "submission.csv"
 
     # -- spec
     def load_spec(self, manifest):
@@ -209,7 +222,13 @@ class Task:
     def fit_post(self, targets, outputs, spec):
         return None
 
+    def report(self, stem, targets, outputs, title):
+        return []
+
     # -- submission
+    def default_template(self, data_dir, tfrec_dir):
+        return os.path.join(data_dir, "sample_submission.csv")
+
     def test_ids(self, template_path):
         raise NotImplementedError
 

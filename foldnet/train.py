@@ -203,7 +203,7 @@ def is_done(run_dir, fold):
 
 
 # Settings a resumed fold must share with its interrupted run (the checkpoint's structure).
-RESUME_KEYS = ("arch", "dim", "weights", "dropout", "optimizer", "schedule")
+RESUME_KEYS = ("arch", "dim", "weights", "dropout", "optimizer", "schedule", "seg_bands", "indices")
 
 
 def model_settings(cfg, task, spec):
@@ -259,7 +259,7 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
     val_files = records.fold_files(manifest, [fold])
     n_train = sum(manifest["folds"][f]["n_examples"] for f in train_folds)
     batch_size = cfg["batch_size"]
-    steps = cfg["steps_per_epoch"] or max(n_train // batch_size, 1)
+    steps = cfg["steps_per_epoch"] or max((cfg["tiles_per_epoch"] or n_train) // batch_size, 1)
     is_tpu = "TPU" in type(strategy).__name__
     os.makedirs(p["dir"], exist_ok=True)
 

@@ -4,14 +4,14 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x "$here/.venv/bin/python" ]; then PYTHON="$here/.venv/bin/python"; else PYTHON=python3; fi
 fi
 
-# Members from $MODELS, or every committed config in models/ except the demo and the
-# small-photo recipe (the rest are the Turtle Recall ensemble).
+# Members from $MODELS, or every committed config in models/ except the demos, the
+# small-photo recipe and the segmentation recipes (the rest are the Turtle Recall ensemble).
 member_list() {
   if [ -n "${MODELS:-}" ]; then
     echo "$MODELS"
   else
     for f in "$here"/models/*.yaml; do
-      case "$(basename "$f")" in demo.yaml|small_photos.yaml) ;; *) basename "$f" .yaml ;; esac
+      case "$(basename "$f")" in demo.yaml|small_photos.yaml|seg_*.yaml|kelp_*.yaml|cloud_*.yaml) ;; *) basename "$f" .yaml ;; esac
     done
   fi
 }

@@ -24,7 +24,7 @@ def test_yaml_then_flags_override(tmp_path):
     assert cfg["batch_size"] == config.DEFAULTS["batch_size"]  # neither: the default
     # derived paths: run dir beside the config, named after it
     assert cfg["run_dir"] == str(tmp_path / "member")
-    assert cfg["tfrec_dir"] == "data/tfrec" and cfg["template"] == "data/sample_submission.csv"
+    assert cfg["tfrec_dir"] == "data/tfrec" and cfg["template"] is None  # the task's default (runner)
     assert config.parse_folds(cfg["folds"], 5) == [0, 2]
 
 
