@@ -1,0 +1,149 @@
+"""The segmentation task end to end: synthetic Kelp tiles -> create_tfrecords.py -> run_training.sh
+(run.py over every fold) -> run_inference.sh -> TIFF submission scored against the hidden masks."""
+import foldnet  # noqa: F401
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from foldnet import config, rundir, runner, seg_demo_data, seg_evaluate, seg_metrics, seg_submission, tasks
+from foldnet.errors import ConfigError
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+MEMBER = """arch: tiny
+weights: none
+arch_options: {decoder_filters: [32, 16, 8]}
+indices: [NDVI, NDWI]
+loss: {dice: 1.0, bce: 0.5}
+sampler: {has_positive: 2.0}
+tiles_per_epoch: 16
+batch_size: 8
+lr: 0.003
+n_epochs: 2
+early_stop_patience: 0
+monitor: val_dice
+aug_number: 3
+tta_number: 1
+verbose: 2
+"""
+
+
+def run(args, env=None):
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ, PYTHON=sys.executable, **(env or {})))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def kelp(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    data = root / "kelp"
+    seg_demo_data.build_kelp_dataset(str(data), n_places=8, acquisitions=2, size=32, seed=3)
+    run([sys.executable, "create_tfrecords.py", "--data_dir", str(data), "--n_folds", "2"])
+    member = root / "seg_tiny.yaml"
+    member.write_text(MEMBER)
+    env = {"DATA_DIR": str(data), "MODELS": str(member), "RUNS_DIR": str(root / "runs")}
+    train_out = run(["bash", "run_training.sh"], env)
+    return root, data, root / "runs" / "seg_tiny", env, train_out
+
+
+def _tiff(path):
+    return tifffile.imread(str(path))
+
+
+def test_train_val_test_score_writes_maps_and_scores(kelp):
+    root, data, run_dir, _, out = kelp
+    assert out.count("done, best val_dice") == 2
+    assert rundir.read_task(str(run_dir)) == "segmentation"
+    tfrec = data / "tfrec"
+    folds = pd.read_csv(tfrec / "folds.csv", dtype={"id": str})
+    tiles = pd.read_csv(tfrec / "tiles.csv", dtype={"id": str})
+    n_test = int((tiles["split"] == "test").sum())
+    task = tasks.get("segmentation")
+    for fold in (0, 1):
+        p = rundir.fold_paths(str(run_dir), fold)
+        assert os.path.getsize(p["best"]) > 0 and os.path.exists(p["done"])
+        oof = rundir.load_predictions(p["oof"])
+        ids = set(folds.loc[folds["fold"] == fold, "id"])
+        assert set(oof["ids"]) == ids
+        assert oof["outputs"].dtype == np.uint8 and oof["outputs"].shape == (2, len(ids), 32, 32)
+        assert [str(t) for t in oof["tta_names"]] == ["identity", "flip_lr"]
+        assert oof["labels"].dtype == np.uint8 and oof["labels"].shape == (len(ids), 32, 32)
+        for i, tile_id in enumerate(oof["ids"]):  # the stored truth is the layout's mask
+            np.testing.assert_array_equal(oof["labels"][i], _tiff(data / "train_kelp" / f"{tile_id}_kelp.tif"))
+        test = rundir.load_predictions(p["test"])
+        assert test["outputs"].dtype == np.uint8 and test["outputs"].shape == (2, n_test, 32, 32)
+    # scores.json agrees with seg_metrics on the stored OOF maps (TTA mean, all folds)
+    ids, truth, probs = rundir.load_oof(str(run_dir), task)
+    assert probs.dtype == np.float32 and probs.shape == (len(folds), 32, 32)
+    rows = json.loads((run_dir / "scores.json").read_text())["rows"]
+    row = next(r for r in rows if r["fold"] == "all" and r["tta"] == "mean")
+    assert row["n"] == len(folds)
+    assert row["dice"] == pytest.approx(seg_metrics.pooled_dice(probs >= 0.5, truth), abs=1e-12)
+    assert row["iou"] == pytest.approx(seg_metrics.pooled_iou(probs >= 0.5, truth), abs=1e-12)
+    _, best = seg_metrics.threshold_table(probs, truth)
+    assert (row["dice_best"], row["threshold"]) == (pytest.approx(best["dice"]), best["threshold"])
+    assert row["dice_best"] >= row["dice"]
+    assert (run_dir / "oof.threshold.md").read_text().count("\n|") > 80 and (run_dir / "oof.threshold.png").exists()
+
+
+def test_inference_writes_the_thresholded_submission(kelp):
+    root, data, run_dir, env, _ = kelp
+    sub = root / "sub.tar"
+    out = run(["bash", "run_inference.sh"], dict(env, SUBMISSION=str(sub)))
+    assert "is current; not predicted again" in out and "fitted on the ensemble's OOF: threshold" in out
+    meta = pd.read_csv(data / "metadata_fTq0l2T.csv", dtype=str)
+    test_ids = sorted(meta.loc[meta["in_train"].str.lower() == "false", "tile_id"])
+    with tarfile.open(sub) as tar:
+        assert sorted(tar.getnames()) == sorted(f"{i}_kelp.tif" for i in test_ids)
+    masks = seg_submission.read_masks(str(sub), "kelp")
+    # the masks are the fold x TTA mean of the test maps at the OOF-fitted threshold
+    task = tasks.get("segmentation")
+    _, truth, probs = rundir.load_oof(str(run_dir), task)
+    threshold = seg_metrics.threshold_table(probs, truth)[1]["threshold"]
+    mean = {}
+    for _, path in rundir.prediction_files(str(run_dir), "test"):
+        t = rundir.load_predictions(path)
+        for tile_id, maps in zip(t["ids"], task.decode_outputs(t["outputs"]).mean(axis=0) / 2):
+            mean[str(tile_id)] = mean.get(str(tile_id), 0) + maps
+    for tile_id in test_ids:
+        m = masks[tile_id]
+        assert m.dtype == np.uint8 and m.shape == (32, 32) and set(np.unique(m)) <= {0, 1}
+        clear = np.abs(mean[tile_id] - threshold) > 1e-5
+        np.testing.assert_array_equal(m[clear], (mean[tile_id] >= threshold)[clear].astype(np.uint8))
+    answers = seg_submission.read_masks(str(data / "answers"), "kelp")
+    scores = seg_evaluate.score_masks(masks, answers)
+    ids = sorted(answers)
+    assert scores["dice"] == pytest.approx(seg_metrics.pooled_dice([masks[i] for i in ids], [answers[i] for i in ids]))
+
+
+def test_bad_segmentation_settings_are_named_before_any_model(kelp, tmp_path):
+    _, data, _, _, _ = kelp
+    cfg = config.make_config(data_dir=str(data), run_dir=str(tmp_path / "r"), arch="tiny", monitor="val_acc",
+                             loss={"dice": 1.0, "focall": 0.1}, indices=["NDVI", "XYZ"], seg_bands=["NIR", "B9"])
+    with pytest.raises(ConfigError) as e:
+        runner.run(cfg)
+    text = str(e.value)
+    for needle in ("focall", "XYZ", "B9", "val_acc"):
+        assert needle in text
+    assert not os.path.exists(tmp_path / "r")
+
+
+def test_uint8_maps_round_trip_and_csv_submission_refused(tmp_path):
+    task = tasks.get("segmentation")
+    p = np.array([[[[0.0, 0.2], [0.5, 1.0]]]], np.float32)
+    stored = task.encode_outputs(p)
+    assert stored.dtype == np.uint8 and stored.tolist() == [[[[0, 51], [128, 255]]]]
+    assert np.abs(task.decode_outputs(stored) - p).max() <= 0.5 / 255 + 1e-7
+    spec = task.load_spec({"image": {"shape": [2, 2, 7], "bands": list("ABCDEFG")}, "submission_naming": "{id}.tif"})
+    with pytest.raises(ConfigError, match="directory of TIFFs or a .tar"):
+        task.write_submission(["a"], p[0], spec, None, str(tmp_path / "s.csv"), 5)
+    assert not os.listdir(tmp_path)
