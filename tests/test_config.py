@@ -84,10 +84,19 @@ def test_committed_member_configs_are_valid():
                                                      "ef1l2_s2.yaml", "ef2l.yaml", "ef2xl.yaml"}
     from foldnet import models
 
+    from foldnet import segmentation
+
     names = {a["name"] for a in models.list_architectures()}
+    kelp = segmentation.SegSpec([350, 350, 7], ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"], "kelp", "{id}_kelp.tif")
+    cloud = segmentation.SegSpec([512, 512, 4], ["B02", "B03", "B04", "B08"], "cloud", "{id}.tif")
+    seg = {"seg_demo.yaml": kelp, "kelp_b5.yaml": kelp, "cloud_unet.yaml": cloud}
+    assert {os.path.basename(p) for p in paths} >= set(seg)
     for p in paths:
         cfg = config.parse_config(["--config", p])
-        assert cfg["arch"] in names, p
+        if os.path.basename(p) in seg:  # segmentation recipes: the task's own check
+            assert segmentation.TASK.check_config(cfg, seg[os.path.basename(p)]) == [], p
+        else:
+            assert cfg["arch"] in names, p
 
 
 def test_out_of_range_values_fail_at_config_time_with_the_shared_bounds():
