@@ -1,4 +1,6 @@
 # `make demo`: set-up + the whole pipeline on the bundled demo data.
+# `make demo-seg`: the same for segmentation on synthetic Kelp Wanted tiles, then the Dice
+#   of foldnet's submission and of the NDVI-threshold baseline on the same test tiles.
 # `make test`: set-up + the test suite.   `make bench`: the benchmarks.
 PY ?= python3
 VENV ?= .venv
@@ -6,11 +8,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
 DEMO_RUNS ?= models
+SEG_DEMO_DIR ?= data/kelp_demo
 
 # bench_small_data.py (recipes on a small photo dataset, ~40 min) runs with `make bench-small-data`.
 BENCHES := writer seg_writer pipeline seg_pipeline augment models tta ensemble
 
-.PHONY: install test demo bench bench-small-data clean-demo
+.PHONY: install test demo demo-seg bench bench-small-data clean-demo
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +37,21 @@ demo: install
 	$(BIN)/python -m foldnet.evaluate --submission $(DEMO_DIR)/submission.csv --answers $(DEMO_DIR)/answers.csv; \
 	echo "== demo finished in $$(( $$(date +%s) - start )) s"
 
+demo-seg: install
+	@start=$$(date +%s); set -e; \
+	$(BIN)/python -m foldnet.demo_data --kind kelp --out_dir $(SEG_DEMO_DIR); \
+	$(BIN)/python create_tfrecords.py --data_dir $(SEG_DEMO_DIR); \
+	DATA_DIR=$(SEG_DEMO_DIR) MODELS=seg_demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python bash run_training.sh; \
+	DATA_DIR=$(SEG_DEMO_DIR) MODELS=seg_demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python \
+	  SUBMISSION=$(SEG_DEMO_DIR)/submission.tar bash run_inference.sh; \
+	$(BIN)/python -m foldnet.seg_baseline --data_dir $(SEG_DEMO_DIR) --out $(SEG_DEMO_DIR)/baseline.tar; \
+	echo "== demo test tiles vs $(SEG_DEMO_DIR)/answers (pooled Dice over all pixels)"; \
+	printf "foldnet (seg_demo, 5 folds): "; \
+	$(BIN)/python -m foldnet.seg_evaluate --submission $(SEG_DEMO_DIR)/submission.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
+	printf "NDVI-threshold baseline:     "; \
+	$(BIN)/python -m foldnet.seg_evaluate --submission $(SEG_DEMO_DIR)/baseline.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
+	echo "== demo-seg finished in $$(( $$(date +%s) - start )) s"
+
 bench: install
 	mkdir -p bench/out
 	for b in $(BENCHES); do echo "== bench/bench_$$b.py"; $(BIN)/python bench/bench_$$b.py || exit 1; done
@@ -43,4 +61,4 @@ bench-small-data: install
 	$(BIN)/python bench/bench_small_data.py
 
 clean-demo:
-	rm -rf $(DEMO_DIR) $(DEMO_RUNS)/demo
+	rm -rf $(DEMO_DIR) $(DEMO_RUNS)/demo $(SEG_DEMO_DIR) $(DEMO_RUNS)/seg_demo
