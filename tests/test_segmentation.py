@@ -147,3 +147,11 @@ def test_uint8_maps_round_trip_and_csv_submission_refused(tmp_path):
     with pytest.raises(ConfigError, match="directory of TIFFs or a .tar"):
         task.write_submission(["a"], p[0], spec, None, str(tmp_path / "s.csv"), 5)
     assert not os.listdir(tmp_path)
+
+
+def test_default_members_are_the_classification_ensemble():
+    out = subprocess.run(["bash", "-c", f'here={ROOT}; unset MODELS; source scripts/members.sh; member_list'],
+                         cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
+    listed = set(out.stdout.split())
+    assert out.returncode == 0 and {"ef1b7", "beitl"} <= listed
+    assert not listed & {"seg_demo", "kelp_b5", "cloud_unet", "demo", "small_photos"}
