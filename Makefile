@@ -33,8 +33,12 @@ demo: install
 	$(BIN)/python create_tfrecords.py --data_dir $(DEMO_DIR); \
 	DATA_DIR=$(DEMO_DIR) MODELS=demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python bash run_training.sh; \
 	DATA_DIR=$(DEMO_DIR) MODELS=demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python SUBMISSION=$(DEMO_DIR)/submission.csv bash run_inference.sh; \
+	$(BIN)/python -m foldnet.cls_baseline --data_dir $(DEMO_DIR) --out $(DEMO_DIR)/baseline.csv; \
 	echo "== demo test set vs $(DEMO_DIR)/answers.csv"; \
+	printf "foldnet (demo, 5 folds):               "; \
 	$(BIN)/python -m foldnet.evaluate --submission $(DEMO_DIR)/submission.csv --answers $(DEMO_DIR)/answers.csv; \
+	printf "logistic regression on thumbnails:     "; \
+	$(BIN)/python -m foldnet.evaluate --submission $(DEMO_DIR)/baseline.csv --answers $(DEMO_DIR)/answers.csv; \
 	echo "== demo finished in $$(( $$(date +%s) - start )) s"
 
 demo-seg: install
