@@ -4,7 +4,8 @@ Records: ``seg_records`` (raw bands, mask, valid mask, group), manifest with
 ``image`` and ``band_stats``, ``tiles.csv``. Inputs: ``spectral.Features``
 (settings ``seg_bands``, ``indices``, ``norm``, ``mask_indices``; index ranges
 without a natural range fitted once on the first 64 training tiles in file
-order, unsupervised like the manifest's band statistics) padded to a multiple
+order, unsupervised like the manifest's band statistics, and stored in the run
+dir as ``index_ranges.json`` so prediction uses the training values) padded to a multiple
 of 32. Training: ``seg_data.train_dataset`` with paired augmentation (see
 ``augment_options``), the weighted tile sampler (``sampler``: terms of
 ``tiles.csv``) and ``tiles_per_epoch``. Model: ``unet.build_unet`` (``arch``
@@ -46,6 +47,7 @@ from .errors import ConfigError, DataError
 SPEC_FILE = "seg_spec.json"
 PAD_MULTIPLE = 32
 INDEX_FIT_TILES = 64
+INDEX_RANGES_FILE = "index_ranges.json"  # in the run dir: the ranges training used
 DEFAULT_LOSS = "dice"
 
 
@@ -155,17 +157,37 @@ class SegmentationTask(tasks.Task):
         from . import seg_data, spectral
 
         indices = list(cfg["indices"] or [])
-        key = (manifest["dir"], manifest.get("fingerprint"), tuple(indices), bool(cfg["mask_indices"]))
+        key = (cfg["run_dir"], manifest["dir"], manifest.get("fingerprint"), tuple(indices), bool(cfg["mask_indices"]))
         ranges = self._index_ranges.get(key)
         build = lambda r: spectral.Features(manifest, bands=cfg["seg_bands"], indices=indices,  # noqa: E731
                                             norm=cfg["norm"], index_ranges=r, mask_indices=cfg["mask_indices"])
+        if ranges is None:
+            ranges = self._stored_index_ranges(cfg["run_dir"], indices)
         if ranges is None:
             from . import records
 
             files = records.fold_files(manifest, range(manifest["n_folds"]))
             ranges = seg_data.fit_index_ranges(files, build(None), n_tiles=INDEX_FIT_TILES)
-            self._index_ranges[key] = ranges
+            if cfg["run_dir"]:  # prediction (maybe another process, other TFRecords) reads these back
+                os.makedirs(cfg["run_dir"], exist_ok=True)
+                fileio.atomic_write_json(os.path.join(cfg["run_dir"], INDEX_RANGES_FILE),
+                                         {n: list(r) for n, r in ranges.items()})
+        self._index_ranges[key] = ranges
         return build(ranges)
+
+    @staticmethod
+    def _stored_index_ranges(run_dir, indices):
+        """The ranges first fitted for this run (``run_dir``/index_ranges.json) if they cover ``indices``."""
+        from . import spectral
+
+        path = os.path.join(run_dir, INDEX_RANGES_FILE) if run_dir else None
+        if not path or not os.path.exists(path):
+            return None
+        stored = fileio.read_json(path)
+        needed = {n for n in indices if not spectral.INDICES[n].natural}
+        if not needed <= set(stored):
+            return None
+        return {n: tuple(float(v) for v in stored[n]) for n in needed}
 
     def _group_index(self, manifest, cfg):
         """{group: index} when the location-weighted IoU is monitored, else None."""

@@ -83,7 +83,10 @@ def fit_weights(oof_list, labels, label_map, metric="map5", resolution=8, max_st
 
 
 def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None):
-    """OOF scores of each member and of the ensemble; returns ``(rows, notes, final_weights, post)``.
+    """OOF scores of each member and of the ensemble; returns ``(rows, notes, final_weights, post, oof)``.
+
+    ``oof`` is ``(targets, blended outputs)`` of the ensemble's OOF blend with
+    the final weights, or None when the ensemble has no OOF predictions.
 
     ``post`` is what the task's ``fit_post`` fitted on the ensemble's OOF
     blend with the final weights (e.g. a decision threshold), or None when
@@ -96,7 +99,7 @@ def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None)
     its final weight in the test average.
     """
     task = task or tasks.get(tasks.DEFAULT_TASK)
-    rows, notes, oofs, scored, post = [], [], [], [], None
+    rows, notes, oofs, scored, post, oof = [], [], [], [], None, None
     for idx, run in enumerate(runs):
         try:
             ids, labels, probs = rundir.load_oof(run, task, tta)
@@ -127,11 +130,12 @@ def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None)
                          **task.score(labels, blend(probs_list, result.weights), label_map)})
             notes.append(f"fitted on OOF {result.metric}: {result.before:.4f} (equal) -> {result.after:.4f} "
                          f"in {result.steps} moves")
-        post = task.fit_post(labels, blend(probs_list, final[scored] / share), label_map)
+        oof = (labels, blend(probs_list, final[scored] / share))
+        post = task.fit_post(*oof, label_map)
         if post:
             notes.append("fitted on the ensemble's OOF: " + ", ".join(f"{k} = {v}" for k, v in post.items()))
     if fit and (len(oofs) < 2 or share == 0):
         notes.append("--fit_weights: fewer than 2 members with OOF predictions, weights unchanged")
     for row, idx in zip(rows, scored):
         row["weight"] = float(final[idx])
-    return rows, notes, final, post
+    return rows, notes, final, post, oof

@@ -4,6 +4,7 @@ import foldnet  # noqa: F401
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -12,15 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import yaml
 
 from foldnet import config, rundir, runner, seg_demo_data, seg_evaluate, seg_metrics, seg_submission, tasks
 from foldnet.errors import ConfigError
+from test_training import KillAfterEpoch, Killer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 MEMBER = """arch: tiny
 weights: none
 arch_options: {decoder_filters: [32, 16, 8]}
-indices: [NDVI, NDWI]
+indices: [NDVI, NDWI, CIG]
 loss: {dice: 1.0, bce: 0.5}
 sampler: {has_positive: 2.0}
 tiles_per_epoch: 16
@@ -119,6 +122,12 @@ def test_inference_writes_the_thresholded_submission(kelp):
         assert m.dtype == np.uint8 and m.shape == (32, 32) and set(np.unique(m)) <= {0, 1}
         clear = np.abs(mean[tile_id] - threshold) > 1e-5
         np.testing.assert_array_equal(m[clear], (mean[tile_id] >= threshold)[clear].astype(np.uint8))
+    # the ensemble's Dice-vs-threshold table and curve, whose best threshold is the submission's
+    md = (root / "sub.threshold.md").read_text()
+    assert (root / "sub.threshold.png").stat().st_size > 0 and md.count("\n|") > 80
+    best = re.search(r"Best dice [0-9.]+ at threshold ([0-9.]+)", md)
+    assert best and float(best.group(1)) == pytest.approx(threshold, abs=5e-3)
+    assert f"threshold {threshold:.2f}" in out
     answers = seg_submission.read_masks(str(data / "answers"), "kelp")
     scores = seg_evaluate.score_masks(masks, answers)
     ids = sorted(answers)
@@ -156,3 +165,47 @@ def test_default_members_are_the_classification_ensemble():
     listed = set(out.stdout.split())
     assert out.returncode == 0 and {"ef1b7", "beitl"} <= listed
     assert not listed & {"seg_demo", "kelp_b5", "cloud_unet", "demo", "small_photos"}
+
+
+def _member_cfg(data, run_dir, **kw):
+    return config.make_config(**dict(yaml.safe_load(MEMBER), data_dir=str(data), run_dir=str(run_dir), **kw))
+
+
+def test_kill_mid_fold_then_rerun_resumes(kelp, tmp_path, log_lines):
+    _, data, _, _, _ = kelp
+    run_dir = tmp_path / "member"
+    cfg = _member_cfg(data, run_dir, n_epochs=3, folds="0", job="train_val", verbose=0)
+    with pytest.raises(KillAfterEpoch):
+        runner.run(cfg, extra_callbacks=[Killer(1)])
+    state = json.loads((run_dir / "fold_0" / "state" / "state.json").read_text())
+    assert state["epochs_done"] == 1 and not (run_dir / "fold_0" / "done.json").exists()
+    log_lines.clear()
+    runner.run(cfg)
+    assert any("fold 0: resuming after epoch 1" in line for line in log_lines)
+    assert pd.read_csv(run_dir / "fold_0" / "history.csv")["epoch"].tolist() == [1, 2, 3]
+    p = rundir.fold_paths(str(run_dir), 0)
+    assert os.path.exists(p["done"])
+    oof = rundir.load_predictions(p["oof"])
+    folds = pd.read_csv(data / "tfrec" / "folds.csv", dtype={"id": str})
+    assert set(oof["ids"]) == set(folds.loc[folds["fold"] == 0, "id"])
+    assert oof["outputs"].dtype == np.uint8 and oof["outputs"].shape[1:] == (len(oof["ids"]), 32, 32)
+    assert oof["outputs"].max() > oof["outputs"].min()  # real maps, not a constant
+
+
+def test_index_ranges_fitted_for_training_are_the_ones_prediction_uses(kelp, tmp_path, monkeypatch):
+    from foldnet import segmentation
+
+    _, data, run_dir, _, _ = kelp
+    manifest = dict(json.loads((data / "tfrec" / "manifest.json").read_text()), dir=str(data / "tfrec"))
+    assert set(json.loads((run_dir / "index_ranges.json").read_text())) == {"CIG"}  # written by training
+    monkeypatch.setattr(segmentation, "INDEX_FIT_TILES", 2)  # so that the tiles fitted on matter
+    cfg = _member_cfg(data, tmp_path / "r")
+    trained = segmentation.SegmentationTask().features(manifest, cfg).index_ranges
+    stored = json.loads((tmp_path / "r" / "index_ranges.json").read_text())
+    assert stored == {"CIG": list(trained["CIG"])}
+    # prediction on another fold set (other tiles first) in a new process: fitting again would differ ...
+    other = dict(manifest, folds=[dict(f, fold=1 - f["fold"]) for f in manifest["folds"]])
+    refit = segmentation.SegmentationTask().features(other, _member_cfg(data, tmp_path / "other")).index_ranges
+    assert refit["CIG"] != trained["CIG"]
+    # ... but the ranges stored in the run dir are read back
+    assert segmentation.SegmentationTask().features(other, cfg).index_ranges["CIG"] == trained["CIG"]
