@@ -198,7 +198,7 @@ def test_index_ranges_fitted_for_training_are_the_ones_prediction_uses(kelp, tmp
     _, data, run_dir, _, _ = kelp
     manifest = dict(json.loads((data / "tfrec" / "manifest.json").read_text()), dir=str(data / "tfrec"))
     assert set(json.loads((run_dir / "index_ranges.json").read_text())) == {"CIG"}  # written by training
-    monkeypatch.setattr(segmentation, "INDEX_FIT_TILES", 2)  # so that the tiles fitted on matter
+    monkeypatch.setattr(segmentation, "INDEX_FIT_TILES", 1)  # so that the tile fitted on matters
     cfg = _member_cfg(data, tmp_path / "r")
     trained = segmentation.SegmentationTask().features(manifest, cfg).index_ranges
     stored = json.loads((tmp_path / "r" / "index_ranges.json").read_text())
