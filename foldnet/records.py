@@ -40,23 +40,25 @@ def parse_example(serialized):
     return tf.io.parse_single_example(serialized, FEATURES)
 
 
-def _bytes(value):
+def bytes_feature(value):
+    """A tf.train.Feature holding one bytes value."""
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
-def _int(value):
+def int_feature(value):
+    """A tf.train.Feature holding one int64 value."""
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
 def make_example(image_id, image, label, label_str, height, width):
     """Serialized tf.train.Example with the FEATURES keys (label -1, label_str "" for test)."""
     feature = {
-        "id": _bytes(str(image_id).encode("utf-8")),
-        "image": _bytes(image),
-        "label": _int(label),
-        "label_str": _bytes(str(label_str).encode("utf-8")),
-        "height": _int(height),
-        "width": _int(width),
+        "id": bytes_feature(str(image_id).encode("utf-8")),
+        "image": bytes_feature(image),
+        "label": int_feature(label),
+        "label_str": bytes_feature(str(label_str).encode("utf-8")),
+        "height": int_feature(height),
+        "width": int_feature(width),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 

@@ -46,6 +46,8 @@ import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
+from .records import bytes_feature, int_feature
+
 TASK = "segmentation"
 
 FEATURES = {
@@ -58,10 +60,6 @@ FEATURES = {
 }
 
 
-def _bytes(value):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
 def make_example(tile_id, image, mask, valid, group=""):
     """Serialized example of one tile.
 
@@ -72,12 +70,12 @@ def make_example(tile_id, image, mask, valid, group=""):
     if image.ndim != 3:
         raise ValueError(f"image must be [H, W, C], got shape {image.shape}")
     feature = {
-        "id": _bytes(str(tile_id).encode("utf-8")),
-        "image": _bytes(image.astype(image.dtype.newbyteorder("<"), copy=False).tobytes()),
-        "mask": _bytes(b"" if mask is None else np.asarray(mask, np.uint8).tobytes()),
-        "valid": _bytes(np.asarray(valid, np.uint8).tobytes()),
-        "group": _bytes(str(group or "").encode("utf-8")),
-        "has_mask": tf.train.Feature(int64_list=tf.train.Int64List(value=[0 if mask is None else 1])),
+        "id": bytes_feature(str(tile_id).encode("utf-8")),
+        "image": bytes_feature(image.astype(image.dtype.newbyteorder("<"), copy=False).tobytes()),
+        "mask": bytes_feature(b"" if mask is None else np.asarray(mask, np.uint8).tobytes()),
+        "valid": bytes_feature(np.asarray(valid, np.uint8).tobytes()),
+        "group": bytes_feature(str(group or "").encode("utf-8")),
+        "has_mask": int_feature(0 if mask is None else 1),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
