@@ -1,4 +1,4 @@
-"""Streaming fold x TTA x member average of test predictions, and OOF alignment of members.
+"""Streaming fold x TTA x member average of test predictions, and streamed OOF reads of members by id.
 
 Reads the prediction files of Contract 2 through ``rundir``; rows are matched
 by ``ids``, never by row order.
@@ -148,32 +148,51 @@ def average_test(members, ids, weights=None, tta="mean", expected_fingerprint=No
     return total
 
 
-def align_oof(oofs, names):
-    """Restrict several ``(ids, labels, probs)`` to their common ids, in the first one's order.
+class MemberOOF:
+    """One member's OOF predictions opened for streaming (``rundir.open_oof``), read by id.
 
-    Returns ``(ids, labels, [probs, ...])``. DataError if members disagree on
-    an id's label or share no id.
+    ``ids``: every OOF id of the member, in fold order. ``read(ids, task,
+    tta)`` returns ``(targets, TTA-reduced float32 outputs)`` of those ids in
+    that order, decoding only their rows (the files are memory-mapped).
     """
-    common = set(oofs[0][0])
-    for ids, _, _ in oofs[1:]:
-        common &= set(ids)
-    ids = np.array([i for i in oofs[0][0] if i in common])
+
+    def __init__(self, run, sources):
+        self.run, self.sources = run, sources
+        self.ids = np.concatenate([s.ids for s in sources]) if sources else np.array([], str)
+        self._source = np.concatenate([np.full(len(s.ids), k) for k, s in enumerate(sources)])
+        self._row = np.concatenate([np.arange(len(s.ids)) for s in sources])
+        self._index = pd.Index(self.ids)
+
+    def read(self, ids, task, tta):
+        pos = self._index.get_indexer(np.asarray(ids))
+        if (pos < 0).any():
+            raise KeyError(f"{self.run}: no OOF prediction for ids {report.preview(np.asarray(ids)[pos < 0])}")
+        targets = outputs = None
+        for k, src in enumerate(self.sources):
+            take = np.flatnonzero(self._source[pos] == k)
+            if not len(take):
+                continue
+            rows = self._row[pos[take]]
+            order = np.argsort(rows, kind="stable")
+            t, o = src.read(rows[order], task)
+            o = reduce_tta(o, tta)
+            if targets is None:
+                targets = np.empty((len(pos), *t.shape[1:]), t.dtype)
+                outputs = np.empty((len(pos), *o.shape[1:]), o.dtype)
+            targets[take[order]] = t
+            outputs[take[order]] = o
+        return targets, outputs
+
+
+def common_oof_ids(members):
+    """The ids every member has OOF predictions for, in the first member's order; DataError if none."""
+    common = set(members[0].ids)
+    for m in members[1:]:
+        common &= set(m.ids)
+    ids = np.array([i for i in members[0].ids if i in common])
     if not len(ids):
-        raise DataError("the members' out-of-fold predictions share no id", [str(n) for n in names])
-    labels, probs_list, problems = None, [], []
-    for (m_ids, m_labels, m_probs), name in zip(oofs, names):
-        rows = pd.Index(m_ids).get_indexer(ids)
-        if labels is None:
-            labels = m_labels[rows]
-        else:
-            differ = (m_labels[rows] != labels).reshape(len(ids), -1).any(axis=1)
-            bad = ids[differ]
-            if len(bad):
-                problems.append(f"{name}: labels differ from {names[0]} for ids {report.preview(bad)}")
-        probs_list.append(m_probs[rows])
-    if problems:
-        raise DataError("members disagree on out-of-fold labels", problems)
-    return ids, labels, probs_list
+        raise DataError("the members' out-of-fold predictions share no id", [m.run for m in members])
+    return ids
 
 
 def blend(probs_list, weights):

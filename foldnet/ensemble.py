@@ -58,13 +58,14 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     # Fail early (before OOF work) if the test predictions cannot be ensembled.
     plans = scan_members(runs, "test", ids, spec.fingerprint())
 
-    rows, notes, weights, post, oof = oof_report(runs, weights, spec, fit_metric, fit, tta, task)
+    rows, notes, weights, post, oof = oof_report(runs, weights, spec, fit_metric, fit, tta, task,
+                                                 groups=task.groups(tfrec_dir))
     outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task)
     what = task.write_submission(ids, outputs, spec, template, out_path, k, post)
 
     stem = _stem(out_path)
     if oof is not None:  # e.g. segmentation: Dice vs threshold of the blend the threshold was fitted on
-        task.report(stem, *oof, f"Ensemble of {len(runs)} member(s): out-of-fold blend")
+        oof.report(stem, f"Ensemble of {len(runs)} member(s): out-of-fold blend")
     probs_path = save_probs(f"{stem}.probs.npz", ids, task.encode_outputs(outputs[None]), spec.fingerprint(),
                             runs, weights, plans)
     members = [{"model": r, "weight": float(w), "n_folds": len(hs)} for (r, hs), w in zip(plans, weights)]

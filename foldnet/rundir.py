@@ -249,6 +249,105 @@ class FoldOOF:
     tta_names: list
 
 
+# Elements of decoded outputs ([n_tta, rows, ...]) per block when OOF predictions are streamed.
+OOF_BLOCK_ELEMENTS = 1 << 24
+
+
+def open_array(path, key):
+    """Array ``key`` of an .npz file, memory-mapped when it is stored uncompressed (np.savez), else read.
+
+    A memory map reads only the rows a caller indexes, so callers can walk
+    an array much larger than memory in blocks.
+    """
+    import struct
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo(f"{key}.npy")
+            if info.compress_type == zipfile.ZIP_STORED:
+                with open(path, "rb") as f:
+                    f.seek(info.header_offset)
+                    local = f.read(30)
+                    name_len, extra_len = struct.unpack("<HH", local[26:30])
+                    start = info.header_offset + 30 + name_len + extra_len
+                    f.seek(start)
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = read(f)
+                    offset = f.tell()
+                if not dtype.hasobject and not fortran:
+                    if int(np.prod(shape, dtype=np.int64)) == 0:
+                        return np.zeros(shape, dtype)
+                    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
+        return read_arrays(path, [key])[0]
+    except READ_ERRORS as e:
+        raise _unreadable(path, e) from e
+
+
+@dataclasses.dataclass
+class OOFSource:
+    """One fold's OOF file opened for streaming: ``targets`` and ``stored`` outputs memory-mapped."""
+
+    fold: int
+    path: str
+    ids: np.ndarray
+    targets: np.ndarray        # [n, ...] as stored
+    stored: np.ndarray         # [n_tta, n, ...] as the task encoded them
+    tta_names: list
+
+    def block_rows(self, block_elements=None):
+        item = int(np.prod(self.stored.shape[2:], dtype=np.int64))
+        return max(1, int(block_elements or OOF_BLOCK_ELEMENTS) // max(1, self.stored.shape[0] * item))
+
+    def read(self, rows, task):
+        """(targets, decoded float32 outputs [n_tta, len(rows), ...]) of the rows ``rows`` (sorted ints or a slice)."""
+        return np.asarray(self.targets[rows]), task.decode_outputs(np.asarray(self.stored[:, rows]))
+
+    def blocks(self, task, problems, block_elements=None):
+        """Yield ``(ids, targets, outputs)`` blocks of rows in file order (outputs decoded, all views).
+
+        Checks every block (``task.invalid_targets``, finite outputs) and, once
+        the file is done, appends one problem per kind to ``problems`` naming
+        the file and the offending ids. Blocks are yielded even when they have
+        problems; callers raise after the pass.
+        """
+        n = len(self.ids)
+        step = self.block_rows(block_elements)
+        bad_target, nonfinite, reason = np.zeros(n, bool), np.zeros(n, bool), ""
+        for start in range(0, n, step):
+            rows = slice(start, min(n, start + step))
+            targets, outputs = self.read(rows, task)
+            bad, reason = task.invalid_targets(targets, outputs)
+            bad_target[rows] = bad
+            for view in outputs:
+                nonfinite[rows] |= nonfinite_rows(view)
+            yield self.ids[rows], targets, outputs
+        if nonfinite.any():
+            problems.append(nonfinite_problem(self.path, self.ids[nonfinite]))
+        if bad_target.any():
+            problems.append(f"{self.path}: {reason} for ids {report.preview(self.ids[bad_target])}")
+
+
+def open_oof(run_dir, expected_fingerprint=None):
+    """``OOFSource`` of every fold of a run (headers validated by ``oof_headers``), in fold order.
+
+    Only headers are read; the arrays are memory-mapped. DataError listing
+    every file whose arrays do not match its ids.
+    """
+    problems, out = [], []
+    for fold, h in oof_headers(run_dir, expected_fingerprint):
+        targets, stored = open_array(h.path, "labels"), open_array(h.path, "outputs")
+        n = len(h.ids)
+        if stored.shape != h.shape or targets.shape[:1] != (n,):
+            problems.append(f"{h.path}: outputs {stored.shape}, labels {targets.shape} for {n} ids")
+            continue
+        out.append(OOFSource(fold, h.path, h.ids, targets, stored, h.tta_names))
+    if problems:
+        raise DataError(f"{run_dir}: invalid out-of-fold predictions", problems)
+    return out
+
+
 def oof_headers(run_dir, expected_fingerprint=None):
     """Validated headers of every ``fold_*/oof.npz`` of a run, in fold order.
 
@@ -293,36 +392,29 @@ def oof_headers(run_dir, expected_fingerprint=None):
 
 
 def read_oof(run_dir, task, expected_fingerprint=None, reduce=None):
-    """Every fold's ``FoldOOF`` of a run, in fold order: the one reader of OOF predictions.
+    """Every fold's ``FoldOOF`` of a run, in fold order, held in memory (small runs, tests).
 
-    Headers are validated first (``oof_headers``); then the files are read one
+    Headers are validated first (``open_oof``); then the files are read one
     at a time, decoded with ``task.decode_outputs``, passed through ``reduce``
     (e.g. ``reduce_tta``, so only reduced arrays are held) and checked:
     targets of the right length and scorable (``task.invalid_targets``),
-    finite outputs. One DataError lists the problems of every file.
+    finite outputs. One DataError lists the problems of every file. Runs
+    too large for memory are streamed with ``open_oof`` and ``OOFSource.blocks``.
     """
     problems, out = [], []
-    for fold, h in oof_headers(run_dir, expected_fingerprint):
-        targets, stored = read_arrays(h.path, ["labels", "outputs"])
-        n = len(h.ids)
-        if stored.shape != h.shape or targets.shape[:1] != (n,):
-            problems.append(f"{h.path}: outputs {stored.shape}, labels {targets.shape} for {n} ids")
-            continue
-        outputs = task.decode_outputs(stored)
-        del stored
+    for src in open_oof(run_dir, expected_fingerprint):
+        targets, outputs = src.read(slice(None), task)
         bad, reason = task.invalid_targets(targets, outputs)
+        finite = np.zeros(len(src.ids), dtype=bool)
+        for view in outputs:
+            finite |= nonfinite_rows(view)
         if reduce is not None:
             outputs = reduce(outputs)
-            finite = nonfinite_rows(outputs)
-        else:
-            finite = np.zeros(n, dtype=bool)
-            for view in outputs:
-                finite |= nonfinite_rows(view)
         if finite.any():
-            problems.append(nonfinite_problem(h.path, h.ids[finite]))
+            problems.append(nonfinite_problem(src.path, src.ids[finite]))
         if bad.any():
-            problems.append(f"{h.path}: {reason} for ids {report.preview(h.ids[bad])}")
-        out.append(FoldOOF(fold, h.path, h.ids, targets, outputs, h.tta_names))
+            problems.append(f"{src.path}: {reason} for ids {report.preview(src.ids[bad])}")
+        out.append(FoldOOF(src.fold, src.path, src.ids, targets, outputs, src.tta_names))
     if problems:
         raise DataError(f"{run_dir}: invalid out-of-fold predictions", problems)
     return out

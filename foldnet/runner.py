@@ -93,7 +93,13 @@ def run_predict(cfg):
     if not cfg["images"]:
         raise ConfigError("--job predict needs --images FILE [FILE ...]")
     task = tasks.get(tasks.DEFAULT_TASK)
-    lm_path = os.path.join(cfg["run_dir"], task.spec_file)
+    trained_for = rundir.read_task(cfg["run_dir"]) if os.path.isdir(cfg["run_dir"]) else task.name
+    if trained_for != task.name:
+        # Its inputs depend on files of the run dir that trained the checkpoints (segmentation:
+        # index_ranges.json); the test job predicts with them, beside its own checkpoints.
+        raise ConfigError(f"--job predict takes image files of a {task.name} member; {cfg['run_dir']} is a "
+                          f"{trained_for} member: convert the tiles with create_tfrecords.py and run "
+                          "--job test (maps of the test tiles with that run dir's checkpoints and settings)")
     if not os.path.exists(lm_path):
         raise DataError(f"{cfg['run_dir']} has no {task.spec_file}", ["point --run_dir at a trained member"])
     label_map = task.read_spec(lm_path)
@@ -148,7 +154,7 @@ def run_jobs(cfg, jobs, extra_callbacks=()):
     if "score" in jobs:
         from . import scores
 
-        scores.score_run(cfg["run_dir"], spec, task=task)
+        scores.score_run(cfg["run_dir"], spec, task=task, groups=task.groups(cfg["tfrec_dir"]))
     if "subm" in jobs:
         from . import ensemble
 

@@ -1,49 +1,73 @@
 """The `score` job: out-of-fold scores of one member, per fold, per TTA variant and TTA mean.
 
-No TensorFlow here. Reads the run's OOF predictions through
-``rundir.read_oof`` (aligned by their ids), scores them with the task's
-``score`` and writes ``scores.json`` and ``scores.md`` in the run dir.
+No TensorFlow here. Streams the run's OOF predictions (``rundir.open_oof``:
+memory-mapped files, decoded a block of rows at a time) into the task's
+scorers (``task.scorer``), so memory does not grow with the number or size
+of the tiles; writes ``scores.json`` and ``scores.md`` in the run dir (and
+the task's report of all folds' TTA-mean OOF outputs, stem ``RUN_DIR/oof``).
 """
 import logging
 import os
 
-import numpy as np
-
 from . import fileio, report, rundir, tasks
+from .errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-def _rows_for(name, targets, outputs, tta_names, task, spec):
-    rows = []
-    for t, tta in enumerate(tta_names):
-        rows.append({"fold": name, "tta": str(tta), "n": len(targets), **task.score(targets, outputs[t], spec)})
-    if len(tta_names) > 1:
-        rows.append({"fold": name, "tta": "mean", "n": len(targets),
-                     **task.score(targets, outputs.mean(axis=0), spec)})
-    return rows
+def _scorers(task, spec, groups, n_views):
+    """One scorer per TTA view, plus one for the TTA mean when there are several views."""
+    return [task.scorer(spec, groups) for _ in range(n_views + (n_views > 1))]
 
 
-def score_run(run_dir, spec, task=None):
-    """Score every fold of ``run_dir`` that has OOF predictions. Returns the rows."""
+def _add(scorers, ids, targets, outputs, n_views):
+    for t in range(n_views):
+        scorers[t].add(targets, outputs[t], ids)
+    if n_views > 1:
+        scorers[n_views].add(targets, outputs[:n_views].mean(axis=0), ids)
+
+
+def _rows(name, n, scorers, tta_names):
+    names = list(tta_names) + (["mean"] if len(tta_names) > 1 else [])
+    return [{"fold": name, "tta": str(tta), "n": n, **s.scores()} for tta, s in zip(names, scorers)]
+
+
+def score_run(run_dir, spec, task=None, groups=None, block_elements=None):
+    """Score every fold of ``run_dir`` that has OOF predictions. Returns the rows.
+
+    groups: {id: group} for group scores (segmentation: location IoU), or None.
+    block_elements: decoded output elements per block (default ``rundir.OOF_BLOCK_ELEMENTS``).
+    """
     task = task or tasks.get(tasks.DEFAULT_TASK)
-    folds = rundir.read_oof(run_dir, task, expected_fingerprint=spec.fingerprint())
-    rows, tta_ref = [], None
-    for f in folds:
-        tta = f.tta_names or [f"view{t}" for t in range(len(f.outputs))]
-        rows += _rows_for(str(f.fold), f.targets, f.outputs, tta, task, spec)
+    sources = rundir.open_oof(run_dir, expected_fingerprint=spec.fingerprint())
+    tta_ref = None
+    for src in sources:
+        tta = src.tta_names or [f"view{t}" for t in range(src.stored.shape[0])]
         if tta_ref is None:
             tta_ref = tta
         elif tta != tta_ref:
             tta_ref = tta[:min(len(tta), len(tta_ref))] if tta[:1] == tta_ref[:1] else None
-    if tta_ref:
-        n = len(tta_ref)
-        outputs = np.concatenate([f.outputs[:n] for f in folds], axis=1)
-        targets = np.concatenate([f.targets for f in folds])
-        rows += _rows_for("all", targets, outputs, tta_ref, task, spec)
-        task.report(os.path.join(run_dir, "oof"), targets, outputs.mean(axis=0),
-                    f"{os.path.basename(os.path.normpath(run_dir))}: out-of-fold, all folds")
-    result = {"folds": [f.fold for f in folds], "rows": rows}
+    pooled = _scorers(task, spec, groups, len(tta_ref)) if tta_ref else None
+    rows, problems, n_all = [], [], 0
+    for src in sources:
+        tta = src.tta_names or [f"view{t}" for t in range(src.stored.shape[0])]
+        fold_scorers = _scorers(task, spec, groups, len(tta))
+        for ids, targets, outputs in src.blocks(task, problems, block_elements):
+            if problems:
+                continue  # keep checking the other blocks and files; nothing is scored
+            _add(fold_scorers, ids, targets, outputs, len(tta))
+            if pooled:
+                _add(pooled, ids, targets, outputs, len(tta_ref))
+        if not problems:
+            rows += _rows(str(src.fold), len(src.ids), fold_scorers, tta)
+        n_all += len(src.ids)
+    if problems:
+        raise DataError(f"{run_dir}: invalid out-of-fold predictions", problems)
+    if pooled:
+        rows += _rows("all", n_all, pooled, tta_ref)
+        pooled[-1].report(os.path.join(run_dir, "oof"),
+                          f"{os.path.basename(os.path.normpath(run_dir))}: out-of-fold, all folds")
+    result = {"folds": [s.fold for s in sources], "rows": rows}
     fileio.atomic_write_json(os.path.join(run_dir, "scores.json"), result)
     table = report.markdown_table(rows, ["fold", "tta", "n", *task.score_keys])
     title = f"# Out-of-fold scores: {os.path.basename(os.path.normpath(run_dir))}\n\n"

@@ -89,18 +89,16 @@ def pooled_iou(preds, truths, valids=None):
 def location_iou(preds, truths, locations, valids=None):
     """Mean over locations of (sum of intersections / sum of unions) of each location's tiles.
 
-    Returns (score, {location: iou}).
+    preds: binary predictions. Returns (score, {location: iou}).
     """
-    locations = [str(x) for x in locations]
-    per = {}
-    for (p, t, v), loc in zip(_tiles(preds, truths, valids), locations, strict=True):
-        tp, fp, fn = counts(p, t, v)
-        inter, union = per.get(loc, (0, 0))
-        per[loc] = (inter + tp, union + tp + fp + fn)
-    if not per:
+    preds, locations = list(preds), [str(x) for x in locations]
+    if len(locations) != len(preds):
+        raise ValueError(f"{len(locations)} locations for {len(preds)} tiles")
+    if not preds:
         raise ValueError("no tiles to score")
-    ious = {loc: (1.0 if u == 0 else i / u) for loc, (i, u) in sorted(per.items())}
-    return float(np.mean(list(ious.values()))), ious
+    acc = Scores(thresholds=[0.5], locations={str(k): loc for k, loc in enumerate(locations)})
+    acc.add([np.asarray(p).astype(bool) for p in preds], truths, range(len(preds)), valids)
+    return acc.location_iou()
 
 
 # ---------------------------------------------------------------- threshold fitting
@@ -168,6 +166,62 @@ def threshold_table(probs, truths, valids=None, thresholds=DEFAULT_THRESHOLDS, m
         curve.add(p, t, v)
     rows = curve.table()
     return rows, best_threshold(rows, metric)
+
+
+class Scores:
+    """Every OOF score of probability maps, accumulated block by block (memory: counters only).
+
+    ``add(probs, truths, ids)`` takes a block of tiles ([n, H, W] maps and
+    masks; ``ids`` needed only with ``locations``). Holds the pooled TP / FP /
+    FN at ``threshold`` (positive where prob >= threshold), the
+    ``ThresholdCurve`` and, with ``locations`` ({tile id: location}), each
+    location's sum of intersections and unions at ``threshold``. Adding the
+    tiles in any blocks gives the same results as adding them all at once.
+    """
+
+    def __init__(self, thresholds=DEFAULT_THRESHOLDS, threshold=0.5, locations=None):
+        self.curve = ThresholdCurve(thresholds)
+        self.threshold = float(threshold)
+        self.locations = locations
+        self.tp = self.fp = self.fn = 0
+        self.per_location = {}
+        self.n = 0
+
+    def add(self, probs, truths, ids=None, valids=None):
+        if self.locations is not None and ids is None:
+            raise ValueError("location scores need the tile ids")
+        ids = [None] * len(probs) if ids is None else [str(i) for i in ids]
+        for (p, t, v), tile in zip(_tiles(probs, truths, valids), ids, strict=True):
+            p = as_probs(p)
+            tp, fp, fn = counts(p >= self.threshold, t, v)
+            self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
+            if self.locations is not None:
+                if tile not in self.locations:
+                    raise ValueError(f"tile {tile!r} has no location")
+                loc = str(self.locations[tile])
+                inter, union = self.per_location.get(loc, (0, 0))
+                self.per_location[loc] = (inter + tp, union + tp + fp + fn)
+            self.curve.add(p, t, v)
+            self.n += 1
+        return self
+
+    def location_iou(self):
+        """(mean over locations of sum I / sum U, {location: iou}); (None, {}) without locations."""
+        if not self.per_location:
+            return None, {}
+        ious = {loc: (1.0 if u == 0 else i / u) for loc, (i, u) in sorted(self.per_location.items())}
+        return float(np.mean(list(ious.values()))), ious
+
+    def result(self, metric="dice"):
+        """{dice, iou[, location_iou], dice_best, threshold}: pooled at ``threshold`` and the best of the curve."""
+        rows = self.curve.table()
+        best = best_threshold(rows, metric)
+        out = {"dice": dice_from(self.tp, self.fp, self.fn), "iou": iou_from(self.tp, self.fp, self.fn)}
+        loc, _ = self.location_iou()
+        if loc is not None:
+            out["location_iou"] = loc
+        out.update({"dice_best": best["dice"], "threshold": best["threshold"]})
+        return out
 
 
 def write_threshold_report(rows, best, md_path, png_path=None, title="", metric="dice"):

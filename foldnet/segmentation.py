@@ -22,8 +22,10 @@ Prediction files: ``outputs`` uint8 ``[n_tta, n, H, W]`` (probability x 255,
 rounded; decoded as value / 255, the ``seg_metrics`` convention), ``labels``
 uint8 masks ``[n, H, W]`` (zeros for test tiles). Scores (pooled over all
 pixels of all tiles, as the competitions score): ``dice`` and ``iou`` at 0.5,
-``dice_best`` at the threshold ``threshold`` that maximises OOF Dice
-(``seg_metrics.threshold_table``). ``fit_post``: that threshold on the
+``location_iou`` when tiles.csv names groups (``groups``), ``dice_best`` at
+the threshold ``threshold`` that maximises OOF Dice; all accumulated tile
+block by tile block (``SegScorer`` over ``seg_metrics.Scores``), so the score
+job and the ensemble stream OOF maps of any size. ``fit_post``: that threshold on the
 ensemble's OOF blend; ``write_submission`` thresholds with it (0.5 without
 OOF) and writes one uint8 TIFF per test tile (``seg_submission``) named as
 the manifest's ``submission_naming``; a ``.tar`` path gives a tar.
@@ -123,11 +125,12 @@ class SegmentationTask(tasks.Task):
     name = "segmentation"
     spec_file = SPEC_FILE
     default_monitor = "val_dice"
-    score_keys = ("dice", "iou", "dice_best", "threshold")
+    score_keys = ("dice", "iou", "location_iou", "dice_best", "threshold")
     default_fit_metric = "dice"
     submission_name = "submission"
-    score_note = ("dice/iou: pooled over all pixels of all tiles at threshold 0.5; dice_best: the best pooled "
-                  "Dice over thresholds 0.05..0.95, reached at threshold.")
+    score_note = ("dice/iou: pooled over all pixels of all tiles at threshold 0.5; location_iou (when tiles.csv "
+                  "names groups): per location sum of intersections / sum of unions at 0.5, then the mean over "
+                  "locations; dice_best: the best pooled Dice over thresholds 0.05..0.95, reached at threshold.")
 
     def __init__(self):
         self._index_ranges = {}
@@ -320,16 +323,29 @@ class SegmentationTask(tasks.Task):
     # -- scoring
     @property
     def fit_metrics(self):
-        return {"dice": lambda t, o, s: seg_metrics.pooled_dice(o >= 0.5, t),
-                "dice_best": lambda t, o, s: seg_metrics.threshold_table(o, t)[1]["dice"]}
+        return {name: (lambda t, o, s, name=name: SegScorer().add(t, o).metric(name)) for name in ("dice", "dice_best")}
+
+    def scorer(self, spec, groups=None):
+        return SegScorer(groups)
+
+    def groups(self, tfrec_dir):
+        """{tile id: group} of ``tfrec_dir``'s tiles.csv when it names groups (locations), else None."""
+        from . import seg_data
+
+        path = fileio.join(str(tfrec_dir), "manifest.json") if tfrec_dir else None
+        if not path or not fileio.exists(path):
+            return None
+        manifest = fileio.read_json(path)
+        manifest["dir"] = str(tfrec_dir)
+        if not manifest.get("tiles_csv"):
+            return None
+        tiles = seg_data.read_tiles_csv(manifest)
+        if "group" not in tiles.columns or not (tiles["group"].astype(str) != "").any():
+            return None
+        return dict(zip(tiles["id"].astype(str), tiles["group"].astype(str)))
 
     def score(self, targets, outputs, spec):
-        targets = np.asarray(targets)
-        outputs = np.asarray(outputs)
-        tp, fp, fn = seg_metrics.pooled_counts(outputs >= 0.5, targets)
-        _, best = seg_metrics.threshold_table(outputs, targets)
-        return {"dice": seg_metrics.dice_from(tp, fp, fn), "iou": seg_metrics.iou_from(tp, fp, fn),
-                "dice_best": best["dice"], "threshold": best["threshold"]}
+        return SegScorer().add(targets, outputs).scores()
 
     def invalid_targets(self, targets, outputs):
         targets = np.asarray(targets)
@@ -339,14 +355,11 @@ class SegmentationTask(tasks.Task):
         return (targets.reshape(n, -1) > 1).any(axis=1), "mask values other than 0/1"
 
     def fit_post(self, targets, outputs, spec):
-        _, best = seg_metrics.threshold_table(outputs, targets)
-        return {"threshold": float(best["threshold"])}
+        return SegScorer().add(targets, outputs).post()
 
     def report(self, stem, targets, outputs, title):
         """Dice-vs-threshold table and curve (``stem``.threshold.md / .png) of OOF maps; returns the paths."""
-        rows, best = seg_metrics.threshold_table(outputs, targets)
-        return seg_metrics.write_threshold_report(rows, best, f"{stem}.threshold.md", f"{stem}.threshold.png",
-                                                  title=title)
+        return SegScorer().add(targets, outputs).report(stem, title)
 
     # -- submission
     def test_ids(self, template_path):
@@ -375,6 +388,38 @@ class SegmentationTask(tasks.Task):
             for tile_id, prob in zip(ids, outputs):
                 writer.add(tile_id, (prob >= threshold).astype(np.uint8))
         return f"{len(ids)} tiles, threshold {threshold:.2f}, {'tar' if tar else 'directory'}"
+
+
+class SegScorer:
+    """``Task.scorer`` of segmentation: ``seg_metrics.Scores`` fed block by block (memory: counters only).
+
+    With ``groups`` ({tile id: location}) the scores include ``location_iou``
+    (On Cloud N's validation metric).
+    """
+
+    def __init__(self, groups=None):
+        self.acc = seg_metrics.Scores(locations=groups)
+
+    def add(self, targets, outputs, ids=None):
+        self.acc.add(outputs, targets, ids if self.acc.locations is not None else None)
+        return self
+
+    def scores(self):
+        return self.acc.result()
+
+    def metric(self, name):
+        result = self.acc.result()
+        if name not in result:
+            raise ValueError(f"unknown segmentation fit metric {name!r}")
+        return result[name]
+
+    def post(self):
+        return {"threshold": float(self.acc.result()["threshold"])}
+
+    def report(self, stem, title):
+        rows = self.acc.curve.table()
+        return seg_metrics.write_threshold_report(rows, seg_metrics.best_threshold(rows), f"{stem}.threshold.md",
+                                                  f"{stem}.threshold.png", title=title)
 
 
 TASK = tasks.register(SegmentationTask())

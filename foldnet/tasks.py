@@ -107,6 +107,19 @@ Scoring (no TensorFlow; light processes)
   ``{"threshold": 0.48}``, or None (classification: None). Reported in the
   ensemble's scores.md and passed to ``write_submission``.
 
+Streaming scores (the score job and the ensemble never hold all OOF outputs)
+
+- ``scorer(spec, groups=None)``: an accumulator with ``add(targets, outputs,
+  ids)`` (one block of TTA-reduced ``[b, ...]`` rows; called block after
+  block), ``scores()`` (the dict ``score`` would return for all rows added),
+  ``metric(name)`` (a ``fit_metrics`` value), ``post()`` (``fit_post``) and
+  ``report(stem, title)`` (``report``). ``groups``: {id: group} of the rows
+  (e.g. tiles.csv locations) or None. Default (``CollectScorer``): keeps the
+  blocks and calls ``score`` / ``fit_post`` / ``report`` on them, right for
+  small outputs such as class probabilities; segmentation accumulates counts.
+- ``groups(tfrec_dir)``: {id: group} for ``scorer`` from a TFRecord
+  directory, or None (default).
+
 Reports (optional)
 
 - ``report(stem, targets, outputs, title)``: extra files about TTA-reduced
@@ -129,6 +142,8 @@ Submission
 """
 import importlib
 import os
+
+import numpy as np
 
 from .errors import ConfigError
 
@@ -225,6 +240,12 @@ class Task:
     def report(self, stem, targets, outputs, title):
         return []
 
+    def scorer(self, spec, groups=None):
+        return CollectScorer(self, spec)
+
+    def groups(self, tfrec_dir):
+        return None
+
     # -- submission
     def default_template(self, data_dir, tfrec_dir):
         return os.path.join(data_dir, "sample_submission.csv")
@@ -237,6 +258,34 @@ class Task:
 
     def __repr__(self):
         return f"<task {self.name}>"
+
+
+class CollectScorer:
+    """Default ``Task.scorer``: keeps the added blocks and scores their concatenation."""
+
+    def __init__(self, task, spec):
+        self.task, self.spec = task, spec
+        self._targets, self._outputs = [], []
+
+    def add(self, targets, outputs, ids=None):
+        self._targets.append(np.asarray(targets))
+        self._outputs.append(np.asarray(outputs))
+        return self
+
+    def _all(self):
+        return np.concatenate(self._targets), np.concatenate(self._outputs)
+
+    def scores(self):
+        return self.task.score(*self._all(), self.spec)
+
+    def metric(self, name):
+        return self.task.fit_metrics[name](*self._all(), self.spec)
+
+    def post(self):
+        return self.task.fit_post(*self._all(), self.spec)
+
+    def report(self, stem, title):
+        return self.task.report(stem, *self._all(), title)
 
 
 def register(task):

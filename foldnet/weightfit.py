@@ -18,8 +18,8 @@ import dataclasses
 
 import numpy as np
 
-from . import rundir, tasks
-from .averaging import align_oof, blend
+from . import report, rundir, tasks
+from .averaging import MemberOOF, blend, common_oof_ids
 from .errors import DataError
 
 
@@ -37,34 +37,43 @@ class WeightFit:
 def fit_weights(oof_list, labels, label_map, metric="map5", resolution=8, max_steps=200, task=None):
     """Non-negative member weights summing to 1 that maximise an OOF metric.
 
-    oof_list: aligned [n, C] OOF probabilities of each member (``align_oof``);
+    oof_list: aligned [n, C] OOF probabilities of each member held in memory;
     labels: [n] true class indices. ``metric`` is a key of
     the task's ``fit_metrics`` (classification: ``metrics.METRICS``; default
     ``map5``, see module doc). Pattern search on
     the simplex grid (module doc); strict improvements only, so ``after >=
-    before`` (equal weights).
+    before`` (equal weights). ``oof_report`` runs the same search streaming.
     """
     fit_metrics = (task or tasks.get(tasks.DEFAULT_TASK)).fit_metrics
     if metric not in fit_metrics:
         raise ValueError(f"metric must be one of {sorted(fit_metrics)}, got {metric!r}")
     score_fn = fit_metrics[metric]
-    n = len(oof_list)
-    if n == 0:
+    if len(oof_list) == 0:
         raise ValueError("no members to weight")
+    return pattern_search(lambda ws: [score_fn(labels, blend(oof_list, w), label_map) for w in ws],
+                          len(oof_list), metric, resolution, max_steps)
+
+
+def pattern_search(score_many, n, metric, resolution=8, max_steps=200):
+    """The search of ``fit_weights`` (module doc) over ``score_many(list of weight vectors) -> scores``.
+
+    Each step's untried candidates are scored in one call, so a streaming
+    ``score_many`` makes one pass over the data per step.
+    """
     units = resolution * n
     cache = {}
 
-    def score(counts):
-        key = tuple(counts)
-        if key not in cache:
-            cache[key] = score_fn(labels, blend(oof_list, np.asarray(counts) / units), label_map)
-        return cache[key]
+    def scores(cands):
+        todo = [c for c in dict.fromkeys(tuple(c) for c in cands) if c not in cache]
+        if todo:
+            cache.update(zip(todo, score_many([np.asarray(c) / units for c in todo])))
+        return [cache[tuple(c)] for c in cands]
 
     counts = [resolution] * n
-    before = best = score(counts)
+    before = best = scores([counts])[0]
     step, accepted = max(1, resolution // 2), 0
     while n > 1 and step >= 1 and accepted < max_steps:
-        move, move_score = None, best
+        cands = []
         for i in range(n):
             for j in range(n):
                 if i == j or counts[j] < step:
@@ -72,9 +81,11 @@ def fit_weights(oof_list, labels, label_map, metric="map5", resolution=8, max_st
                 cand = list(counts)
                 cand[i] += step
                 cand[j] -= step
-                s = score(cand)
-                if s > move_score:
-                    move, move_score = cand, s
+                cands.append(cand)
+        move, move_score = None, best
+        for cand, s in zip(cands, scores(cands)):
+            if s > move_score:
+                move, move_score = cand, s
         if move is None:
             step //= 2
         else:
@@ -82,15 +93,61 @@ def fit_weights(oof_list, labels, label_map, metric="map5", resolution=8, max_st
     return WeightFit(np.asarray(counts, dtype=np.float64) / units, metric, before, best, accepted)
 
 
-def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None):
+def _member(run, task, spec, groups, tta, block_elements):
+    """(MemberOOF, scores of the member's TTA-reduced OOF), streamed; DataError if its OOF is invalid."""
+    sources = rundir.open_oof(run)
+    scorer, problems = task.scorer(spec, groups), []
+    for src in sources:
+        for ids, targets, outputs in src.blocks(task, problems, block_elements):
+            if not problems:
+                scorer.add(targets, rundir.reduce_tta(outputs, tta), ids)
+    if problems:
+        raise DataError(f"{run}: invalid out-of-fold predictions", problems)
+    return MemberOOF(run, sources), scorer.scores()
+
+
+def _blend_pass(members, ids, weight_sets, task, spec, groups, tta, block_elements=None, check_labels=False):
+    """One pass over the members' OOF rows ``ids`` in blocks: a scorer per weight vector of ``weight_sets``.
+
+    With ``check_labels``, DataError naming every member whose targets differ
+    from the first member's (and the ids).
+    """
+    scorers = [task.scorer(spec, groups) for _ in weight_sets]
+    step = members[0].sources[0].block_rows(block_elements)
+    differ = [[] for _ in members]
+    for start in range(0, len(ids), step):
+        block = ids[start:start + step]
+        labels, probs = None, []
+        for k, m in enumerate(members):
+            targets, outputs = m.read(block, task, tta)
+            if labels is None:
+                labels = targets
+            elif check_labels:
+                differ[k].extend(block[(targets != labels).reshape(len(block), -1).any(axis=1)])
+            probs.append(outputs)
+        for scorer, w in zip(scorers, weight_sets):
+            scorer.add(labels, blend(probs, w), block)
+    problems = [f"{m.run}: labels differ from {members[0].run} for ids {report.preview(bad)}"
+                for m, bad in zip(members, differ) if bad]
+    if problems:
+        raise DataError("members disagree on out-of-fold labels", problems)
+    return scorers
+
+
+def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None, groups=None, block_elements=None):
     """OOF scores of each member and of the ensemble; returns ``(rows, notes, final_weights, post, oof)``.
 
-    ``oof`` is ``(targets, blended outputs)`` of the ensemble's OOF blend with
-    the final weights, or None when the ensemble has no OOF predictions.
+    Streams the OOF files (``rundir.open_oof``: a block of rows at a time),
+    so memory holds counters and one block per member, not the OOF maps;
+    each weight-fitting step is one pass over the members' files.
 
-    ``post`` is what the task's ``fit_post`` fitted on the ensemble's OOF
-    blend with the final weights (e.g. a decision threshold), or None when
-    the ensemble has no OOF predictions or the task fits nothing.
+    ``oof`` is the task's scorer of the ensemble's OOF blend with the final
+    weights (``oof.report(stem, title)`` writes the task's report), or None
+    when the ensemble has no OOF predictions.
+
+    ``post`` is what the task fitted on that blend (``scorer.post()``, e.g.
+    a decision threshold), or None when the ensemble has no OOF predictions
+    or the task fits nothing. ``groups``: {id: group} for group scores.
 
     Members without (valid) OOF predictions are named in ``notes`` and left
     out; the ensemble rows blend the scored members only. With ``fit`` and at
@@ -99,42 +156,48 @@ def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None)
     its final weight in the test average.
     """
     task = task or tasks.get(tasks.DEFAULT_TASK)
-    rows, notes, oofs, scored, post, oof = [], [], [], [], None, None
+    rows, notes, members, scored, post, oof = [], [], [], [], None, None
     for idx, run in enumerate(runs):
         try:
-            ids, labels, probs = rundir.load_oof(run, task, tta)
+            member, scores = _member(run, task, label_map, groups, tta, block_elements)
         except DataError as e:
             notes.append(f"OOF scoring skipped for {run}: " + "; ".join(e.problems[:5] or [e.summary]))
             continue
-        oofs.append((ids, labels, probs))
+        members.append(member)
         scored.append(idx)
-        rows.append({"model": run, "n_oof": len(ids), **task.score(labels, probs, label_map)})
+        rows.append({"model": run, "n_oof": len(member.ids), **scores})
     final = np.asarray(weights, dtype=np.float64)
     share = final[scored].sum()
-    if not oofs or share == 0:
+    if not members or share == 0:
         notes.append("no weighted member has OOF predictions: ensemble not scored")
     else:
-        if len(oofs) < len(runs):
-            notes.append(f"ensemble rows blend the {len(oofs)} members with OOF predictions")
-        ids, labels, probs_list = align_oof(oofs, [runs[i] for i in scored])
-        if any(len(ids) < len(o[0]) for o in oofs):
+        if len(members) < len(runs):
+            notes.append(f"ensemble rows blend the {len(members)} members with OOF predictions")
+        ids = common_oof_ids(members)
+        if any(len(ids) < len(m.ids) for m in members):
             notes.append(f"ensemble OOF scored on the {len(ids)} ids all scored members share")
+
+        def run_pass(weight_sets, check_labels=False):
+            return _blend_pass(members, ids, weight_sets, task, label_map, groups, tta, block_elements, check_labels)
+
         label = "ensemble (equal weights)" if np.allclose(final, final[0]) else "ensemble (given weights)"
-        rows.append({"model": label, "n_oof": len(ids),
-                     **task.score(labels, blend(probs_list, final[scored] / share), label_map)})
-        if fit and len(oofs) >= 2:
-            result = fit_weights(probs_list, labels, label_map, metric=fit_metric, task=task)
+        oof = run_pass([final[scored] / share], check_labels=True)[0]
+        rows.append({"model": label, "n_oof": len(ids), **oof.scores()})
+        if fit and len(members) >= 2:
+            if fit_metric not in task.fit_metrics:
+                raise ValueError(f"metric must be one of {sorted(task.fit_metrics)}, got {fit_metric!r}")
+            result = pattern_search(lambda ws: [s.metric(fit_metric) for s in run_pass(ws)], len(members),
+                                    fit_metric)
             final = final.copy()
             final[scored] = result.weights * share
-            rows.append({"model": "ensemble (fitted weights)", "n_oof": len(ids),
-                         **task.score(labels, blend(probs_list, result.weights), label_map)})
+            fitted, oof = run_pass([result.weights, final[scored] / share])
+            rows.append({"model": "ensemble (fitted weights)", "n_oof": len(ids), **fitted.scores()})
             notes.append(f"fitted on OOF {result.metric}: {result.before:.4f} (equal) -> {result.after:.4f} "
                          f"in {result.steps} moves")
-        oof = (labels, blend(probs_list, final[scored] / share))
-        post = task.fit_post(*oof, label_map)
+        post = oof.post()
         if post:
             notes.append("fitted on the ensemble's OOF: " + ", ".join(f"{k} = {v}" for k, v in post.items()))
-    if fit and (len(oofs) < 2 or share == 0):
+    if fit and (len(members) < 2 or share == 0):
         notes.append("--fit_weights: fewer than 2 members with OOF predictions, weights unchanged")
     for row, idx in zip(rows, scored):
         row["weight"] = float(final[idx])
