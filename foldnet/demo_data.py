@@ -297,10 +297,11 @@ def build_photo_dataset(out_dir, n_individuals=36, per_individual=12, size=100, 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Build a bundled demo dataset (Turtle Recall layout).")
-    p.add_argument("--kind", choices=("digits", "photos", "kelp"), default="digits",
+    p.add_argument("--kind", choices=("digits", "photos", "kelp", "cloud"), default="digits",
                    help="digits: the make-demo dataset; photos: ~100 px photos of a few dozen individuals, "
                         "a stand-in for your own small re-identification dataset; kelp: synthetic Kelp Wanted "
-                        "tiles in the real layout (foldnet.seg_demo_data) (default: %(default)s)")
+                        "tiles in the real layout (foldnet.seg_demo_data); cloud: synthetic On Cloud N chips in the real "
+                        "layout (--n_places locations x --acquisitions chips) (default: %(default)s)")
     p.add_argument("--out_dir", default=None,
                    help="where to write it (a folder this tool built before is replaced; any other existing folder is "
                         "refused) (default: data/demo for digits, data/photos for photos)")
@@ -325,6 +326,12 @@ def main(argv=None):
 
         out_dir = a.out_dir or "data/kelp_demo"
         rc = run_main(build_kelp_dataset, out_dir, n_places=a.n_places, acquisitions=a.acquisitions,
+                      size=a.image_size or 64, seed=a.seed)
+    elif a.kind == "cloud":
+        from .seg_demo_data import build_cloud_dataset
+
+        out_dir = a.out_dir or "data/cloud_demo"
+        rc = run_main(build_cloud_dataset, out_dir, n_locations=a.n_places, chips_per_location=a.acquisitions,
                       size=a.image_size or 64, seed=a.seed)
     elif a.kind == "digits":
         out_dir = a.out_dir or "data/demo"

@@ -157,3 +157,91 @@ def build_kelp_dataset(out_dir, n_places=40, acquisitions=4, size=64, test_fract
         pd.DataFrame(places, columns=["tile_id", "place", "split"]).to_csv(
             os.path.join(tmp, "places.csv"), index=False)
     return out_dir
+
+
+# ---------------------------------------------------------------- On Cloud N (``--kind cloud``)
+
+CLOUD_CHIP_BANDS = ("B02", "B03", "B04", "B08")  # Sentinel-2 blue, green, red, NIR
+# Surface reflectance in band order B02, B03, B04, B08.
+SURFACES = {"water": np.array([0.06, 0.05, 0.03, 0.02]), "vegetation": np.array([0.04, 0.08, 0.05, 0.35]),
+            "bare": np.array([0.12, 0.15, 0.19, 0.25]), "snow": np.array([0.80, 0.78, 0.75, 0.60])}
+CLOUD_REFL = np.array([0.55, 0.55, 0.56, 0.58])
+
+
+def make_cloud_chip(rng, surface, size):
+    """(bands uint16 [4, size, size] as Sentinel-2 L2A DN = reflectance x 10000, cloud mask uint8)."""
+    refl = np.zeros((size, size, 4))
+    for name, share in surface.items():
+        refl += share[..., None] * SURFACES[name]
+    refl *= rng.uniform(0.85, 1.15)
+    opacity = np.zeros((size, size))
+    if rng.random() < 0.75:  # a quarter of the chips are clear
+        opacity = np.clip(_field(rng, size, size / rng.uniform(5, 10)) - rng.uniform(-0.8, 1.2), 0, 0.8) / 0.8
+    refl = refl * (1 - opacity[..., None]) + CLOUD_REFL * opacity[..., None]
+    refl += rng.normal(0, 0.01, refl.shape)
+    dn = np.clip(np.rint(refl * 10000), 1, 65535).astype(np.uint16)  # 0 is the missing value
+    return np.moveaxis(dn, -1, 0), (opacity > 0.3).astype(np.uint8)  # thin cloud edges are not labelled
+
+
+def make_location_surface(rng, size):
+    """Cover shares of one location: land/water from a smooth field; some locations snowy or desert."""
+    land = 1 / (1 + np.exp(-3 * (_field(rng, size, size / 6) + rng.uniform(-1, 1))))
+    kind = rng.choice(["vegetation", "bare", "snow"], p=[0.5, 0.3, 0.2])
+    patches = 1 / (1 + np.exp(-3 * _field(rng, size, size / 8)))
+    surface = {"water": 1 - land, "vegetation": land * (1 - patches) if kind != "vegetation" else land}
+    if kind != "vegetation":
+        surface[kind] = land * patches  # bright ground: snow / desert, confusable with cloud by brightness
+    return surface
+
+
+def _chip_id(key, used):
+    """A chip id of four lowercase letters like On Cloud N's, unique within ``used`` (added to it)."""
+    for attempt in range(1000):
+        h = hashlib.sha1(f"foldnet-cloud-{key}-{attempt}".encode()).digest()
+        chip = "".join(chr(97 + b % 26) for b in h[:4])
+        if chip not in used:
+            used.add(chip)
+            return chip
+    raise RuntimeError("no free chip id")
+
+
+def build_cloud_dataset(out_dir, n_locations=12, chips_per_location=4, size=64, test_fraction=0.25, seed=0):
+    """Write a synthetic On Cloud N dataset in the real layout into ``out_dir`` (replaced atomically, only if
+    this tool built it); return its path.
+
+    ``train_features/<chip>/{B02,B03,B04,B08}.tif`` (uint16), ``train_labels/<chip>.tif``
+    (uint8 0/1), ``train_metadata.csv`` (chip_id, location, datetime), ``test_features/``,
+    ``test_metadata.csv``, and ``answers/<chip>.tif`` (the hidden test masks). Chips of one
+    location share its ground (water, vegetation, bright snow or desert patches); clouds are
+    smooth bright fields, their thin edges unlabelled. Test chips come from held-out locations.
+    """
+    import tifffile
+
+    from .demo_data import dataset_dir
+    from .errors import ConfigError
+
+    if n_locations < 4 or chips_per_location < 1 or size < 16:
+        raise ConfigError("need --n_places >= 4, --acquisitions >= 1 and --image_size >= 16")
+    rng = np.random.default_rng(seed)
+    n_test = max(1, int(round(n_locations * test_fraction)))
+    test_locations = set(rng.permutation(n_locations)[:n_test].tolist())
+    rows, used = {"train": [], "test": []}, set()
+    with dataset_dir(out_dir, "cloud", ("train_features", "train_labels", "test_features", "answers")) as tmp:
+        for loc in range(n_locations):
+            surface = make_location_surface(rng, size)
+            split = "test" if loc in test_locations else "train"
+            for c in range(chips_per_location):
+                chip = _chip_id(f"{seed}-{loc}-{c}", used)
+                bands, mask = make_cloud_chip(rng, surface, size)
+                folder = os.path.join(tmp, f"{split}_features", chip)
+                os.makedirs(folder)
+                for name, band in zip(CLOUD_CHIP_BANDS, bands):
+                    tifffile.imwrite(os.path.join(folder, f"{name}.tif"), band)
+                tifffile.imwrite(os.path.join(tmp, "train_labels" if split == "train" else "answers", f"{chip}.tif"),
+                                 mask)
+                day = f"2020-{1 + (loc + c) % 12:02d}-{1 + c % 28:02d}T10:{c % 60:02d}:00Z"
+                rows[split].append((chip, f"loc_{loc:02d}", day))
+        for split, r in rows.items():
+            pd.DataFrame(r, columns=["chip_id", "location", "datetime"]).to_csv(
+                os.path.join(tmp, f"{split}_metadata.csv"), index=False)
+    return out_dir
