@@ -100,6 +100,7 @@ def run_predict(cfg):
         raise ConfigError(f"--job predict takes image files of a {task.name} member; {cfg['run_dir']} is a "
                           f"{trained_for} member: convert the tiles with create_tfrecords.py and run "
                           "--job test (maps of the test tiles with that run dir's checkpoints and settings)")
+    lm_path = os.path.join(cfg["run_dir"], task.spec_file)
     if not os.path.exists(lm_path):
         raise DataError(f"{cfg['run_dir']} has no {task.spec_file}", ["point --run_dir at a trained member"])
     label_map = task.read_spec(lm_path)
