@@ -11,7 +11,7 @@ DEMO_RUNS ?= models
 SEG_DEMO_DIR ?= data/kelp_demo
 
 # bench_small_data.py (recipes on a small photo dataset, ~40 min) runs with `make bench-small-data`.
-BENCHES := writer seg_writer pipeline seg_pipeline augment models tta ensemble
+BENCHES := writer seg_writer pipeline seg_pipeline augment models tta ensemble seg_ensemble
 
 .PHONY: install test demo demo-seg bench bench-small-data clean-demo
 

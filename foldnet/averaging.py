@@ -6,8 +6,8 @@ by ``ids``, never by row order.
 Test average: ``sum_m w_m * mean_folds(mean_tta(outputs))`` with the member
 weights normalised to sum 1. It streams: every file is checked first from its
 ids and array header only (all problems reported together), then the files
-are read one at a time, decoded by the task, and added to a float32 running
-sum in row blocks, so memory holds the running sum, one prediction array and
+are read one at a time (memory-mapped), decoded by the task, and added to a
+float32 running sum in row blocks, so memory holds the running sum and
 block-sized temporaries. Outputs may have any item shape (``[n_tta, n,
 ...]``: class probabilities, probability maps).
 
@@ -134,7 +134,8 @@ def average_test(members, ids, weights=None, tta="mean", expected_fingerprint=No
         if wm == 0:
             continue
         for head in headers:
-            file_ids, outputs = rundir.read_arrays(head.path, ["ids", "outputs"])
+            file_ids, = rundir.read_arrays(head.path, ["ids"])
+            outputs = rundir.open_array(head.path, "outputs")  # memory-mapped: rows read block by block
             file_ids = file_ids.astype(str)
             if outputs.shape != head.shape or not np.array_equal(file_ids, head.ids):
                 raise DataError(f"{head.path}: changed while ensembling", [f"{head.path}: re-run the ensemble"])

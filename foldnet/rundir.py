@@ -250,7 +250,7 @@ class FoldOOF:
 
 
 # Elements of decoded outputs ([n_tta, rows, ...]) per block when OOF predictions are streamed.
-OOF_BLOCK_ELEMENTS = 1 << 24
+OOF_BLOCK_ELEMENTS = 1 << 22
 
 
 def open_array(path, key):

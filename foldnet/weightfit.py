@@ -113,7 +113,7 @@ def _blend_pass(members, ids, weight_sets, task, spec, groups, tta, block_elemen
     from the first member's (and the ids).
     """
     scorers = [task.scorer(spec, groups) for _ in weight_sets]
-    step = members[0].sources[0].block_rows(block_elements)
+    step = max(1, members[0].sources[0].block_rows(block_elements) // len(members))  # one block in all
     differ = [[] for _ in members]
     for start in range(0, len(ids), step):
         block = ids[start:start + step]
