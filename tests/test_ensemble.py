@@ -194,15 +194,16 @@ def test_streaming_holds_one_prediction_array_at_a_time(tmp_path, monkeypatch):
         runs.append(str(tmp_path / f"m{m}"))
 
     alive, most_alive = [], []
-    real = rundir.read_arrays
+    real = rundir.open_array
 
-    def tracking(path, keys):
-        arrays = real(path, keys)
-        most_alive.append(sum(r() is not None for r in alive))   # earlier arrays still held
-        alive.append(weakref.ref(arrays[keys.index("outputs")]))
-        return arrays
+    def tracking(path, key):
+        array = real(path, key)
+        if key == "outputs":
+            most_alive.append(sum(r() is not None for r in alive))   # earlier arrays still held
+            alive.append(weakref.ref(array))
+        return array
 
-    monkeypatch.setattr(rundir, "read_arrays", tracking)
+    monkeypatch.setattr(rundir, "open_array", tracking)
     tracemalloc.start()
     try:
         result = averaging.average_test(runs, ids)
