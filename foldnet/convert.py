@@ -23,7 +23,7 @@ from .errors import ConfigError, DataError
 from .labels import DEFAULT_NEW_LABEL, LabelMap
 
 DEFAULT_SHARD_SIZE = "150MB"
-_OUTPUT_NAMES = {"manifest.json", "label_map.json", "folds.csv", "tiles.csv"}
+_OUTPUT_NAMES = {"manifest.json", "label_map.json", "folds.csv", "tiles.csv", "chips.csv"}
 
 
 def say(msg):
@@ -555,14 +555,18 @@ def build_parser():
                     help="largest image accepted, in pixels (width x height); a larger one is a bad image")
     se = p.add_argument_group("segmentation layouts (--layout kelp|cloud|seg; kelp and cloud are recognised "
                               "from DATA_DIR's folders)")
-    se.add_argument("--layout", choices=("classification",) + SEG_LAYOUTS,
+    se.add_argument("--layout", choices=("classification",) + SEG_LAYOUTS + TEMPORAL_LAYOUTS,
                     help="classification (default): Turtle Recall or generic CSV of labelled images; kelp: Kelp "
                          "Wanted (train_satellite/, train_kelp/, metadata_fTq0l2T.csv); cloud: On Cloud N "
                          "(train_features/<chip>/B0x.tif, train_labels/, train_metadata.csv); seg: generic CSV "
-                         "of tiles (--train_csv with --id_col, --image_col, --mask_col, --group_col)")
+                         "of tiles (--train_csv with --id_col, --image_col, --mask_col, --group_col); biomassters: The "
+                         "BioMassters (train_features/{chip}_S1|S2_{MM}.tif, train_agbm/; recognised from DATA_DIR); "
+                         "temporal: generic CSV of [T, H, W, C] chips (--train_csv with --id_col, --image_col, "
+                         "--target_col)")
     se.add_argument("--image_col", help="seg: column of the tile's multi-band TIFF, or a pattern with {band} "
                     "naming one TIFF per band of --bands (default: image)")
     se.add_argument("--mask_col", help="seg: column of the mask TIFF, uint8 0/1 (default: mask)")
+    se.add_argument("--target_col", help="temporal: column of the target TIFF [H, W] (default: target)")
     se.add_argument("--bands", help="seg: comma-separated band names (default: b0, b1, ... from the first tile)")
     se.add_argument("--missing_value", type=float, help="seg: pixel value meaning missing (default: none)")
     se.add_argument("--stratify_bins", type=int, default=3, help="segmentation folds are stratified on "
@@ -578,7 +582,8 @@ def build_parser():
 
 
 SEG_LAYOUTS = ("kelp", "cloud", "seg")
-SEG_FLAGS = ("image_col", "mask_col", "bands", "missing_value", "stratify_bins")
+SEG_FLAGS = ("image_col", "mask_col", "bands", "missing_value", "stratify_bins", "target_col")
+TEMPORAL_LAYOUTS = ("biomassters", "temporal")
 _CLASSIFICATION_ONLY = {"images_dir": None, "label_col": "label", "path_col": None, "path_pattern": None,
                         "known_labels_csv": None, "max_side": None, "jpeg_quality": 95,
                         "new_label": DEFAULT_NEW_LABEL, "max_pixels": images.DEFAULT_MAX_PIXELS,
@@ -587,8 +592,29 @@ _CLASSIFICATION_ONLY = {"images_dir": None, "label_col": "label", "path_col": No
 
 def detect_seg_layout(data_dir):
     from .seg_layouts import detect_layout
+    from .temporal_layouts import detect_layout as detect_temporal
 
-    return detect_layout(data_dir)
+    return detect_temporal(data_dir) or detect_layout(data_dir)
+
+
+def create_temporal(layout, kwargs, seg_kwargs):
+    """create_tfrecords.py with a temporal layout (foldnet.temporal_convert)."""
+    from .temporal_convert import create_temporal_tfrecords
+
+    foreign = [f"--{k}" for k, default in _CLASSIFICATION_ONLY.items() if kwargs.get(k) != default]
+    foreign += ["--mask_col"] if seg_kwargs["mask_col"] else []
+    foreign += ["--group_col"] if kwargs["group_col"] else []
+    foreign += ["--group_duplicates"] if kwargs["group_duplicates"] is not None else []
+    if foreign:
+        raise ConfigError(f"{', '.join(foreign)} do not apply to the {layout} layout")
+    bands = [b.strip() for b in seg_kwargs["bands"].split(",") if b.strip()] if seg_kwargs["bands"] else None
+    return create_temporal_tfrecords(
+        layout, kwargs["data_dir"], kwargs["out_dir"], train_csv=kwargs["train_csv"], test_csv=kwargs["test_csv"],
+        id_col=kwargs["id_col"] or "id", image_col=seg_kwargs["image_col"] or "image",
+        target_col=seg_kwargs["target_col"] or "target", bands=bands, missing_value=seg_kwargs["missing_value"],
+        n_folds=kwargs["n_folds"], seed=kwargs["seed"], stratify_bins=seg_kwargs["stratify_bins"],
+        shard_size=kwargs["shard_size"], workers=kwargs["workers"], skip_bad=kwargs["skip_bad"],
+        overwrite=kwargs["overwrite"], progress=kwargs["progress"])
 
 
 def create_seg(layout, kwargs, seg_kwargs):
@@ -624,7 +650,10 @@ def main(argv=None):
         if layout is None and kwargs["train_csv"] is None and kwargs["data_dir"] is not None:
             layout = detect_seg_layout(kwargs["data_dir"])
         seg_kwargs = {k: kwargs.pop(k) for k in SEG_FLAGS}
-        if layout in SEG_LAYOUTS:
+        if layout in TEMPORAL_LAYOUTS:
+            create_temporal(layout, kwargs, seg_kwargs)
+        elif layout in SEG_LAYOUTS:
+            seg_kwargs.pop("target_col")
             create_seg(layout, kwargs, seg_kwargs)
         else:
             set_seg = [f"--{k}" for k, v in seg_kwargs.items() if v is not None and k != "stratify_bins"]

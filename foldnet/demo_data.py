@@ -297,11 +297,12 @@ def build_photo_dataset(out_dir, n_individuals=36, per_individual=12, size=100, 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Build a bundled demo dataset (Turtle Recall layout).")
-    p.add_argument("--kind", choices=("digits", "photos", "kelp", "cloud"), default="digits",
+    p.add_argument("--kind", choices=("digits", "photos", "kelp", "cloud", "biomass"), default="digits",
                    help="digits: the make-demo dataset; photos: ~100 px photos of a few dozen individuals, "
                         "a stand-in for your own small re-identification dataset; kelp: synthetic Kelp Wanted "
                         "tiles in the real layout (foldnet.seg_demo_data); cloud: synthetic On Cloud N chips in the real "
-                        "layout (--n_places locations x --acquisitions chips) (default: %(default)s)")
+                        "layout (--n_places locations x --acquisitions chips); biomass: synthetic BioMassters chips "
+                        "in the real layout (foldnet.temporal_demo_data) (default: %(default)s)")
     p.add_argument("--out_dir", default=None,
                    help="where to write it (a folder this tool built before is replaced; any other existing folder is "
                         "refused) (default: data/demo for digits, data/photos for photos)")
@@ -314,9 +315,11 @@ def main(argv=None):
     p.add_argument("--n_places", type=int, default=40, help="kelp: number of places (default: %(default)s)")
     p.add_argument("--acquisitions", type=int, default=4,
                    help="kelp: tiles per place, near-duplicates of each other (default: %(default)s)")
+    p.add_argument("--n_train", type=int, default=240, help="biomass: training chips (default: %(default)s)")
+    p.add_argument("--n_test", type=int, default=40, help="biomass: test chips (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     a = p.parse_args(argv)
-    for name in ("image_size", "n_individuals", "per_individual", "n_places", "acquisitions"):
+    for name in ("image_size", "n_individuals", "per_individual", "n_places", "acquisitions", "n_train", "n_test"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1")
     from .cli import run_main
@@ -333,6 +336,12 @@ def main(argv=None):
         out_dir = a.out_dir or "data/cloud_demo"
         rc = run_main(build_cloud_dataset, out_dir, n_locations=a.n_places, chips_per_location=a.acquisitions,
                       size=a.image_size or 64, seed=a.seed)
+    elif a.kind == "biomass":
+        from .temporal_demo_data import build_biomass_dataset
+
+        out_dir = a.out_dir or "data/biomass_demo"
+        rc = run_main(build_biomass_dataset, out_dir, n_train=a.n_train, n_test=a.n_test, size=a.image_size or 32,
+                      seed=a.seed)
     elif a.kind == "digits":
         out_dir = a.out_dir or "data/demo"
         rc = run_main(build_demo_dataset, out_dir, image_size=a.image_size or 32, seed=a.seed)
