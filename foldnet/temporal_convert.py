@@ -39,13 +39,17 @@ class ChipJob(NamedTuple):
 
 
 def inspect_chips(dataset, workers, progress):
-    """(train infos, test infos); one DataError naming every bad chip."""
+    """(train infos, test infos); one DataError naming every bad chip (with the layout's problems)."""
     specs = list(dataset.train["spec"]) + list(dataset.test["spec"])
     n_train = len(dataset.train)
-    results = list(images.map_images(temporal_chips.inspect_task, specs, workers, desc="checking chips",
-                                     progress=progress))
+    readable = [s for s in specs if s.id not in dataset.bad_ids]
+    results = dict(zip([id(s) for s in readable], images.map_images(
+        temporal_chips.inspect_task, readable, workers, desc="checking chips", progress=progress)))
     problems, shapes = [], {}
-    for k, (spec, (ok, info)) in enumerate(zip(specs, results)):
+    for k, spec in enumerate(specs):
+        if id(spec) not in results:
+            continue
+        ok, info = results[id(spec)]
         where = f"{'train' if k < n_train else 'test'} chip {spec.id}"
         if not ok:
             problems.append(f"{where}: {info}")
@@ -59,9 +63,8 @@ def inspect_chips(dataset, workers, progress):
             if shape != common:
                 problems.append(f"{len(ids)} chip(s) are [T, H, W, C] = {list(shape)}, most are {list(common)}: "
                                 f"{report.preview(ids)}")
-    if problems:
-        raise DataError(f"bad chips: {len(problems)} problem(s); nothing was written", problems)
-    infos = [info for _, info in results]
+    temporal_layouts.raise_problems(dataset, problems)
+    infos = [results[id(s)][1] for s in specs]
     return infos[:n_train], infos[n_train:]
 
 

@@ -21,10 +21,11 @@
   (default b0, b1, ...), ``--missing_value`` marks a missing value (NaN
   always does). Default normalisation: each band's q01 / q99.
 
-Every missing file, duplicate id, bad file name, train/test overlap and
-training chip without a target is collected and raised as one DataError.
-Reading the pixels (shapes, band counts, empty chips) is the converter's
-second check (foldnet.temporal_chips, in workers).
+Bad file names and unreadable CSVs raise a DataError at once. Every missing
+file, duplicate id, train/test overlap and training chip without a target is
+collected in ``dataset.problems``; the converter reads the pixels of every
+other chip (shapes, band counts, chips without data: foldnet.temporal_chips,
+in workers) and raises all problems together as one DataError.
 """
 import glob
 import os
@@ -68,14 +69,16 @@ class TemporalDataset:
     norm: dict = None  # {band: [lo, hi]}; None: q01 / q99 of the data
     month_names: list = field(default_factory=list)
     target: dict = field(default_factory=lambda: {"name": "target", "units": ""})
+    problems: list = field(default_factory=list)  # file-level problems (check_chips), raised with the pixel checks
+    bad_ids: set = field(default_factory=set)  # chips those problems name (not read again)
 
     def paths(self):
-        """(id, path) of every input and target file of every chip."""
+        """(id, path) of every existing input and target file of every chip (missing ones are problems)."""
         out = []
         for table in (self.train, self.test):
             for chip_id, spec in zip(table["id"], table["spec"]):
                 files = [p for month in spec.files for p in (month if isinstance(month, tuple) else (month,))]
-                out += [(chip_id, p) for p in files + [spec.target] if p is not None]
+                out += [(chip_id, p) for p in files + [spec.target] if p is not None and os.path.isfile(p)]
         return out
 
 
@@ -92,13 +95,16 @@ def _frame(rows):
 
 
 def check_chips(train, test, root):
-    """One DataError naming every duplicate id, missing file, training chip without a target and id in
-    both train and test."""
-    problems = []
+    """(problems, ids of the chips they name): every duplicate id, missing file, training chip without a
+    target, and id in both train and test. The converter raises them together with the problems it finds
+    in the pixels of the other chips (one DataError); ``raise_problems`` raises them alone."""
+    problems, bad = [], set()
     for name, df in (("train", train), ("test", test)):
         for chip_id, rows in df[df["id"].duplicated(keep=False)].groupby("id", sort=True):
             problems.append(f"{name} chip {chip_id} appears {len(rows)} times ({', '.join(rows['source'])})")
+            bad.add(chip_id)
         for chip_id, spec, source in df.itertuples(index=False):
+            before = len(problems)
             files = [p for m in spec.files for p in (m if isinstance(m, tuple) else (m,)) if p is not None]
             lost = [p for p in files if not os.path.isfile(p)]
             if lost:
@@ -110,13 +116,23 @@ def check_chips(train, test, root):
                 what = "no target given" if spec.target is None else \
                     f"target not found: {os.path.relpath(spec.target, root)}"
                 problems.append(f"{source}: train chip {chip_id}: {what}")
+            if len(problems) > before:
+                bad.add(chip_id)
     both = sorted(set(train["id"]) & set(test["id"]))
     if both:
         problems.append(f"chips both in train and test {report.preview(both)}")
+        bad.update(both)
     if train.empty:
         problems.append("no training chips")
+    return problems, bad
+
+
+def raise_problems(dataset, extra=()):
+    """One DataError with the dataset's file-level problems and ``extra`` ones (if any)."""
+    problems = list(dataset.problems) + list(extra)
     if problems:
-        raise DataError(f"bad temporal dataset under {root}: {len(problems)} problem(s)", problems)
+        raise DataError(f"bad {dataset.layout} dataset under {dataset.root}: {len(problems)} problem(s); "
+                        "nothing was written", problems)
 
 
 # ---------------------------------------------------------------- The BioMassters
@@ -186,10 +202,10 @@ def read_biomassters(data_dir):
             spec = _chip_spec(chip, split, data_dir, listed[split][chip], target, seed=k * 1_000_000 + i)
             rows.append((chip, spec, sources.get((split, chip), f"{split}_features/{chip}_*")))
         tables[split] = _frame(rows)
-    check_chips(tables["train"], tables["test"], data_dir)
+    problems, bad = check_chips(tables["train"], tables["test"], data_dir)
     return TemporalDataset("biomassters", BIOMASSTERS_BANDS, len(BIOMASSTERS_MONTHS), tables["train"],
                            tables["test"], csv_files, data_dir, NAMING["biomassters"], dict(BIOMASSTERS_NORM),
-                           list(BIOMASSTERS_MONTHS), dict(BIOMASSTERS_TARGET))
+                           list(BIOMASSTERS_MONTHS), dict(BIOMASSTERS_TARGET), problems, bad)
 
 
 # ---------------------------------------------------------------- generic [T, H, W, C]
@@ -239,10 +255,11 @@ def read_temporal_generic(train_csv, test_csv=None, id_col="id", image_col="imag
                             k * 1_000_000 + i)
             rows.append((str(r[id_col]), spec, r["source"]))
         tables[split] = _frame(rows)
-    check_chips(tables["train"], tables["test"], root)
+    problems, bad = check_chips(tables["train"], tables["test"], root)
     return TemporalDataset("temporal", bands, n_months, tables["train"], tables["test"],
                            [s[0] for s in specs.values()], root, NAMING["temporal"], None,
-                           [f"t{m}" for m in range(n_months)], {"name": target_name, "units": target_units})
+                           [f"t{m}" for m in range(n_months)], {"name": target_name, "units": target_units},
+                           problems, bad)
 
 
 def read_layout(layout, data_dir=None, train_csv=None, test_csv=None, id_col="id", image_col="image",

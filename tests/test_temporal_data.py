@@ -1,0 +1,167 @@
+"""Temporal tf.data pipelines: normalisation, month reductions, month dropout, paired augmentation,
+padding, TTA views and their inverses, ids/targets."""
+import foldnet  # noqa: F401
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from foldnet import seg_data, temporal_data as td
+from foldnet.errors import ConfigError
+from foldnet.temporal_records import TemporalSpec, make_example
+
+T, H, W, C = 4, 8, 8, 2
+
+
+def spec(h=H, w=W):
+    return TemporalSpec(T, (h, w), ["a", "b"], {"a": [0.0, 10.0], "b": [-10.0, 10.0]}, {"name": "agbm"}, "generic")
+
+
+def write_chips(path, chips):
+    with tf.io.TFRecordWriter(str(path)) as f:
+        for c in chips:
+            f.write(make_example(c["id"], c["image"], c["valid"], c["months"], c.get("target")))
+    return [str(path)]
+
+
+def chip(i, months=(1, 1, 1, 1), h=H, w=W, seed=0):
+    rng = np.random.default_rng(seed + i)
+    image = rng.uniform(0, 10, (T, h, w, C)).astype(np.float32)
+    valid = np.ones(image.shape, bool)
+    for m, present in enumerate(months):
+        if not present:
+            valid[m] = False
+    valid[0, 0, 0, 1] = False  # one no-data value
+    target = rng.uniform(0, 450, (h, w)).astype(np.float32)
+    return {"id": f"c{i}", "image": image, "valid": valid, "months": np.array(months, np.uint8), "target": target}
+
+
+def test_eval_normalises_fills_missing_and_pads(tmp_path):
+    c = chip(0, months=(1, 0, 1, 1))
+    c["image"][2, 1, 1, 0] = 25.0  # above hi -> 1
+    files = write_chips(tmp_path / "a.tfrec", [c])
+    x, y = next(iter(td.eval_dataset(files, spec(), 1)))
+    img, months, y = x["image"].numpy()[0], x["months"].numpy()[0], y.numpy()[0]
+    assert img.shape == (T, 32, 32, C) and y.shape == (32, 32, 1)
+    top, left = 12, 12  # (32 - 8) / 2
+    inner = img[:, top:top + H, left:left + W]
+    want = np.stack([np.clip(c["image"][..., 0] / 10, 0, 1), np.clip((c["image"][..., 1] + 10) / 20, 0, 1)], -1)
+    want = np.where(c["valid"], want, 0)
+    np.testing.assert_allclose(inner, want, atol=1e-6)
+    assert inner[2, 1, 1, 0] == 1.0 and inner[0, 0, 0, 1] == 0 and not inner[1].any()
+    np.testing.assert_array_equal(months, [1, 0, 1, 1])
+    assert not np.delete(img, np.s_[top:top + H], axis=1).any()  # padding: image 0
+    np.testing.assert_array_equal(y[top:top + H, left:left + W, 0], c["target"])
+    assert (y[:top] == -1).all() and (y[:, :left] == -1).all() and (y[top + H:] == -1).all()
+
+
+def test_month_and_mean_inputs(tmp_path):
+    c = chip(0, months=(1, 0, 0, 1))
+    files = write_chips(tmp_path / "a.tfrec", [c])
+    full = next(iter(td.eval_dataset(files, spec(), 1, pad_multiple=0)))[0]["image"].numpy()[0]
+    # month 2 is missing: its nearest months are 1 (missing) / 3 (present) -> 3; month 1: 0 and 3 -> 0 (tie: earlier)
+    for k, want in ((0, 0), (1, 0), (2, 3), (3, 3)):
+        x = next(iter(td.eval_dataset(files, spec(), 1, temporal_input=f"month:{k}", pad_multiple=0)))[0]
+        assert x["image"].shape == (1, 1, H, W, C)
+        np.testing.assert_array_equal(x["image"].numpy()[0, 0], full[want])
+        np.testing.assert_array_equal(x["months"].numpy(), [[1]])
+    x = next(iter(td.eval_dataset(files, spec(), 1, temporal_input="mean", pad_multiple=0)))[0]
+    mean = x["image"].numpy()[0, 0]
+    np.testing.assert_allclose(mean[1:, 1:], (full[0, 1:, 1:] + full[3, 1:, 1:]) / 2, atol=1e-6)
+    assert mean[0, 0, 1] == pytest.approx(full[3, 0, 0, 1])  # month 0's value there is no-data: only month 3
+    with pytest.raises(ConfigError, match="month:K"):
+        td.parse_temporal_input("month:12", 12)
+    assert td.n_input_months("all", 12) == 12 and td.n_input_months("month:3", 12) == 1
+
+
+def test_month_dropout_keeps_at_least_one_present_month():
+    x = tf.ones([6, 2, 2, 1])
+    tf.random.set_seed(0)
+    dropped_any = False
+    for months in ([1, 1, 1, 1, 1, 1], [0, 0, 1, 0, 0, 0], [1, 0, 1, 0, 0, 1]):
+        m = tf.constant(months, tf.float32)
+        for rate in (0.5, 0.99, 1.0):
+            for _ in range(30):
+                y, kept = td.drop_months(x, m, rate)
+                kept = kept.numpy()
+                assert kept.sum() >= 1
+                assert (kept <= np.array(months)).all()  # never revives a missing month
+                np.testing.assert_array_equal(y.numpy()[:, 0, 0, 0], kept)  # dropped months are zeroed
+                dropped_any |= kept.sum() < sum(months)
+    assert dropped_any
+    y, kept = td.drop_months(x, tf.constant([1, 0, 1, 1, 1, 1], tf.float32), 0.0)
+    np.testing.assert_array_equal(kept.numpy(), [1, 0, 1, 1, 1, 1])
+
+
+def test_train_batches_pair_every_month_with_the_target(tmp_path):
+    # channel a of every month encodes the target: after flips and turns they must still agree
+    chips = []
+    for i in range(6):
+        c = chip(i, months=(1, 1, 0, 1))
+        c["target"][:2, :3] = -1  # unknown label pixels stay unknown
+        for m in range(T):
+            c["image"][m, ..., 0] = np.maximum(c["target"], 0) / 45.0  # normalised: target / 450
+        chips.append(c)
+    files = write_chips(tmp_path / "a.tfrec", chips)
+    ds = td.train_dataset(files, spec(), 3, month_dropout=0.5, augment={"flip": True, "rot90": True}, seed=1,
+                          pad_multiple=0)
+    seen_turned = False
+    for x, y in ds.take(8):
+        img, months, y = x["image"].numpy(), x["months"].numpy(), y.numpy()[..., 0]
+        assert (months.sum(1) >= 1).all() and (months[:, 2] == 0).all()
+        for b in range(3):
+            for m in np.flatnonzero(months[b]):
+                np.testing.assert_allclose(img[b, m, ..., 0] * 450, np.maximum(y[b], 0), atol=1e-3)
+            for m in np.flatnonzero(months[b] == 0):
+                assert not img[b, m].any()
+            assert (y[b] == -1).sum() == 6
+            seen_turned |= y[b][0, 0] != -1 or y[b][0, 1] != -1
+    assert seen_turned  # the unknown corner moved: transforms were applied
+
+
+def test_small_rotation_keeps_target_values(tmp_path):
+    c = chip(0)
+    c["target"][0] = -1
+    files = write_chips(tmp_path / "a.tfrec", [c])
+    ds = td.train_dataset(files, spec(), 1, augment={"flip": False, "rot90": False, "rotate": 20.0}, seed=3,
+                          pad_multiple=0, shuffle_buffer=1)
+    allowed = set(np.round(c["target"].ravel(), 3)) | {-1.0}
+    for _, y in ds.take(4):
+        assert set(np.round(y.numpy().ravel(), 3)) <= allowed  # nearest: no invented target values
+
+
+@pytest.mark.parametrize("h,w", [(8, 8), (8, 12)])
+def test_tta_views_and_inverse_round_trip(tmp_path, h, w):
+    chips = [chip(i, h=h, w=w) for i in range(3)]
+    files = write_chips(tmp_path / "a.tfrec", chips)
+    views = seg_data.TTA_VIEWS if h == w else ("identity", "flip_lr", "flip_ud", "rot180")
+    ds, merge = td.predict_dataset(files, spec(h, w), 2, views)
+    outs = []
+    for batch in ds:
+        assert batch["image"].shape[1:] == (T, 32, 32, C) and batch["months"].shape[1:] == (T,)
+        outs.append(merge(batch["image"][:, 0, :, :, :1]))  # "model": month 0, band a
+    out = np.concatenate(outs, axis=1)
+    assert out.shape == (len(views), 3, h, w)
+    for i, c in enumerate(chips):
+        want = np.clip(c["image"][0, ..., 0] / 10, 0, 1)
+        for v in range(len(views)):
+            np.testing.assert_allclose(out[v, i], want, atol=1e-6)
+    with pytest.raises(ConfigError):
+        td.tta_names(7)
+
+
+def test_read_ids_targets_in_file_order(tmp_path):
+    chips = [chip(i) for i in range(3)]
+    test_chip = dict(chip(9), target=None)
+    files = write_chips(tmp_path / "a.tfrec", chips + [test_chip])
+    ids, targets = td.read_ids_targets(files, spec())
+    assert ids == ["c0", "c1", "c2", "c9"] and targets.shape == (4, H, W)
+    np.testing.assert_array_equal(targets[1], chips[1]["target"])
+    assert (targets[3] == -1).all()
+
+
+def test_options_from_settings():
+    o = td.options({"temporal_input": "mean", "month_dropout": 0.2, "aug_number": 3, "aug_rotate": 10.0,
+                    "aug_crop_scale": 0.0, "band_norm": None})
+    assert o["temporal_input"] == "mean" and o["month_dropout"] == 0.2 and o["norm"] is None
+    assert o["augment"] == {"flip": True, "rot90": True, "rotate": 10.0, "scale": 0.0, "shift": 0.0}
