@@ -182,25 +182,31 @@ def plan_jobs(dataset, fold, group_names, seed):
     return jobs
 
 
-def write_shards(jobs, out_dir, limit, workers, progress):
-    """Write ``jobs`` into shards; returns ({split: files}, {split: count}). Raises DataError if a tile
-    became unreadable since it was inspected."""
+def write_shards(jobs, out_dir, limit, workers, progress, load=seg_tiles.load_task, encode=None, what="tile"):
+    """Write ``jobs`` (each with ``split`` and ``spec``) into shards; returns ({split: files}, {split: count}).
+
+    ``load``: worker task reading one spec ((True, value) or (False, reason)); ``encode(job, value)``: the
+    serialized example (default: a segmentation tile). Raises DataError if an item became unreadable
+    since it was inspected."""
     from . import records, seg_records
 
+    if encode is None:
+        def encode(job, value):
+            image, mask, valid = value
+            return seg_records.make_example(job.spec.id, image, mask, valid, job.group)
+
     writers, bad = {}, []
-    results = images.map_images(seg_tiles.load_task, [j.spec for j in jobs], workers, desc="writing shards",
-                                progress=progress)
+    results = images.map_images(load, [j.spec for j in jobs], workers, desc="writing shards", progress=progress)
     for job, (ok, value) in zip(jobs, results):
         if job.split not in writers:
             writers[job.split] = records.ShardWriter(out_dir, job.split, limit)
         if not ok:
             bad.append(f"{job.spec.id}: {value}")
             continue
-        image, mask, valid = value
-        writers[job.split].write(seg_records.make_example(job.spec.id, image, mask, valid, job.group))
+        writers[job.split].write(encode(job, value))
     files = {split: w.close() for split, w in writers.items()}
     if bad:
-        raise DataError(f"{len(bad)} tile(s) could not be read while writing (changed since checked?)", bad)
+        raise DataError(f"{len(bad)} {what}(s) could not be read while writing (changed since checked?)", bad)
     return files, {split: w.n_examples for split, w in writers.items()}
 
 
@@ -226,23 +232,22 @@ def fingerprint(dataset, flags):
                                              test=files.iloc[:0]), flags)
 
 
-def build_manifest(dataset, shape, dtype, files, counts, band_stats, exact, positive_share, flags, fp, n_grouped):
-    from .records import FOLDS_CSV, FORMAT_VERSION, MANIFEST  # noqa: F401
+def manifest_common(task, layout, n_folds, files, counts, tiles_csv):
+    """The manifest keys every task's converter writes: format, task, layout, folds with their shards,
+    test shards, folds.csv and the per-item CSV (``tiles_csv``)."""
+    from .records import FOLDS_CSV, FORMAT_VERSION
 
-    n_folds = flags["n_folds"]
     fold_parts = [{"fold": k, "n_examples": counts.get(f"train-fold{k}", 0), "files": files.get(f"train-fold{k}", [])}
                   for k in range(n_folds)]
+    return {"format_version": FORMAT_VERSION, "task": task, "layout": layout, "n_folds": n_folds,
+            "n_examples": sum(p["n_examples"] for p in fold_parts), "folds_csv": FOLDS_CSV, "tiles_csv": tiles_csv,
+            "folds": fold_parts, "test": {"n_examples": counts.get("test", 0), "files": files.get("test", [])}}
+
+
+def build_manifest(dataset, shape, dtype, files, counts, band_stats, exact, positive_share, flags, fp, n_grouped):
     b = dataset.bands
     return {
-        "format_version": FORMAT_VERSION,
-        "task": "segmentation",
-        "layout": dataset.layout,
-        "n_folds": n_folds,
-        "n_examples": sum(p["n_examples"] for p in fold_parts),
-        "folds_csv": FOLDS_CSV,
-        "tiles_csv": TILES_CSV,
-        "folds": fold_parts,
-        "test": {"n_examples": counts.get("test", 0), "files": files.get("test", [])},
+        **manifest_common("segmentation", dataset.layout, flags["n_folds"], files, counts, TILES_CSV),
         "image": {"shape": list(shape), "dtype": dtype, "missing_value": b.missing_value, "bands": list(b.names),
                   "valid_bands": [b.names[i] for i in b.valid_bands],
                   "qa_band": b.names[b.qa] if b.qa >= 0 else None,
@@ -261,14 +266,17 @@ def build_manifest(dataset, shape, dtype, files, counts, band_stats, exact, posi
 # ---------------------------------------------------------------- entry point
 
 
-def check_flags(layout, n_folds, group_duplicates, stratify_bins, shard_size, skip_bad):
+def check_flags(layout, n_folds, group_duplicates, stratify_bins, shard_size, skip_bad, layouts=None,
+                kind="segmentation", items="tiles"):
+    """ConfigError naming every bad flag of a ``kind`` layout (one of ``layouts``, default the segmentation ones)."""
+    layouts = seg_layouts.LAYOUTS if layouts is None else layouts
     problems = shared_flag_problems(n_folds, group_duplicates, shard_size)
-    if layout not in seg_layouts.LAYOUTS:
-        problems.append(f"--layout must be one of {', '.join(seg_layouts.LAYOUTS)} for segmentation, got {layout!r}")
+    if layout not in layouts:
+        problems.append(f"--layout must be one of {', '.join(layouts)} for {kind}, got {layout!r}")
     if stratify_bins < 1:
         problems.append(f"--stratify_bins must be >= 1, got {stratify_bins}")
     if skip_bad:
-        problems.append("--skip_bad is not supported for segmentation layouts: fix or remove the listed tiles")
+        problems.append(f"--skip_bad is not supported for {kind} layouts: fix or remove the listed {items}")
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -226,6 +226,14 @@ def _band_names_of(files):
     return [f"b{i}" for i in range(n)]
 
 
+def csv_paths(data_dir, train_csv, test_csv):
+    """(train CSV, test CSV or None, root) of a generic layout: CSV paths relative to ``data_dir`` (when given),
+    root = ``data_dir`` or the train CSV's folder."""
+    root = data_dir or os.path.dirname(os.path.abspath(train_csv))
+    join = (lambda p: p if p is None or os.path.isabs(p) else os.path.join(root, p))
+    return join(train_csv), join(test_csv), root
+
+
 def read_layout(layout, data_dir=None, train_csv=None, test_csv=None, id_col="id", image_col="image",
                 mask_col="mask", group_col=None, bands=None, missing_value=None):
     """Read any segmentation layout."""
@@ -236,8 +244,7 @@ def read_layout(layout, data_dir=None, train_csv=None, test_csv=None, id_col="id
     if layout == "seg":
         if train_csv is None:
             raise DataError("the generic segmentation layout needs --train_csv")
-        root = data_dir or os.path.dirname(os.path.abspath(train_csv))
-        join = (lambda p: p if p is None or os.path.isabs(p) else os.path.join(root, p))
-        return read_seg_generic(join(train_csv), join(test_csv), id_col, image_col, mask_col, group_col, bands,
-                                missing_value, root)
+        train_csv, test_csv, root = csv_paths(data_dir, train_csv, test_csv)
+        return read_seg_generic(train_csv, test_csv, id_col, image_col, mask_col, group_col, bands, missing_value,
+                                root)
     raise ValueError(f"unknown segmentation layout {layout!r} (one of {LAYOUTS})")

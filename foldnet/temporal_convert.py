@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from . import fileio, folds as folds_mod, images, report, seg_tiles, temporal_chips, temporal_layouts
-from .convert import input_fingerprint, shared_flag_problems, staging_dir, write_unless_current
-from .errors import ConfigError, DataError
-from .seg_convert import BandStats
+from .convert import input_fingerprint, staging_dir, write_unless_current
+from .errors import DataError
+from .seg_convert import BandStats, check_flags, manifest_common, write_shards
 
 CHIPS_CSV = "chips.csv"
 TASK = "temporal_regression"
@@ -105,25 +105,11 @@ def plan_jobs(dataset, fold, seed):
     return jobs + [ChipJob("test", s) for s in dataset.test["spec"]]
 
 
-def write_shards(jobs, out_dir, limit, workers, progress):
-    """Write ``jobs`` into shards; ({split: files}, {split: count}). DataError if a chip became unreadable."""
-    from . import records, temporal_records
+def _encode(job, value):
+    from . import temporal_records
 
-    writers, bad = {}, []
-    results = images.map_images(temporal_chips.load_task, [j.spec for j in jobs], workers, desc="writing shards",
-                                progress=progress)
-    for job, (ok, value) in zip(jobs, results):
-        if job.split not in writers:
-            writers[job.split] = records.ShardWriter(out_dir, job.split, limit)
-        if not ok:
-            bad.append(f"{job.spec.id}: {value}")
-            continue
-        image, valid, months, target = value
-        writers[job.split].write(temporal_records.make_example(job.spec.id, image, valid, months, target))
-    files = {split: w.close() for split, w in writers.items()}
-    if bad:
-        raise DataError(f"{len(bad)} chip(s) could not be read while writing (changed since checked?)", bad)
-    return files, {split: w.n_examples for split, w in writers.items()}
+    image, valid, months, target = value
+    return temporal_records.make_example(job.spec.id, image, valid, months, target)
 
 
 def chips_table(dataset, train_infos, test_infos, fold):
@@ -147,22 +133,9 @@ def target_summary(dataset, target_stats):
 
 
 def build_manifest(dataset, shape, files, counts, stats, target, flags, fp):
-    from .records import FOLDS_CSV, FORMAT_VERSION
-
-    n_folds = flags["n_folds"]
-    fold_parts = [{"fold": k, "n_examples": counts.get(f"train-fold{k}", 0), "files": files.get(f"train-fold{k}", [])}
-                  for k in range(n_folds)]
     band_stats = band_stats_dict(stats)
     return {
-        "format_version": FORMAT_VERSION,
-        "task": TASK,
-        "layout": dataset.layout,
-        "n_folds": n_folds,
-        "n_examples": sum(p["n_examples"] for p in fold_parts),
-        "folds_csv": FOLDS_CSV,
-        "tiles_csv": CHIPS_CSV,
-        "folds": fold_parts,
-        "test": {"n_examples": counts.get("test", 0), "files": files.get("test", [])},
+        **manifest_common(TASK, dataset.layout, flags["n_folds"], files, counts, CHIPS_CSV),
         "n_months": int(shape[0]),
         "shape": [int(shape[1]), int(shape[2])],
         "bands": list(dataset.bands),
@@ -197,7 +170,8 @@ def convert_temporal_dataset(dataset, out_dir, flags, fp, workers, progress):
     target = target_summary(dataset, target_stats)
     target["stats"]["above_400"] = int(sum(i.target_stats[0]["above_400"] for i in train_infos))
     with staging_dir(out_dir) as tmp:
-        files, counts = write_shards(jobs, tmp, records.parse_shard_size(flags["shard_size"]), workers, progress)
+        files, counts = write_shards(jobs, tmp, records.parse_shard_size(flags["shard_size"]), workers, progress,
+                                     temporal_chips.load_task, _encode, "chip")
         fileio.atomic_write_text(os.path.join(tmp, CHIPS_CSV), chips.to_csv(index=False))
         folds_csv = chips[chips["split"] == "train"][["id", "fold", "group"]]
         fileio.atomic_write_text(os.path.join(tmp, records.FOLDS_CSV), folds_csv.to_csv(index=False))
@@ -212,18 +186,6 @@ def convert_temporal_dataset(dataset, out_dir, flags, fp, workers, progress):
     return manifest
 
 
-def check_flags(layout, n_folds, stratify_bins, shard_size, skip_bad):
-    problems = shared_flag_problems(n_folds, None, shard_size)
-    if layout not in temporal_layouts.LAYOUTS:
-        problems.append(f"--layout must be one of {', '.join(temporal_layouts.LAYOUTS)}, got {layout!r}")
-    if stratify_bins < 1:
-        problems.append(f"--stratify_bins must be >= 1, got {stratify_bins}")
-    if skip_bad:
-        problems.append("--skip_bad is not supported for temporal layouts: fix or remove the listed chips")
-    if problems:
-        raise ConfigError("; ".join(problems))
-
-
 def create_temporal_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=None, test_csv=None, id_col="id",
                               image_col="image", target_col="target", bands=None, missing_value=None, n_folds=5,
                               seed=42, stratify_bins=3, shard_size="150MB", workers=None, skip_bad=False,
@@ -233,7 +195,8 @@ def create_temporal_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=
     ``out_dir`` defaults to ``<data dir>/tfrec``. A directory holding a manifest with the same input
     fingerprint is kept (unless ``overwrite``).
     """
-    check_flags(layout, n_folds, stratify_bins, shard_size, skip_bad)
+    check_flags(layout, n_folds, None, stratify_bins, shard_size, skip_bad, temporal_layouts.LAYOUTS, "temporal",
+                "chips")
     workers = images.default_workers() if not workers else int(workers)
     dataset = temporal_layouts.read_layout(layout, data_dir, train_csv, test_csv, id_col, image_col, target_col,
                                            bands, missing_value)

@@ -36,6 +36,7 @@ import pandas as pd
 
 from . import layouts, report
 from .errors import DataError
+from .seg_layouts import csv_paths
 from .temporal_chips import ChipSpec, Sensor
 
 LAYOUTS = ("biomassters", "temporal")
@@ -272,8 +273,6 @@ def read_layout(layout, data_dir=None, train_csv=None, test_csv=None, id_col="id
     if layout == "temporal":
         if train_csv is None:
             raise DataError("the generic temporal layout needs --train_csv")
-        root = data_dir or os.path.dirname(os.path.abspath(train_csv))
-        join = (lambda p: p if p is None or os.path.isabs(p) else os.path.join(root, p))
-        return read_temporal_generic(join(train_csv), join(test_csv), id_col, image_col, target_col, bands,
-                                     missing_value, root)
+        train_csv, test_csv, root = csv_paths(data_dir, train_csv, test_csv)
+        return read_temporal_generic(train_csv, test_csv, id_col, image_col, target_col, bands, missing_value, root)
     raise ValueError(f"unknown temporal layout {layout!r} (one of {LAYOUTS})")
