@@ -12,23 +12,24 @@ No download: every chip is synthesised, deterministically from the seed.
   corresponding_agbm) and ``train_agbm_metadata.csv`` (chip_id, filename);
   plus ``answers/{chip}_agbm.tif`` (the hidden test targets).
 * A boreal forest: per pixel a canopy height index ``h`` (smooth random
-  field, 0 .. ~1.15) and an evergreen (conifer) share ``e``; the target is
-  ``agbm = 380 h (0.4 + 0.6 e)`` plus a little noise, a few pixels above the
+  field, 0 .. ~1.15, felled patches) and an evergreen (conifer) share ``e``;
+  the target is ``agbm = 380 h (0.15 + 0.85 e)`` plus a little noise (in this
+  world conifer stands carry most of the biomass), a few pixels above the
   competition's cap of 400.
-* Seasons: deciduous trees carry leaves from May to September (leaf factor
-  ``L`` per month), so the green cover is ``h (e + (1 - e) L)``: summer months
-  see ``h``, winter months ``h e``; snow (December .. March) lies on the
-  ground where the canopy does not hide it. S2 mixes soil/snow and vegetation
-  spectra by that cover. S1 backscatter rises with ``h`` (VH more than VV)
-  under strong per-month speckle (several dB), so one month is noisy and the
-  average of many is not.
-* What makes one month insufficient: a summer month alone cannot tell
-  conifers from broadleaves (``e``), a winter month alone confounds ``h`` and
-  ``e``, and 30% of S2 months are cloudy (bright bands, high CLP), about 20%
-  absent (half of December and January: polar night); an S1 orbit is
-  sometimes missing (-9999). The mean of the months mixes seasons in
-  proportions that change with which months are missing, so it loses the
-  seasonal contrast too.
+* Seasons: broadleaves carry leaves from May to September (leaf factor ``L``
+  per month), so the green cover is ``h (e + (1 - e) L)``: summer months see
+  ``h``, winter months ``h e``. S2 mixes soil and canopy spectra by that cover
+  (snow brightens the whole chip in winter); S1 backscatter rises with the
+  cover under strong per-month speckle (2 looks, about 3.3 dB), so one month
+  is noisy and the average of many is not.
+* What makes one month insufficient: a summer month alone sees ``h`` but not
+  ``e``, a winter month alone ``h e`` but not ``h``; 30% of S2 months are
+  cloudy (bright bands, high CLP), S2 is absent in about 20% of the months
+  (60% of December and January: polar night); an S1 orbit or a strip is
+  sometimes missing (-9999). The mean of the months is one mixture of summer
+  and winter cover whose proportions change with the missing and cloudy
+  months, so it cannot separate ``h`` from ``e`` either: the target needs the
+  seasonal contrast, i.e. several months seen apart.
 """
 import hashlib
 import os
@@ -42,7 +43,7 @@ N_MONTHS = 12
 # Leaf factor of deciduous trees and snow cover per month MM = 00 (September) .. 11 (August).
 LEAF = np.array([0.8, 0.4, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.6, 1.0, 1.0, 1.0])
 SNOW = np.array([0.0, 0.1, 0.4, 0.9, 1.0, 1.0, 0.8, 0.3, 0.0, 0.0, 0.0, 0.0])
-S2_MISSING = np.array([0.1, 0.15, 0.3, 0.5, 0.5, 0.3, 0.15, 0.1, 0.1, 0.1, 0.1, 0.1])
+S2_MISSING = np.array([0.1, 0.15, 0.3, 0.6, 0.6, 0.3, 0.15, 0.1, 0.1, 0.1, 0.1, 0.1])
 # Surface reflectance, bands B02 B03 B04 B05 B06 B07 B08 B8A B11 B12.
 SOIL = np.array([0.05, 0.08, 0.10, 0.13, 0.16, 0.18, 0.20, 0.21, 0.28, 0.22])
 SNOWY = np.array([0.80, 0.78, 0.75, 0.72, 0.70, 0.68, 0.65, 0.63, 0.10, 0.08])
@@ -71,18 +72,16 @@ def make_forest(rng, size):
     clearcut = _field(rng, size, size / 5) < rng.uniform(-2.5, -0.5)  # felled patches
     h = np.where(clearcut, h * 0.1, h)
     e = 1.0 / (1.0 + np.exp(-(rng.normal(0.3, 1.0) + 1.6 * _field(rng, size, size / 8))))
-    agbm = 380.0 * h * (0.4 + 0.6 * e) + rng.normal(0, 4.0, (size, size))
+    agbm = 380.0 * h * (0.15 + 0.85 * e) + rng.normal(0, 4.0, (size, size))
     return h, e, np.maximum(agbm, 0.0).astype(np.float32)
 
 
 def make_s2(rng, h, e, month):
     """uint16 [H, W, 11] (reflectance x 10000, CLP 0..255) of one month."""
     size = h.shape[0]
-    cover = np.clip(h * (e + (1 - e) * LEAF[month]), 0, 1)[..., None]
-    hidden = np.clip(h * (0.3 + 0.7 * e), 0, 1)[..., None]  # canopy hides the snow beneath
-    snow = SNOW[month] * (1 - hidden)
-    ground = SOIL * (1 - snow) + SNOWY * snow
-    refl = ground * (1 - cover) + CANOPY * cover
+    cover = green_cover(h, e, month)[..., None]
+    snow = 0.5 * SNOW[month]  # snow on the ground and on the branches, seen through the whole chip
+    refl = (SOIL * (1 - cover) + CANOPY * cover) * (1 - snow) + SNOWY * snow
     refl = refl * rng.uniform(0.85, 1.15) + rng.normal(0, 0.01, refl.shape)  # illumination, noise
     clp = np.clip(rng.normal(8, 5, (size, size)), 0, 40)
     if rng.random() < 0.3:  # a cloudy month: bright bands, high cloud probability
@@ -95,12 +94,18 @@ def make_s2(rng, h, e, month):
     return out
 
 
-def make_s1(rng, h, month):
+def green_cover(h, e, month):
+    """Share of the pixel covered by green canopy in ``month``: conifers all year, broadleaves in leaf."""
+    return np.clip(h * (e + (1 - e) * LEAF[month]), 0, 1)
+
+
+def make_s1(rng, h, e, month):
     """float32 [H, W, 4] backscatter in dB (VV/VH asc, VV/VH desc), -9999 where no data."""
     size = h.shape[0]
+    cover = green_cover(h, e, month)  # volume scattering of the foliage
     wet = 1.5 * SNOW[month]
-    vv = -13.0 + 5.0 * h - wet
-    vh = -21.0 + 7.5 * h - wet
+    vv = -13.0 + 5.0 * cover - wet
+    vh = -21.0 + 7.5 * cover - wet
     out = np.stack([vv, vh, vv + 0.5, vh + 0.4], -1)
     speckle = 10 * np.log10(rng.gamma(2.0, 0.5, out.shape))  # 2-look speckle in dB (std ~3.3 dB)
     out = (out + speckle + rng.normal(0, 0.8)).astype(np.float32)
@@ -136,7 +141,7 @@ def build_biomass_dataset(out_dir, n_train=240, n_test=40, size=32, seed=0):
             h, e, agbm = make_forest(rng, size)
             target_name = f"{chip}_agbm.tif"
             for month in range(N_MONTHS):
-                for sensor, array in (("S1", make_s1(rng, h, month)),
+                for sensor, array in (("S1", make_s1(rng, h, e, month)),
                                       ("S2", None if rng.random() < S2_MISSING[month] else make_s2(rng, h, e, month))):
                     if array is None:
                         continue
