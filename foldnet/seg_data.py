@@ -177,17 +177,19 @@ def paired_augment(image, mask, valid, flip=True, rot90=True, scale=0.0, rotate=
     flip: left-right and up-down, each with probability 1/2. rot90: k*90 degrees,
     k uniform in 0..3 (square tiles only). scale/rotate/shift: one small affine
     map (0: off), bilinear for the image, nearest for mask and valid, pixels
-    from outside mirrored. Returns (image float32, mask float32, valid float32).
+    from outside mirrored. Returns (image, mask float32, valid float32); the image
+    is float32, or keeps its dtype when there is no affine map (whole pixels move).
 
     Flips, rotation and affine map are composed into one pixel map, applied by one
     XLA-compiled ``warp`` (flips and 90-degree turns land on whole pixels, so they
-    are exact, also under bilinear interpolation).
+    are exact, also under bilinear interpolation); without the affine map, the
+    flips and turns are a transpose and reversals instead (``_apply_dihedral``).
     """
-    image = tf.cast(image, tf.float32)
+    affine = bool(scale or rotate or shift)
+    image = tf.cast(image, tf.float32) if affine else tf.convert_to_tensor(image)
     height, width, _ = image.shape
     maps = tf.stack([tf.cast(mask, tf.float32), tf.cast(valid, tf.float32)], -1)
     rot90 = rot90 and height == width
-    affine = bool(scale or rotate or shift)
     if not (flip or rot90 or affine):
         return image, maps[..., 0], maps[..., 1]
     matrix = tf.eye(3)
@@ -202,10 +204,25 @@ def paired_augment(image, mask, valid, flip=True, rot90=True, scale=0.0, rotate=
     if affine:
         t = _random_affine(float(height), float(width), float(scale), float(rotate), float(shift))[0]
         matrix = matrix @ tf.reshape(tf.concat([t[:6], [0.0, 0.0, 1.0]], 0), [3, 3])
+    if not affine:  # whole-pixel map: a transpose and reversals, no resampling
+        maps = _apply_dihedral(maps, matrix)
+        return _apply_dihedral(image, matrix), maps[..., 0], maps[..., 1]
     transform = tf.concat([tf.reshape(matrix[:2], [6]), [0.0, 0.0]], 0)[tf.newaxis]
     image = _warp_compiled(image, transform)
     maps = _warp_compiled(maps, transform, nearest=True)
     return image, maps[..., 0], maps[..., 1]
+
+
+def _apply_dihedral(x, matrix):
+    """``warp`` of ``x`` [H, W, C] through a 3x3 output -> input pixel map made of flips and
+    90-degree turns only (entries 0 / +-1 and whole-pixel offsets), as a transpose and axis
+    reversals: the same values without a gather (2-5x faster on many channels)."""
+    transposed = tf.not_equal(matrix[0, 1], 0.0)  # the source column follows the output row
+    x = tf.cond(transposed, lambda: tf.transpose(x, [1, 0, 2]), lambda: x)
+    reverse_rows = tf.where(transposed, matrix[0, 1], matrix[1, 1]) < 0
+    reverse_cols = tf.where(transposed, matrix[1, 0], matrix[0, 0]) < 0
+    x = tf.cond(reverse_rows, lambda: tf.reverse(x, [0]), lambda: x)
+    return tf.cond(reverse_cols, lambda: tf.reverse(x, [1]), lambda: x)
 
 
 # ---------------------------------------------------------------- sampler
@@ -339,9 +356,18 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
 
         ds = ds.filter(keep)
 
+    # Flips and 90-degree turns move whole pixels and the features are per pixel: they
+    # commute, so the raw bands are moved before the features (fewer, smaller channels).
+    # A resampling (affine) map does not commute: it moves the features.
+    raw_first = not (augment.get("scale") or augment.get("rotate") or augment.get("shift"))
+
     def make(ex):
-        x = features(ex["image"], ex["valid"])
-        x, mask, valid = paired_augment(x, ex["mask"], ex["valid"], **augment)
+        image, mask, valid = ex["image"], ex["mask"], ex["valid"]
+        if raw_first:
+            image, mask, valid = paired_augment(image, mask, valid, **augment)
+            x = features(image, valid)
+        else:
+            x, mask, valid = paired_augment(features(image, valid), mask, valid, **augment)
         return _pad(x, _target(mask, valid, _group_of(ex, groups)), pad_multiple)
 
     ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)

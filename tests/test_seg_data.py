@@ -248,3 +248,44 @@ def test_warp_matches_image_projective_transform():
     got = seg_data.warp(x, shift, nearest=True).numpy()
     np.testing.assert_array_equal(got[:, 2:], x.numpy()[:, :-2])
     np.testing.assert_array_equal(got[:, :2], x.numpy()[:, 1::-1])
+
+
+@pytest.mark.parametrize("shape", [(6, 6, 5), (5, 7, 3)])
+def test_flips_and_turns_without_resampling_equal_the_warp(shape):
+    # every flip (lr, ud) x 90-degree turn map as paired_augment composes them; turns on squares only
+    height, width, _ = shape
+    x = tf.constant(np.arange(np.prod(shape), dtype=np.float32).reshape(shape))
+    turns = range(4) if height == width else range(1)
+    for lr in (False, True):
+        for ud in (False, True):
+            for k in turns:
+                flip = np.array([[-1.0 if lr else 1.0, 0, width - 1.0 if lr else 0.0],
+                                 [0, -1.0 if ud else 1.0, height - 1.0 if ud else 0.0], [0, 0, 1]], np.float32)
+                matrix = flip @ seg_data._rotation_matrices(height)[k] if height == width else flip
+                transform = np.concatenate([matrix[:2].ravel(), [0.0, 0.0]])[None].astype(np.float32)
+                expected = seg_data.warp(x, transform, nearest=True).numpy()
+                got = seg_data._apply_dihedral(x, tf.constant(matrix)).numpy()
+                np.testing.assert_array_equal(got, expected, err_msg=f"lr={lr} ud={ud} k={k}")
+
+
+def test_flips_and_turns_of_the_raw_bands_give_the_features_moved(tmp_path):
+    # train_dataset moves the raw bands before the (per-pixel) features when the map is whole-pixel
+    _, image, _, valid, _ = synthetic_tiles(1, 12, seed=5)[0]
+    _, manifest = write_records(tmp_path, synthetic_tiles(3, 12, seed=5))
+    features = spectral.Features(manifest, indices=["NDVI", "NDWI", "CIG"])
+    rot = seg_data._rotation_matrices(12)
+    flip = np.array([[-1, 0, 11], [0, 1, 0], [0, 0, 1]], np.float32)
+    for matrix in (rot[1], flip @ rot[3], flip):
+        m = tf.constant(matrix)
+        moved_raw = seg_data._apply_dihedral(tf.constant(image), m)
+        moved_valid = seg_data._apply_dihedral(tf.constant(valid.astype(np.float32))[..., None], m)[..., 0]
+        after = features(moved_raw, moved_valid).numpy()
+        before = seg_data._apply_dihedral(features(image, valid.astype(np.uint8)), m).numpy()
+        np.testing.assert_array_equal(after, before)
+    # and the pipeline with flips/turns yields tiles of the features of a moved raw tile, mask moved alike
+    (tmp_path / "one").mkdir()
+    files, _ = write_records(tmp_path / "one", [synthetic_tiles(1, 12, seed=5)[0]], n_files=1)
+    x, y = next(iter(seg_data.train_dataset(files, features, 1, pad_multiple=0, seed=1)))
+    candidates = [seg_data._apply_dihedral(features(image, valid.astype(np.uint8)), tf.constant(f @ r)).numpy()
+                  for f in (np.eye(3, dtype=np.float32), flip) for r in rot]
+    assert any(np.array_equal(x[0].numpy(), c) for c in candidates)
