@@ -317,11 +317,8 @@ def _group_of(ex, table):
     return group
 
 
-def _pad(x, target, multiple):
-    if not multiple:
-        return x, target
-    return (spectral.pad_to_multiple(x, multiple, "REFLECT"),
-            spectral.pad_to_multiple(target, multiple, "CONSTANT", 0))
+def _pad_target(target, multiple):
+    return spectral.pad_to_multiple(target, multiple, "CONSTANT", 0) if multiple else target
 
 
 def _parser(features):
@@ -365,10 +362,11 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
         image, mask, valid = ex["image"], ex["mask"], ex["valid"]
         if raw_first:
             image, mask, valid = paired_augment(image, mask, valid, **augment)
-            x = features(image, valid)
+            x = features(image, valid, pad_multiple)
         else:
             x, mask, valid = paired_augment(features(image, valid), mask, valid, **augment)
-        return _pad(x, _target(mask, valid, _group_of(ex, groups)), pad_multiple)
+            x = spectral.pad_to_multiple(x, pad_multiple, "REFLECT") if pad_multiple else x
+        return x, _pad_target(_target(mask, valid, _group_of(ex, groups)), pad_multiple)
 
     ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
@@ -382,8 +380,8 @@ def eval_dataset(files, features, batch_size, pad_multiple=32, group_index=None,
 
     def make(serialized):
         ex = parse(serialized)
-        x = features(ex["image"], ex["valid"])
-        return _pad(x, _target(ex["mask"], ex["valid"], _group_of(ex, groups)), pad_multiple)
+        x = features(ex["image"], ex["valid"], pad_multiple)
+        return x, _pad_target(_target(ex["mask"], ex["valid"], _group_of(ex, groups)), pad_multiple)
 
     ds = data._read(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)
     return (ds.cache() if cache else ds).prefetch(AUTOTUNE)
@@ -399,9 +397,7 @@ def tta_dataset(files, features, batch_size, views=("identity",), pad_multiple=3
 
     def make(serialized):
         ex = parse(serialized)
-        x = features(ex["image"], ex["valid"])
-        if pad_multiple:
-            x = spectral.pad_to_multiple(x, pad_multiple, "REFLECT")
+        x = features(ex["image"], ex["valid"], pad_multiple)
         return tf.stack([apply_view(x, v) for v in views])
 
     ds = data._read(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)

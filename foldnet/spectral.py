@@ -253,6 +253,7 @@ class Features:
         # XLA fuses the ~10 elementwise passes per channel: 2x (bands) to 8x (bands + 10
         # indices) faster in tf.data on CPU (bench/bench_seg_pipeline.py)
         self._compiled = tf.function(self._compute, jit_compile=True) if jit_compile else None
+        self._compiled_padded = {}  # pad multiple -> compiled features + reflect padding
 
     @property
     def names(self):
@@ -272,12 +273,27 @@ class Features:
             miss |= tf.equal(tf.cast(valid, tf.int32), 0)[..., tf.newaxis]
         return miss
 
-    def __call__(self, image, valid=None):
-        """image: raw ``[..., H, W, C]`` of the dataset dtype; valid: ``[..., H, W]`` 0/1 or None."""
+    def __call__(self, image, valid=None, pad_multiple=0):
+        """image: raw ``[..., H, W, C]`` of the dataset dtype; valid: ``[..., H, W]`` 0/1 or None.
+
+        pad_multiple: also reflect-pad H and W to a multiple of it (``pad_to_multiple``),
+        inside the same compiled function (one write of the features instead of two).
+        """
         image = tf.convert_to_tensor(image)
         if valid is None:
             valid = tf.ones(tf.shape(image)[:-1], tf.uint8)
-        return (self._compiled or self._compute)(image, tf.convert_to_tensor(valid))
+        valid = tf.convert_to_tensor(valid)
+        if not pad_multiple:
+            return (self._compiled or self._compute)(image, valid)
+
+        def padded(i, v):
+            return pad_to_multiple(self._compute(i, v), pad_multiple, "REFLECT")
+
+        if self._compiled is None:
+            return padded(image, valid)
+        if pad_multiple not in self._compiled_padded:
+            self._compiled_padded[pad_multiple] = tf.function(padded, jit_compile=True)
+        return self._compiled_padded[pad_multiple](image, valid)
 
     def _compute(self, image, valid):
         miss = self.missing(image, valid)

@@ -289,3 +289,14 @@ def test_flips_and_turns_of_the_raw_bands_give_the_features_moved(tmp_path):
     candidates = [seg_data._apply_dihedral(features(image, valid.astype(np.uint8)), tf.constant(f @ r)).numpy()
                   for f in (np.eye(3, dtype=np.float32), flip) for r in rot]
     assert any(np.array_equal(x[0].numpy(), c) for c in candidates)
+
+
+def test_features_padded_in_the_compiled_function_equal_padding_afterwards(tmp_path):
+    tiles = synthetic_tiles(2, 13, seed=2)
+    _, manifest = write_records(tmp_path, tiles)
+    for jit in (True, False):
+        features = spectral.Features(manifest, indices=["NDVI", "NDWI"], jit_compile=jit)
+        image, valid = tiles[0][1], tiles[0][3].astype(np.uint8)
+        padded = features(image, valid, 8).numpy()
+        assert padded.shape == (16, 16, 9)
+        np.testing.assert_array_equal(padded, spectral.pad_to_multiple(features(image, valid), 8, "REFLECT").numpy())
