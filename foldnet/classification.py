@@ -8,14 +8,17 @@ probabilities ``[batch, n_classes]``). Loss: categorical cross-entropy with
 label smoothing; Keras metrics ``acc`` and, above 5 classes, ``top5``.
 Prediction files: ``outputs`` float32 ``[n_tta, n, n_classes]``, ``labels``
 int64 ``[n]`` (-1 for test). Scores: ``metrics.score_all`` (top1, top5,
-map5, map5_new). Submission: CSV of the top-k labels under the
-new-individual rule (``submission``), in the template's row order.
+map5, map5_new). Post-processing: the open-set rule (``openset``: new label
+first for rows that look unseen), fitted on OOF, saved per member in
+``openset_rule.json``. Submission: CSV of the top-k labels under the
+new-individual rule and the open-set rule (``submission``), in the
+template's row order.
 
 The spec is the ``LabelMap``.
 """
 import numpy as np
 
-from . import metrics, submission, tasks
+from . import metrics, openset, submission, tasks
 from .errors import DataError
 from .labels import LabelMap
 
@@ -116,6 +119,17 @@ class ClassificationTask(tasks.Task):
     def score(self, targets, outputs, spec):
         return metrics.score_all(targets, outputs, spec)
 
+    post_file = openset.RULE_FILE
+
+    def fit_post(self, targets, outputs, spec, folds=None):
+        return openset.fit_rule(targets, outputs, spec, folds)
+
+    def post_markdown(self, post):
+        return openset.rule_markdown(post)
+
+    def describe_post(self, post):
+        return openset.describe(post)
+
     def invalid_targets(self, targets, outputs):
         targets = np.asarray(targets)
         n_classes = outputs.shape[-1]
@@ -131,9 +145,9 @@ class ClassificationTask(tasks.Task):
 
     def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
         template = read_template(template_path)
-        df = submission.make_submission(ids, outputs, spec, template, k)
+        df = submission.make_submission(ids, outputs, spec, template, k, rule=post)
         submission.write_submission(df, out_path, template, spec)
-        return f"{len(df)} rows, k={k}"
+        return f"{len(df)} rows, k={k}" + (f", {openset.describe(post)}" if post else "")
 
 
 def merge_views(out, n_views):

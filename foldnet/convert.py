@@ -179,13 +179,24 @@ def group_near_duplicates(train, root, threshold, skip_bad, workers, progress):
     return train.iloc[keep].reset_index(drop=True), clusters[keep], skipped
 
 
-def fold_groups(train, group_col, clusters):
-    """Group ids for StratifiedGroupKFold, or None when rows need not stay together."""
-    if group_col is not None and clusters is not None:
-        return folds_mod.merge_groups(train["group"], clusters)
+def fold_groups(train, group_col, clusters, held_out=None):
+    """Group ids for StratifiedGroupKFold, or None when rows need not stay together.
+
+    held_out: labels whose rows all stay in one fold (``--holdout_individuals``).
+    """
+    parts = []
     if group_col is not None:
-        return train["group"].to_numpy()
-    return clusters
+        parts.append(train["group"].to_numpy())
+    if clusters is not None:
+        parts.append(clusters)
+    if held_out:
+        parts.append(folds_mod.individual_groups(train["label"], held_out))
+    if not parts:
+        return None
+    groups = parts[0]
+    for part in parts[1:]:
+        groups = folds_mod.merge_groups(groups, part)
+    return groups
 
 
 def warn_small_classes(labels, n_folds):
@@ -399,7 +410,7 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
                      known_labels_csv=None, new_label=DEFAULT_NEW_LABEL, n_folds=5, seed=42,
                      group_duplicates=None, shard_size=DEFAULT_SHARD_SIZE, workers=None, max_side=None,
                      jpeg_quality=95, skip_bad=False, overwrite=False, progress=True,
-                     max_pixels=images.DEFAULT_MAX_PIXELS, allow_outside=False):
+                     max_pixels=images.DEFAULT_MAX_PIXELS, allow_outside=False, holdout_individuals=0.0):
     """Convert a dataset into a TFRecord directory (Contract 1); return its manifest.
 
     Without ``train_csv`` ``data_dir`` is read as the Turtle Recall layout;
@@ -408,12 +419,16 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
     ``out_dir`` defaults to ``<data dir>/tfrec``. If ``out_dir`` already holds
     a manifest with the same input fingerprint nothing is rewritten (unless
     ``overwrite``). Images must lie inside the data folder unless
-    ``allow_outside``, and have at most ``max_pixels`` pixels. A local
+    ``allow_outside``, and have at most ``max_pixels`` pixels.
+    ``holdout_individuals``: fraction of the individuals kept in one fold
+    each (``folds.held_out_individuals``; 0: off). A local
     ``out_dir`` is locked for the conversion (runlock). Raises DataError (bad
     input) or ConfigError (bad flags, busy or foreign ``out_dir``).
     """
     check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_duplicates, shard_size, path_pattern,
                 max_pixels)
+    if not 0 <= holdout_individuals < 1:
+        raise ConfigError(f"--holdout_individuals is a fraction in [0, 1), got {holdout_individuals}")
     workers = images.default_workers() if not workers else int(workers)
     try:
         dataset = read_dataset(data_dir=data_dir, train_csv=train_csv, test_csv=test_csv, images_dir=images_dir,
@@ -428,6 +443,8 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
              "group_duplicates": group_duplicates, "group_col": group_col, "skip_bad": skip_bad,
              "new_label": new_label, "id_col": id_col, "label_col": label_col, "path_col": path_col,
              "path_pattern": path_pattern, "max_pixels": max_pixels, "allow_outside": allow_outside}
+    if holdout_individuals:  # only when set: conversions made before the flag stay current
+        flags["holdout_individuals"] = float(holdout_individuals)
     fingerprint = input_fingerprint(dataset, flags)
     return write_unless_current(out_dir, fingerprint, overwrite,
                                 lambda: convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress))
@@ -491,7 +508,12 @@ def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
     original = sorted(set(dataset.original) & set(train["label"]))  # a class may lose all its images to skip_bad
     label_map = LabelMap.fit(train["label"], original=original, new_label=dataset.new_label)
     check_submission_labels(label_map)
-    groups = fold_groups(train, flags["group_col"], clusters)
+    held_out = folds_mod.held_out_individuals(train["label"], flags.get("holdout_individuals") or 0,
+                                              flags["n_folds"], flags["seed"])
+    if held_out:
+        say(f"held-out individuals: {len(held_out)} of {train['label'].nunique()} stay in one fold each, "
+            "so their out-of-fold images simulate unseen individuals (fits the open-set rule)")
+    groups = fold_groups(train, flags["group_col"], clusters, held_out)
     warn_small_classes(train["label"], flags["n_folds"])
     try:
         fold = folds_mod.assign_folds(train["label"], flags["n_folds"], flags["seed"], groups)
@@ -541,6 +563,11 @@ def build_parser():
     fo = p.add_argument_group("folds")
     fo.add_argument("--n_folds", type=int, default=5, help="number of folds (stratified K-fold)")
     fo.add_argument("--seed", type=int, default=42, help="seed of the fold split and shard order")
+    fo.add_argument("--holdout_individuals", type=float, default=0.0, metavar="FRACTION",
+                    help="this fraction of the individuals keep all their images in one fold, so that fold's "
+                         "model never sees them and their out-of-fold predictions behave like new individuals "
+                         "of a test set: the open-set rule (new label first) is fitted on them (default: off; "
+                         "e.g. 0.2)")
     fo.add_argument("--group_duplicates", type=float, metavar="THRESHOLD",
                     help="keep near-identical images (cosine similarity of 16x16 grayscale thumbnails "
                          ">= THRESHOLD, e.g. 0.95) in one fold (default: off)")
@@ -587,7 +614,7 @@ TEMPORAL_LAYOUTS = ("biomassters", "temporal")
 _CLASSIFICATION_ONLY = {"images_dir": None, "label_col": "label", "path_col": None, "path_pattern": None,
                         "known_labels_csv": None, "max_side": None, "jpeg_quality": 95,
                         "new_label": DEFAULT_NEW_LABEL, "max_pixels": images.DEFAULT_MAX_PIXELS,
-                        "allow_outside": False}
+                        "allow_outside": False, "holdout_individuals": 0.0}
 
 
 def detect_seg_layout(data_dir):

@@ -18,11 +18,15 @@ installed packages (no download):
   half of the time (a mirrored face or animal is the same individual),
   brightness / contrast / saturation / white-balance jitter, mild blur,
   sensor noise and JPEG quality 70-95. One individual in four is extra-only
-  (``new_turtle`` in a submission).
+  (trained on as a class, ``new_turtle`` in a submission), and a few more
+  individuals appear only in the test set (never seen in training, also
+  ``new_turtle``): the open-set case of a real re-identification test set.
 
 Both write ``train.csv``, ``extra_images.csv``, ``test.csv``,
 ``sample_submission.csv``, ``images/<id>.JPG`` and ``answers.csv`` (the truth
-for the test split in submission terms: an original id, or ``new_turtle``).
+for the test split in submission terms: an original id, or ``new_turtle``;
+its third column ``individual_kind`` says ``original``, ``extra_only`` or
+``test_only`` for analysis).
 """
 import argparse
 import contextlib
@@ -118,10 +122,12 @@ def write_layout(root, ids, labels, original, train_rows, extra_rows, test_rows)
     """The CSV files of the Turtle Recall layout in ``root`` (images are the caller's).
 
     ids, labels: per image; original: the labels that are "original" (those
-    of train.csv); *_rows: indices into ids/labels.
+    of train.csv); *_rows: indices into ids/labels. A test label that is in
+    neither train nor extra rows is a test-only individual.
     """
     ids, labels = list(ids), list(labels)
     original = set(original)
+    trained = {labels[i] for i in train_rows} | {labels[i] for i in extra_rows}
     loc = [LOCATIONS[i % 3].capitalize() for i in range(len(ids))]  # mixed case, like the original
     pd.DataFrame({
         "image_id": [ids[i] for i in train_rows],
@@ -144,6 +150,8 @@ def write_layout(root, ids, labels, original, train_rows, extra_rows, test_rows)
     pd.DataFrame({
         "image_id": test_ids,
         "turtle_id": [labels[i] if labels[i] in original else DEFAULT_NEW_LABEL for i in test_rows],
+        "individual_kind": ["original" if labels[i] in original else "extra_only" if labels[i] in trained
+                            else "test_only" for i in test_rows],
     }).to_csv(os.path.join(root, "answers.csv"), index=False)
 
 
@@ -262,33 +270,46 @@ def _view(padded, pad, cy, cx, size, rng, mirror_probability):
 
 
 def build_photo_dataset(out_dir, n_individuals=36, per_individual=12, size=100, seed=0, test_fraction=0.2,
-                        extra_fraction=0.25, mirror_probability=0.5):
+                        extra_fraction=0.25, mirror_probability=0.5, n_test_only=None):
     """Write the photo re-identification dataset into ``out_dir`` (replacing it); return its path.
 
     ``n_individuals`` regions x ``per_individual`` random views, ``size`` x
     ``size`` JPEGs; individuals 3, 7, 11, ... (one in four) are extra-only.
-    Needs scikit-image (for its bundled photographs).
+    Then ``n_test_only`` (default ``n_individuals // 6``) more regions with
+    ``max(1, per_individual // 2)`` views each, all in test.csv: individuals no
+    training set holds (``new_turtle``). The first ``n_individuals`` and their
+    images do not depend on ``n_test_only``. Needs scikit-image (for its
+    bundled photographs).
     """
     from PIL import Image
 
     if n_individuals < 2 or per_individual < 2:
         raise ConfigError("--n_individuals and --per_individual must be at least 2")
+    n_test_only = n_individuals // 6 if n_test_only is None else int(n_test_only)
+    if n_test_only < 0:
+        raise ConfigError(f"--n_test_only must be >= 0, got {n_test_only}")
     rng = np.random.default_rng(seed)
     photos = source_photos()
-    regions = _regions(photos, n_individuals, rng)
+    regions = _regions(photos, n_individuals + n_test_only, rng)
     names = [f"t_id_{photos[p][0]}_{int(cy)}_{int(cx)}" for p, cy, cx in regions]
-    labels = np.repeat(names, per_individual)
+    labels = np.repeat(names[:n_individuals], per_individual)
     is_original = np.repeat([i % 4 != 3 for i in range(n_individuals)], per_individual)
-    rows = split_rows(labels, is_original, test_fraction, extra_fraction, rng, seed)
+    train_rows, extra_rows, test_rows = split_rows(labels, is_original, test_fraction, extra_fraction, rng, seed)
+    n_seen = len(labels)
+    test_only_views = max(1, per_individual // 2)
+    image_region = list(np.repeat(np.arange(n_individuals), per_individual))
+    image_region += list(np.repeat(np.arange(n_individuals, n_individuals + n_test_only), test_only_views))
+    labels = np.concatenate([labels, np.repeat(names[n_individuals:], test_only_views)]).astype(str)
+    rows = (train_rows, extra_rows, np.concatenate([test_rows, np.arange(n_seen, len(labels))]).astype(int))
     pad = PHOTO_REGION
     padded = [Image.fromarray(np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")) for _, img in photos]
     ids = [_image_id(i, "foldnet-photos") for i in range(len(labels))]
     with dataset_dir(out_dir, "photos") as tmp:
         for i, image_id in enumerate(ids):
-            p, cy, cx = regions[i // per_individual]
+            p, cy, cx = regions[image_region[i]]
             view = _view(padded[p], pad, cy, cx, size, rng, mirror_probability)
             save_jpeg(os.path.join(tmp, "images", image_id + ".JPG"), view, quality=rng.integers(70, 96))
-        write_layout(tmp, ids, labels, set(labels[is_original]), *rows)
+        write_layout(tmp, ids, labels, set(labels[:n_seen][is_original]), *rows)
     return out_dir
 
 
@@ -312,6 +333,9 @@ def main(argv=None):
     p.add_argument("--n_individuals", type=int, default=36, help="photos: number of individuals (default: %(default)s)")
     p.add_argument("--per_individual", type=int, default=12,
                    help="photos: photos per individual (default: %(default)s)")
+    p.add_argument("--n_test_only", type=int, default=None,
+                   help="photos: individuals present only in the test set, half as many photos each "
+                        "(default: n_individuals // 6)")
     p.add_argument("--n_places", type=int, default=40, help="kelp: number of places (default: %(default)s)")
     p.add_argument("--acquisitions", type=int, default=4,
                    help="kelp: tiles per place, near-duplicates of each other (default: %(default)s)")
@@ -348,7 +372,7 @@ def main(argv=None):
     else:
         out_dir = a.out_dir or "data/photos"
         rc = run_main(build_photo_dataset, out_dir, n_individuals=a.n_individuals, per_individual=a.per_individual,
-                      size=a.image_size or 100, seed=a.seed)
+                      size=a.image_size or 100, seed=a.seed, n_test_only=a.n_test_only)
     if rc:
         return rc
     print(f"{a.kind} dataset written to {out_dir}", file=sys.stderr)

@@ -75,6 +75,9 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     text += report.markdown_table(rows, ["model", "weight", "n_oof", *task.score_keys]) if rows else "(none)\n"
     if notes:
         text += "\n" + "".join(f"- {n}\n" for n in notes)
+    section = task.post_markdown(post) if post else ""
+    if section:
+        text += "\n" + section
     scores_path = fileio.atomic_write_text(f"{stem}.scores.md", text)
     log.info(text)
     return out_path, probs_path, scores_path

@@ -84,6 +84,32 @@ def duplicate_groups(thumbs, threshold):
     return components(len(thumbs), similar_pairs(thumbs, threshold))
 
 
+def held_out_individuals(labels, fraction, n_folds, seed):
+    """Sorted labels of ``round(fraction * #labels)`` individuals (drawn with ``seed`` among those with
+    at least 2 rows) to keep in one fold each: that fold's model never trains on them, so their
+    out-of-fold rows simulate new individuals. At most as many as leave every fold trainable."""
+    if not fraction:
+        return []
+    values, counts = np.unique(np.asarray(labels).astype(str), return_counts=True)
+    candidates = values[counts >= 2]
+    n = min(int(round(fraction * len(values))), len(candidates), len(values) - 1)
+    if n <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    return sorted(str(v) for v in rng.choice(candidates, size=n, replace=False))
+
+
+def individual_groups(labels, held_out):
+    """Group id per row: one group per held-out label, every other row its own group."""
+    labels = np.asarray(labels).astype(str)
+    held = {lab: i for i, lab in enumerate(sorted(held_out))}
+    out = np.arange(len(labels)) + len(held)
+    for i, lab in enumerate(labels):
+        if lab in held:
+            out[i] = held[lab]
+    return out
+
+
 def n_grouped(groups):
     """Number of rows sharing their group with at least one other row."""
     _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from . import augment, data, images, ranking, rundir, tasks
+from . import augment, data, images, openset, rundir, tasks
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,15 @@ def load_image_files(paths, dim, tta_number):
     return tf.concat(views, axis=0)
 
 
-def predict_images(model_loader, weights_paths, image_paths, dim, tta_number, label_map, k=5):
+def predict_images(model_loader, weights_paths, image_paths, dim, tta_number, label_map, k=5, rule=None):
     """Average the given checkpoints (and TTA views) over ``image_paths``.
 
     ``model_loader(weights_path)`` returns a model with those weights. Returns
     ``(probs [n, n_classes], rows)`` where rows[i] is a list of k
     (label, probability) pairs after the new-individual mapping: an original
     label keeps its probability; the new-individual label shows the
-    probability of the non-original class that placed it.
+    probability of the most probable non-original class. rule: the open-set
+    rule (``openset``; None: natural).
     """
     if not weights_paths:
         raise DataError("no checkpoints to predict with", ["give --checkpoints, or a --run_dir with trained folds"])
@@ -84,12 +85,12 @@ def predict_images(model_loader, weights_paths, image_paths, dim, tta_number, la
         p = model.predict(x, verbose=0).reshape(len(image_paths), n_views, -1).mean(axis=1)
         total = p if total is None else total + p
     probs = total / len(weights_paths)
-    return probs, labelled_top_k(probs, label_map, k)
+    return probs, labelled_top_k(probs, label_map, k, rule)
 
 
-def labelled_top_k(probs, label_map, k=5):
+def labelled_top_k(probs, label_map, k=5, rule=None):
     rows = []
-    labels_k = ranking.top_k_labels(probs, label_map, k=k)
+    labels_k = openset.top_k_labels(probs, label_map, rule, k)
     masked_new = np.where(label_map.original_mask[None, :], -1.0, probs)
     best_new = masked_new.max(axis=1)
     for i, labels in enumerate(labels_k):

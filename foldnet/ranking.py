@@ -42,11 +42,14 @@ def n_submission_labels(label_map):
     return int(keeps.sum()) + int((~keeps).any())
 
 
-def top_k_labels(probs, label_map, k=5):
+def top_k_labels(probs, label_map, k=5, new_rank=None):
     """Per row, the k labels to submit under the new-individual rule (see module doc).
 
-    probs: [n, n_classes] in the label map's class order. Returns a list of n
-    lists of k distinct strings. Raises ValueError if the label map cannot
+    probs: [n, n_classes] in the label map's class order. new_rank: optional
+    [n] ints, the earliest 1-based rank the new label takes in each row (it
+    goes there if its natural rank is later or absent; k + 1 or more: natural
+    rank only), as the open-set rule (``openset``) decides. Returns a list of
+    n lists of k distinct strings. Raises ValueError if the label map cannot
     give k distinct labels (fewer than k original labels plus the new label).
     """
     probs = _check_probs(probs)
@@ -56,7 +59,12 @@ def top_k_labels(probs, label_map, k=5):
     # A class keeps its label only if it is original and not spelled like the new label.
     keeps = label_map.original_mask & (labels != label_map.new_label)
     n_keep = int(keeps.sum())
-    has_new = bool((~keeps).any())
+    if new_rank is not None:
+        new_rank = np.asarray(new_rank, dtype=np.int64)
+        if new_rank.shape != (probs.shape[0],):
+            raise ValueError(f"new_rank has shape {new_rank.shape}, probs {probs.shape[0]} rows")
+    # The new label is a possible answer if some class maps to it or a rule may place it.
+    has_new = bool((~keeps).any()) or (new_rank is not None and bool((new_rank <= k).any()))
     if n_keep + int(has_new) < k:
         raise ValueError(
             f"cannot make {k} distinct labels: {n_keep} original labels"
@@ -73,12 +81,16 @@ def top_k_labels(probs, label_map, k=5):
         orig_cls = np.stack(
             [order[rows, np.argmax(cum >= t, axis=1)] for t in range(1, n_orig_needed + 1)], axis=1
         )
-        if has_new:
+        if (~keeps).any():
             first_new = np.argmax(~kept_sorted, axis=1)
             # Originals ranked above the first non-original = where new_label is inserted.
             insert_at = cum[rows, first_new]
         else:
             insert_at = np.full(order.shape[0], k)
+        if new_rank is not None:
+            insert_at = np.minimum(insert_at, new_rank[start:start + _ROW_BLOCK] - 1)
+        if n_keep < k:  # fewer originals than k: the new label fills the row
+            insert_at = np.minimum(insert_at, n_keep)
         for r in range(order.shape[0]):
             a = int(insert_at[r])
             if a < k:

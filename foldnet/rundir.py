@@ -420,6 +420,11 @@ def read_oof(run_dir, task, expected_fingerprint=None, reduce=None):
     return out
 
 
+def oof_folds(run_dir):
+    """{id: fold} of a run's OOF predictions (headers only)."""
+    return {str(i): fold for fold, h in oof_headers(run_dir) for i in h.ids}
+
+
 def load_oof(run_dir, task, tta="mean", expected_fingerprint=None):
     """All folds' OOF predictions of a run, TTA-reduced: ``(ids, targets, outputs [n, ...])`` in fold order."""
     if tta not in TTA_MODES:

@@ -88,7 +88,7 @@ def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=()):
 
 def run_predict(cfg):
     """--job predict: top-k labels of image files, averaged over fold checkpoints (classification)."""
-    from . import predict, train
+    from . import openset, predict, train
 
     if not cfg["images"]:
         raise ConfigError("--job predict needs --images FILE [FILE ...]")
@@ -108,10 +108,12 @@ def run_predict(cfg):
     missing = [w for w in weights if not os.path.exists(w)]
     if missing:
         raise DataError("checkpoint files not found", missing)
+    rule = openset.load_rule(cfg["run_dir"])  # None for runs scored before the rule existed
     _, rows = predict.predict_images(
         lambda w: train.load_fold_model(cfg, label_map, w, task=task), weights, cfg["images"],
-        cfg["dim"], cfg["tta_number"], label_map)
-    log.info(f"{len(weights)} checkpoint(s), {cfg['tta_number'] + 1} view(s) per image")
+        cfg["dim"], cfg["tta_number"], label_map, rule=rule)
+    log.info(f"{len(weights)} checkpoint(s), {cfg['tta_number'] + 1} view(s) per image; "
+             f"{openset.describe(rule)}")
     for path, row in zip(cfg["images"], rows):
         log.info(f"{path}")
         for rank, (label, prob) in enumerate(row, 1):

@@ -5,6 +5,9 @@ memory-mapped files, decoded a block of rows at a time) into the task's
 scorers (``task.scorer``), so memory does not grow with the number or size
 of the tiles; writes ``scores.json`` and ``scores.md`` in the run dir (and
 the task's report of all folds' TTA-mean OOF outputs, stem ``RUN_DIR/oof``).
+When the task saves a post-processing fitted on OOF (``task.post_file``,
+classification: the open-set rule), it is fitted on all folds' TTA-mean OOF
+outputs, saved there and added to both (``post``, a Markdown section).
 """
 import logging
 import os
@@ -63,14 +66,30 @@ def score_run(run_dir, spec, task=None, groups=None, block_elements=None):
         n_all += len(src.ids)
     if problems:
         raise DataError(f"{run_dir}: invalid out-of-fold predictions", problems)
+    post = None
     if pooled:
         rows += _rows("all", n_all, pooled, tta_ref)
         pooled[-1].report(os.path.join(run_dir, "oof"),
                           f"{os.path.basename(os.path.normpath(run_dir))}: out-of-fold, all folds")
+        post = save_post(run_dir, task, pooled[-1], {str(i): s.fold for s in sources for i in s.ids})
     result = {"folds": [s.fold for s in sources], "rows": rows}
+    if post is not None:
+        result["post"] = post
     fileio.atomic_write_json(os.path.join(run_dir, "scores.json"), result)
     table = report.markdown_table(rows, ["fold", "tta", "n", *task.score_keys])
     title = f"# Out-of-fold scores: {os.path.basename(os.path.normpath(run_dir))}\n\n"
-    fileio.atomic_write_text(os.path.join(run_dir, "scores.md"), title + table + "\n" + task.score_note + "\n")
-    log.info(table)
+    section = ("\n" + task.post_markdown(post)) if post is not None else ""
+    fileio.atomic_write_text(os.path.join(run_dir, "scores.md"),
+                             title + table + "\n" + task.score_note + "\n" + section)
+    log.info(table + section)
     return rows
+
+
+def save_post(run_dir, task, scorer, folds):
+    """Fit the task's post-processing on a member's OOF (all folds, TTA mean: ``scorer``) and save it in
+    ``RUN_DIR/<task.post_file>`` (atomic); returns it (None if the task saves none). folds: {id: fold}."""
+    if not task.post_file:
+        return None
+    post = scorer.post(folds=folds)
+    fileio.atomic_write_json(os.path.join(run_dir, task.post_file), post)
+    return post

@@ -8,7 +8,7 @@ No TensorFlow here: this module runs in light processes.
 import numpy as np
 import pandas as pd
 
-from . import fileio, report
+from . import fileio, openset, report
 from .errors import DataError
 from .ranking import descending_order, top_k_labels  # noqa: F401  (part of this module's API)
 
@@ -23,8 +23,10 @@ def _template_columns(template, k):
     return cols
 
 
-def make_submission(ids, probs, label_map, template, k=5):
+def make_submission(ids, probs, label_map, template, k=5, rule=None):
     """Submission table in the template's row order and column names.
+
+    rule: the open-set rule (``openset``; None: the natural new-individual rule).
 
     ids: [n] row keys of ``probs``. template: the sample submission; its first
     column holds the ids, the next k columns name the predictions. Every
@@ -53,7 +55,7 @@ def make_submission(ids, probs, label_map, template, k=5):
     if problems:
         raise DataError("predictions do not match the submission template", problems)
     pos = pd.Index(ids).get_indexer(template_ids)
-    rows = top_k_labels(probs[pos], label_map, k)
+    rows = openset.top_k_labels(probs[pos], label_map, rule, k)
     df = pd.DataFrame(rows, columns=cols[1:])
     df.insert(0, cols[0], template_ids)
     return df

@@ -102,17 +102,31 @@ Scoring (no TensorFlow; light processes)
   outputs, and a phrase naming the problem (classification: label outside
   ``[0, C)``).
 - ``score_note``: one Markdown sentence explaining the score columns.
-- ``fit_post(targets, outputs, spec)``: post-processing parameters fitted on
-  the ensemble's OOF blend (final member weights), as a small dict such as
-  ``{"threshold": 0.48}``, or None (classification: None). Reported in the
-  ensemble's scores.md and passed to ``write_submission``.
+- ``fit_post(targets, outputs, spec, folds=None)``: post-processing
+  parameters fitted on OOF outputs (``folds``: each row's fold; passed only
+  to tasks with a ``post_file``, so ``fit_post(targets, outputs, spec)`` of
+  other tasks keeps working),
+  as a small JSON-able dict such as ``{"threshold": 0.48}``, or None.
+  segmentation: the Dice threshold; classification: the open-set rule
+  (``openset.fit_rule``). Fitted on the ensemble's OOF blend (final member
+  weights), reported in the ensemble's scores.md (``post_markdown``) and
+  passed to ``write_submission``.
+- ``post_file``: file name in a run directory where the score job saves the
+  member's own ``fit_post`` (None: not saved; classification:
+  ``openset_rule.json``). When set, the ensemble fits ``post`` only if every
+  scored member has that file (run directories written before it keep
+  their old submissions).
+- ``post_markdown(post)``: a Markdown section about ``post`` (default: none).
+- ``describe_post(post)``: one line about ``post`` (default: ``key = value``
+  pairs).
 
 Streaming scores (the score job and the ensemble never hold all OOF outputs)
 
 - ``scorer(spec, groups=None)``: an accumulator with ``add(targets, outputs,
   ids)`` (one block of TTA-reduced ``[b, ...]`` rows; called block after
   block), ``scores()`` (the dict ``score`` would return for all rows added),
-  ``metric(name)`` (a ``fit_metrics`` value), ``post()`` (``fit_post``) and
+  ``metric(name)`` (a ``fit_metrics`` value), ``post(folds=None)``
+  (``fit_post``; ``folds`` {id: fold} only for tasks with a ``post_file``) and
   ``report(stem, title)`` (``report``). ``groups``: {id: group} of the rows
   (e.g. tiles.csv locations) or None. Default (``CollectScorer``): keeps the
   blocks and calls ``score`` / ``fit_post`` / ``report`` on them, right for
@@ -234,8 +248,16 @@ class Task:
     def invalid_targets(self, targets, outputs):
         raise NotImplementedError
 
-    def fit_post(self, targets, outputs, spec):
+    post_file = None
+
+    def fit_post(self, targets, outputs, spec, folds=None):
         return None
+
+    def post_markdown(self, post):
+        return ""
+
+    def describe_post(self, post):
+        return ", ".join(f"{k} = {v}" for k, v in post.items())
 
     def report(self, stem, targets, outputs, title):
         return []
@@ -265,11 +287,12 @@ class CollectScorer:
 
     def __init__(self, task, spec):
         self.task, self.spec = task, spec
-        self._targets, self._outputs = [], []
+        self._targets, self._outputs, self._ids = [], [], []
 
     def add(self, targets, outputs, ids=None):
         self._targets.append(np.asarray(targets))
         self._outputs.append(np.asarray(outputs))
+        self._ids.append(None if ids is None else np.asarray(ids).astype(str))
         return self
 
     def _all(self):
@@ -281,8 +304,12 @@ class CollectScorer:
     def metric(self, name):
         return self.task.fit_metrics[name](*self._all(), self.spec)
 
-    def post(self):
-        return self.task.fit_post(*self._all(), self.spec)
+    def post(self, folds=None):
+        """``fit_post``; with ``folds`` ({id: fold}, tasks with a ``post_file``) each row's fold too."""
+        if folds is None:
+            return self.task.fit_post(*self._all(), self.spec)
+        keys = np.array([folds[i] for ids in self._ids for i in ids])
+        return self.task.fit_post(*self._all(), self.spec, folds=keys)
 
     def report(self, stem, title):
         return self.task.report(stem, *self._all(), title)

@@ -15,6 +15,7 @@ from the test set. ``map5_new`` fits that one instead.
 No TensorFlow here: this module runs in light processes.
 """
 import dataclasses
+import os
 
 import numpy as np
 
@@ -134,6 +135,14 @@ def _blend_pass(members, ids, weight_sets, task, spec, groups, tta, block_elemen
     return scorers
 
 
+def oof_fold_keys(runs, ids):
+    """{id: one integer for the combination of its folds in every run} (equal keys: the same fold in
+    every member), so a class whose rows share one key was held out of training in every member."""
+    maps = [rundir.oof_folds(r) for r in runs]
+    keys = ["/".join(str(m.get(str(i), -1)) for m in maps) for i in ids]
+    return dict(zip((str(i) for i in ids), np.unique(keys, return_inverse=True)[1].tolist()))
+
+
 def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None, groups=None, block_elements=None):
     """OOF scores of each member and of the ensemble; returns ``(rows, notes, final_weights, post, oof)``.
 
@@ -194,9 +203,13 @@ def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None,
             rows.append({"model": "ensemble (fitted weights)", "n_oof": len(ids), **fitted.scores()})
             notes.append(f"fitted on OOF {result.metric}: {result.before:.4f} (equal) -> {result.after:.4f} "
                          f"in {result.steps} moves")
-        post = oof.post()
+        if not task.post_file:
+            post = oof.post()
+        elif all(os.path.exists(os.path.join(m.run, task.post_file)) for m in members):
+            # (members scored before the task saved its post-processing keep their old submissions)
+            post = oof.post(folds=oof_fold_keys([m.run for m in members], ids))
         if post:
-            notes.append("fitted on the ensemble's OOF: " + ", ".join(f"{k} = {v}" for k, v in post.items()))
+            notes.append("fitted on the ensemble's OOF: " + task.describe_post(post))
     if fit and (len(members) < 2 or share == 0):
         notes.append("--fit_weights: fewer than 2 members with OOF predictions, weights unchanged")
     for row, idx in zip(rows, scored):

@@ -15,7 +15,7 @@ LAYOUT_COLUMNS = {
     "train": ["image_id", "image_location", "turtle_id"],
     "extra_images": ["image_id", "turtle_id"],
     "test": ["image_id", "image_location"],
-    "answers": ["image_id", "turtle_id"],
+    "answers": ["image_id", "turtle_id", "individual_kind"],
     "sample_submission": ["image_id"] + [f"prediction{k}" for k in range(1, 6)],
 }
 
@@ -38,6 +38,9 @@ def test_demo_layout_and_rules(tmp_path):
     assert set(test["image_id"]).isdisjoint(set(train["image_id"]) | set(extra["image_id"]))
     assert answers["image_id"].tolist() == test["image_id"].tolist() == sample["image_id"].tolist()
     assert set(answers["turtle_id"]) == originals | {"new_turtle"}
+    new = answers["turtle_id"] == "new_turtle"
+    assert set(answers.loc[new, "individual_kind"]) == {"extra_only"}
+    assert set(answers.loc[~new, "individual_kind"]) == {"original"}
     img = Image.open(os.path.join(d, "images", train["image_id"][0] + ".JPG"))
     assert img.format == "JPEG" and img.size == (16, 16) and img.mode == "RGB"
 
@@ -58,15 +61,28 @@ def test_demo_is_deterministic(tmp_path):
 
 
 def test_photo_dataset_layout_and_rules(tmp_path):
-    d = demo_data.build_photo_dataset(str(tmp_path / "photos"), n_individuals=8, per_individual=5, size=24)
+    d = demo_data.build_photo_dataset(str(tmp_path / "photos"), n_individuals=8, per_individual=5, size=24,
+                                      n_test_only=2)
     train, extra, test, answers, sample = read_layout(d)
     labels = set(train["turtle_id"]) | set(extra["turtle_id"])
     assert len(labels) == 8 and len(set(train["turtle_id"])) == 6  # individuals 3 and 7 are extra-only
-    assert len(train) + len(extra) + len(test) == 40 and len(test) == 8  # 20 %, one per individual
+    # 20 % of the trained individuals' photos (one each) plus 2 test-only individuals x 5 // 2 photos
+    assert len(train) + len(extra) + len(test) == 40 + 4 and len(test) == 8 + 4
     assert set(test["image_id"]).isdisjoint(set(train["image_id"]) | set(extra["image_id"]))
     assert answers["image_id"].tolist() == test["image_id"].tolist() == sample["image_id"].tolist()
     assert set(answers["turtle_id"]) == set(train["turtle_id"]) | {"new_turtle"}
     assert set(sample.iloc[0, 1:]) <= set(train["turtle_id"])
+    kinds = answers["individual_kind"].value_counts().to_dict()
+    assert kinds == {"original": 6, "extra_only": 2, "test_only": 4}
+    assert (answers.loc[answers["individual_kind"] != "original", "turtle_id"] == "new_turtle").all()
+    # the test-only individuals are none of the trained ones, and the trained part does not depend on them
+    d0 = demo_data.build_photo_dataset(str(tmp_path / "photos0"), n_individuals=8, per_individual=5, size=24,
+                                       n_test_only=0)
+    train0, extra0, test0, answers0, _ = read_layout(d0)
+    assert train0.equals(train) and extra0.equals(extra) and test0.equals(test.iloc[:8])
+    for i in train["image_id"][:3]:
+        assert open(os.path.join(d, "images", i + ".JPG"), "rb").read() == \
+            open(os.path.join(d0, "images", i + ".JPG"), "rb").read()
     # Several individuals come from one photo (fine-grained), from more than one photo overall.
     photos = [label.rsplit("_", 2)[0] for label in labels]
     assert len(set(photos)) > 1 and len(set(photos)) < len(photos)

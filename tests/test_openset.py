@@ -1,0 +1,222 @@
+"""The open-set rule (foldnet.openset): hand-computed MAP@5 known / new / all, the fit, the held-out simulation."""
+import foldnet  # noqa: F401
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from foldnet import evaluate, folds, metrics, openset, ranking
+from foldnet.labels import LabelMap
+
+# Classes a..e original, x extra-only (trained on, answered new_turtle).
+LM = LabelMap(["a", "b", "c", "d", "e", "x"], original=["a", "b", "c", "d", "e"])
+PROBS = np.array([
+    [0.80, 0.10, 0.04, 0.03, 0.02, 0.01],  # r0 known a, confident
+    [0.30, 0.35, 0.20, 0.05, 0.05, 0.05],  # r1 known b, unsure (max 0.35)
+    [0.05, 0.02, 0.02, 0.01, 0.00, 0.90],  # r2 new: the extra-only individual x
+    [0.40, 0.30, 0.10, 0.10, 0.05, 0.05],  # r3 new: unseen, unsure
+    [0.60, 0.20, 0.10, 0.05, 0.03, 0.02],  # r4 new: unseen, fairly confident
+])
+TRUTH = ["a", "b", "new_turtle", "new_turtle", "new_turtle"]
+IS_NEW = np.array([False, False, True, True, True])
+
+
+def split(rule):
+    rows = openset.top_k_labels(PROBS, LM, rule)
+    return rows, openset.split_map(IS_NEW, openset.label_row_scores(TRUTH, rows))
+
+
+def test_natural_rule_is_todays_ranking():
+    rows, s = split(None)
+    assert rows == ranking.top_k_labels(PROBS, LM)
+    assert rows[0] == ["a", "b", "c", "d", "e"]          # x ranked 6th: no new label
+    assert rows[2][0] == "new_turtle"                     # the extra-only class is ranked first
+    assert rows[3] == ["a", "b", "c", "d", "e"]          # ties d/e/x at 0.05: x (higher index) after e
+    # by hand: known (1 + 1) / 2; new (1 + 0 + 0) / 3; all 3 / 5
+    assert s == {"all": pytest.approx(0.6), "known": 1.0, "new": pytest.approx(1 / 3), "n_known": 2, "n_new": 3}
+    # rows 0-2 have a class in the label map: the competition metric agrees on them
+    assert metrics.map5_new_individual(np.array([0, 1, 5]), PROBS[:3], LM) == pytest.approx(1.0)
+
+
+def test_threshold_puts_new_first_below_it():
+    rule = {"score": "max_prob", "threshold": 0.5, "new_rank": None}
+    rows, s = split(rule)
+    assert rows[1] == ["new_turtle", "b", "a", "c", "d"]  # 0.35 < 0.5: new first, known b drops to 2nd
+    assert rows[3] == ["new_turtle", "a", "b", "c", "d"]
+    assert rows[4] == ["a", "b", "c", "d", "e"]          # 0.60 >= 0.5: natural
+    # by hand: known (1 + 1/2) / 2 = 0.75; new (1 + 1 + 0) / 3; all 3.5 / 5
+    assert s["known"] == pytest.approx(0.75) and s["new"] == pytest.approx(2 / 3) and s["all"] == pytest.approx(0.7)
+
+
+def test_fallback_rank_caps_the_natural_rank():
+    rule = {"score": "max_prob", "threshold": 0.5, "new_rank": 2}
+    rows, s = split(rule)
+    assert rows[0] == ["a", "new_turtle", "b", "c", "d"]
+    assert rows[2] == ["new_turtle", "a", "b", "c", "d"]  # natural rank 1 stays 1
+    assert rows[4] == ["a", "new_turtle", "b", "c", "d"]
+    # by hand: known (1 + 1/2) / 2; new (1 + 1 + 1/2) / 3; all 4 / 5
+    assert s["known"] == pytest.approx(0.75) and s["new"] == pytest.approx(2.5 / 3) and s["all"] == pytest.approx(0.8)
+
+
+def test_scores():
+    np.testing.assert_allclose(openset.open_set_score(PROBS, LM, "max_prob"), [0.8, 0.35, 0.9, 0.4, 0.6])
+    np.testing.assert_allclose(openset.open_set_score(PROBS, LM, "max_original_prob"), [0.8, 0.35, 0.05, 0.4, 0.6])
+    p = np.clip(PROBS[0], 1e-12, 1)
+    assert openset.open_set_score(PROBS, LM, "neg_entropy")[0] == pytest.approx(float((p * np.log(p)).sum()))
+    with pytest.raises(ValueError, match="unknown open-set score"):
+        openset.open_set_score(PROBS, LM, "energy")
+
+
+def test_unseen_rows_are_classes_of_one_fold():
+    targets = np.array([0, 0, 1, 1, 2, 2, 2, 3])
+    fold = np.array([0, 1, 0, 1, 2, 2, 2, 1])
+    # class 2 only in fold 2, class 3 (one row) only in fold 1: their fold's model never saw them
+    assert openset.unseen_rows(targets, fold).tolist() == [False] * 4 + [True] * 4
+    assert not openset.unseen_rows(targets, np.zeros(8)).any()  # a single fold simulates nothing
+
+
+def _brute_force(probs, targets, is_new, rule_grid):
+    truth = [LM.new_label if n else LM.labels[t] for t, n in zip(targets, is_new)]
+    best = None
+    for rule in rule_grid:
+        value = openset.label_row_scores(truth, openset.top_k_labels(probs, LM, rule)).mean()
+        best = value if best is None else max(best, value)
+    return best
+
+
+def test_fit_finds_the_best_rule_and_reports_its_split():
+    rng = np.random.default_rng(0)
+    n = 60
+    targets = rng.integers(0, 6, n)
+    logits = rng.normal(0, 1, (n, 6))
+    logits[np.arange(n), targets] += rng.uniform(0, 4, n)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    fold = rng.integers(0, 3, n)
+    fold[targets == 2] = 1  # individual c held out of folds 0 and 2: unseen in fold 1
+    rule = openset.fit_rule(targets, probs, LM, fold)
+    assert rule["simulation"] == "holdout" and rule["n_simulated_new"] == int((targets == 2).sum())
+    is_new = (targets == 2) | (targets == 5)
+    s = openset.open_set_score(probs, LM)
+    grid = [{"score": "max_prob", "threshold": t, "new_rank": r}
+            for t, r in itertools.product([None] + sorted(s + 1e-9), openset.NEW_RANKS)]
+    best = _brute_force(probs, targets, is_new, grid)
+    assert rule["oof"]["rule"]["all"] == pytest.approx(best)
+    assert rule["oof"]["rule"]["all"] >= rule["oof"]["natural"]["all"]
+    # the reported split is what the ranking gives under the fitted rule
+    truth = [LM.new_label if m else LM.labels[t] for t, m in zip(targets, is_new)]
+    row = openset.label_row_scores(truth, openset.top_k_labels(probs, LM, rule))
+    assert openset.split_map(is_new, row) == pytest.approx(rule["oof"]["rule"])
+    assert rule["oof"]["rule"]["n_new"] == int(is_new.sum())
+
+
+def test_proxy_simulation_without_held_out_individuals():
+    targets = np.array([0, 0, 1, 1, 5, 5])
+    probs = np.array([[0.9, 0.02, 0.02, 0.02, 0.02, 0.02]] * 2 + [[0.02, 0.9, 0.02, 0.02, 0.02, 0.02]] * 2 +
+                     [[0.1, 0.05, 0.05, 0.0, 0.0, 0.8], [0.0, 0.1, 0.1, 0.0, 0.0, 0.8]])
+    fold = np.array([0, 1, 0, 1, 0, 1])  # every class in both folds: nothing held out
+    assert openset.simulate(targets, probs, LM, folds=fold)[3] is None  # proxies are opt-in
+    p, t, new, method, n_sim = openset.simulate(targets, probs, LM, folds=fold, proxies=True)
+    assert method == "proxy" and n_sim == 2 and len(p) == 8
+    assert new.tolist() == [False] * 4 + [True] * 4 and t.tolist() == [0, 0, 1, 1, 5, 5, 5, 5]
+    # the copies lost their own class (x) and were renormalised: [0.1, .05, .05] / 0.2
+    np.testing.assert_allclose(p[6], [0.5, 0.25, 0.25, 0, 0, 0])
+    np.testing.assert_allclose(p[:6], probs)
+    # nothing non-original and nothing held out: natural rule
+    rule = openset.fit_rule(targets[:4], probs[:4], LM, fold[:4], proxies=True)
+    assert rule["simulation"] is None and rule["threshold"] is None and openset.describe(rule).endswith("natural rank")
+
+
+def test_held_out_individuals_stay_in_one_fold():
+    labels = np.repeat([f"t{i}" for i in range(10)], 6)
+    held = folds.held_out_individuals(labels, 0.3, n_folds=3, seed=1)
+    assert len(held) == 3 and held == sorted(held)
+    assert held == folds.held_out_individuals(labels, 0.3, n_folds=3, seed=1)  # deterministic
+    fold = folds.assign_folds(labels, 3, seed=1, groups=folds.individual_groups(labels, held))
+    for lab in set(labels):
+        n_folds_of_label = len(set(fold[labels == lab]))
+        assert n_folds_of_label == (1 if lab in held else 3)
+    assert folds.held_out_individuals(labels, 0, 3, 1) == []
+
+
+def test_evaluate_splits_known_and_new(tmp_path):
+    pd.DataFrame({"image_id": ["i1", "i2", "i3", "i4"], "turtle_id": ["a", "b", "new_turtle", "new_turtle"],
+                  "individual_kind": ["original", "original", "extra_only", "test_only"]}).to_csv(
+        tmp_path / "answers.csv", index=False)
+    sub = pd.DataFrame([["i1", "a", "b", "c", "d", "new_turtle"], ["i2", "new_turtle", "b", "a", "c", "d"],
+                        ["i3", "new_turtle", "a", "b", "c", "d"], ["i4", "a", "b", "c", "d", "e"]],
+                       columns=["image_id"] + [f"prediction{k}" for k in range(1, 6)])
+    sub.to_csv(tmp_path / "sub.csv", index=False)
+    s = evaluate.score_submission(str(tmp_path / "sub.csv"), str(tmp_path / "answers.csv"))
+    # by hand: rows score 1, 1/2, 1, 0
+    assert s["map5"] == pytest.approx(2.5 / 4) and s["top1"] == pytest.approx(0.5)
+    assert s["known"] == {"n": 2, "map5": pytest.approx(0.75), "top1": pytest.approx(0.5)}
+    assert s["new"] == {"n": 2, "map5": pytest.approx(0.5), "top1": pytest.approx(0.5)}
+    assert s["by_kind"]["test_only"] == {"n": 1, "map5": 0.0, "top1": 0.0}
+    assert evaluate.main(["--submission", str(tmp_path / "sub.csv"), "--answers", str(tmp_path / "answers.csv")]) == 0
+
+
+def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, log_lines):
+    """create_tfrecords --holdout_individuals -> run.py (train, val, test, score, subm) -> openset_rule.json
+    fitted on the held-out OOF rows; the submission, the ensemble and the predict job use it."""
+    import json
+    import os
+
+    from foldnet import data, ensemble, records, runner, rundir, tasks
+    from foldnet.averaging import average_test
+    from foldnet.convert import create_tfrecords
+    from test_training import tiny_cfg
+
+    tfrec = str(tmp_path / "tfrec")
+    manifest = create_tfrecords(data_dir=tiny_turtle_dir, out_dir=tfrec, n_folds=3, workers=1, progress=False,
+                                holdout_individuals=0.34)
+    assert manifest["flags"]["holdout_individuals"] == 0.34
+    table = pd.read_csv(os.path.join(tfrec, "folds.csv"), dtype=str)
+    held = folds.held_out_individuals(table["label"], 0.34, 3, 42)
+    assert len(held) == 2
+    for lab in held:  # each held-out individual sits in one fold and no other fold's shards hold it
+        (k,) = set(table.loc[table["label"] == lab, "fold"].astype(int))
+        others = [f for f in range(3) if f != k]
+        _, trained = data.read_ids_labels(records.fold_files(manifest, others))
+        lm = LabelMap.load(os.path.join(tfrec, "label_map.json"))
+        assert lm.encode([lab])[0] not in set(trained.tolist())
+
+    run_dir = tmp_path / "member"
+    cfg = tiny_cfg(tiny_turtle_dir, tfrec, run_dir, n_epochs=2, tta_number=0, job="train_val_test_score_subm")
+    assert runner.run(cfg) == 0
+    rule = json.load(open(run_dir / openset.RULE_FILE))
+    assert rule["simulation"] == "holdout"
+    assert rule["n_simulated_new"] == int(table["label"].isin(held).sum())
+    # the saved rule is what fit_rule gives on the stored OOF predictions
+    fs = rundir.read_oof(str(run_dir), tasks.get("classification"), reduce=lambda o: o.mean(axis=0))
+    refit = openset.fit_rule(np.concatenate([f.targets for f in fs]), np.concatenate([f.outputs for f in fs]), lm,
+                             np.concatenate([np.full(len(f.ids), f.fold) for f in fs]))
+    assert json.loads(json.dumps(refit)) == rule
+    scores = json.load(open(run_dir / "scores.json"))
+    assert scores["post"]["threshold"] == rule["threshold"]
+    assert "Open-set rule" in (run_dir / "scores.md").read_text()
+    # the member's submission applies the rule to the averaged test predictions
+    template = os.path.join(tiny_turtle_dir, "sample_submission.csv")
+    ids = pd.read_csv(template, dtype=str)["image_id"].to_numpy()
+    expected = openset.top_k_labels(average_test([str(run_dir)], ids), lm, rule)
+    sub = pd.read_csv(run_dir / "submission.csv", dtype=str)
+    assert sub.iloc[:, 1:].values.tolist() == expected
+    # the ensemble refits it on its OOF blend and says so; without the rule file: the natural rule
+    out = tmp_path / "ens" / "submission.csv"
+    os.makedirs(out.parent)
+    assert ensemble.main(["--runs", str(run_dir), str(run_dir), "--template", template,
+                          "--submission", str(out)]) == 0
+    assert pd.read_csv(out, dtype=str).values.tolist() == sub.values.tolist()
+    assert "Open-set rule" in (tmp_path / "ens" / "submission.scores.md").read_text()
+    os.remove(run_dir / openset.RULE_FILE)
+    assert ensemble.main(["--runs", str(run_dir), "--template", template, "--submission", str(out)]) == 0
+    natural = ranking.top_k_labels(average_test([str(run_dir)], ids), lm)
+    assert pd.read_csv(out, dtype=str).iloc[:, 1:].values.tolist() == natural
+    # the predict job reads the member's rule: a threshold above every score puts the new label first
+    json.dump({**rule, "threshold": 2.0}, open(run_dir / openset.RULE_FILE, "w"))
+    images = [os.path.join(tiny_turtle_dir, "images", f"{i}.JPG") for i in ids[:2]]
+    log_lines.clear()
+    assert runner.run(dict(cfg, job="predict", images=images)) == 0
+    firsts = [line.split()[1] for line in log_lines if line.strip().startswith("1.")]
+    assert firsts == [lm.new_label] * 2 and "new label first when max_prob < 2.0000" in log_lines[0]
