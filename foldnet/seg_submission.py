@@ -23,7 +23,7 @@ import numpy as np
 from . import fileio, report
 from .errors import DataError
 
-NAMING = {"kelp": "{id}_kelp.tif", "cloud": "{id}.tif", "generic": "{id}.tif"}
+NAMING = {"kelp": "{id}_kelp.tif", "cloud": "{id}.tif", "generic": "{id}.tif", "biomassters": "{id}_agbm.tif"}
 MASK_DTYPES = (np.uint8, np.bool_)
 
 
@@ -96,7 +96,20 @@ class SubmissionWriter:
     every id of ``test_ids`` was added exactly once with a valid mask. A mask
     that is bad is reported at once (DataError) and nothing is written.
     ``shape``: the expected [H, W] (None: any, but the same for all tiles).
+
+    Other kinds of maps: a subclass overrides ``problems`` (checks of one map), ``encode`` (its TIFF
+    bytes) and the words ``item`` / ``thing`` of its messages (foldnet.temporal_submission).
     """
+
+    item, thing = "tile", "mask"
+
+    @staticmethod
+    def problems(tile_id, mask, shape):
+        return mask_problems(tile_id, mask, shape)
+
+    @staticmethod
+    def encode(mask):
+        return encode_tiff(mask)
 
     def __init__(self, out, test_ids, naming="kelp", shape=None, tar=False):
         self.out = os.path.abspath(str(out))
@@ -106,7 +119,7 @@ class SubmissionWriter:
         self._known = set(self.test_ids)
         dup = sorted(i for i, n in collections.Counter(self.test_ids).items() if n > 1)
         if dup:
-            raise DataError("the test tile list repeats ids", [report.preview(dup)])
+            raise DataError(f"the test {self.item} list repeats ids", [report.preview(dup)])
         self.shape = None if shape is None else tuple(int(s) for s in shape)
         self.tar = bool(tar)
         self.done = set()
@@ -121,17 +134,17 @@ class SubmissionWriter:
         mask = np.asarray(mask)
         problems = []
         if tile_id not in self._known:
-            problems.append(f"{tile_id}: not a test tile")
+            problems.append(f"{tile_id}: not a test {self.item}")
         elif tile_id in self.done:
-            problems.append(f"{tile_id}: mask given twice")
-        problems += mask_problems(tile_id, mask, self.shape)
+            problems.append(f"{tile_id}: {self.thing} given twice")
+        problems += self.problems(tile_id, mask, self.shape)
         if problems:
             self.abort()
-            raise DataError("bad submission mask", problems)
+            raise DataError(f"bad submission {self.thing}", problems)
         if self.shape is None:
             self.shape = tuple(mask.shape)
         with open(os.path.join(self._tmp, file_name(tile_id, self.naming)), "wb") as f:
-            f.write(encode_tiff(mask))
+            f.write(self.encode(mask))
         self.done.add(tile_id)
 
     def close(self):
@@ -141,7 +154,8 @@ class SubmissionWriter:
         missing = [i for i in self.test_ids if i not in self.done]
         if missing:
             self.abort()
-            raise DataError(f"submission incomplete: {len(missing)} of {len(self.test_ids)} test tiles have no mask",
+            raise DataError(f"submission incomplete: {len(missing)} of {len(self.test_ids)} test {self.item}s have "
+                            f"no {self.thing}",
                             [report.preview(missing)])
         try:
             if self.tar:
@@ -188,22 +202,26 @@ def id_problems(given, expected, missing_text, extra_text):
         [f"{extra_text} {report.preview(extra)}"] if extra else [])
 
 
-def write_submission(masks, out, test_ids, naming="kelp", shape=None, tar=False):
+def write_submission(masks, out, test_ids, naming="kelp", shape=None, tar=False, writer=None):
     """Validate all ``masks`` ({id: [H, W] 0/1}) against ``test_ids`` and write them; one DataError
-    names every problem (missing, unknown, bad shape/dtype/values) before anything is written."""
+    names every problem (missing, unknown, bad shape/dtype/values) before anything is written.
+    ``writer``: the SubmissionWriter class (a subclass for other kinds of maps)."""
+    writer = writer or SubmissionWriter
+    item, thing = writer.item, writer.thing
     test_ids = [str(i) for i in test_ids]
     masks = {str(k): np.asarray(v) for k, v in masks.items()}
-    problems = id_problems(masks, test_ids, "test tiles without a mask", "masks of tiles not in the test list")
+    problems = id_problems(masks, test_ids, f"test {item}s without a {thing}",
+                           f"{thing}s of {item}s not in the test list")
     if shape is None and masks:
         shapes = {m.shape for m in masks.values()}
         if len(shapes) > 1:
-            problems.append(f"masks have {len(shapes)} different shapes: {report.preview(sorted(shapes), 5)}")
+            problems.append(f"{thing}s have {len(shapes)} different shapes: {report.preview(sorted(shapes), 5)}")
     for tile_id in test_ids:
         if tile_id in masks:
-            problems += mask_problems(tile_id, masks[tile_id], shape)
+            problems += writer.problems(tile_id, masks[tile_id], shape)
     if problems:
         raise DataError(f"submission is invalid ({len(problems)} problems); nothing written", problems)
-    with SubmissionWriter(out, test_ids, naming=naming, shape=shape, tar=tar) as w:
+    with writer(out, test_ids, naming=naming, shape=shape, tar=tar) as w:
         for tile_id in test_ids:
             w.add(tile_id, masks[tile_id])
     return w.out
