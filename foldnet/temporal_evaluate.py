@@ -29,7 +29,7 @@ def score_maps(pred, truth, cap=temporal_metrics.DEFAULT_CAP):
         raise DataError("no answer chips to score")
     preds = np.stack([np.asarray(pred[i], np.float32) for i in ids])
     truths = np.stack([np.asarray(truth[i], np.float32) for i in ids])
-    return temporal_metrics.scores(preds, truths, cap)
+    return temporal_metrics.scores(truths, preds, cap)
 
 
 def score_submission(submission, answers, naming="biomassters", answers_naming=None, cap=temporal_metrics.DEFAULT_CAP):

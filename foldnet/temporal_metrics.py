@@ -9,7 +9,8 @@ no-data labels, test chips) and, when ``cap`` is given, target <= cap (the
   NaN). The BioMassters metric is this without a cap ("average RMSE").
 * ``pooled_rmse``: one RMSE over the valid pixels of all chips.
 
-``scores`` reports both, capped and uncapped.
+``scores`` reports both, capped and uncapped. Arguments in the order of
+sklearn's metrics: targets first, then predictions.
 """
 import numpy as np
 
@@ -23,7 +24,7 @@ def _valid(targets, cap):
     return ok
 
 
-def _as_maps(preds, targets):
+def _as_maps(targets, preds):
     preds = np.asarray(preds, np.float64)
     targets = np.asarray(targets, np.float64)
     if preds.ndim == targets.ndim + 1 and preds.shape[-1] == 1:
@@ -35,43 +36,43 @@ def _as_maps(preds, targets):
     return preds.reshape(len(preds), -1), targets.reshape(len(targets), -1)
 
 
-def chip_errors(preds, targets, cap=None):
+def chip_errors(targets, preds, cap=None):
     """(sum of squared errors, valid pixel count) per chip: float64 [n], int64 [n]."""
-    p, t = _as_maps(preds, targets)
+    p, t = _as_maps(targets, preds)
     ok = _valid(t, cap)
     sq = np.where(ok, (p - np.where(ok, t, 0.0)) ** 2, 0.0)
     return sq.sum(1), ok.sum(1)
 
 
-def per_chip_rmse(preds, targets, cap=None):
+def per_chip_rmse(targets, preds, cap=None):
     """RMSE of every chip over its valid pixels: float64 [n], NaN for a chip without any (see chip_rmse)."""
-    sse, n = chip_errors(preds, targets, cap)
+    sse, n = chip_errors(targets, preds, cap)
     out = np.full(len(n), np.nan)
     out[n > 0] = np.sqrt(sse[n > 0] / n[n > 0])
     return out
 
 
-def chip_rmse(preds, targets, cap=None):
+def chip_rmse(targets, preds, cap=None):
     """Mean over the chips with a valid pixel of the per-chip RMSE (chips without one skipped); NaN only
     when no chip has any valid pixel."""
-    per = per_chip_rmse(preds, targets, cap)
+    per = per_chip_rmse(targets, preds, cap)
     per = per[np.isfinite(per)]
     return float(per.mean()) if len(per) else float("nan")
 
 
-def pooled_rmse(preds, targets, cap=None):
+def pooled_rmse(targets, preds, cap=None):
     """RMSE over the valid pixels of all chips (NaN only when there is none)."""
-    sse, n = chip_errors(preds, targets, cap)
+    sse, n = chip_errors(targets, preds, cap)
     return float(np.sqrt(sse.sum() / n.sum())) if n.sum() else float("nan")
 
 
-def scores(preds, targets, cap=DEFAULT_CAP):
+def scores(targets, preds, cap=DEFAULT_CAP):
     """{rmse, pooled_rmse (uncapped: the competition's view), rmse_capped, pooled_rmse_capped (targets <= cap),
     n_chips (with a valid pixel), cap}."""
-    sse, n = chip_errors(preds, targets, None)
-    out = {"rmse": chip_rmse(preds, targets), "pooled_rmse": pooled_rmse(preds, targets),
+    sse, n = chip_errors(targets, preds, None)
+    out = {"rmse": chip_rmse(targets, preds), "pooled_rmse": pooled_rmse(targets, preds),
            "n_chips": int((n > 0).sum())}
     if cap is not None:
-        out.update(rmse_capped=chip_rmse(preds, targets, cap), pooled_rmse_capped=pooled_rmse(preds, targets, cap),
+        out.update(rmse_capped=chip_rmse(targets, preds, cap), pooled_rmse_capped=pooled_rmse(targets, preds, cap),
                    cap=float(cap))
     return out

@@ -52,10 +52,24 @@ class MapWriter(seg_submission.SubmissionWriter):
         return encode_map(array)
 
 
-def write_submission(maps, out, test_ids, naming="biomassters", shape=None, tar=False):
+def write_maps(maps, out, test_ids, naming="biomassters", shape=None, tar=False):
     """Validate all ``maps`` ({id: [H, W]}) against ``test_ids`` and write them as float32 TIFFs; one
     DataError names every problem (missing, unknown, bad shape, non-finite) before anything is written."""
     return seg_submission.write_submission(maps, out, test_ids, naming, shape, tar, writer=MapWriter)
+
+
+def write_submission(out_path, ids, maps, spec, test_ids=None):
+    """The task's submission: ``maps`` [n, H, W(, 1)] of the chips ``ids`` written to ``out_path`` (a tar
+    if it ends in .tar, else a directory) named by ``spec.naming``, checked against ``test_ids``
+    (default: ``ids``) and ``spec.shape``; see ``write_maps``."""
+    maps = np.asarray(maps)
+    if maps.ndim == 4 and maps.shape[-1] == 1:
+        maps = maps[..., 0]
+    if len(maps) != len(ids):
+        raise ValueError(f"{len(ids)} ids for {len(maps)} maps")
+    out_path = str(out_path)
+    return write_maps(dict(zip((str(i) for i in ids), maps)), out_path, list(ids if test_ids is None else test_ids),
+                      spec.naming, tuple(spec.shape), tar=out_path.endswith(".tar"))
 
 
 def read_maps(path, naming="biomassters"):

@@ -17,15 +17,15 @@ def test_chip_and_pooled_rmse_by_hand():
     # chip 0 uncapped: errors 3, -4, 0, -100 -> sqrt((9 + 16 + 0 + 10000) / 4)
     c0 = math.sqrt(10025 / 4)
     c1 = math.sqrt((36 + 64) / 2)  # chip 1: errors 6, -8 on its two known pixels
-    assert tm.chip_rmse(preds, targets) == pytest.approx((c0 + c1) / 2)
-    assert tm.pooled_rmse(preds, targets) == pytest.approx(math.sqrt((10025 + 100) / 6))
+    assert tm.chip_rmse(targets, preds) == pytest.approx((c0 + c1) / 2)
+    assert tm.pooled_rmse(targets, preds) == pytest.approx(math.sqrt((10025 + 100) / 6))
     # capped at 400: chip 0 loses its 500 pixel
     c0_cap = math.sqrt(25 / 3)
-    assert tm.chip_rmse(preds, targets, cap=400) == pytest.approx((c0_cap + c1) / 2)
-    assert tm.pooled_rmse(preds, targets, cap=400) == pytest.approx(math.sqrt(125 / 5))
-    per = tm.per_chip_rmse(preds, targets)
+    assert tm.chip_rmse(targets, preds, cap=400) == pytest.approx((c0_cap + c1) / 2)
+    assert tm.pooled_rmse(targets, preds, cap=400) == pytest.approx(math.sqrt(125 / 5))
+    per = tm.per_chip_rmse(targets, preds)
     assert per[:2] == pytest.approx([c0, c1]) and math.isnan(per[2])
-    s = tm.scores(preds, targets, cap=400)
+    s = tm.scores(targets, preds, cap=400)
     assert s["n_chips"] == 2 and s["rmse"] == pytest.approx((c0 + c1) / 2)
     assert s["rmse_capped"] == pytest.approx((c0_cap + c1) / 2) and s["cap"] == 400
     assert not any(isinstance(v, float) and math.isnan(v) for v in s.values())
@@ -33,7 +33,7 @@ def test_chip_and_pooled_rmse_by_hand():
 
 def test_channel_axis_and_shape_check():
     t = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
-    assert tm.chip_rmse(t[..., None] + 2, t) == pytest.approx(2.0)
+    assert tm.chip_rmse(t, t[..., None] + 2) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="differ in shape"):
-        tm.chip_rmse(t[:, :1], t)
-    assert math.isnan(tm.chip_rmse(t, -np.ones_like(t)))  # nothing valid anywhere
+        tm.chip_rmse(t, t[:, :1])
+    assert math.isnan(tm.chip_rmse(-np.ones_like(t), t))  # nothing valid anywhere
