@@ -98,3 +98,16 @@ def test_threshold_report_files(tmp_path):
     assert "# fold 0" in text and "Best dice 1.0000 at threshold 0.50" in text
     assert "| 0.1000 | 0.6667 |" in text  # at 0.1 both pixels positive: TP 1, FP 1 -> 2/3
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_threshold_curve_counts_equal_direct_comparisons_at_and_between_thresholds():
+    rng = np.random.default_rng(3)
+    th = seg_metrics.DEFAULT_THRESHOLDS
+    # random maps plus values exactly on the thresholds (float32 and float64) and the ends
+    for probs in (np.concatenate([rng.random(3000), th, [0.0, 1.0]]).astype(np.float32),
+                  np.concatenate([rng.random(3000), th, np.nextafter(th, 0), [0.0, 1.0]])):
+        truth = rng.random(len(probs)) < 0.4
+        rows = seg_metrics.ThresholdCurve().add(probs[None], truth[None]).table()
+        for row in rows:
+            pred = probs >= row["threshold"]
+            assert (row["tp"], row["fp"], row["fn"]) == seg_metrics.counts(pred, truth), row["threshold"]
