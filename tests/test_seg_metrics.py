@@ -109,5 +109,5 @@ def test_threshold_curve_counts_equal_direct_comparisons_at_and_between_threshol
         truth = rng.random(len(probs)) < 0.4
         rows = seg_metrics.ThresholdCurve().add(probs[None], truth[None]).table()
         for row in rows:
-            pred = probs >= row["threshold"]
+            pred = probs.astype(np.float64) >= row["threshold"]  # the curve compares in float64
             assert (row["tp"], row["fp"], row["fn"]) == seg_metrics.counts(pred, truth), row["threshold"]
