@@ -52,17 +52,25 @@ def score_run(run_dir, spec, task=None, groups=None, block_elements=None):
             tta_ref = tta[:min(len(tta), len(tta_ref))] if tta[:1] == tta_ref[:1] else None
     pooled = _scorers(task, spec, groups, len(tta_ref)) if tta_ref else None
     rows, problems, n_all = [], [], 0
+    n_ref = len(tta_ref) if tta_ref else 0
     for src in sources:
         tta = src.tta_names or [f"view{t}" for t in range(src.stored.shape[0])]
         fold_scorers = _scorers(task, spec, groups, len(tta))
+        # the pooled scorers take the fold's (merge), except a TTA mean over fewer views than the fold's
+        own_mean = pooled is not None and len(pooled) > n_ref and len(tta) != n_ref
         for ids, targets, outputs in src.blocks(task, problems, block_elements):
             if problems:
                 continue  # keep checking the other blocks and files; nothing is scored
             _add(fold_scorers, ids, targets, outputs, len(tta))
-            if pooled:
-                _add(pooled, ids, targets, outputs, len(tta_ref))
+            if own_mean:
+                pooled[n_ref].add(targets, outputs[:n_ref].mean(axis=0), ids)
         if not problems:
             rows += _rows(str(src.fold), len(src.ids), fold_scorers, tta)
+            if pooled:
+                for t in range(n_ref):
+                    pooled[t].merge(fold_scorers[t])
+                if len(pooled) > n_ref and not own_mean:
+                    pooled[n_ref].merge(fold_scorers[n_ref])
         n_all += len(src.ids)
     if problems:
         raise DataError(f"{run_dir}: invalid out-of-fold predictions", problems)

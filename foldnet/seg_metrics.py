@@ -135,6 +135,14 @@ class ThresholdCurve:
         self._neg += self._passed(prob[~truth])
         return self
 
+    def merge(self, other):
+        """Add the counts of another curve over the same thresholds."""
+        if not np.array_equal(self.thresholds, other.thresholds):
+            raise ValueError("curves over different thresholds")
+        self._pos += other._pos
+        self._neg += other._neg
+        return self
+
     def _passed(self, values):
         """Pixels by number of thresholds passed (``values >= t``): [k + 1] counts.
 
@@ -212,6 +220,17 @@ class Scores:
                 self.per_location[loc] = (inter + tp, union + tp + fp + fn)
             self.curve.add(p, t, v)
             self.n += 1
+        return self
+
+    def merge(self, other):
+        """Add the counts of another ``Scores`` (same thresholds): as if its tiles had been added here."""
+        if other.threshold != self.threshold:
+            raise ValueError("scores at different thresholds")
+        self.curve.merge(other.curve)
+        self.tp, self.fp, self.fn, self.n = self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.n + other.n
+        for loc, (i, u) in other.per_location.items():
+            inter, union = self.per_location.get(loc, (0, 0))
+            self.per_location[loc] = (inter + i, union + u)
         return self
 
     def location_iou(self):

@@ -404,6 +404,10 @@ class SegScorer:
         self.acc.add(outputs, targets, ids if self.acc.locations is not None else None)
         return self
 
+    def merge(self, other):
+        self.acc.merge(other.acc)
+        return self
+
     def scores(self):
         return self.acc.result()
 

@@ -126,8 +126,9 @@ Streaming scores (the score job and the ensemble never hold all OOF outputs)
   ids)`` (one block of TTA-reduced ``[b, ...]`` rows; called block after
   block), ``scores()`` (the dict ``score`` would return for all rows added),
   ``metric(name)`` (a ``fit_metrics`` value), ``post(folds=None)``
-  (``fit_post``; ``folds`` {id: fold} only for tasks with a ``post_file``) and
-  ``report(stem, title)`` (``report``). ``groups``: {id: group} of the rows
+  (``fit_post``; ``folds`` {id: fold} only for tasks with a ``post_file``),
+  ``report(stem, title)`` (``report``) and ``merge(other)`` (add another
+  scorer's rows, as if added here after this one's). ``groups``: {id: group} of the rows
   (e.g. tiles.csv locations) or None. Default (``CollectScorer``): keeps the
   blocks and calls ``score`` / ``fit_post`` / ``report`` on them, right for
   small outputs such as class probabilities; segmentation accumulates counts.
@@ -293,6 +294,12 @@ class CollectScorer:
         self._targets.append(np.asarray(targets))
         self._outputs.append(np.asarray(outputs))
         self._ids.append(None if ids is None else np.asarray(ids).astype(str))
+        return self
+
+    def merge(self, other):
+        self._targets += other._targets
+        self._outputs += other._outputs
+        self._ids += other._ids
         return self
 
     def _all(self):

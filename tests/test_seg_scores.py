@@ -137,3 +137,25 @@ def test_predict_job_on_a_segmentation_member_is_a_clear_error(tmp_path, capsys)
     rc = runner.main(["--run_dir", str(run_dir), "--job", "predict", "--images", str(tmp_path / "tile.tif")])
     err = capsys.readouterr().err
     assert rc == 2 and "is a segmentation member" in err and "--job test" in err and "Traceback" not in err
+
+
+def test_folds_with_more_views_pool_the_shared_views_only(tmp_path):
+    run = _member(tmp_path / "m", seed=4, n_folds=2, quality=0.5)
+    path = rundir.fold_paths(run, 1)["oof"]  # fold 1 gets a third view
+    d = rundir.load_predictions(path)
+    third = np.random.default_rng(9).integers(0, 256, d["outputs"].shape[1:], dtype=np.uint8)
+    rundir.save_predictions(path, d["ids"], np.concatenate([d["outputs"], third[None]]), d["labels"],
+                            ["identity", "flip_lr", "flip_ud"], SPEC.fingerprint(), "w")
+    rows = scores.score_run(run, SPEC, TASK, groups=LOCATIONS, block_elements=3 * 12 * 10 * 2)
+    assert [r["tta"] for r in rows if r["fold"] == "1"] == ["identity", "flip_lr", "flip_ud", "mean"]
+    folds = rundir.read_oof(run, TASK)
+    truth = np.concatenate([f.targets for f in folds])
+    shared = np.concatenate([f.outputs[:2] for f in folds], axis=1)
+    pooled = {r["tta"]: r for r in rows if r["fold"] == "all"}
+    assert sorted(pooled) == ["flip_lr", "identity", "mean"]
+    mean = shared.mean(axis=0)
+    assert pooled["mean"]["dice"] == seg_metrics.pooled_dice(mean >= 0.5, truth)
+    assert pooled["mean"]["threshold"] == seg_metrics.threshold_table(mean, truth)[1]["threshold"]
+    assert pooled["flip_lr"]["iou"] == seg_metrics.pooled_iou(shared[1] >= 0.5, truth)
+    fold1 = next(r for r in rows if r["fold"] == "1" and r["tta"] == "mean")
+    assert fold1["dice"] == seg_metrics.pooled_dice(folds[1].outputs.mean(axis=0) >= 0.5, folds[1].targets)
