@@ -110,10 +110,30 @@ def former_tta_views(image_bytes, dim, tta_number):
 
 # ---------------------------------------------------------------- datasets
 
-def train_dataset(files, dim, batch, former=False, **aug):
+def kernel_resample(image, matrix, size, fill_mode="REFLECT"):
+    """The fused warp's resampling before it was XLA-compiled: the ImageProjectiveTransformV3 kernel."""
+    import tensorflow as tf
+
+    from foldnet import augment
+
+    return augment._projective(tf.cast(image, tf.float32)[None], matrix[None], size, fill_mode)[0]
+
+
+def _patches(former=False, kernel=False):
+    from foldnet import augment, data
+
+    stack = contextlib.ExitStack()
+    if former:
+        stack.enter_context(common.patched(data, "augment_image", former_augment_image))
+    if kernel:
+        stack.enter_context(common.patched(augment, "_resample", kernel_resample))
+    return stack
+
+
+def train_dataset(files, dim, batch, former=False, kernel=False, **aug):
     from foldnet import data
 
-    with common.patched(data, "augment_image", former_augment_image) if former else contextlib.nullcontext():
+    with _patches(former, kernel):
         return data.train_dataset(files, N_CLASSES, dim, batch, cache="none", seed=0, **aug)
 
 
@@ -128,15 +148,16 @@ def decode_dataset(files, batch, fn):
     return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def tta_dataset(files, dim, batch, tta_number, former=False):
+def tta_dataset(files, dim, batch, tta_number, former=False, kernel=False):
     import tensorflow as tf
 
     from foldnet import data, records
 
     views = former_tta_views if former else data.tta_views
-    ds = data._read(files, deterministic=False).map(
-        lambda s: views(records.parse_example(s)["image"], dim, tta_number), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=False)
+    with _patches(kernel=kernel):
+        ds = data._read(files, deterministic=False).map(
+            lambda s: views(records.parse_example(s)["image"], dim, tta_number), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=False)
     return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -188,14 +209,21 @@ def main(argv=None):
             ("parse + DCT-scaled decode (decode_source)", decode_dataset(
                 files, batch, lambda b: data.decode_source(b, dim)), "ceiling"),
             ("train_dataset, no augmentation", train_dataset(files, dim, batch), "base"),
-            ("train_dataset, original aug (9, 0.5), fused", train_dataset(files, dim, batch, **ORIGINAL), "aug"),
+            ("train_dataset, original aug (9, 0.5), fused, XLA warp", train_dataset(files, dim, batch, **ORIGINAL),
+             "aug"),
+            ("train_dataset, original aug (9, 0.5), fused, kernel warp",
+             train_dataset(files, dim, batch, kernel=True, **ORIGINAL), "aug"),
             ("train_dataset, original aug (9, 0.5), former two-step",
              train_dataset(files, dim, batch, former=True, **ORIGINAL), "aug"),
-            ("train_dataset, photo aug (flip_lr, shift/scale 0.25, rotate 15), fused",
+            ("train_dataset, photo aug (flip_lr, shift/scale 0.25, rotate 15), fused, XLA warp",
              train_dataset(files, dim, batch, **PHOTO), "aug"),
+            ("train_dataset, photo aug, fused, kernel warp", train_dataset(files, dim, batch, kernel=True, **PHOTO),
+             "aug"),
             ("train_dataset, photo aug, former two-step", train_dataset(files, dim, batch, former=True, **PHOTO),
              "aug"),
-            ("TTA 10 views one pass (tta_number 9), fused", tta_dataset(files, dim, 8, 9), "tta"),
+            ("TTA 10 views one pass (tta_number 9), fused, XLA warp", tta_dataset(files, dim, 8, 9), "tta"),
+            ("TTA 10 views one pass (tta_number 9), fused, kernel warp", tta_dataset(files, dim, 8, 9, kernel=True),
+             "tta"),
             ("TTA 10 views one pass (tta_number 9), former", tta_dataset(files, dim, 8, 9, former=True), "tta"),
         ]
         measures = {}
