@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 import common  # noqa: E402  (first: puts the repo on sys.path; no TensorFlow)
 
 # Spawned workers (photos, shard writer) re-import this file: TensorFlow is
@@ -110,30 +112,35 @@ def former_tta_views(image_bytes, dim, tta_number):
 
 # ---------------------------------------------------------------- datasets
 
-def kernel_resample(image, matrix, size, fill_mode="REFLECT"):
-    """The fused warp's resampling before it was XLA-compiled: the ImageProjectiveTransformV3 kernel."""
+def bilinear_diagonal(source, index, dim):
+    """The 45-degree transforms before ``augment.diagonal``: one bilinear warp at dim x dim
+    from the source at ``transform_matrix``'s points (4 reads per value, 3x the cost)."""
     import tensorflow as tf
 
     from foldnet import augment
 
-    return augment._projective(tf.cast(image, tf.float32)[None], matrix[None], size, fill_mode)[0]
+    shape = tf.shape(source)
+    matrices = tf.constant(np.stack([augment.transform_matrix(name, dim) for name in augment.TRANSFORMS]),
+                           tf.float32)
+    return augment.warp(source, tf.matmul(augment.resize_matrix(shape[0], shape[1], dim),
+                                          tf.gather(matrices, index)), dim)
 
 
-def _patches(former=False, kernel=False):
+def _patches(former=False, bilinear=False):
     from foldnet import augment, data
 
     stack = contextlib.ExitStack()
     if former:
         stack.enter_context(common.patched(data, "augment_image", former_augment_image))
-    if kernel:
-        stack.enter_context(common.patched(augment, "_resample", kernel_resample))
+    if bilinear:
+        stack.enter_context(common.patched(augment, "diagonal", bilinear_diagonal))
     return stack
 
 
-def train_dataset(files, dim, batch, former=False, kernel=False, **aug):
+def train_dataset(files, dim, batch, former=False, bilinear=False, **aug):
     from foldnet import data
 
-    with _patches(former, kernel):
+    with _patches(former, bilinear):
         return data.train_dataset(files, N_CLASSES, dim, batch, cache="none", seed=0, **aug)
 
 
@@ -148,17 +155,35 @@ def decode_dataset(files, batch, fn):
     return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def tta_dataset(files, dim, batch, tta_number, former=False, kernel=False):
+def tta_dataset(files, dim, batch, tta_number, former=False, bilinear=False):
     import tensorflow as tf
 
     from foldnet import data, records
 
     views = former_tta_views if former else data.tta_views
-    with _patches(kernel=kernel):
+    with _patches(bilinear=bilinear):
         ds = data._read(files, deterministic=False).map(
             lambda s: views(records.parse_example(s)["image"], dim, tta_number), num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=False)
     return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+CPU_RATES = {}
+
+
+def timed(name, ds, batch, warm, n):
+    """Wall-clock images/s (returned) and images per CPU-second of this process
+    (kept in CPU_RATES[name]; all tf.data threads count, other processes do not)."""
+    it = iter(ds)
+    for _ in range(warm):
+        next(it)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        next(it)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    del it
+    CPU_RATES.setdefault(name, []).append(n * batch / cpu)
+    return n * batch / wall
 
 
 
@@ -209,32 +234,24 @@ def main(argv=None):
             ("parse + DCT-scaled decode (decode_source)", decode_dataset(
                 files, batch, lambda b: data.decode_source(b, dim)), "ceiling"),
             ("train_dataset, no augmentation", train_dataset(files, dim, batch), "base"),
-            ("train_dataset, original aug (9, 0.5), fused, XLA warp", train_dataset(files, dim, batch, **ORIGINAL),
-             "aug"),
-            ("train_dataset, original aug (9, 0.5), fused, kernel warp",
-             train_dataset(files, dim, batch, kernel=True, **ORIGINAL), "aug"),
+            ("train_dataset, original aug (9, 0.5): 45-degree views by diagonal (now)",
+             train_dataset(files, dim, batch, **ORIGINAL), "aug"),
+            ("train_dataset, original aug (9, 0.5): 45-degree views by bilinear warp (before)",
+             train_dataset(files, dim, batch, bilinear=True, **ORIGINAL), "aug"),
             ("train_dataset, original aug (9, 0.5), former two-step",
              train_dataset(files, dim, batch, former=True, **ORIGINAL), "aug"),
-            ("train_dataset, photo aug (flip_lr, shift/scale 0.25, rotate 15), fused, XLA warp",
+            ("train_dataset, photo aug (flip_lr, shift/scale 0.25, rotate 15), fused",
              train_dataset(files, dim, batch, **PHOTO), "aug"),
-            ("train_dataset, photo aug, fused, kernel warp", train_dataset(files, dim, batch, kernel=True, **PHOTO),
-             "aug"),
-            ("train_dataset, photo aug, former two-step", train_dataset(files, dim, batch, former=True, **PHOTO),
-             "aug"),
-            ("TTA 10 views one pass (tta_number 9), fused, XLA warp", tta_dataset(files, dim, 8, 9), "tta"),
-            ("TTA 10 views one pass (tta_number 9), fused, kernel warp", tta_dataset(files, dim, 8, 9, kernel=True),
-             "tta"),
-            ("TTA 10 views one pass (tta_number 9), former", tta_dataset(files, dim, 8, 9, former=True), "tta"),
+            ("TTA 10 views one pass (tta_number 9), diagonal (now)", tta_dataset(files, dim, 8, 9), "tta"),
+            ("TTA 10 views one pass (tta_number 9), bilinear warp (before)",
+             tta_dataset(files, dim, 8, 9, bilinear=True), "tta"),
         ]
         measures = {}
         for name, ds, kind in variants:
             b = 8 if kind == "tta" else batch
-            measures[name] = lambda ds=ds, b=b: common.iterate_rate(ds, b, 3, args.batches)
+            measures[name] = lambda name=name, ds=ds, b=b: timed(name, ds, b, 3, args.batches)
         measures["GeometricAugment layer (9, 0.5), CPU, batch already at dim"] = layer_rate(dim, batch, **{
             "aug_number": 9, "aug_probability": 0.5})
-        measures["GeometricAugment layer, photo aug, CPU"] = layer_rate(dim, batch, aug_number=1,
-                                                                        aug_probability=0.5, crop_scale=0.25,
-                                                                        rotate_degrees=15.0)
         rates = common.interleaved(measures, args.reps)
     finally:
         if not args.keep:
@@ -243,9 +260,12 @@ def main(argv=None):
     base = rates["train_dataset, no augmentation"]
     bare = rates[variants[0][0]]
     rows = []
+    cpu_base = CPU_RATES["train_dataset, no augmentation"]
     for name in rates:
+        cpu = (f"{common.median(CPU_RATES[name]):.0f} | {common.median_ratio(CPU_RATES[name], cpu_base):.2f}"
+               if name in CPU_RATES else "| ")
         rows.append(f"| {name} | {common.median(rates[name]):.0f} | {common.median_ratio(rates[name], base):.2f} | "
-                    f"{common.median_ratio(rates[name], bare):.2f} |")
+                    f"{common.median_ratio(rates[name], bare):.2f} | {cpu} |")
     text = "\n".join([
         f"# Augmentation at dim {dim} ({common.machine()}, TF {tf.__version__}, one run, "
         f"{time.perf_counter() - t0:.0f} s, of which {built:.0f} s building the photos)",
@@ -254,8 +274,8 @@ def main(argv=None):
         f"batch {batch} (TTA: 8 images x 10 views); {args.batches} batches per measurement after 3 of warm-up; "
         f"medians of {args.reps} interleaved rounds; ratios are medians of per-round ratios.",
         "",
-        "| pipeline | images/s | / no augmentation | / bare decode |",
-        "|---|---:|---:|---:|",
+        "| pipeline | images/s | / no augmentation | / bare decode | images per CPU-second | / no augmentation |",
+        "|---|---:|---:|---:|---:|---:|",
         *rows,
         "",
         "Image-work ceiling of the training pipeline: the DCT-scaled decode alone (every image must be decoded); "

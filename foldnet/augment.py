@@ -13,7 +13,12 @@ once, from the decoded image straight to ``dim x dim`` (``warp``;
 ImageProjectiveTransformV3, bilinear, pixels from outside the image mirror
 it). Transforms that only permute pixels (flips, 90-degree
 rotations) take the cheaper exact path instead: a bilinear resize, then the
-permutation; both paths sample the same points.
+permutation; both paths sample the same points. Without a random
+shift/scale/rotation, the 45-degree transforms are built as the original
+Turtle Recall pipeline built them (``diagonal``: nearest-pixel rotation,
+central crop, bilinear resize back up; the crop's pixels looked up in the
+decoded image directly, at the points of the matrix): about a third of the
+cost of a bilinear warp at dim x dim, the pixel cost the original paid.
 
 The transforms of ``TRANSFORMS``, in this fixed order (``n = dim``):
 
@@ -145,9 +150,23 @@ def transform_matrix(name, side):
         return _about_centre([[1, 0], [0, -1]], side)
     if name in ("rot90", "rot180", "rot270"):
         return _about_centre(np.rint(_rotation(int(name[3:]))), side)
-    start = math.ceil(side * (1.0 - CROP_FRACTION) / 2.0)  # symmetric margin: the crop stays centred
-    zoom = (side - 2 * start) / side
+    zoom = (side - 2 * _crop_start(side)) / side
     return _about_centre(_rotation(_DEGREES[name]) * zoom, side)
+
+
+def _crop_start(side):
+    """First row/column of the central crop of the 45-degree transforms (symmetric margin: it stays centred)."""
+    return math.ceil(side * (1.0 - CROP_FRACTION) / 2.0)
+
+
+def crop_matrix(name, side):
+    """3x3 numpy matrix of a 45-degree entry ``name`` of ``TRANSFORMS`` before its zoom:
+    pixel q of the central crop (side ``side - 2 * _crop_start(side)``) of the image
+    rotated about its centre -> the point of the side x side image it samples.
+    Resizing that crop to side x side gives ``transform_matrix(name, side)``'s points."""
+    start = _crop_start(side)
+    shift = np.array([[1.0, 0.0, start], [0.0, 1.0, start], [0.0, 0.0, 1.0]])
+    return _about_centre(_rotation(_DEGREES[name]), side) @ shift
 
 
 def transform_matrices(side):
@@ -228,12 +247,13 @@ def _mirror(i, n):
     return tf.where(i >= n, 2 * n - 1 - i, i)
 
 
-def _sample_flat(pixels, matrices, size, height, width, stride, fill_mode="REFLECT"):
-    """Bilinear resampling built from gathers: ``pixels`` [B, N, C] (any dtype)
-    holding image b's pixel (y, x) at row ``y * stride + x`` for y < ``height``,
-    x < ``width`` (other rows are padding, never read), affine matrices
-    [B, 3, 3] -> float32 [B, size, size, C]. Out-of-image neighbours are
-    mirrored (REFLECT) or clamped (NEAREST), as ImageProjectiveTransformV3 does."""
+def _sample(images, matrices, size, height, width, fill_mode="REFLECT"):
+    """Bilinear resampling of a batch built from gathers: images float [B, Hp, Wp, C]
+    whose top-left ``height`` x ``width`` pixels are the image (the rest is
+    padding, never read), affine matrices [B, 3, 3] -> [B, size, size, C].
+    Out-of-image neighbours are mirrored (REFLECT) or clamped (NEAREST), as
+    ImageProjectiveTransformV3 does."""
+    shape = tf.shape(images)
     grid = tf.range(size, dtype=tf.float32)
     m = tf.cast(matrices, tf.float32)[:, :, :, tf.newaxis, tf.newaxis]  # [B, 3, 3, 1, 1]
     xs = m[:, 0, 0] * grid[None, None, :] + m[:, 0, 1] * grid[None, :, None] + m[:, 0, 2]
@@ -248,20 +268,13 @@ def _sample_flat(pixels, matrices, size, height, width, stride, fill_mode="REFLE
         def inside(i, n):
             return tf.clip_by_value(i, 0, n - 1)
     xa, xb = inside(x0, width), inside(x0 + 1, width)
-    ya, yb = inside(y0, height) * stride, inside(y0 + 1, height) * stride
-    corners = tf.gather(pixels, tf.stack([ya + xa, ya + xb, yb + xa, yb + xb], axis=1), batch_dims=1)
+    ya, yb = inside(y0, height) * shape[2], inside(y0 + 1, height) * shape[2]
+    flat = tf.reshape(images, [shape[0], shape[1] * shape[2], shape[3]])
+    corners = tf.gather(flat, tf.stack([ya + xa, ya + xb, yb + xa, yb + xb], axis=1), batch_dims=1)
     corners = tf.cast(corners, tf.float32)
     top = corners[:, 0] + (corners[:, 1] - corners[:, 0]) * wx
     bottom = corners[:, 2] + (corners[:, 3] - corners[:, 2]) * wx
-    return top + (bottom - top) * wy
-
-
-def _sample(images, matrices, size, height, width, fill_mode="REFLECT"):
-    """``_sample_flat`` of a batch of images [B, Hp, Wp, C] whose top-left ``height`` x
-    ``width`` pixels are the image -> [B, size, size, C] of the images' dtype."""
-    shape = tf.shape(images)
-    flat = tf.reshape(images, [shape[0], shape[1] * shape[2], shape[3]])
-    return tf.cast(_sample_flat(flat, matrices, size, height, width, shape[2], fill_mode), images.dtype)
+    return tf.cast(top + (bottom - top) * wy, images.dtype)
 
 
 def warp_gather(images, matrices, size):
@@ -273,45 +286,8 @@ def warp_gather(images, matrices, size):
     return _sample(images, matrices, size, shape[1], shape[2])
 
 
-# The warp of the input pipeline: ``_sample_flat`` compiled by XLA, about 4x
-# faster on CPU than the ImageProjectiveTransformV3 kernel (bench_augment.py).
-# XLA needs static shapes: a decoded image of any size (at most
-# (2 size)^2 pixels after ``_preshrink``) is copied to the front of a flat
-# buffer of that fixed capacity, so there is one compilation per (size, fill
-# mode, dtype, channels). ``_noinline`` keeps the call a compiled function
-# inside tf.data's graphs instead of being inlined as plain (slow) gathers.
-_COMPILED = {}
-
-
-def _compiled_sample(size, fill_mode):
-    key = (size, fill_mode)
-    if key not in _COMPILED:
-        def sample(pixels, matrix, height, width):
-            return _sample_flat(pixels[tf.newaxis], matrix[tf.newaxis], size, height, width, width, fill_mode)[0]
-        _COMPILED[key] = tf.function(sample, jit_compile=True, experimental_attributes={"_noinline": True})
-    return _COMPILED[key]
-
-
-def _capacity(size):
-    """Pixels of the fixed buffer ``_resample`` copies an image into (2 size per side)."""
-    return (2 * size) ** 2
-
-
-def _resample(image, matrix, size, fill_mode="REFLECT"):
-    """``image`` [H, W, C] (uint8 or float32, H * W <= ``_capacity(size)``) -> float32
-    [size, size, C]: bilinear at ``matrix`` (3x3 affine) @ p for each output pixel p."""
-    channels = image.shape[-1]
-    shape = tf.shape(image)
-    capacity = _capacity(size)
-    pixels = tf.reshape(image, [-1, channels])
-    pixels = tf.concat([pixels, tf.zeros([capacity - shape[0] * shape[1], channels], image.dtype)], 0)
-    pixels = tf.ensure_shape(pixels, [capacity, channels])
-    return _compiled_sample(size, fill_mode)(pixels, tf.cast(matrix, tf.float32), shape[0], shape[1])
-
-
 def _projective(images, matrices, size, fill_mode="REFLECT"):
-    """ImageProjectiveTransformV3 of float32 images [B, H, W, C] by [B, 3, 3] to size x size
-    (the kernel ``warp`` used before ``_resample``; kept for comparison in bench/)."""
+    """ImageProjectiveTransformV3 of float32 images [B, H, W, C] by [B, 3, 3] to size x size."""
     flat = tf.reshape(matrices, [-1, 9])[:, :8] / matrices[:, 2:3, 2]
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=tf.cast(flat, tf.float32), output_shape=tf.constant([size, size], tf.int32),
@@ -325,18 +301,25 @@ def _box_factor(source_side, out_side):
 
 
 def _preshrink(image, fy, fx):
-    """Box-filter float ``image`` [H, W, C] by integer factors (fy, fx) (``_box_factor``);
-    returns (image, matrix from source coordinates to the shrunk image's)."""
-    shape = tf.shape(image)
-    hh, ww = shape[0] // fy, shape[1] // fx
-    blocks = tf.reshape(image[:hh * fy, :ww * fx], [hh, fy, ww, fx, shape[2]])
-    shrunk = tf.reduce_mean(blocks, axis=[1, 3])
+    """Box-filter ``image`` [H, W, C] by integer factors (fy, fx) (``_box_factor``);
+    same dtype (integers rounded). Factors of 1 leave the image as is."""
+    def pool():
+        shape = tf.shape(image)
+        hh, ww = shape[0] // fy, shape[1] // fx
+        blocks = tf.reshape(tf.cast(image[:hh * fy, :ww * fx], tf.float32), [hh, fy, ww, fx, shape[2]])
+        shrunk = tf.reduce_mean(blocks, axis=[1, 3])
+        return tf.cast(tf.round(shrunk) if image.dtype.is_integer else shrunk, image.dtype)
+
+    return tf.cond(tf.logical_or(fy > 1, fx > 1), pool, lambda: image)
+
+
+def _shrink_matrix(fy, fx):
+    """Matrix from source coordinates to those of the image box-filtered by (fy, fx)."""
     fxf, fyf = tf.cast(fx, tf.float32), tf.cast(fy, tf.float32)
     # box i covers source pixels [f i, f i + f): its centre is f i + (f - 1) / 2
-    to_shrunk = tf.stack([tf.stack([1.0 / fxf, 0.0, -(fxf - 1.0) / (2.0 * fxf)]),
-                          tf.stack([0.0, 1.0 / fyf, -(fyf - 1.0) / (2.0 * fyf)]),
-                          tf.constant([0.0, 0.0, 1.0])])
-    return shrunk, to_shrunk
+    return tf.stack([tf.stack([1.0 / fxf, 0.0, -(fxf - 1.0) / (2.0 * fxf)]),
+                     tf.stack([0.0, 1.0 / fyf, -(fyf - 1.0) / (2.0 * fyf)]),
+                     tf.constant([0.0, 0.0, 1.0])])
 
 
 def warp(source, matrix, dim, fill_mode="REFLECT"):
@@ -344,20 +327,51 @@ def warp(source, matrix, dim, fill_mode="REFLECT"):
     [dim, dim, C]: output pixel p takes the bilinear value at ``matrix`` @ p of
     the source; pixels from outside mirror the image (``fill_mode`` NEAREST:
     repeat its border). A source more than 2x larger than dim on a side is
-    box-filtered first (``_preshrink``). XLA-compiled (``_resample``)."""
+    box-filtered first (``_preshrink``)."""
+    shape = tf.shape(source)
+    fy, fx = _box_factor(shape[0], dim), _box_factor(shape[1], dim)
+    image = _preshrink(tf.cast(source, tf.float32), fy, fx)
+    matrix = tf.matmul(_shrink_matrix(fy, fx), tf.cast(matrix, tf.float32))
+    out = _projective(image[tf.newaxis], matrix[tf.newaxis], dim, fill_mode)[0]
+    return tf.ensure_shape(out, [dim, dim, source.shape[-1]])
+
+
+def _diagonal_crop(source, index, dim):
+    """The central crop of a 45-degree entry of ``TRANSFORMS`` (``index`` >= N_EXACT,
+    python int or scalar tensor) of ``source`` [H, W, C] resized to dim x dim:
+    [side, side, C] of the source's dtype (uint8 or float32), each pixel the
+    source pixel nearest to its point (``crop_matrix``), box-filtered first when
+    larger than 2x dim. rot135/225/315 are rot45's crop turned by exact
+    90-degree steps (so they are np.rot90 of it, whatever the rounding of ties)."""
+    side = dim - 2 * _crop_start(dim)
+    shape = tf.shape(source)
+    fy, fx = _box_factor(shape[0], dim), _box_factor(shape[1], dim)
+    image = _preshrink(source, fy, fx)
+    matrix = _shrink_matrix(fy, fx) @ resize_matrix(shape[0], shape[1], dim) @ tf.constant(
+        crop_matrix("rot45", dim), tf.float32)
+    # every point lies inside the image (the crop's corners are 0.7 / sqrt(2) of
+    # the side from the centre), so the fill is never used
+    crop = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[tf.newaxis], transforms=tf.reshape(matrix, [1, 9])[:, :8],
+        output_shape=tf.constant([side, side], tf.int32), fill_value=tf.constant(0.0, tf.float32),
+        interpolation="NEAREST", fill_mode="CONSTANT")[0]
+    return tf.image.rot90(crop, k=index - N_EXACT)
+
+
+def diagonal(source, index, dim):
+    """A 45-degree entry of ``TRANSFORMS`` (``index`` >= N_EXACT, python int or scalar
+    tensor) of a decoded ``source`` [H, W, C] (uint8 or float, values kept) ->
+    float32 [dim, dim, C], built as the original Turtle Recall pipeline built it:
+    the image rotated with nearest-pixel sampling (tfa.image.rotate's default),
+    its central crop (``crop_matrix``), a bilinear resize back to dim x dim. The
+    crop's pixels are looked up in the source directly (``_diagonal_crop``), so
+    the sample points are those of ``transform_matrix``; a nearest lookup costs
+    about a third of a bilinear warp."""
     source = tf.convert_to_tensor(source)
     if source.dtype not in (tf.uint8, tf.float32):
         source = tf.cast(source, tf.float32)
-    matrix = tf.cast(matrix, tf.float32)
-    shape = tf.shape(source)
-    fy, fx = _box_factor(shape[0], dim), _box_factor(shape[1], dim)
-
-    def shrunk():
-        image, to_shrunk = _preshrink(tf.cast(source, tf.float32), fy, fx)
-        return _resample(image, tf.matmul(to_shrunk, matrix), dim, fill_mode)
-
-    out = tf.cond(tf.logical_or(fy > 1, fx > 1), shrunk, lambda: _resample(source, matrix, dim, fill_mode))
-    return tf.ensure_shape(out, [dim, dim, source.shape[-1]])
+    crop = _diagonal_crop(source, index, dim)
+    return tf.ensure_shape(tf.image.resize(crop, [dim, dim]), [dim, dim, source.shape[-1]])
 
 
 def resize(source, dim):
@@ -393,8 +407,9 @@ def _exact(image, index):
 def geometric(source, dim, aug_number=0, aug_probability=0.0, crop_scale=0.0, rotate_degrees=0.0):
     """Decoded ``source`` [H, W, C] (uint8 or float, values kept) -> float32
     [dim, dim, C] with one random geometric augmentation (see ``random_geometry``),
-    resampled once. Identity, flips and 90-degree rotations (when there is no
-    shift/scale/rotation) are a resize then the exact permutation."""
+    resampled once. Without shift/scale/rotation only the images that need it
+    are resampled: identity, flips and 90-degree rotations are a resize then the
+    exact permutation, the 45-degree rotations ``diagonal``."""
     matrices, index = random_geometry(1, dim, aug_number, aug_probability, crop_scale, rotate_degrees)
     if not source.shape[-1]:
         raise ValueError(f"source needs a static channel count, got shape {source.shape}")
@@ -406,11 +421,14 @@ def geometric(source, dim, aug_number=0, aug_probability=0.0, crop_scale=0.0, ro
     def exact():
         return _exact(resize(source, dim), tf.minimum(index[0], N_EXACT - 1))
 
+    def diagonal_():
+        return diagonal(source, tf.maximum(index[0], N_EXACT), dim)
+
     if crop_scale > 0.0 or rotate_degrees > 0.0:
         return fused()
     if aug_number < N_EXACT:
         return exact() if aug_number and aug_probability else resize(source, dim)
-    return tf.ensure_shape(tf.cond(index[0] >= N_EXACT, fused, exact), [dim, dim, source.shape[-1]])
+    return tf.ensure_shape(tf.cond(index[0] >= N_EXACT, diagonal_, exact), [dim, dim, source.shape[-1]])
 
 
 # ---------------------------------------------------------------- square-image API
@@ -428,7 +446,7 @@ def apply_transform(image, index):
             raise ValueError(f"transform index must be in [0, {MAX_NUMBER}], got {index}")
         if index < N_EXACT:
             return _exact(image, index)
-        return tf.cast(warp(image, transform_matrix(TRANSFORMS[index], side), side), image.dtype)
+        return tf.cast(diagonal(image, index, side), image.dtype)
     index = tf.cast(index, tf.int32)
     branches = [lambda i=i: apply_transform(image, i) for i in range(len(TRANSFORMS))]
     return tf.ensure_shape(tf.switch_case(index, branches), image.shape)
@@ -523,7 +541,7 @@ def tta_views(source, tta_number, dim=None):
     ``source``: a decoded image [H, W, C] (uint8 or float, values kept; then
     give ``dim``) or a square float image (``dim`` defaults to its side). The
     identity view is the resize, flips and 90-degree rotations permute it, the
-    45-degree views are each one warp from the source.
+    45-degree views are each built from the source by ``diagonal``.
     """
     names = tta_names(tta_number)
     source = tf.convert_to_tensor(source)
@@ -532,12 +550,7 @@ def tta_views(source, tta_number, dim=None):
         dim = source.shape[0]
     base = resize(source, dim)
     views = [_exact(base, i) for i in range(min(len(names), N_EXACT))]
-    if len(names) > N_EXACT:
-        shape = tf.shape(source)
-        to_source = resize_matrix(shape[0], shape[1], dim)
-        for name in names[N_EXACT:]:
-            matrix = tf.matmul(to_source, tf.constant(transform_matrix(name, dim), tf.float32))
-            views.append(warp(source, matrix, dim))
+    views += [diagonal(source, i, dim) for i in range(N_EXACT, len(names))]
     dtype = source.dtype if source.dtype.is_floating else tf.float32
     return tf.cast(tf.stack(views), dtype)
 

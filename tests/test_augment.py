@@ -469,6 +469,59 @@ def test_tta_views_from_source_identity_is_decode_image_and_names_unchanged():
     assert augment.tta_names(9) == augment.TRANSFORMS
 
 
+def test_diagonal_crop_is_the_nearest_source_pixel_at_the_crop_points():
+    # The 45-degree views as the original built them: nearest pixel of the rotated image on the
+    # central crop's grid, looked up in the (non-square) source at the crop matrix's points.
+    dim, h, w = 40, 50, 70
+    src = _smooth_source(h, w, seed=3)
+    crop = _np(augment._diagonal_crop(tf.constant(src), augment.TRANSFORMS.index("rot45"), dim))
+    side = dim - 2 * augment._crop_start(dim)
+    assert crop.shape == (side, side, 3) and crop.dtype == np.uint8 and side == 26
+    matrix = _np(augment.resize_matrix(h, w, dim)) @ augment.crop_matrix("rot45", dim)
+    qy, qx = np.mgrid[0:side, 0:side]
+    x, y, _ = np.tensordot(matrix, np.stack([qx, qy, np.ones_like(qx)]), axes=1)
+    assert x.min() > -0.5 and y.min() > -0.5 and x.max() < w - 0.5 and y.max() < h - 0.5  # fill never used
+    want = src[np.floor(y + 0.5).astype(int), np.floor(x + 0.5).astype(int)]
+    assert (crop != want).any(-1).mean() < 0.01  # only exact ties may round the other way
+    # the crop's points resized to dim are transform_matrix's points: the crop's centre is the image's
+    np.testing.assert_allclose(matrix @ [(side - 1) / 2, (side - 1) / 2, 1],
+                               _np(augment.resize_matrix(h, w, dim)) @ [(dim - 1) / 2, (dim - 1) / 2, 1], atol=1e-9)
+    for name in ("rot135", "rot225", "rot315"):  # exact quarter turns of rot45's crop
+        k = augment.TRANSFORMS.index(name) - augment.N_EXACT
+        other = _np(augment._diagonal_crop(tf.constant(src), augment.TRANSFORMS.index(name), dim))
+        np.testing.assert_array_equal(other, np.rot90(crop, k))
+
+
+def test_diagonal_matches_the_bilinear_warp_within_interpolation_error():
+    dim = 48
+    src = _smooth_source(80, 90, seed=2)
+    for name in augment.TRANSFORMS[augment.N_EXACT:]:
+        i = augment.TRANSFORMS.index(name)
+        out = _np(augment.diagonal(tf.constant(src), i, dim))
+        np.testing.assert_allclose(out, _np(tf.image.resize(augment._diagonal_crop(tf.constant(src), i, dim),
+                                                            [dim, dim])))
+        matrix = augment.resize_matrix(80, 90, dim) @ augment.transform_matrix(name, dim)
+        fused = _np(augment.warp(src, tf.constant(matrix, tf.float32), dim))
+        diff = np.abs(out - fused) / 255
+        assert diff.mean() < 0.015 and diff.max() < 0.15, (name, diff.mean(), diff.max())
+
+
+def test_geometric_with_all_transforms_gives_exactly_one_tta_view():
+    # aug_number 9 without shift/scale: every draw is exactly one of the TTA views (same functions),
+    # identity about half the time, and each image needing a rotation goes through diagonal.
+    tf.random.set_seed(5)
+    dim = 20
+    src = tf.constant(_smooth_source(36, 30, seed=4))
+    views = _np(augment.tta_views(src, 9, dim))
+    seen = []
+    for _ in range(60):
+        out = _np(augment.geometric(src, dim, 9, 0.5))
+        match = [i for i, v in enumerate(views) if np.array_equal(out, v)]
+        assert len(match) == 1
+        seen.append(match[0])
+    assert 15 <= seen.count(0) <= 45 and len(set(seen)) >= 7
+
+
 # ---------------------------------------------------------------- augmentation in the model
 
 def test_gather_warp_equals_the_projective_kernel():
@@ -504,7 +557,8 @@ def test_layer_is_identity_at_inference_and_random_in_training():
     np.testing.assert_array_equal(_np(layer(x, training=False)), x)
     np.testing.assert_array_equal(_np(layer(x)), x)
     outs = _np(layer(x, training=True))
-    views = _np(augment.tta_views(x[0], 9))
+    # the layer resamples every transform bilinearly at the points of its matrix
+    views = [_np(augment.warp(x[0], augment.transform_matrix(name, 16), 16)) for name in augment.TRANSFORMS]
     for out in outs:  # every image is one of the 9 transforms, never the identity
         match = [i for i, v in enumerate(views) if np.abs(v - out).max() < 1e-4]
         assert len(match) == 1 and match[0] != 0
