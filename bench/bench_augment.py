@@ -7,18 +7,23 @@ Data: ``--n`` JPEGs of 1600x1200 (crops/flips of scikit-learn's sample
 photographs, a little noise, quality 90; 30 % portrait), converted by
 ``create_tfrecords`` with the bytes kept (the default); every fold is read.
 
-Rows (images/s of 12 batches of 32 after warm-up, tf.data over the same shards):
+Rows (images/s of 12 batches of 32 after warm-up, tf.data over the same
+shards; also images per CPU-second of this process, which other jobs on a
+shared machine disturb much less than wall-clock rates):
 
 * bare decode: parse + ``tf.io.decode_jpeg`` at full size (the issue's
   reference) and the DCT-scaled decode of ``data.decode_source`` alone;
 * ``train_dataset`` without augmentation: decode + resize to dim;
 * ``train_dataset`` with the original's augmentation (aug_number 9,
-  aug_probability 0.5), fused: one resampling per image from the decoded image;
+  aug_probability 0.5): flips / 90-degree rotations as a resize + exact
+  permutation, 45-degree rotations by ``augment.diagonal`` (now) or, swapped
+  in, by one bilinear warp at dim x dim from the decoded image (before);
 * the same with the former two-step augmentation (resize to dim, then the
   45-degree rotations rotate, crop and resize again), swapped into
   ``data.augment_image`` while the dataset is built;
-* photo augmentation (flip_lr, shift/scale 0.25, rotate 15), fused and former;
-* TTA with all 9 views in one pass (``data.tta_views``), fused vs former.
+* photo augmentation (flip_lr, shift/scale 0.25, rotate 15): one bilinear warp
+  per image;
+* TTA with all 10 views in one pass (``data.tta_views``), now vs before.
 
 Also the in-model option (``augment.GeometricAugment``, XLA-compiled as in a
 jit-compiled training step) on this CPU: images/s of the layer on a batch of

@@ -73,8 +73,9 @@ def augment_image(source, dim, aug_number=0, aug_probability=0.0, aug_crop_scale
 
     The geometric part (random shift/scale/rotation, then a transform of
     ``augment.TRANSFORMS``) is one matrix composed with the resize and one
-    resampling from ``source`` (``augment.geometric``); photometric jitter
-    after. All zero: the plain resize of ``decode_image``.
+    resampling from ``source`` (``augment.geometric``: only the images that
+    need it are resampled, 45-degree rotations as ``augment.diagonal``);
+    photometric jitter after. All zero: the plain resize of ``decode_image``.
     """
     image = augment.geometric(source, dim, aug_number, aug_probability, aug_crop_scale, aug_rotate)
     image = image * (1.0 / 255.0)
