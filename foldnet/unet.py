@@ -150,22 +150,18 @@ def _block(x, filters, name):
     return models._conv_bn(x, filters, 3, 1, 0.9, f"{name}_2")
 
 
-def build_unet(arch, n_channels, dim, weights="none", decoder_filters=DEFAULT_DECODER_FILTERS, name=None,
-               normalize=True, options=None):
-    """Build a UNet: ``[B, H, W, n_channels]`` -> float32 sigmoid ``[B, H, W, 1]``.
+def feature_extractor(arch, input_shape, weights="none", options=None, decoder_filters=DEFAULT_DECODER_FILTERS):
+    """The encoder side of a UNet over ``arch`` for ``input_shape`` (H, W, C).
 
-    arch: ``tiny`` or a backbone of ``models`` (registered name, ``kecam:...``, ``keras:...``).
-    dim: side (int) or (H, W).
-    weights: "none", a named pretrained set of the backbone (adapted to
-        ``n_channels``, see module doc) or a Keras .h5 file (a UNet checkpoint,
-        or backbone weights loaded by layer name).
-    normalize: apply the backbone's pretrained input normalisation.
-    options: extra keyword arguments for the backbone builder.
+    Returns ``(extractor, backbone, affine, path, filters)``: ``extractor`` a Keras
+    model from the backbone's input to its feature maps, deepest first, then one
+    skip per shallower power-of-two stride (``skip_layers``); ``affine`` the
+    backbone's input normalisation (None for ``tiny``), ``path`` a weights file
+    to load after the full model is built (``models.load_weights_file``), or None;
+    ``filters`` the decoder widths used (the last entries of ``decoder_filters``,
+    one per stride halving).
     """
-    height, width = (dim, dim) if isinstance(dim, int) else (int(dim[0]), int(dim[1]))
-    if isinstance(n_channels, bool) or not isinstance(n_channels, int) or n_channels < 1:
-        raise ValueError(f"n_channels must be a positive int, got {n_channels!r}")
-    input_shape = (height, width, n_channels)
+    height, width, _ = input_shape
     backbone, affine, _, path = _encoder(arch, input_shape, weights, options)
     skips = skip_layers(backbone, height)
     deepest = max(skips)
@@ -180,6 +176,42 @@ def build_unet(arch, n_channels, dim, weights="none", decoder_filters=DEFAULT_DE
     names = [skips[s] for s in sorted(skips, reverse=True)]
     extractor = keras.Model(backbone.input, [backbone.get_layer(n).output for n in names],
                             name=f"{backbone.name}_features")
+    return extractor, backbone, affine, path, filters
+
+
+def decode(features, filters):
+    """The UNet decoder: ``features`` deepest first (as ``feature_extractor`` gives them) -> the
+    last decoder map at stride 1 (``filters[-1]`` channels)."""
+    x, skip_maps = features[0], list(features[1:])
+    for stage, width_ in enumerate(filters):
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"decoder{stage}_up")(x)
+        if stage < len(skip_maps):
+            x = layers.Concatenate(name=f"decoder{stage}_concat")([x, skip_maps[stage]])
+        x = _block(x, width_, f"decoder{stage}")
+    return x
+
+
+def check_channels(n_channels):
+    if isinstance(n_channels, bool) or not isinstance(n_channels, int) or n_channels < 1:
+        raise ValueError(f"n_channels must be a positive int, got {n_channels!r}")
+
+
+def build_unet(arch, n_channels, dim, weights="none", decoder_filters=DEFAULT_DECODER_FILTERS, name=None,
+               normalize=True, options=None):
+    """Build a UNet: ``[B, H, W, n_channels]`` -> float32 sigmoid ``[B, H, W, 1]``.
+
+    arch: ``tiny`` or a backbone of ``models`` (registered name, ``kecam:...``, ``keras:...``).
+    dim: side (int) or (H, W).
+    weights: "none", a named pretrained set of the backbone (adapted to
+        ``n_channels``, see module doc) or a Keras .h5 file (a UNet checkpoint,
+        or backbone weights loaded by layer name).
+    normalize: apply the backbone's pretrained input normalisation.
+    options: extra keyword arguments for the backbone builder.
+    """
+    height, width = (dim, dim) if isinstance(dim, int) else (int(dim[0]), int(dim[1]))
+    check_channels(n_channels)
+    input_shape = (height, width, n_channels)
+    extractor, backbone, affine, path, filters = feature_extractor(arch, input_shape, weights, options, decoder_filters)
 
     inputs = keras.Input(input_shape, dtype="float32", name="image")
     x = inputs
@@ -187,12 +219,7 @@ def build_unet(arch, n_channels, dim, weights="none", decoder_filters=DEFAULT_DE
         x = models.PixelAffine(*_channel_affine(affine, n_channels), name="input_norm")(x)
     features = extractor(x)
     features = features if isinstance(features, (list, tuple)) else [features]
-    x, skip_maps = features[0], list(features[1:])
-    for stage, width_ in enumerate(filters):
-        x = layers.UpSampling2D(2, interpolation="nearest", name=f"decoder{stage}_up")(x)
-        if stage < len(skip_maps):
-            x = layers.Concatenate(name=f"decoder{stage}_concat")([x, skip_maps[stage]])
-        x = _block(x, width_, f"decoder{stage}")
+    x = decode(features, filters)
     x = layers.Conv2D(1, 3, padding="same", name="logits")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name=name or re.sub(r"[^A-Za-z0-9_]", "_", f"unet_{arch}"))
