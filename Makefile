@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
 DEMO_RUNS ?= models
 SEG_DEMO_DIR ?= data/kelp_demo
+BIO_DEMO_DIR ?= data/biomass_demo
 
 # bench_small_data.py (recipes on a small photo dataset, ~40 min) runs with `make bench-small-data`.
 BENCHES := writer seg_writer pipeline seg_pipeline augment models tta ensemble seg_ensemble
 
-.PHONY: install test demo demo-seg bench bench-small-data clean-demo
+.PHONY: install test demo demo-seg demo-biomass bench bench-small-data clean-demo
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,6 +57,26 @@ demo-seg: install
 	$(BIN)/python -m foldnet.seg_evaluate --submission $(SEG_DEMO_DIR)/baseline.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
 	echo "== demo-seg finished in $$(( $$(date +%s) - start )) s"
 
+# The temporal model and its two baselines (same network on one month, on the mean of the
+# months) are three members trained on the same folds; each gets its own submission.
+demo-biomass: install
+	@start=$$(date +%s); set -e; \
+	$(BIN)/python -m foldnet.demo_data --kind biomass --out_dir $(BIO_DEMO_DIR); \
+	$(BIN)/python create_tfrecords.py --data_dir $(BIO_DEMO_DIR) --n_folds 3; \
+	for m in biomass_demo biomass_one_month biomass_mean; do \
+	  DATA_DIR=$(BIO_DEMO_DIR) MODELS=$$m RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python bash run_training.sh; \
+	  DATA_DIR=$(BIO_DEMO_DIR) MODELS=$$m RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python \
+	    SUBMISSION=$(BIO_DEMO_DIR)/$$m.tar bash run_inference.sh; \
+	done; \
+	echo "== demo test chips vs $(BIO_DEMO_DIR)/answers (RMSE per chip, mean over chips; lower is better)"; \
+	printf "foldnet temporal UNet (12 months): "; \
+	$(BIN)/python -m foldnet.temporal_evaluate --submission $(BIO_DEMO_DIR)/biomass_demo.tar --answers $(BIO_DEMO_DIR)/answers; \
+	printf "same network, one month (July):    "; \
+	$(BIN)/python -m foldnet.temporal_evaluate --submission $(BIO_DEMO_DIR)/biomass_one_month.tar --answers $(BIO_DEMO_DIR)/answers; \
+	printf "same network, mean of the months:  "; \
+	$(BIN)/python -m foldnet.temporal_evaluate --submission $(BIO_DEMO_DIR)/biomass_mean.tar --answers $(BIO_DEMO_DIR)/answers; \
+	echo "== demo-biomass finished in $$(( $$(date +%s) - start )) s"
+
 bench: install
 	mkdir -p bench/out
 	for b in $(BENCHES); do echo "== bench/bench_$$b.py"; $(BIN)/python bench/bench_$$b.py || exit 1; done
@@ -66,3 +87,4 @@ bench-small-data: install
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(DEMO_RUNS)/demo $(SEG_DEMO_DIR) $(DEMO_RUNS)/seg_demo
+	rm -rf $(BIO_DEMO_DIR) $(DEMO_RUNS)/biomass_demo $(DEMO_RUNS)/biomass_one_month $(DEMO_RUNS)/biomass_mean

@@ -114,6 +114,8 @@ BOUNDS = {
     "cache_budget_mb": Bound(0, None, False),
     "shuffle_buffer": Bound(1, None, False),
     "tiles_per_epoch": Bound(0, None, False),
+    "target_cap": Bound(0.0, None, False),
+    "month_dropout": Bound(0.0, 1.0, True),
 }
 
 
@@ -199,6 +201,14 @@ FLAGS = [
     ("sampler", dict, None,
      "Segmentation: weighted tile sampler terms of tiles.csv, e.g. '{has_positive: 2, cloud_share: -1}' "
      "(default: every tile alike)"),
+    # temporal regression (ignored by the other tasks)
+    ("temporal_input", str, "all",
+     "Temporal regression: months the model sees: all, month:K (month K only) or mean (the mean of the months)"),
+    ("target_cap", float, 400.0,
+     "Temporal regression: loss and Keras metrics ignore targets above this value (0 = no cap)"),
+    ("month_dropout", float, 0.0,
+     "Temporal regression: train-time probability of dropping each month (at least one month is kept)"),
+    ("nonneg", str, "softplus", "Temporal regression: non-negativity of the output: softplus, relu or none"),
     # prediction of files
     ("images", list, None, "Image files for --job predict"),
     ("checkpoints", list, None, "Weight files for --job predict (default: every fold's best checkpoint in --run_dir)"),

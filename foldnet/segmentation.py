@@ -121,6 +121,22 @@ def augment_options(cfg):
             "rotate": float(rotate)}
 
 
+def read_test_ids(template_path):
+    """Ids a map submission must cover: the ``id`` of the rows whose ``split`` is ``test`` of a tiles/chips
+    table (``tiles.csv``, ``chips.csv``), or the first column of any other CSV."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(template_path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read the test tile list {template_path}", [f"{template_path}: {e}"]) from e
+    if "split" in table.columns and "id" in table.columns:
+        return table.loc[table["split"] == "test", "id"].to_numpy().astype(str)
+    if table.shape[1] < 1:
+        raise DataError(f"{template_path}: no id column")
+    return table.iloc[:, 0].to_numpy().astype(str)
+
+
 class SegmentationTask(tasks.Task):
     name = "segmentation"
     spec_file = SPEC_FILE
@@ -363,17 +379,7 @@ class SegmentationTask(tasks.Task):
 
     # -- submission
     def test_ids(self, template_path):
-        import pandas as pd
-
-        try:
-            table = pd.read_csv(template_path, dtype=str, keep_default_na=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read the test tile list {template_path}", [f"{template_path}: {e}"]) from e
-        if "split" in table.columns and "id" in table.columns:
-            return table.loc[table["split"] == "test", "id"].to_numpy().astype(str)
-        if table.shape[1] < 1:
-            raise DataError(f"{template_path}: no id column")
-        return table.iloc[:, 0].to_numpy().astype(str)
+        return read_test_ids(template_path)
 
     def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
         from . import seg_submission

@@ -168,6 +168,7 @@ DEFAULT_TASK = "classification"
 _MODULES = {
     "classification": "foldnet.classification",
     "segmentation": "foldnet.segmentation",
+    "temporal_regression": "foldnet.temporal",
 }
 
 _REGISTRY = {}

@@ -5,13 +5,13 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 
 # Members from $MODELS, or every committed config in models/ except the demos, the
-# small-photo recipe and the segmentation recipes (the rest are the Turtle Recall ensemble).
+# small-photo recipe, the segmentation and the biomass recipes (the rest are the Turtle Recall ensemble).
 member_list() {
   if [ -n "${MODELS:-}" ]; then
     echo "$MODELS"
   else
     for f in "$here"/models/*.yaml; do
-      case "$(basename "$f")" in demo.yaml|small_photos.yaml|seg_*.yaml|kelp_*.yaml|cloud_*.yaml) ;; *) basename "$f" .yaml ;; esac
+      case "$(basename "$f")" in demo.yaml|small_photos.yaml|seg_*.yaml|kelp_*.yaml|cloud_*.yaml|biomass_*.yaml) ;; *) basename "$f" .yaml ;; esac
     done
   fi
 }
