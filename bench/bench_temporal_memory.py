@@ -13,8 +13,10 @@ Reference (the ceiling we compare with): the plain UNet (``unet.build_unet``,
 same encoder and decoder) on a batch of B * T single images, which has the
 same encoder activations; the ratio says what the months' pooling and the
 decoder at batch B add or save. The trade-off of batch size and side: step
-memory per B * T * H * W pixel is about constant, so halving the side buys 4x
-the batch.
+memory grows linearly in B * T * H * W (months folded into the batch); a
+least-squares line over the rows gives the marginal memory per pixel (the
+slope, free of the constant cost of the first step's graph tracing) and the
+estimate for other batch sizes and sides: halving the side buys 4x the batch.
 
 Usage: python bench/bench_temporal_memory.py [--arch efficientnet_b0] [--quick]
 """
@@ -23,6 +25,8 @@ import json
 import os
 import subprocess
 import sys
+
+import numpy as np
 
 from common import ROOT, machine, write_out
 
@@ -92,7 +96,14 @@ def main(argv=None):
         lines.append(f"| {b} | {side} | {pixels / 1e6:.2f} | {tem['step_mb']:.0f} | "
                      f"{tem['step_mb'] * 1024 / pixels:.2f} | {ref['step_mb']:.0f} | {tem['step_mb'] / ref['step_mb']:.2f} |")
     lines.append("")
-    lines.append(f"Parameters: temporal {rows[0][2]['params']:,}, plain {rows[0][3]['params']:,}.")
+    pixels = np.array([r[4] for r in rows], float)
+    for name, idx in (("temporal UNet", 2), ("plain UNet on B·T images", 3)):
+        mb = np.array([r[idx]["step_mb"] for r in rows])
+        slope, intercept = np.polyfit(pixels, mb, 1)
+        lines.append(f"- {name}: step MB = {intercept:.0f} + {slope * 1e6:.0f} x (B·T·H·W in M px), i.e. "
+                     f"{slope * 1024:.2f} KB per pixel of the folded batch; at B = 8, T = {t}, 256 x 256 "
+                     f"(the 1st place's batch per GPU, {args.arch}): ~{(intercept + slope * 8 * t * 256 * 256) / 1024:.1f} GB")
+    lines.append(f"- parameters: temporal {rows[0][2]['params']:,}, plain {rows[0][3]['params']:,}")
     write_out("\n".join(lines) + "\n", "temporal_memory")
 
 
