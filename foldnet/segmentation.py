@@ -266,16 +266,9 @@ class SegmentationTask(tasks.Task):
 
     # -- model
     def check_config(self, cfg, spec):
-        from . import seg_losses, spectral
+        from . import seg_losses, spectral, unet
 
-        problems = []
-        if cfg["arch"] != "tiny":
-            from . import models
-
-            try:
-                models.get_architecture(cfg["arch"])
-            except ValueError as e:
-                problems.append(str(e))
+        problems = unet.arch_problems(cfg["arch"])
         try:
             seg_losses.parse_loss_spec(cfg["loss"] or DEFAULT_LOSS)
         except ConfigError as e:

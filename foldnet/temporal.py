@@ -159,16 +159,9 @@ class TemporalRegressionTask(tasks.Task):
 
     # -- model
     def check_config(self, cfg, spec):
-        from . import temporal_data, temporal_losses, temporal_unet
+        from . import temporal_data, temporal_losses, temporal_unet, unet
 
-        problems = []
-        if cfg["arch"] != "tiny":
-            from . import models
-
-            try:
-                models.get_architecture(cfg["arch"])
-            except ValueError as e:
-                problems.append(str(e))
+        problems = unet.arch_problems(cfg["arch"])
         checks = [lambda: temporal_losses.check_loss(cfg["loss"]),
                   lambda: temporal_data.parse_temporal_input(cfg["temporal_input"], spec.n_months),
                   lambda: temporal_data.tta_names(cfg["tta_number"]),

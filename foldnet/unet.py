@@ -191,6 +191,17 @@ def decode(features, filters):
     return x
 
 
+def arch_problems(arch):
+    """[] if ``arch`` is ``tiny`` or a backbone of the registry, else [the registry's message]."""
+    if arch == TINY:
+        return []
+    try:
+        models.get_architecture(arch)
+    except ValueError as e:
+        return [str(e)]
+    return []
+
+
 def check_channels(n_channels):
     if isinstance(n_channels, bool) or not isinstance(n_channels, int) or n_channels < 1:
         raise ValueError(f"n_channels must be a positive int, got {n_channels!r}")

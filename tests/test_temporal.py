@@ -4,7 +4,6 @@ import foldnet  # noqa: F401
 
 import json
 import os
-import subprocess
 import sys
 import tarfile
 
@@ -16,9 +15,9 @@ import yaml
 
 from foldnet import config, rundir, runner, tasks, temporal_demo_data, temporal_metrics
 from foldnet.errors import ConfigError
+from test_segmentation import run
 from test_training import KillAfterEpoch, Killer
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 MEMBER = """arch: tiny
 weights: none
 arch_options: {widths: [8, 16, 16], decoder_filters: [16, 8, 8], output_scale: 100.0}
@@ -36,13 +35,6 @@ aug_number: 3
 tta_number: 1
 verbose: 2
 """
-
-
-def run(args, env=None):
-    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                         env=dict(os.environ, PYTHON=sys.executable, **(env or {})))
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout
 
 
 @pytest.fixture(scope="module")
