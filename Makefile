@@ -69,12 +69,12 @@ demo-biomass: install
 	    SUBMISSION=$(BIO_DEMO_DIR)/$$m.tar bash run_inference.sh; \
 	done; \
 	echo "== demo test chips vs $(BIO_DEMO_DIR)/answers (RMSE per chip, mean over chips; lower is better)"; \
-	printf "foldnet temporal UNet (12 months): "; \
-	$(BIN)/python -m foldnet.temporal_evaluate --submission $(BIO_DEMO_DIR)/biomass_demo.tar --answers $(BIO_DEMO_DIR)/answers; \
-	printf "same network, one month (July):    "; \
-	$(BIN)/python -m foldnet.temporal_evaluate --submission $(BIO_DEMO_DIR)/biomass_one_month.tar --answers $(BIO_DEMO_DIR)/answers; \
-	printf "same network, mean of the months:  "; \
-	$(BIN)/python -m foldnet.temporal_evaluate --submission $(BIO_DEMO_DIR)/biomass_mean.tar --answers $(BIO_DEMO_DIR)/answers; \
+	$(BIN)/python -m foldnet.temporal_evaluate --submission $(BIO_DEMO_DIR)/biomass_demo.tar \
+	  --answers $(BIO_DEMO_DIR)/answers --label "foldnet temporal UNet, 12 months"; \
+	$(BIN)/python -m foldnet.temporal_evaluate --submission $(BIO_DEMO_DIR)/biomass_one_month.tar \
+	  --answers $(BIO_DEMO_DIR)/answers --label "same network, one month (July)  "; \
+	$(BIN)/python -m foldnet.temporal_evaluate --submission $(BIO_DEMO_DIR)/biomass_mean.tar \
+	  --answers $(BIO_DEMO_DIR)/answers --label "same network, mean of the months"; \
 	echo "== demo-biomass finished in $$(( $$(date +%s) - start )) s"
 
 bench: install

@@ -31,12 +31,12 @@ are clipped to float16's range of +-65504), half the size of float32;
 decoded to float32. ``labels`` float32 targets ``[n, H, W]`` (-1 where
 unknown and for test chips).
 
-Scores (``temporal_metrics``, numpy): ``chip_rmse`` (RMSE per chip over its
+Scores (``temporal_metrics``, numpy): ``rmse`` (RMSE per chip over its
 pixels with a known target, then the mean over chips: the competition's
 metric), ``pooled_rmse`` (over all known pixels), and both over pixels whose
-target is at most the cap of the manifest's task (400, as the 1st place
-trained): ``chip_rmse_capped``, ``pooled_rmse_capped``. Member weights fit
-``neg_chip_rmse`` (default) or ``neg_pooled_rmse`` (higher is better). No
+target is at most 400 (the 1st place's training cap): ``rmse_capped``,
+``pooled_rmse_capped``. Member weights fit ``neg_rmse`` (default) or
+``neg_pooled_rmse`` (higher is better). No
 post-processing is fitted. ``write_submission`` writes one float32 TIFF per
 test chip (``temporal_submission``), named as the spec's submission naming;
 a ``.tar`` path gives a tar.
@@ -88,21 +88,20 @@ def cap_of(cfg):
 
 def scores(targets, outputs, cap=SCORE_CAP):
     """The task's score dict for targets ``[n, H, W]`` and TTA-reduced outputs ``[n, H, W]``."""
-    from . import temporal_metrics as tm
+    from . import temporal_metrics
 
-    return {"chip_rmse": tm.chip_rmse(targets, outputs), "pooled_rmse": tm.pooled_rmse(targets, outputs),
-            "chip_rmse_capped": tm.chip_rmse(targets, outputs, cap=cap),
-            "pooled_rmse_capped": tm.pooled_rmse(targets, outputs, cap=cap)}
+    out = temporal_metrics.scores(targets, outputs, cap)
+    return {k: out[k] for k in TemporalRegressionTask.score_keys}
 
 
 class TemporalRegressionTask(tasks.Task):
     name = "temporal_regression"
     spec_file = SPEC_FILE
     default_monitor = "val_chip_rmse"
-    score_keys = ("chip_rmse", "pooled_rmse", "chip_rmse_capped", "pooled_rmse_capped")
-    default_fit_metric = "neg_chip_rmse"
+    score_keys = ("rmse", "pooled_rmse", "rmse_capped", "pooled_rmse_capped")
+    default_fit_metric = "neg_rmse"
     submission_name = "submission"
-    score_note = (f"chip_rmse: RMSE per chip over its pixels with a known target, then the mean over chips (the "
+    score_note = (f"rmse: RMSE per chip over its pixels with a known target, then the mean over chips (the "
                   f"competition's metric); pooled_rmse: over all those pixels; *_capped: only pixels whose target "
                   f"is <= {SCORE_CAP:g}. Lower is better.")
 
@@ -219,7 +218,7 @@ class TemporalRegressionTask(tasks.Task):
     def fit_metrics(self):
         from . import temporal_metrics as tm
 
-        return {"neg_chip_rmse": lambda t, o, s: -tm.chip_rmse(t, o),
+        return {"neg_rmse": lambda t, o, s: -tm.chip_rmse(t, o),
                 "neg_pooled_rmse": lambda t, o, s: -tm.pooled_rmse(t, o)}
 
     def score(self, targets, outputs, spec):

@@ -77,14 +77,14 @@ def test_train_val_test_score_writes_maps_and_scores(biomass):
     rows = json.loads((run_dir / "scores.json").read_text())["rows"]
     row = next(r for r in rows if r["fold"] == "all" and r["tta"] == "mean")
     assert row["n"] == len(folds)
-    assert row["chip_rmse"] == pytest.approx(temporal_metrics.chip_rmse(truth, maps), rel=1e-9)
+    assert row["rmse"] == pytest.approx(temporal_metrics.chip_rmse(truth, maps), rel=1e-9)
     assert row["pooled_rmse"] == pytest.approx(temporal_metrics.pooled_rmse(truth, maps), rel=1e-9)
-    assert row["chip_rmse_capped"] == pytest.approx(temporal_metrics.chip_rmse(truth, maps, cap=400), rel=1e-9)
+    assert row["rmse_capped"] == pytest.approx(temporal_metrics.chip_rmse(truth, maps, cap=400), rel=1e-9)
     # by hand for one chip
     t0, m0 = truth[0], maps[0]
     known = t0 >= 0
     manual = [np.sqrt(np.mean((maps[i] - truth[i])[truth[i] >= 0] ** 2)) for i in range(len(truth))]
-    assert row["chip_rmse"] == pytest.approx(np.mean(manual), rel=1e-6) and known.any() and np.isfinite(m0).all()
+    assert row["rmse"] == pytest.approx(np.mean(manual), rel=1e-6) and known.any() and np.isfinite(m0).all()
 
 
 def test_inference_writes_float32_tiffs_of_the_fold_tta_mean(biomass):
