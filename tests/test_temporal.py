@@ -149,3 +149,25 @@ def test_kill_mid_fold_then_rerun_resumes(biomass, tmp_path, log_lines):
     folds = pd.read_csv(data / "tfrec" / "folds.csv", dtype={"id": str})
     assert set(oof["ids"]) == set(folds.loc[folds["fold"] == 0, "id"])
     assert oof["outputs"].dtype == np.float16 and np.ptp(oof["outputs"].astype(np.float32)) > 0
+
+
+def test_streaming_scorer_equals_the_scores_of_all_rows():
+    task = tasks.get("temporal_regression")
+    rng = np.random.default_rng(0)
+    targets = rng.uniform(0, 500, (7, 6, 5)).astype(np.float32)
+    targets[rng.random(targets.shape) < 0.2] = -1.0
+    targets[3] = -1.0                                   # a chip without a known pixel
+    targets[4][targets[4] <= 400] = 450.0               # a chip with no pixel under the cap
+    outputs = (targets + rng.normal(0, 30, targets.shape)).astype(np.float32)
+    whole = task.score(targets, outputs, None)
+    a, b = task.scorer(None), task.scorer(None)
+    a.add(targets[:2], outputs[:2]).add(targets[2:5], outputs[2:5])
+    b.add(targets[5:], outputs[5:])
+    got = a.merge(b).scores()
+    assert set(got) == set(task.score_keys) and all(np.isfinite(v) for v in got.values())
+    for key in task.score_keys:
+        assert got[key] == pytest.approx(whole[key], rel=1e-12), key
+    known = targets >= 0
+    per_chip = [np.sqrt(np.mean((outputs[i] - targets[i])[known[i]] ** 2)) for i in range(7) if known[i].any()]
+    assert got["rmse"] == pytest.approx(np.mean(per_chip), rel=1e-9) and len(per_chip) == 6
+    assert a.metric("neg_rmse") == -got["rmse"] and a.post() is None
