@@ -121,6 +121,13 @@ def augment_options(cfg):
             "rotate": float(rotate)}
 
 
+def refuse_csv(out_path, task_name):
+    """ConfigError when a map submission (directory of TIFFs or .tar) is asked for as a CSV file."""
+    if str(out_path).endswith(".csv"):
+        raise ConfigError(f"{out_path}: a {task_name} submission is a directory of TIFFs or a .tar; "
+                          "give a directory name or a path ending in .tar")
+
+
 def read_test_ids(template_path):
     """Ids a map submission must cover: the ``id`` of the rows whose ``split`` is ``test`` of a tiles/chips
     table (``tiles.csv``, ``chips.csv``), or the first column of any other CSV."""
@@ -377,9 +384,7 @@ class SegmentationTask(tasks.Task):
     def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
         from . import seg_submission
 
-        if str(out_path).endswith(".csv"):
-            raise ConfigError(f"{out_path}: a segmentation submission is a directory of TIFFs or a .tar; "
-                              "give a directory name or a path ending in .tar")
+        refuse_csv(out_path, "segmentation")
         threshold = float((post or {}).get("threshold", 0.5))
         tar = str(out_path).endswith(".tar")
         with seg_submission.SubmissionWriter(out_path, ids, naming=spec.naming, shape=spec.shape[:2],

@@ -50,7 +50,7 @@ import numpy as np
 
 from . import fileio, tasks
 from .errors import ConfigError
-from .segmentation import _manifest_of, read_test_ids
+from .segmentation import _manifest_of, read_test_ids, refuse_csv
 
 SPEC_FILE = "temporal_spec.json"
 SCORE_CAP = 400.0
@@ -241,9 +241,7 @@ class TemporalRegressionTask(tasks.Task):
     def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
         from . import temporal_submission
 
-        if str(out_path).endswith(".csv"):
-            raise ConfigError(f"{out_path}: a temporal regression submission is a directory of TIFFs or a .tar; "
-                              "give a directory name or a path ending in .tar")
+        refuse_csv(out_path, "temporal regression")
         return temporal_submission.write_submission(out_path, ids, outputs, spec)
 
 

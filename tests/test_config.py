@@ -91,10 +91,18 @@ def test_committed_member_configs_are_valid():
     cloud = segmentation.SegSpec([512, 512, 4], ["B02", "B03", "B04", "B08"], "cloud", "{id}.tif")
     seg = {"seg_demo.yaml": kelp, "kelp_b5.yaml": kelp, "cloud_unet.yaml": cloud}
     assert {os.path.basename(p) for p in paths} >= set(seg)
+    from foldnet import temporal, temporal_layouts as tl, temporal_records
+
+    biomass = temporal_records.TemporalSpec(12, (256, 256), list(tl.BIOMASSTERS_BANDS), dict(tl.BIOMASSTERS_NORM),
+                                            dict(tl.BIOMASSTERS_TARGET), "biomassters", list(tl.BIOMASSTERS_MONTHS))
+    temporal_recipes = {"biomass_l.yaml", "biomass_demo.yaml", "biomass_one_month.yaml", "biomass_mean.yaml"}
+    assert {os.path.basename(p) for p in paths} >= temporal_recipes
     for p in paths:
         cfg = config.parse_config(["--config", p])
         if os.path.basename(p) in seg:  # segmentation recipes: the task's own check
             assert segmentation.TASK.check_config(cfg, seg[os.path.basename(p)]) == [], p
+        elif os.path.basename(p) in temporal_recipes:  # temporal regression recipes: that task's check
+            assert temporal.TASK.check_config(cfg, biomass) == [], p
         else:
             assert cfg["arch"] in names, p
 

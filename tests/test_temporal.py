@@ -168,6 +168,7 @@ def test_streaming_scorer_equals_the_scores_of_all_rows():
     for key in task.score_keys:
         assert got[key] == pytest.approx(whole[key], rel=1e-12), key
     known = targets >= 0
-    per_chip = [np.sqrt(np.mean((outputs[i] - targets[i])[known[i]] ** 2)) for i in range(7) if known[i].any()]
+    err = outputs.astype(np.float64) - targets
+    per_chip = [np.sqrt(np.mean(err[i][known[i]] ** 2)) for i in range(7) if known[i].any()]
     assert got["rmse"] == pytest.approx(np.mean(per_chip), rel=1e-9) and len(per_chip) == 6
     assert a.metric("neg_rmse") == -got["rmse"] and a.post() is None
