@@ -96,20 +96,21 @@ def make_example(chip_id, image, valid, months, target=None):
 
 
 def unpack_bits(packed, n):
-    """bool [n] from the bytes of ``np.packbits`` (big bit order), core TF ops only."""
-    bytes_ = tf.io.decode_raw(packed, tf.uint8)
+    """bool [n] from the bytes of ``np.packbits`` (big bit order; a string or its uint8 values), core TF ops."""
+    bytes_ = tf.io.decode_raw(packed, tf.uint8) if packed.dtype == tf.string else packed
     shifts = tf.constant([7, 6, 5, 4, 3, 2, 1, 0], tf.uint8)
     bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bytes_[:, tf.newaxis], shifts), 1)
     return tf.cast(tf.reshape(bits, [-1])[:n], tf.bool)
 
 
-def parse_example(serialized, n_months, shape, n_channels, with_image=True):
+def parse_example(serialized, n_months, shape, n_channels, with_image=True, packed=False):
     """Parse one example of a dataset of ``n_months`` x ``shape`` [H, W] x ``n_channels``.
 
     Returns a dict: id (string), image float32 [T, H, W, C], valid bool
     [T, H, W, C], months float32 [T], target float32 [H, W] (-1 for test
     chips and unknown pixels), has_target int64. Static shapes throughout.
-    ``with_image=False`` leaves out image and valid (ids and targets only).
+    ``with_image=False`` leaves out image and valid (ids and targets only); ``packed=True`` returns
+    valid as the packed uint8 bytes (``unpack_bits`` later, e.g. inside an XLA-compiled function).
     """
     t, (h, w), c = int(n_months), (int(s) for s in shape), int(n_channels)
     ex = tf.io.parse_single_example(serialized, FEATURES)
@@ -120,7 +121,8 @@ def parse_example(serialized, n_months, shape, n_channels, with_image=True):
                             lambda: tf.fill([h, w], tf.constant(NO_TARGET, tf.float32)))
     if with_image:
         out["image"] = tf.reshape(tf.io.decode_raw(ex["image"], tf.float32, little_endian=True), [t, h, w, c])
-        out["valid"] = tf.reshape(unpack_bits(ex["valid"], t * h * w * c), [t, h, w, c])
+        out["valid"] = (tf.io.decode_raw(ex["valid"], tf.uint8) if packed
+                        else tf.reshape(unpack_bits(ex["valid"], t * h * w * c), [t, h, w, c]))
     return out
 
 
