@@ -101,12 +101,15 @@ def normalise(image, valid, lo, hi):
     return tf.where(valid, x, 0.0)
 
 
-def _unpack_normalise(image, packed, lo, hi):
-    """(normalised image, valid) of a parsed chip: the bit-packed mask unpacked and ``normalise`` in one
-    XLA-compiled function (fuses the elementwise passes: ~1.4x the chips/s of the plain ops on CPU,
-    bench/bench_temporal_pipeline.py)."""
+def _unpack_normalise(image, packed, lo, hi, index=None):
+    """(normalised image, valid) of a parsed chip: the bit-packed mask unpacked, ``normalise`` and (with
+    ``index``) ``move_pixels``, in one XLA-compiled function (``_Chip``): fusing the elementwise passes
+    gives ~1.4x the chips/s of the plain ops on CPU (bench/bench_temporal_pipeline.py)."""
     valid = tf.reshape(unpack_bits(packed, int(np.prod(image.shape))), image.shape)
-    return normalise(image, valid, lo, hi), valid
+    x = normalise(image, valid, lo, hi)
+    if index is not None:
+        x, valid = move_pixels(x, index), move_pixels(valid, index)
+    return x, valid
 
 
 def nearest_present(months, k):
@@ -142,27 +145,36 @@ def drop_months(x, months, rate, seed=None):
     return x * kept[:, tf.newaxis, tf.newaxis, tf.newaxis], kept
 
 
-def flip_turn(x, target):
-    """The same random flips (each with probability 1/2) and 90-degree turn (k uniform in 0..3, square
-    chips only) of every month of ``x`` [T, H, W, C] and of ``target`` [H, W]: exact, no resampling."""
-    t = target[tf.newaxis, :, :, tf.newaxis]
-    for axis in (1, 2):
-        flip = tf.random.uniform([]) < 0.5
-        x = tf.cond(flip, lambda x=x: tf.reverse(x, [axis]), lambda x=x: x)
-        t = tf.cond(flip, lambda t=t: tf.reverse(t, [axis]), lambda t=t: t)
-    if x.shape[1] == x.shape[2]:
+def flip_turn_index(height, width, flip=True, rot90=True):
+    """Random flips (each with probability 1/2) and 90-degree turn (k uniform in 0..3, square chips only)
+    as one source-pixel index per output pixel: int32 [H * W] (``tf.gather`` of the flattened pixels
+    applies it to every month and to the target alike; exact, no resampling)."""
+    matrix = tf.eye(3)
+    if flip:
+        lr, ud = tf.random.uniform([]) < 0.5, tf.random.uniform([]) < 0.5
+        sx, tx = tf.where(lr, -1.0, 1.0), tf.where(lr, width - 1.0, 0.0)
+        sy, ty = tf.where(ud, -1.0, 1.0), tf.where(ud, height - 1.0, 0.0)
+        matrix = tf.reshape(tf.stack([sx, 0.0, tx, 0.0, sy, ty, 0.0, 0.0, 1.0]), [3, 3])
+    if rot90 and height == width:
         k = tf.random.uniform([], 0, 4, tf.int32)
-        x, t = tf.image.rot90(x, k), tf.image.rot90(t, k)
-    return x, t[0, :, :, 0]
+        matrix = matrix @ tf.gather(tf.constant(seg_data._rotation_matrices(height)), k)
+    rows, cols = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
+    src_x = matrix[0, 0] * cols + matrix[0, 1] * rows + matrix[0, 2]
+    src_y = matrix[1, 0] * cols + matrix[1, 1] * rows + matrix[1, 2]
+    return tf.reshape(tf.cast(tf.round(src_y), tf.int32) * width + tf.cast(tf.round(src_x), tf.int32), [-1])
+
+
+def move_pixels(x, index):
+    """``x`` [..., H, W, C] with its pixels taken from ``index`` (``flip_turn_index``)."""
+    shape = x.shape
+    flat = tf.reshape(x, [-1, shape[-3] * shape[-2], shape[-1]])
+    return tf.reshape(tf.gather(flat, index, axis=1), shape)
 
 
 def augment_pair(x, target, options):
     """The same random ``seg_data.paired_augment`` transform of every month of ``x`` [T, H, W, C] and of
-    ``target`` [H, W] (image bilinear, target nearest; -1 stays -1). Flips and 90-degree turns alone
-    take the exact ``flip_turn`` (no resampling, no reshuffling of the channels)."""
-    if not any(options.get(k) for k in ("rotate", "scale", "shift")):
-        if options.get("flip") and options.get("rot90", True):
-            return flip_turn(x, target)
+    ``target`` [H, W] (image bilinear, target nearest; -1 stays -1). The training pipeline applies flips
+    and 90-degree turns alone with ``flip_turn_index`` instead (inside the compiled normalisation)."""
     t, h, w, c = x.shape
     flat = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [h, w, t * c])
     known = tf.cast(target >= 0, tf.float32)
@@ -187,12 +199,20 @@ class _Chip:
         self.lo, self.hi = spec.norm_arrays(norm)
         self._core = tf.function(lambda image, packed: _unpack_normalise(image, packed, self.lo, self.hi),
                                  jit_compile=True)
+        self._moved = tf.function(lambda image, packed, index: _unpack_normalise(image, packed, self.lo, self.hi,
+                                                                                 index), jit_compile=True)
 
-    def __call__(self, serialized):
+    def __call__(self, serialized, index=None):
+        """(x [T', H, W, C], months [T'], target [H, W]); ``index``: pixels moved (``flip_turn_index``)."""
         ex = parse_example(serialized, self.spec.n_months, self.spec.shape, self.spec.n_channels, packed=True)
-        x, valid = self._core(ex["image"], ex["valid"])
+        target = ex["target"]
+        if index is None:
+            x, valid = self._core(ex["image"], ex["valid"])
+        else:
+            x, valid = self._moved(ex["image"], ex["valid"], index)
+            target = move_pixels(target[..., tf.newaxis], index)[..., 0]
         x, months = reduce_months(x, valid, ex["months"], self.mode, self.k)
-        return x, months, ex["target"]
+        return x, months, target
 
 
 # ---------------------------------------------------------------- pipelines
@@ -215,11 +235,15 @@ def train_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, m
         ds = ds.cache()
     ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
 
+    affine = any(aug.get(k) for k in ("rotate", "scale", "shift"))
+    turns = not affine and bool(aug.get("flip") or aug.get("rot90"))
+
     def make(serialized):
-        x, months, target = chip(serialized)
+        index = flip_turn_index(*spec.shape, bool(aug.get("flip")), bool(aug.get("rot90"))) if turns else None
+        x, months, target = chip(serialized, index)
         if chip.mode == "all":
             x, months = drop_months(x, months, rate, seed)
-        if any(aug.get(k) for k in ("flip", "rot90", "rotate", "scale", "shift")):
+        if affine:
             x, target = augment_pair(x, target, aug)
         x, target = _pad(x, target[..., tf.newaxis], pad_multiple)
         return {"image": x, "months": months}, target

@@ -165,3 +165,18 @@ def test_options_from_settings():
                     "aug_crop_scale": 0.0, "band_norm": None})
     assert o["temporal_input"] == "mean" and o["month_dropout"] == 0.2 and o["norm"] is None
     assert o["augment"] == {"flip": True, "rot90": True, "rotate": 10.0, "scale": 0.0, "shift": 0.0}
+
+
+def test_flip_turn_index_is_one_of_the_eight_square_symmetries():
+    x = tf.reshape(tf.range(2 * 5 * 5 * 1, dtype=tf.float32), [2, 5, 5, 1])
+    views = {name: seg_data.apply_view(x, name).numpy().tobytes() for name in seg_data.TTA_VIEWS}
+    views["anti-transpose"] = tf.image.rot90(seg_data.apply_view(x, "transpose"), 2).numpy().tobytes()
+    seen = set()
+    for _ in range(80):
+        moved = td.move_pixels(x, td.flip_turn_index(5, 5)).numpy().tobytes()
+        match = [k for k, v in views.items() if v == moved]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) == 8  # every symmetry drawn
+    only_flips = {td.move_pixels(x, td.flip_turn_index(5, 5, rot90=False)).numpy().tobytes() for _ in range(40)}
+    assert only_flips == {views[k] for k in ("identity", "flip_lr", "flip_ud", "rot180")}
