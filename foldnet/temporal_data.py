@@ -101,11 +101,14 @@ def normalise(image, valid, lo, hi):
     return tf.where(valid, x, 0.0)
 
 
-def _unpack_normalise(image, packed, lo, hi, index=None):
+def _unpack_normalise(image, packed, lo, hi, index=None, kept=None):
     """(normalised image, valid) of a parsed chip: the bit-packed mask unpacked, ``normalise`` and (with
-    ``index``) ``move_pixels``, in one XLA-compiled function (``_Chip``): fusing the elementwise passes
-    gives ~1.4x the chips/s of the plain ops on CPU (bench/bench_temporal_pipeline.py)."""
+    ``index``) ``move_pixels`` and (with ``kept`` [T]) the months dropped, in one XLA-compiled function
+    (``_Chip``): fusing the elementwise passes gives ~1.4x the chips/s of the plain ops on CPU
+    (bench/bench_temporal_pipeline.py)."""
     valid = tf.reshape(unpack_bits(packed, int(np.prod(image.shape))), image.shape)
+    if kept is not None:
+        valid &= kept[:, tf.newaxis, tf.newaxis, tf.newaxis] > 0
     x = normalise(image, valid, lo, hi)
     if index is not None:
         x, valid = move_pixels(x, index), move_pixels(valid, index)
@@ -132,16 +135,22 @@ def reduce_months(x, valid, months, mode, k=None):
     return mean[tf.newaxis], tf.ones([1], tf.float32)
 
 
-def drop_months(x, months, rate, seed=None):
-    """Drop each month with data with probability ``rate`` (image zeroed, months 0), keeping at least one."""
+def kept_months(months, rate, seed=None):
+    """float32 [T]: each month with data kept with probability 1 - ``rate``; if none would be, the one with
+    the largest draw (so at least one month with data always remains); months without data stay 0."""
     if not rate:
-        return x, months
+        return months
     draw = tf.random.uniform(tf.shape(months), seed=seed)
     present = months > 0
     keep = present & (draw >= rate)
     fallback = tf.equal(tf.range(tf.shape(months)[0]), tf.argmax(tf.where(present, draw, -1.0), output_type=tf.int32))
-    keep = tf.where(tf.reduce_any(keep), keep, fallback & present)
-    kept = tf.cast(keep, tf.float32)
+    return tf.cast(tf.where(tf.reduce_any(keep), keep, fallback & present), tf.float32)
+
+
+def drop_months(x, months, rate, seed=None):
+    """Drop each month with data with probability ``rate`` (image zeroed, months 0), keeping at least one
+    (``kept_months``). The training pipeline zeroes the image inside the compiled normalisation instead."""
+    kept = kept_months(months, rate, seed)
     return x * kept[:, tf.newaxis, tf.newaxis, tf.newaxis], kept
 
 
@@ -199,19 +208,25 @@ class _Chip:
         self.lo, self.hi = spec.norm_arrays(norm)
         self._core = tf.function(lambda image, packed: _unpack_normalise(image, packed, self.lo, self.hi),
                                  jit_compile=True)
-        self._moved = tf.function(lambda image, packed, index: _unpack_normalise(image, packed, self.lo, self.hi,
-                                                                                 index), jit_compile=True)
+        self._train = tf.function(lambda image, packed, index, kept: _unpack_normalise(
+            image, packed, self.lo, self.hi, index, kept), jit_compile=True)
 
-    def __call__(self, serialized, index=None):
-        """(x [T', H, W, C], months [T'], target [H, W]); ``index``: pixels moved (``flip_turn_index``)."""
+    def __call__(self, serialized, index=None, dropout=0.0, seed=None):
+        """(x [T', H, W, C], months [T'], target [H, W]). Training: ``index`` moves the pixels
+        (``flip_turn_index``) and ``dropout`` drops months (``kept_months``; with temporal_input "all")."""
         ex = parse_example(serialized, self.spec.n_months, self.spec.shape, self.spec.n_channels, packed=True)
-        target = ex["target"]
-        if index is None:
-            x, valid = self._core(ex["image"], ex["valid"])
-        else:
-            x, valid = self._moved(ex["image"], ex["valid"], index)
+        target, months = ex["target"], ex["months"]
+        if index is not None:
             target = move_pixels(target[..., tf.newaxis], index)[..., 0]
-        x, months = reduce_months(x, valid, ex["months"], self.mode, self.k)
+        if self.mode == "all" and (index is not None or dropout):
+            months = kept_months(months, dropout, seed)
+            index = tf.range(int(np.prod(self.spec.shape))) if index is None else index
+            x, _ = self._train(ex["image"], ex["valid"], index, months)
+            return x, months, target
+        x, valid = self._core(ex["image"], ex["valid"])
+        x, months = reduce_months(x, valid, months, self.mode, self.k)
+        if index is not None:  # one month left: move it after the reduction
+            x = move_pixels(x, index)
         return x, months, target
 
 
@@ -240,9 +255,7 @@ def train_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, m
 
     def make(serialized):
         index = flip_turn_index(*spec.shape, bool(aug.get("flip")), bool(aug.get("rot90"))) if turns else None
-        x, months, target = chip(serialized, index)
-        if chip.mode == "all":
-            x, months = drop_months(x, months, rate, seed)
+        x, months, target = chip(serialized, index, rate, seed)
         if affine:
             x, target = augment_pair(x, target, aug)
         x, target = _pad(x, target[..., tf.newaxis], pad_multiple)
