@@ -193,7 +193,7 @@ def augment_pair(x, target, options):
 
 
 def _pad(x, target, multiple):
-    if not multiple:
+    if not multiple or not any(spectral.padding_for(n, multiple) != (0, 0) for n in x.shape[-3:-1]):
         return x, target
     return (spectral.pad_to_multiple(x, multiple, "CONSTANT", 0),
             spectral.pad_to_multiple(target, multiple, "CONSTANT", NO_TARGET))
