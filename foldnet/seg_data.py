@@ -171,6 +171,21 @@ def _rotation_matrices(side):
     return np.stack([np.linalg.matrix_power(r1, k) for k in range(4)]).astype(np.float32)
 
 
+def random_flip_turn(height, width, flip=True, rot90=True):
+    """3x3 output -> input pixel map of random flips (left-right, up-down, each with probability 1/2) then a
+    random k*90-degree turn (k uniform in 0..3; ``rot90`` only for square tiles)."""
+    matrix = tf.eye(3)
+    if flip:
+        lr, ud = tf.random.uniform([]) < 0.5, tf.random.uniform([]) < 0.5
+        sx, tx = tf.where(lr, -1.0, 1.0), tf.where(lr, width - 1.0, 0.0)
+        sy, ty = tf.where(ud, -1.0, 1.0), tf.where(ud, height - 1.0, 0.0)
+        matrix = tf.reshape(tf.stack([sx, 0.0, tx, 0.0, sy, ty, 0.0, 0.0, 1.0]), [3, 3])
+    if rot90:
+        k = tf.random.uniform([], 0, 4, tf.int32)
+        matrix = matrix @ tf.gather(tf.constant(_rotation_matrices(height)), k)
+    return matrix
+
+
 def paired_augment(image, mask, valid, flip=True, rot90=True, scale=0.0, rotate=0.0, shift=0.0):
     """The same random geometric transform of ``image`` [H, W, C] (float), ``mask`` and ``valid`` [H, W].
 
@@ -192,15 +207,7 @@ def paired_augment(image, mask, valid, flip=True, rot90=True, scale=0.0, rotate=
     rot90 = rot90 and height == width
     if not (flip or rot90 or affine):
         return image, maps[..., 0], maps[..., 1]
-    matrix = tf.eye(3)
-    if flip:
-        lr, ud = tf.random.uniform([]) < 0.5, tf.random.uniform([]) < 0.5
-        sx, tx = tf.where(lr, -1.0, 1.0), tf.where(lr, width - 1.0, 0.0)
-        sy, ty = tf.where(ud, -1.0, 1.0), tf.where(ud, height - 1.0, 0.0)
-        matrix = tf.reshape(tf.stack([sx, 0.0, tx, 0.0, sy, ty, 0.0, 0.0, 1.0]), [3, 3])
-    if rot90:
-        k = tf.random.uniform([], 0, 4, tf.int32)
-        matrix = matrix @ tf.gather(tf.constant(_rotation_matrices(height)), k)
+    matrix = random_flip_turn(height, width, flip, rot90)
     if affine:
         t = _random_affine(float(height), float(width), float(scale), float(rotate), float(shift))[0]
         matrix = matrix @ tf.reshape(tf.concat([t[:6], [0.0, 0.0, 1.0]], 0), [3, 3])

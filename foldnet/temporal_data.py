@@ -158,15 +158,7 @@ def flip_turn_index(height, width, flip=True, rot90=True):
     """Random flips (each with probability 1/2) and 90-degree turn (k uniform in 0..3, square chips only)
     as one source-pixel index per output pixel: int32 [H * W] (``tf.gather`` of the flattened pixels
     applies it to every month and to the target alike; exact, no resampling)."""
-    matrix = tf.eye(3)
-    if flip:
-        lr, ud = tf.random.uniform([]) < 0.5, tf.random.uniform([]) < 0.5
-        sx, tx = tf.where(lr, -1.0, 1.0), tf.where(lr, width - 1.0, 0.0)
-        sy, ty = tf.where(ud, -1.0, 1.0), tf.where(ud, height - 1.0, 0.0)
-        matrix = tf.reshape(tf.stack([sx, 0.0, tx, 0.0, sy, ty, 0.0, 0.0, 1.0]), [3, 3])
-    if rot90 and height == width:
-        k = tf.random.uniform([], 0, 4, tf.int32)
-        matrix = matrix @ tf.gather(tf.constant(seg_data._rotation_matrices(height)), k)
+    matrix = seg_data.random_flip_turn(height, width, flip, rot90 and height == width)
     rows, cols = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
     src_x = matrix[0, 0] * cols + matrix[0, 1] * rows + matrix[0, 2]
     src_y = matrix[1, 0] * cols + matrix[1, 1] * rows + matrix[1, 2]
