@@ -121,8 +121,17 @@ class ClassificationTask(tasks.Task):
 
     post_file = openset.RULE_FILE
 
-    def fit_post(self, targets, outputs, spec, folds=None):
-        return openset.fit_rule(targets, outputs, spec, folds)
+    row_value_key = openset.STORED_SCORE
+
+    def fit_post(self, targets, outputs, spec, folds=None, values=None):
+        return openset.fit_best_rule(targets, outputs, spec, folds, values)
+
+    def row_values(self, model, files, reference_files, cfg, cache):
+        """{row_value_key: [n]}: cosine similarity of each record's features (the classifier's input) to
+        the nearest record of ``reference_files`` (the fold's training images; computed once per ``cache``)."""
+        if "reference" not in cache:
+            cache["reference"] = unit_features(model, reference_files, cfg)
+        return {self.row_value_key: nearest_cosine(unit_features(model, files, cfg), cache["reference"])}
 
     def post_markdown(self, post):
         return openset.rule_markdown(post)
@@ -143,11 +152,32 @@ class ClassificationTask(tasks.Task):
                             [f"columns: {list(template.columns)}"])
         return template.iloc[:, 0].to_numpy().astype(str)
 
-    def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
+    def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None, values=None):
         template = read_template(template_path)
-        df = submission.make_submission(ids, outputs, spec, template, k, rule=post)
+        df = submission.make_submission(ids, outputs, spec, template, k, rule=post, values=values)
         submission.write_submission(df, out_path, template, spec)
         return f"{len(df)} rows, k={k}" + (f", {openset.describe(post)}" if post else "")
+
+
+def unit_features(model, files, cfg):
+    """L2-normalised inputs of the model's ``logits`` layer for the records of ``files`` (identity view,
+    file order), float32 [n, d]."""
+    import tensorflow as tf
+
+    from . import data
+
+    probe = tf.keras.Model(model.inputs, model.get_layer("logits").input)
+    ds = data.eval_dataset(files, int(model.output_shape[-1]), cfg["dim"], cfg["batch_size"], drop_remainder=False)
+    feats = np.asarray(probe.predict(ds.map(lambda x, y: x), verbose=0), np.float32)
+    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_cosine(feats, reference, block=1024):
+    """Per row of ``feats``, the largest dot product with a row of ``reference`` (both unit rows)."""
+    out = np.empty(len(feats), np.float32)
+    for start in range(0, len(feats), block):
+        out[start:start + block] = (feats[start:start + block] @ reference.T).max(axis=1)
+    return out
 
 
 def merge_views(out, n_views):

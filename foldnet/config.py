@@ -175,6 +175,10 @@ FLAGS = [
      "Run the augmentation inside the model (first layer, training only) instead of in the input pipeline: "
      "for accelerators whose host has few CPU cores; same distribution"),
     ("tta_number", int, 0, "Test-time transforms besides the identity (same list as --aug_number)"),
+    ("openset_features", _bool, False,
+     "Classification: store per predicted image the cosine similarity of its features (the classifier's input) "
+     "to the nearest image its fold trained on (one more pass over the fold's training images); the open-set "
+     "rule then uses it when it fits the out-of-fold rows better than the probabilities"),
     ("cache", str, "auto",
      "Cache of the training data: decoded (resized pixels), encoded (file bytes), none, or auto "
      "(decoded if it fits in --cache_budget_mb, else encoded if it fits, else none)"),

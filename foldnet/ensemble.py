@@ -61,7 +61,11 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     rows, notes, weights, post, oof = oof_report(runs, weights, spec, fit_metric, fit, tta, task,
                                                  groups=task.groups(tfrec_dir))
     outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task)
-    what = task.write_submission(ids, outputs, spec, template, out_path, k, post)
+    extra = {}
+    if post and task.row_value_key:  # the rule may use a per-row value the test files store
+        test_values = rundir.row_values(runs, weights, "test", ids, task.row_value_key)
+        extra["values"] = None if test_values is None else np.array([test_values[str(i)] for i in ids])
+    what = task.write_submission(ids, outputs, spec, template, out_path, k, post, **extra)
 
     stem = _stem(out_path)
     if oof is not None:  # e.g. segmentation: Dice vs threshold of the blend the threshold was fitted on

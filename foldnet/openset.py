@@ -13,9 +13,12 @@ more like a trained individual):
 Scores (``SCORES``), all from the averaged probabilities, so they work for
 one member and for an ensemble blend alike: ``max_prob`` (largest
 probability over all trained classes), ``max_original_prob`` (over original
-classes only), ``neg_entropy`` (minus the entropy of the row). Logits and
-embeddings are not stored in prediction files, so energy / distance scores
-are not offered.
+classes only), ``neg_entropy`` (minus the entropy of the row). With
+``--openset_features`` the prediction files also hold ``STORED_SCORE`` (the
+cosine similarity of an image's features to the nearest image its fold
+trained on), and ``fit_best_rule`` uses it when it fits the OOF rows better.
+Max logit and energy scored below max_prob on the photo stand-in
+(BENCHMARKS.md) and are not offered.
 
 Fitting (``fit_rule``) needs rows that behave like unseen individuals
 (``simulate``): OOF rows whose class has no row in the other folds (the
@@ -35,10 +38,14 @@ import os
 
 import numpy as np
 
-from . import fileio, ranking
+from . import fileio, ranking, report
+from .errors import DataError
 
 RULE_FILE = "openset_rule.json"
 SCORES = ("max_prob", "max_original_prob", "neg_entropy")
+# A score stored per row in prediction files (--openset_features), not computed from probabilities: the
+# cosine similarity of an image's features to the nearest image its fold trained on (test: mean over folds).
+STORED_SCORE = "nearest_train_cosine"
 DEFAULT_SCORE = "max_prob"
 NEW_RANKS = (None, 2, 3, 4, 5)
 # At most this many candidate thresholds (quantiles of the scores) are tried.
@@ -82,11 +89,23 @@ def new_ranks(probs, label_map, rule, k=5, values=None):
     return out
 
 
-def top_k_labels(probs, label_map, rule=None, k=5):
-    """``ranking.top_k_labels`` under the open-set ``rule`` (None: the natural rule)."""
+def usable(rule, values):
+    """The rule to apply: ``rule``, or its ``fallback`` (a probability rule) when it needs the stored
+    score and ``values`` is None (e.g. --job predict on image files)."""
+    if rule and rule.get("score") == STORED_SCORE and values is None:
+        return rule.get("fallback")
+    return rule
+
+
+def top_k_labels(probs, label_map, rule=None, k=5, values=None):
+    """``ranking.top_k_labels`` under the open-set ``rule`` (None: the natural rule).
+
+    values: the rows' stored score (``STORED_SCORE``) when the rule uses it."""
+    rule = usable(rule, values)
     if not rule:
         return ranking.top_k_labels(probs, label_map, k=k)
-    return ranking.top_k_labels(probs, label_map, k=k, new_rank=new_ranks(probs, label_map, rule, k))
+    values = values if rule.get("score") == STORED_SCORE else None
+    return ranking.top_k_labels(probs, label_map, k=k, new_rank=new_ranks(probs, label_map, rule, k, values))
 
 
 # ---------------------------------------------------------------- scores split known / new
@@ -246,6 +265,19 @@ def describe(rule):
     return ", ".join(parts)
 
 
+def fit_best_rule(targets, probs, label_map, folds=None, values=None, k=5):
+    """``fit_rule`` with ``DEFAULT_SCORE``, and with the stored score when ``values`` (per row) are given;
+    the one with the better OOF MAP@k (ties: the probability rule). A stored-score rule carries the
+    probability rule as its ``fallback``."""
+    rule = fit_rule(targets, probs, label_map, folds, k=k)
+    if values is None or rule["simulation"] is None:
+        return rule
+    stored = fit_rule(targets, probs, label_map, folds, score=STORED_SCORE, k=k, values=values)
+    if stored["oof"]["rule"]["all"] > rule["oof"]["rule"]["all"] + 1e-12:
+        return {**stored, "fallback": rule}
+    return rule
+
+
 def rule_markdown(rule, title="Open-set rule (new individuals)"):
     """A short Markdown section about a fitted rule and its OOF MAP@5 known / new / all."""
     if not rule:
@@ -258,8 +290,6 @@ def rule_markdown(rule, title="Open-set rule (new individuals)"):
             f"original individual, new = the new label (extra-only or unseen individual).\n\n")
     rows = [{"rule": name, "map5_all": part["all"], "map5_known": part["known"], "map5_new": part["new"],
              "n_known": part["n_known"], "n_new": part["n_new"]} for name, part in rule["oof"].items()]
-    from . import report
-
     return text + report.markdown_table(rows, ["rule", "map5_all", "map5_known", "map5_new", "n_known", "n_new"])
 
 
@@ -270,23 +300,14 @@ def rule_path(run_dir):
     return os.path.join(run_dir, RULE_FILE)
 
 
-def save_rule(run_dir, rule):
-    """Write a member's fitted rule (atomic); None removes nothing and writes nothing."""
-    if rule is None:
-        return None
-    return fileio.atomic_write_json(rule_path(run_dir), rule)
-
-
 def load_rule(run_dir):
     """A member's fitted rule, or None if the run directory has none (old runs: natural rule)."""
     path = rule_path(run_dir)
     if not os.path.exists(path):
         return None
-    from .errors import DataError
-
     try:
         rule = fileio.read_json(path)
-        if rule["score"] not in SCORES:
+        if rule["score"] not in SCORES + (STORED_SCORE,):
             raise ValueError(f"unknown score {rule['score']!r}")
         return rule
     except (OSError, ValueError, KeyError, TypeError) as e:

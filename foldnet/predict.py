@@ -29,17 +29,24 @@ def predict_records(model, files, cfg, task=None, verbose=0):
     return ids, targets, outputs
 
 
-def predict_split(model, files, out_path, cfg, spec_fp, weights_fp, n_rows, task=None, verbose=0):
+def predict_split(model, files, out_path, cfg, spec_fp, weights_fp, n_rows, task=None, verbose=0,
+                  reference_files=None, cache=None):
     """Predict the records of ``files`` (all TTA views, one pass) into the prediction file ``out_path``.
 
-    The caller decides staleness (``rundir.is_current``). Returns the outputs.
+    The caller decides staleness (``rundir.is_current``). With
+    ``reference_files`` (the fold's training records) the file also holds the
+    task's per-row values (``task.row_values``; ``cache``: one dict per
+    fold). Returns the outputs.
     """
     task = task or tasks.get(tasks.DEFAULT_TASK)
     ids, targets, outputs = predict_records(model, files, cfg, task, verbose)
     if len(ids) != n_rows:
         raise RuntimeError(f"read {len(ids)} records, the manifest says {n_rows}")
+    extra = {}
+    if reference_files and task.row_value_key:
+        extra = task.row_values(model, files, reference_files, cfg, {} if cache is None else cache)
     rundir.save_predictions(out_path, ids, task.encode_outputs(outputs), task.encode_targets(targets),
-                            task.tta_names(cfg["tta_number"]), spec_fp, weights_fp)
+                            task.tta_names(cfg["tta_number"]), spec_fp, weights_fp, **extra)
     log.info(f"  wrote {out_path}: {outputs.shape[1]} rows x {outputs.shape[0]} TTA view(s)")
     return outputs
 

@@ -420,6 +420,38 @@ def read_oof(run_dir, task, expected_fingerprint=None, reduce=None):
     return out
 
 
+def has_key(path, key):
+    """Whether the prediction file ``path`` holds the array ``key`` (False if unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return key in npz.files
+    except READ_ERRORS:
+        return False
+
+
+def row_values(runs, weights, split, ids, key):
+    """{id: value} of the per-row array ``key`` of the runs' ``split`` prediction files: mean over a run's
+    folds, weighted mean over runs; None unless every file holds ``key`` and every id has a value."""
+    ids = np.asarray(ids).astype(str)
+    total, w_sum = np.zeros(len(ids)), float(np.sum(weights))
+    for run, w in zip(runs, weights):
+        acc, count = np.zeros(len(ids)), np.zeros(len(ids))
+        files = prediction_files(run, split)
+        if not files or not all(has_key(path, key) for _, path in files):
+            return None
+        for _, path in files:
+            file_ids, values = read_arrays(path, ["ids", key])
+            pos = {str(i): j for j, i in enumerate(file_ids)}
+            rows = np.array([pos.get(i, -1) for i in ids])
+            hit = rows >= 0
+            acc[hit] += values[rows[hit]]
+            count[hit] += 1
+        if (count == 0).any():
+            return None
+        total += float(w) * acc / count
+    return dict(zip(ids.tolist(), (total / w_sum).tolist()))
+
+
 def oof_folds(run_dir):
     """{id: fold} of a run's OOF predictions (headers only)."""
     return {str(i): fold for fold, h in oof_headers(run_dir) for i in h.ids}

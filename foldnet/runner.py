@@ -76,13 +76,19 @@ def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=()):
             if not os.path.exists(p["best"]):
                 raise DataError(f"fold {fold} has no trained checkpoint", [f"{p['best']} is missing; run --job train first"])
             weights_fp = rundir.weights_fingerprint(p["best"])
+            # --openset_features: per-row similarity to the fold's training images (task.row_values)
+            reference = (records.fold_files(manifest, [f for f in range(manifest["n_folds"]) if f != fold])
+                         if cfg["openset_features"] and task.row_value_key else None)
+            cache = {}
             for name, files, n_rows in splits:
-                if rundir.is_current(p[name], weights_fp, spec_fp, cfg["tta_number"] + 1, n_rows):
+                if rundir.is_current(p[name], weights_fp, spec_fp, cfg["tta_number"] + 1, n_rows) and \
+                        (reference is None or rundir.has_key(p[name], task.row_value_key)):
                     log.info(f"  {p[name]} is current; not predicted again")
                     continue
                 if model is None:
                     model = train.load_fold_model(cfg, spec, p["best"], strat, task=task)
-                predict.predict_split(model, files, p[name], cfg, spec_fp, weights_fp, n_rows, task=task)
+                predict.predict_split(model, files, p[name], cfg, spec_fp, weights_fp, n_rows, task=task,
+                                      reference_files=reference, cache=cache)
         log.info(f"fold {fold}: {time.time() - t0:.1f} s")
 
 

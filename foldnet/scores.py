@@ -98,6 +98,8 @@ def save_post(run_dir, task, scorer, folds):
     ``RUN_DIR/<task.post_file>`` (atomic); returns it (None if the task saves none). folds: {id: fold}."""
     if not task.post_file:
         return None
-    post = scorer.post(folds=folds)
+    values = (rundir.row_values([run_dir], [1.0], "oof", list(folds), task.row_value_key)
+              if task.row_value_key else None)
+    post = scorer.post(folds=folds, values=values)
     fileio.atomic_write_json(os.path.join(run_dir, task.post_file), post)
     return post

@@ -23,10 +23,11 @@ def _template_columns(template, k):
     return cols
 
 
-def make_submission(ids, probs, label_map, template, k=5, rule=None):
+def make_submission(ids, probs, label_map, template, k=5, rule=None, values=None):
     """Submission table in the template's row order and column names.
 
     rule: the open-set rule (``openset``; None: the natural new-individual rule).
+    values: [n] the rows' stored open-set score (``openset.STORED_SCORE``), or None.
 
     ids: [n] row keys of ``probs``. template: the sample submission; its first
     column holds the ids, the next k columns name the predictions. Every
@@ -55,7 +56,7 @@ def make_submission(ids, probs, label_map, template, k=5, rule=None):
     if problems:
         raise DataError("predictions do not match the submission template", problems)
     pos = pd.Index(ids).get_indexer(template_ids)
-    rows = openset.top_k_labels(probs[pos], label_map, rule, k)
+    rows = openset.top_k_labels(probs[pos], label_map, rule, k, None if values is None else np.asarray(values)[pos])
     df = pd.DataFrame(rows, columns=cols[1:])
     df.insert(0, cols[0], template_ids)
     return df

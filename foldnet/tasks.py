@@ -119,6 +119,13 @@ Scoring (no TensorFlow; light processes)
 - ``post_markdown(post)``: a Markdown section about ``post`` (default: none).
 - ``describe_post(post)``: one line about ``post`` (default: ``key = value``
   pairs).
+- ``row_value_key`` / ``row_values(model, files, reference_files, cfg,
+  cache)``: an extra per-row array the prediction files store under that key
+  when ``--openset_features`` is on (classification: cosine similarity to the
+  nearest training image of the fold, ``reference_files``; ``cache`` is one
+  dict per fold). The score job and the ensemble average it like the outputs
+  (``rundir.row_values``) and pass it to ``fit_post(..., values=)`` and
+  ``write_submission(..., values=)`` (default key None: nothing stored).
 
 Streaming scores (the score job and the ensemble never hold all OOF outputs)
 
@@ -251,6 +258,10 @@ class Task:
         raise NotImplementedError
 
     post_file = None
+    row_value_key = None
+
+    def row_values(self, model, files, reference_files, cfg, cache):
+        return {}
 
     def fit_post(self, targets, outputs, spec, folds=None):
         return None
@@ -312,12 +323,16 @@ class CollectScorer:
     def metric(self, name):
         return self.task.fit_metrics[name](*self._all(), self.spec)
 
-    def post(self, folds=None):
-        """``fit_post``; with ``folds`` ({id: fold}, tasks with a ``post_file``) each row's fold too."""
+    def post(self, folds=None, values=None):
+        """``fit_post``; with ``folds`` ({id: fold}, tasks with a ``post_file``) each row's fold too, and
+        with ``values`` ({id: value}, tasks with a ``row_value_key``) each row's stored value."""
         if folds is None:
             return self.task.fit_post(*self._all(), self.spec)
-        keys = np.array([folds[i] for ids in self._ids for i in ids])
-        return self.task.fit_post(*self._all(), self.spec, folds=keys)
+        ids = [i for block in self._ids for i in block]
+        kw = {"folds": np.array([folds[i] for i in ids])}
+        if values is not None:
+            kw["values"] = np.array([values[i] for i in ids])
+        return self.task.fit_post(*self._all(), self.spec, **kw)
 
     def report(self, stem, title):
         return self.task.report(stem, *self._all(), title)

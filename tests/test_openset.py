@@ -2,6 +2,7 @@
 import foldnet  # noqa: F401
 
 import itertools
+import os
 
 import numpy as np
 import pandas as pd
@@ -220,3 +221,60 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
     assert runner.run(dict(cfg, job="predict", images=images)) == 0
     firsts = [line.split()[1] for line in log_lines if line.strip().startswith("1.")]
     assert firsts == [lm.new_label] * 2 and "new label first when max_prob < 2.0000" in log_lines[0]
+
+
+def test_best_rule_takes_the_stored_score_when_it_separates_better():
+    rng = np.random.default_rng(1)
+    n = 80
+    targets = rng.integers(0, 6, n)
+    probs = np.full((n, 6), 0.02)
+    probs[np.arange(n), targets] = 0.9
+    fold = rng.integers(0, 4, n)
+    fold[targets == 3] = 2  # individual d held out: unseen in fold 2 ...
+    probs[targets == 3] = np.roll(probs[targets == 3], 1, axis=1)  # ... and confidently taken for e
+    values = np.where(targets == 3, 0.2, 0.9)  # but far from every training image
+    plain = openset.fit_best_rule(targets, probs, LM, fold)
+    best = openset.fit_best_rule(targets, probs, LM, fold, values=values)
+    assert plain["score"] == "max_prob" and plain["oof"]["rule"]["new"] < 1.0
+    assert best["score"] == openset.STORED_SCORE and 0.2 < best["threshold"] < 0.9
+    assert best["oof"]["rule"]["new"] == 1.0 and best["oof"]["rule"]["known"] == 1.0
+    assert best["fallback"] == plain
+    # applied with the stored values; without them (e.g. --job predict on image files) the fallback
+    rows = openset.top_k_labels(probs, LM, best, values=values)
+    assert all(r[0] == "new_turtle" for r, t in zip(rows, targets) if t == 3)
+    assert openset.top_k_labels(probs, LM, best) == openset.top_k_labels(probs, LM, plain)
+
+
+def test_nearest_cosine_and_stored_row_values(tmp_path):
+    from foldnet import classification, rundir
+
+    feats = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
+    ref = np.array([[0.0, 1.0], [0.8, 0.6]], np.float32)
+    np.testing.assert_allclose(classification.nearest_cosine(feats, ref, block=1), [0.8, 0.96], rtol=1e-6)
+    # two folds of one run, one id in both (test-like): mean over folds; a second run weighted 3:1
+    for run, vals in (("r0", ([0.2, 0.4], [0.6])), ("r1", ([1.0, 1.0], [1.0]))):
+        for fold, (ids, v) in enumerate(((["a", "b"], vals[0]), (["a"], vals[1]))):
+            path = tmp_path / run / f"fold_{fold}" / "test.npz"
+            os.makedirs(path.parent)
+            rundir.save_predictions(str(path), np.array(ids), np.zeros((1, len(ids), 2), np.float32),
+                                    np.full(len(ids), -1), ["identity"], "fp", "w",
+                                    nearest_train_cosine=np.array(v, np.float32))
+    runs = [str(tmp_path / "r0"), str(tmp_path / "r1")]
+    got = rundir.row_values(runs, [3.0, 1.0], "test", ["a", "b"], "nearest_train_cosine")
+    # a: r0 mean(0.2, 0.6) = 0.4, r1 1.0 -> (3 * 0.4 + 1) / 4; b: r0 0.4 (fold 0 only), r1 1.0
+    assert got == pytest.approx({"a": 0.55, "b": 0.55})
+    assert rundir.row_values(runs, [1, 1], "test", ["a"], "missing_key") is None
+    assert rundir.row_values(runs, [1, 1], "test", ["zzz"], "nearest_train_cosine") is None
+    # --openset_features: val/test predicted again, each row with its similarity to the fold's training images;
+    # the score job fits with it (or keeps the probability rule) and the submission applies what it chose
+    assert runner.run(dict(cfg, job="val_test_score_subm", openset_features=True)) == 0
+    key = openset.STORED_SCORE
+    for fold in range(3):
+        for split in ("oof", "test"):
+            with np.load(run_dir / f"fold_{fold}" / f"{split}.npz") as z:
+                v = z[key]
+                assert v.shape == z["ids"].shape and (v <= 1 + 1e-5).all() and (v >= -1 - 1e-5).all()
+    rule = json.load(open(run_dir / openset.RULE_FILE))
+    values = rundir.row_values([str(run_dir)], [1.0], "test", ids, key)
+    expected = openset.top_k_labels(average_test([str(run_dir)], ids), lm, rule, values=np.array([values[i] for i in ids]))
+    assert pd.read_csv(run_dir / "submission.csv", dtype=str).iloc[:, 1:].values.tolist() == expected
