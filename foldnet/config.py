@@ -178,7 +178,7 @@ FLAGS = [
     ("openset_features", _bool, False,
      "Classification: store per predicted image the cosine similarity of its features (the classifier's input) "
      "to the nearest image its fold trained on (one more pass over the fold's training images); the open-set "
-     "rule then uses it when it fits the out-of-fold rows better than the probabilities"),
+     "rule then uses it instead of the largest probability (better on the photo stand-in)"),
     ("cache", str, "auto",
      "Cache of the training data: decoded (resized pixels), encoded (file bytes), none, or auto "
      "(decoded if it fits in --cache_budget_mb, else encoded if it fits, else none)"),

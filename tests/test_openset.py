@@ -222,8 +222,23 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
     firsts = [line.split()[1] for line in log_lines if line.strip().startswith("1.")]
     assert firsts == [lm.new_label] * 2 and "new label first when max_prob < 2.0000" in log_lines[0]
 
+    # --openset_features: val/test predicted again, each row with its similarity to the fold's training images;
+    # the score job fits the rule on it (max_prob rule as fallback) and the submission applies it
+    assert runner.run(dict(cfg, job="val_test_score_subm", openset_features=True)) == 0
+    key = openset.STORED_SCORE
+    for fold in range(3):
+        for split in ("oof", "test"):
+            with np.load(run_dir / f"fold_{fold}" / f"{split}.npz") as z:
+                v = z[key]
+                assert v.shape == z["ids"].shape and (v <= 1 + 1e-5).all() and (v >= -1 - 1e-5).all()
+    rule = json.load(open(run_dir / openset.RULE_FILE))
+    values = rundir.row_values([str(run_dir)], [1.0], "test", ids, key)
+    expected = openset.top_k_labels(average_test([str(run_dir)], ids), lm, rule, values=np.array([values[i] for i in ids]))
+    assert pd.read_csv(run_dir / "submission.csv", dtype=str).iloc[:, 1:].values.tolist() == expected
+    if rule["simulation"] == "holdout":
+        assert rule["score"] == key and rule["fallback"]["score"] == "max_prob"
 
-def test_best_rule_takes_the_stored_score_when_it_separates_better():
+def test_best_rule_takes_the_stored_score_when_stored():
     rng = np.random.default_rng(1)
     n = 80
     targets = rng.integers(0, 6, n)
@@ -265,16 +280,3 @@ def test_nearest_cosine_and_stored_row_values(tmp_path):
     assert got == pytest.approx({"a": 0.55, "b": 0.55})
     assert rundir.row_values(runs, [1, 1], "test", ["a"], "missing_key") is None
     assert rundir.row_values(runs, [1, 1], "test", ["zzz"], "nearest_train_cosine") is None
-    # --openset_features: val/test predicted again, each row with its similarity to the fold's training images;
-    # the score job fits with it (or keeps the probability rule) and the submission applies what it chose
-    assert runner.run(dict(cfg, job="val_test_score_subm", openset_features=True)) == 0
-    key = openset.STORED_SCORE
-    for fold in range(3):
-        for split in ("oof", "test"):
-            with np.load(run_dir / f"fold_{fold}" / f"{split}.npz") as z:
-                v = z[key]
-                assert v.shape == z["ids"].shape and (v <= 1 + 1e-5).all() and (v >= -1 - 1e-5).all()
-    rule = json.load(open(run_dir / openset.RULE_FILE))
-    values = rundir.row_values([str(run_dir)], [1.0], "test", ids, key)
-    expected = openset.top_k_labels(average_test([str(run_dir)], ids), lm, rule, values=np.array([values[i] for i in ids]))
-    assert pd.read_csv(run_dir / "submission.csv", dtype=str).iloc[:, 1:].values.tolist() == expected
