@@ -29,7 +29,10 @@ No download: every chip is synthesised, deterministically from the seed.
   sometimes missing (-9999). The mean of the months is one mixture of summer
   and winter cover whose proportions change with the missing and cloudy
   months, so it cannot separate ``h`` from ``e`` either: the target needs the
-  seasonal contrast, i.e. several months seen apart.
+  seasonal contrast, i.e. several months seen apart. A per-pixel check at the
+  defaults (gradient boosting on one pixel's values, 60k training pixels,
+  fold 4 held out): RMSE 62 from July alone, 28.5 from the mean of the
+  months, 21 from all 12 months.
 """
 import hashlib
 import os
