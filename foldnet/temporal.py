@@ -174,8 +174,8 @@ class TemporalRegressionTask(tasks.Task):
             problems.append(f"nonneg {cfg['nonneg']!r}: choose one of {', '.join(temporal_unet.NONNEG)}")
         if cfg["monitor"] not in MONITORS:
             problems.append(f"monitor {cfg['monitor']!r}: temporal regression logs {', '.join(MONITORS)}")
-        ours, _ = model_options(cfg)
         try:
+            ours, _ = model_options(cfg)
             float(ours.get("output_scale", 1.0))
             int(ours.get("attention_hidden") or 1)
         except (TypeError, ValueError) as e:
