@@ -163,12 +163,9 @@ class SegmentationTask(tasks.Task):
         return SegSpec.from_manifest(manifest)
 
     def read_spec(self, path):
-        if not os.path.exists(path):
-            manifest_path = os.path.join(os.path.dirname(path), "manifest.json")
-            if os.path.exists(manifest_path):
-                manifest = fileio.read_json(manifest_path)
-                manifest["dir"] = os.path.dirname(path)
-                return SegSpec.from_manifest(manifest)
+        spec = self.manifest_spec(path)
+        if spec is not None:
+            return spec
         d = fileio.read_json(path)
         return SegSpec(d["shape"], d["bands"], d["layout"], d["naming"])
 

@@ -199,6 +199,20 @@ class Task:
     def read_spec(self, path):
         raise NotImplementedError
 
+    def manifest_spec(self, path):
+        """The spec of the TFRecord directory of ``path`` when ``path`` does not exist but a
+        ``manifest.json`` sits beside it (TFRecord directories hold no spec file), else None."""
+        if os.path.exists(path):
+            return None
+        manifest_path = os.path.join(os.path.dirname(path), "manifest.json")
+        if not os.path.exists(manifest_path):
+            return None
+        from . import fileio
+
+        manifest = fileio.read_json(manifest_path)
+        manifest["dir"] = os.path.dirname(path)
+        return self.load_spec(manifest)
+
     def spec_settings(self, spec):
         return {}
 

@@ -48,7 +48,7 @@ import os
 
 import numpy as np
 
-from . import fileio, tasks
+from . import tasks
 from .errors import ConfigError
 from .segmentation import _manifest_of, read_test_ids, refuse_csv
 
@@ -112,12 +112,9 @@ class TemporalRegressionTask(tasks.Task):
     def read_spec(self, path):
         from . import temporal_records
 
-        if not os.path.exists(path):
-            manifest_path = os.path.join(os.path.dirname(path), "manifest.json")
-            if os.path.exists(manifest_path):
-                manifest = fileio.read_json(manifest_path)
-                manifest["dir"] = os.path.dirname(path)
-                return load_spec(manifest)
+        spec = self.manifest_spec(path)
+        if spec is not None:
+            return spec
         return temporal_records.TemporalSpec.load(path)
 
     def spec_settings(self, spec):
