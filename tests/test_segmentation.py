@@ -50,12 +50,18 @@ def kelp(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg")
     data = root / "kelp"
     seg_demo_data.build_kelp_dataset(str(data), n_places=8, acquisitions=2, size=32, seed=3)
-    run([sys.executable, "create_tfrecords.py", "--data_dir", str(data), "--n_folds", "2"])
-    member = root / "seg_tiny.yaml"
-    member.write_text(MEMBER)
+    return convert_and_train(root, data, MEMBER, "seg_tiny")
+
+
+def convert_and_train(root, data, member_yaml, name, n_folds=2):
+    """create_tfrecords.py on ``data``, then run_training.sh with the member ``name`` (YAML text
+    ``member_yaml``) under ``root/runs``: (root, data, run dir, env of the scripts, training stdout)."""
+    run([sys.executable, "create_tfrecords.py", "--data_dir", str(data), "--n_folds", str(n_folds)])
+    member = root / f"{name}.yaml"
+    member.write_text(member_yaml)
     env = {"DATA_DIR": str(data), "MODELS": str(member), "RUNS_DIR": str(root / "runs")}
     train_out = run(["bash", "run_training.sh"], env)
-    return root, data, root / "runs" / "seg_tiny", env, train_out
+    return root, data, root / "runs" / name, env, train_out
 
 
 def _tiff(path):

@@ -4,7 +4,6 @@ import foldnet  # noqa: F401
 
 import json
 import os
-import sys
 import tarfile
 
 import numpy as np
@@ -15,7 +14,7 @@ import yaml
 
 from foldnet import config, rundir, runner, tasks, temporal_demo_data, temporal_metrics
 from foldnet.errors import ConfigError
-from test_segmentation import run
+from test_segmentation import convert_and_train, run
 from test_training import KillAfterEpoch, Killer
 
 MEMBER = """arch: tiny
@@ -42,12 +41,7 @@ def biomass(tmp_path_factory):
     root = tmp_path_factory.mktemp("bio")
     data = root / "bio"
     temporal_demo_data.build_biomass_dataset(str(data), n_train=12, n_test=3, size=32, seed=5)
-    run([sys.executable, "create_tfrecords.py", "--data_dir", str(data), "--n_folds", "2"])
-    member = root / "bio_tiny.yaml"
-    member.write_text(MEMBER)
-    env = {"DATA_DIR": str(data), "MODELS": str(member), "RUNS_DIR": str(root / "runs")}
-    train_out = run(["bash", "run_training.sh"], env)
-    return root, data, root / "runs" / "bio_tiny", env, train_out
+    return convert_and_train(root, data, MEMBER, "bio_tiny")
 
 
 def test_train_val_test_score_writes_maps_and_scores(biomass):
