@@ -54,15 +54,6 @@ def write_tiles(root, n, size, n_files=4, seed=0):
     return files, manifest
 
 
-def tiles_per_s(ds, n_batches, batch_size):
-    it = iter(ds)
-    next(it)  # warm-up: tracing, first reads
-    start = time.perf_counter()
-    for _ in range(n_batches):
-        next(it)
-    return n_batches * batch_size / (time.perf_counter() - start)
-
-
 def bare_parse(files, manifest, batch_size):
     shape, dtype = manifest["image"]["shape"], manifest["image"]["dtype"]
     ds = seg_data.data._read(files, deterministic=False).repeat()
@@ -105,7 +96,7 @@ def pipeline_part(files, manifest, batch_size, n_batches, reps):
             files, full, batch_size, augment={"flip": False, "rot90": False}),
         "train_dataset: 7 bands only, flips/rot90": lambda: seg_data.train_dataset(files, bands_only, batch_size),
     }
-    got = common.interleaved({k: (lambda f=f: tiles_per_s(f(), n_batches, batch_size)) for k, f in measures.items()},
+    got = common.interleaved({k: (lambda f=f: common.iterate_rate(f(), batch_size, 1, n_batches)) for k, f in measures.items()},
                              reps)
     ceiling, with_features = got["ceiling: read + parse only"], got[PARSE_FEATURES]
     return [f"| {k} | {common.median(v):.1f} | {common.median_ratio(v, ceiling):.2f} | "

@@ -12,7 +12,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -45,15 +44,6 @@ def write_chips(root, n, size, n_files=4, seed=0):
         w.close()
     norm = {b: list(v) for b, v in temporal_layouts.BIOMASSTERS_NORM.items()}
     return files, TemporalSpec(T, (size, size), list(temporal_layouts.BIOMASSTERS_BANDS), norm, {"name": "agbm"})
-
-
-def chips_per_s(ds, n_batches, batch_size):
-    it = iter(ds)
-    next(it)  # warm-up: tracing, first reads
-    start = time.perf_counter()
-    for _ in range(n_batches):
-        next(it)
-    return n_batches * batch_size / (time.perf_counter() - start)
 
 
 def bare_parse(files, spec, batch_size):
@@ -91,7 +81,7 @@ def main(argv=None):
             "train_dataset: temporal_input mean, flips/rot90": lambda: temporal_data.train_dataset(
                 files, spec, b, augment=flips, temporal_input="mean"),
         }
-        got = common.interleaved({k: (lambda f=f: chips_per_s(f(), args.n_batches, b)) for k, f in measures.items()},
+        got = common.interleaved({k: (lambda f=f: common.iterate_rate(f(), b, 1, args.n_batches)) for k, f in measures.items()},
                                  args.reps)
     ceiling = got["ceiling: read + parse + decode only"]
     mb = T * args.size * args.size * C * 4 / 1e6

@@ -61,12 +61,12 @@ def mask_problems(tile_id, mask, shape):
     return problems
 
 
-def encode_tiff(mask):
-    """Bytes of an uncompressed single-page uint8 TIFF of ``mask``."""
+def encode_tiff(mask, dtype=np.uint8):
+    """Bytes of an uncompressed single-page TIFF of ``mask`` as ``dtype`` (uint8 masks by default)."""
     import tifffile
 
     buf = io.BytesIO()
-    tifffile.imwrite(buf, np.ascontiguousarray(np.asarray(mask, np.uint8)))
+    tifffile.imwrite(buf, np.ascontiguousarray(np.asarray(mask, dtype)))
     return buf.getvalue()
 
 

@@ -9,7 +9,6 @@ this module changes what a valid map is and how it is encoded.
 
 No TensorFlow here.
 """
-import io
 
 import numpy as np
 
@@ -31,11 +30,7 @@ def map_problems(chip_id, array, shape):
 
 def encode_map(array):
     """Bytes of an uncompressed single-page float32 TIFF of ``array`` [H, W]."""
-    import tifffile
-
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, np.ascontiguousarray(np.asarray(array, np.float32)))
-    return buf.getvalue()
+    return seg_submission.encode_tiff(array, np.float32)
 
 
 class MapWriter(seg_submission.SubmissionWriter):
