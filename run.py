@@ -3,7 +3,7 @@
 import sys
 
 import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from foldnet.runner import main
+from foldnet.engine.runner import main
 
 if __name__ == "__main__":
     sys.exit(main())

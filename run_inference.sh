@@ -35,4 +35,4 @@ args=(--runs "${run_dirs[@]}" --data_dir "$DATA_DIR" --tfrec_dir "$TFREC_DIR" --
 [ -n "${WEIGHTS:-}" ] && args+=(--weights "$WEIGHTS")
 [ "${FIT_WEIGHTS:-0}" = "1" ] && args+=(--fit_weights)
 echo "== ensembling ${#run_dirs[@]} member(s) -> $SUBMISSION"
-"$PYTHON" -m foldnet.ensemble "${args[@]}" "$@"
+"$PYTHON" -m foldnet.ensemble.cli "${args[@]}" "$@"

@@ -57,7 +57,7 @@ def former_rotate(image, degrees):
     """The former augment.rotate: ImageProjectiveTransformV3, border pixels repeated."""
     import tensorflow as tf
 
-    from foldnet import augment
+    from foldnet.tasks.classification import augment
 
     side = image.shape[0]
     matrix = augment._about_centre(augment._rotation(degrees), side)
@@ -73,7 +73,8 @@ def former_augment_image(source, dim, aug_number=0, aug_probability=0.0, aug_cro
     rotation / 45-degree rotation + central crop + resize back."""
     import tensorflow as tf
 
-    from foldnet import augment, data
+    from foldnet.tasks.classification import augment
+    from foldnet.tasks.classification import data
 
     image = data.resize_image(source, dim)
     if aug_crop_scale > 0 or aug_rotate > 0:
@@ -103,7 +104,8 @@ def former_tta_views(image_bytes, dim, tta_number):
     rotated, cropped and resized)."""
     import tensorflow as tf
 
-    from foldnet import augment, data
+    from foldnet.tasks.classification import augment
+    from foldnet.tasks.classification import data
 
     image = data.decode_image(image_bytes, dim)
     start = math.ceil(dim * (1.0 - augment.CROP_FRACTION) / 2.0)
@@ -122,7 +124,7 @@ def bilinear_diagonal(source, index, dim):
     from the source at ``transform_matrix``'s points (4 reads per value, 3x the cost)."""
     import tensorflow as tf
 
-    from foldnet import augment
+    from foldnet.tasks.classification import augment
 
     shape = tf.shape(source)
     matrices = tf.constant(np.stack([augment.transform_matrix(name, dim) for name in augment.TRANSFORMS]),
@@ -132,7 +134,8 @@ def bilinear_diagonal(source, index, dim):
 
 
 def _patches(former=False, bilinear=False):
-    from foldnet import augment, data
+    from foldnet.tasks.classification import augment
+    from foldnet.tasks.classification import data
 
     stack = contextlib.ExitStack()
     if former:
@@ -143,7 +146,7 @@ def _patches(former=False, bilinear=False):
 
 
 def train_dataset(files, dim, batch, former=False, bilinear=False, **aug):
-    from foldnet import data
+    from foldnet.tasks.classification import data
 
     with _patches(former, bilinear):
         return data.train_dataset(files, N_CLASSES, dim, batch, cache="none", seed=0, **aug)
@@ -153,7 +156,8 @@ def decode_dataset(files, batch, fn):
     """Parse + ``fn(image_bytes)`` only, batches of the decoded shapes."""
     import tensorflow as tf
 
-    from foldnet import data, records
+    from foldnet.tasks.classification import data
+    from foldnet.io import records
 
     ds = data._read(files, deterministic=False).map(lambda s: tf.shape(fn(records.parse_example(s)["image"])),
                                                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
@@ -163,7 +167,8 @@ def decode_dataset(files, batch, fn):
 def tta_dataset(files, dim, batch, tta_number, former=False, bilinear=False):
     import tensorflow as tf
 
-    from foldnet import data, records
+    from foldnet.tasks.classification import data
+    from foldnet.io import records
 
     views = former_tta_views if former else data.tta_views
     with _patches(bilinear=bilinear):
@@ -196,7 +201,7 @@ def layer_rate(dim, batch, reps_inner=3, **settings):
     """Images/s of GeometricAugment (training mode) on one batch at dim, on this CPU."""
     import tensorflow as tf
 
-    from foldnet import augment
+    from foldnet.tasks.classification import augment
 
     layer = augment.GeometricAugment(**settings)
     x = tf.random.uniform([batch, dim, dim, 3])
@@ -224,7 +229,7 @@ def main(argv=None):
 
     import tensorflow as tf
 
-    from foldnet import data
+    from foldnet.tasks.classification import data
 
     t0 = time.perf_counter()
     root = tempfile.mkdtemp(prefix="bench-augment-")

@@ -3,7 +3,7 @@
 Writes MEMBERS x FOLDS prediction files (Contract 2; rows shuffled per file)
 into a temporary directory, then measures with tracemalloc, in one process:
 
-- streaming: ``foldnet.averaging.average_test`` (running sum + one array at a time)
+- streaming: ``foldnet.ensemble.averaging.average_test`` (running sum + one array at a time)
 - naive: read every file, align rows, ``np.stack`` them all, then mean
 
 Prints a Markdown table and writes bench/out/ensemble.md. Not a test.
@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 import common  # noqa: E402  (first: puts the repo on sys.path)
-from foldnet import averaging, report, rundir  # noqa: E402
+from foldnet.ensemble import averaging
+from foldnet.core import report
+from foldnet.io import rundir
 
 MB = 1024 * 1024
 

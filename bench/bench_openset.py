@@ -21,10 +21,12 @@ import numpy as np
 import pandas as pd
 
 import common  # noqa: F401  (puts the repository on sys.path)
-from foldnet import openset, rundir, tasks
-from foldnet.averaging import average_test
-from foldnet.evaluate import KIND_COLUMN
-from foldnet.labels import LabelMap
+from foldnet.tasks.classification import openset
+from foldnet.io import rundir
+from foldnet.tasks import base as tasks
+from foldnet.ensemble.averaging import average_test
+from foldnet.tasks.classification.evaluate import KIND_COLUMN
+from foldnet.tasks.classification.labels import LabelMap
 
 
 def member_arrays(run):
@@ -62,7 +64,7 @@ def row(run, name, rule, oof, test):
 
 
 def main(argv=None):
-    from foldnet import report
+    from foldnet.core import report
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", nargs="+", required=True)

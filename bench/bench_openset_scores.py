@@ -19,14 +19,21 @@ import pandas as pd
 
 import common  # noqa: F401  (puts the repository on sys.path)
 from bench_openset import member_arrays, test_split
-from foldnet import openset, ranking, report
+from foldnet.tasks.classification import openset
+from foldnet.tasks.classification import ranking
+from foldnet.core import report
 
 
 def fold_features(run, tfrec_dir):
     """Per fold: {"oof": (ids, feats, logits), "test": ..., "train": ...}."""
     import tensorflow as tf
 
-    from foldnet import config, data, records, rundir, tasks, train
+    from foldnet.engine import config
+    from foldnet.tasks.classification import data
+    from foldnet.io import records
+    from foldnet.io import rundir
+    from foldnet.tasks import base as tasks
+    from foldnet.engine import train
 
     manifest = records.load_manifest(tfrec_dir)
     task = tasks.for_manifest(manifest)
@@ -64,8 +71,9 @@ def main(argv=None):
     answers = pd.read_csv(a.answers, dtype=str, keep_default_na=False)
     test_ids = answers.iloc[:, 0].to_numpy()
     label_map, targets, oof, fold = member_arrays(a.run)
-    from foldnet import rundir, tasks
-    from foldnet.averaging import average_test
+    from foldnet.io import rundir
+    from foldnet.tasks import base as tasks
+    from foldnet.ensemble.averaging import average_test
 
     oof_ids = np.concatenate([f.ids for f in rundir.read_oof(a.run, tasks.get("classification"))]).astype(str)
     test = average_test([a.run], test_ids)

@@ -1,4 +1,4 @@
-"""Training input pipeline (foldnet.data.train_dataset) vs its physical ceiling,
+"""Training input pipeline (foldnet.tasks.classification.data.train_dataset) vs its physical ceiling,
 and training fed by the pipeline vs by in-memory tensors.
 
     .venv/bin/python bench/bench_pipeline.py [--n 600] [--dim 224] [--train-dim 128] [--reps 3]
@@ -45,7 +45,7 @@ AUG = (9, 0.5)  # the defaults of --aug_number / --aug_probability
 # ---------------------------------------------------------------- prototypes
 
 def decode_prototype(dct_scaled=False, method="bilinear", antialias=True):
-    """A drop-in for foldnet.data.decode_image (same output contract).
+    """A drop-in for foldnet.tasks.classification.data.decode_image (same output contract).
 
     method / antialias: of the tf.image.resize to dim x dim (foldnet: bilinear
     with antialias). dct_scaled: a JPEG whose shorter side is >= 2, 4 or 8
@@ -74,9 +74,9 @@ def decode_prototype(dct_scaled=False, method="bilinear", antialias=True):
 
 
 def train_dataset(files, dim, batch, cache="none", aug=AUG, decode=None):
-    """foldnet.data.train_dataset, optionally with a prototype decode function
+    """foldnet.tasks.classification.data.train_dataset, optionally with a prototype decode function
     (traced while the dataset is built, so the patch lasts only that long)."""
-    from foldnet import data
+    from foldnet.tasks.classification import data
 
     # the pipeline decodes with data.decode_source, then resizes (a dim x dim source is only cast) and / 255
     prototype = (lambda image_bytes, d: decode(image_bytes, d) * 255.0) if decode else None
@@ -88,7 +88,8 @@ def ceiling_dataset(files, batch):
     """The same shards, parse + decode_jpeg only; batches of decoded shapes."""
     import tensorflow as tf
 
-    from foldnet import data, records
+    from foldnet.tasks.classification import data
+    from foldnet.io import records
 
     def decode(serialized):
         return tf.shape(tf.io.decode_jpeg(records.parse_example(serialized)["image"], channels=3))
@@ -134,7 +135,8 @@ def bench_ops(files, dim, reps, n_images=8, calls=4):
     called one image at a time (as tf.data's map does) on ``n_images`` records."""
     import tensorflow as tf
 
-    from foldnet import augment, records
+    from foldnet.tasks.classification import augment
+    from foldnet.io import records
 
     encoded = [records.parse_example(s)["image"] for s in tf.data.TFRecordDataset(files[:1]).take(n_images)]
     pixels = [tf.io.decode_jpeg(b, channels=3) for b in encoded]
@@ -198,7 +200,9 @@ def fit_rate(model, ds, batch, warm, steps):
 def bench_feed(files, arch, dim, batch, reps, steps, feeds):
     import tensorflow as tf
 
-    from foldnet import classification, models, train
+    from foldnet.tasks.classification import task as classification
+    from foldnet.models import backbones as models
+    from foldnet.engine import train
 
     tf.keras.backend.clear_session()
     model = classification.compile_classifier(models.build_model(arch, N_CLASSES, dim), N_CLASSES,

@@ -29,8 +29,12 @@ import tracemalloc
 import numpy as np
 
 import common  # noqa: E402  (first: puts the repo on sys.path)
-from foldnet import averaging, report, rundir, tasks, weightfit  # noqa: E402
-from foldnet.segmentation import SegSpec  # noqa: E402
+from foldnet.ensemble import averaging
+from foldnet.core import report
+from foldnet.io import rundir
+from foldnet.tasks import base as tasks
+from foldnet.ensemble import weightfit
+from foldnet.tasks.segmentation.task import SegSpec  # noqa: E402
 
 MB = 1024 * 1024
 GRID = ((1, 2), (1, 5), (2, 5), (4, 2), (4, 5))

@@ -24,7 +24,10 @@ import common  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 
-from foldnet import seg_data, seg_records, spectral, unet  # noqa: E402
+from foldnet.tasks.segmentation import data as seg_data
+from foldnet.tasks.segmentation import records as seg_records
+from foldnet.raster import spectral
+from foldnet.models import unet
 
 BANDS = ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"]
 PARSE_FEATURES = "ceiling 2: read + parse + features (7 bands + 10 indices, padded)"

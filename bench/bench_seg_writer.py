@@ -2,7 +2,7 @@
 
     python bench/bench_seg_writer.py [--n_places 25] [--acquisitions 4] [--size 350]
 
-Builds synthetic Kelp Wanted tiles (foldnet.seg_demo_data: 350x350x7 int16,
+Builds synthetic Kelp Wanted tiles (foldnet.tasks.segmentation.demo_data: 350x350x7 int16,
 the real size) in a temporary directory, then measures in one run, for 1
 worker and for all workers:
 
@@ -29,7 +29,7 @@ import time
 
 import common  # noqa: E402  (first: puts the repo on sys.path; no TensorFlow)
 
-from foldnet import images
+from foldnet.io import images
 
 OUT = os.path.join(common.OUT_DIR, "seg_writer.md")
 
@@ -43,7 +43,7 @@ def read_task(paths):
 
 def work_task(spec):
     """Worker: the converter's tile work without its transfers: inspect, then read again."""
-    from foldnet import seg_tiles
+    from foldnet.raster import tiff as seg_tiles
 
     ok, _ = seg_tiles.inspect_task(spec)
     return ok and seg_tiles.load_task(spec)[0]
@@ -57,7 +57,7 @@ def time_map(fn, items, workers):
 
 
 def time_converter(data_dir, out_dir, workers):
-    from foldnet.seg_convert import create_seg_tfrecords
+    from foldnet.tasks.segmentation.convert import create_seg_tfrecords
 
     start = time.perf_counter()
     m = create_seg_tfrecords("kelp", data_dir, out_dir, n_folds=5, workers=workers, overwrite=True, progress=False)
@@ -73,9 +73,9 @@ def main():
     p.add_argument("--size", type=int, default=350)
     p.add_argument("--reps", type=int, default=2)
     a = p.parse_args()
-    from foldnet.seg_demo_data import build_kelp_dataset
-    from foldnet.seg_convert import tile_specs
-    from foldnet.seg_layouts import read_kelp
+    from foldnet.tasks.segmentation.demo_data import build_kelp_dataset
+    from foldnet.tasks.segmentation.convert import tile_specs
+    from foldnet.tasks.segmentation.layouts import read_kelp
 
     tmp = tempfile.mkdtemp(prefix="bench-seg-writer-")
     try:

@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/bench_small_data.py [--folds 3] [--only NAME,NAME] [--out PATH]
 
-The dataset is ``foldnet.demo_data.build_photo_dataset`` (36 individuals x 12
+The dataset is ``foldnet.tasks.classification.demo_data.build_photo_dataset`` (36 individuals x 12
 photos of ~100 px; 345 training images, 87 test), converted with
 ``create_tfrecords`` into ``--folds`` stratified folds. Every recipe is trained
-with ``foldnet.runner.run`` on every fold (``train_val_score``, no TTA) and
+with ``foldnet.engine.runner.run`` on every fold (``train_val_score``, no TTA) and
 scored out of fold: top-1, MAP@5 over all classes, MAP@5 with ``new_turtle``
 (the competition metric), wall time of the whole recipe. All recipes run in
 one process, one after the other, with the same folds and seed; the machine is
@@ -29,7 +29,9 @@ import time
 import common  # bench/common.py: puts the repository on sys.path
 
 import foldnet  # noqa: F401  (before tensorflow)
-from foldnet import config, demo_data, fileio
+from foldnet.engine import config
+from foldnet.tasks.classification import demo_data
+from foldnet.core import fileio
 
 ROOT = common.ROOT
 
@@ -84,7 +86,7 @@ RECIPES = [
 
 
 def make_tfrecords(root, n_folds):
-    from foldnet.convert import create_tfrecords
+    from foldnet.tasks.classification.convert import create_tfrecords
 
     data_dir = demo_data.build_photo_dataset(os.path.join(root, "photos"))
     create_tfrecords(data_dir=data_dir, out_dir=os.path.join(root, "tfrec"), n_folds=n_folds, workers=2,
@@ -94,7 +96,7 @@ def make_tfrecords(root, n_folds):
 
 def run_recipe(base, overrides, data_dir, tfrec_dir, run_dir):
     """(scores row of all folds, identity view; seconds; resolved config)."""
-    from foldnet import runner
+    from foldnet.engine import runner
 
     settings = config.load_yaml(os.path.join(ROOT, base))
     if base == DEMO:

@@ -35,7 +35,9 @@ import json, resource, sys
 import foldnet
 import numpy as np
 import tensorflow as tf
-from foldnet import temporal_losses, temporal_unet, unet
+from foldnet.tasks.temporal import losses as temporal_losses
+from foldnet.models import temporal_unet
+from foldnet.models import unet
 kind, arch, b, t, side, c = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
 tf.keras.utils.set_random_seed(0)
 def rss_mb():

@@ -20,8 +20,10 @@ import common  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 
-from foldnet import temporal_data, temporal_layouts, temporal_records  # noqa: E402
-from foldnet.temporal_records import TemporalSpec  # noqa: E402
+from foldnet.tasks.temporal import data as temporal_data
+from foldnet.tasks.temporal import layouts as temporal_layouts
+from foldnet.tasks.temporal import records as temporal_records
+from foldnet.tasks.temporal.records import TemporalSpec  # noqa: E402
 
 T, C = 12, 15
 

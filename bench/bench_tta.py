@@ -10,7 +10,7 @@ For each model (``build_model``, random weights), with ``--tta N`` views
 besides the identity, in one run, interleaved (one-pass, per-view, parts;
 repeated ``--reps`` times after an untimed round that traces everything):
 
-* one pass: ``foldnet.predict.predict_records`` (ids and labels read once
+* one pass: ``foldnet.engine.predict.predict_records`` (ids and labels read once
   without decoding; every image decoded once, expanded to its N+1 views,
   batches of batch * (N+1) rows);
 * per view (the original way, implemented here): ids and labels read once,
@@ -46,7 +46,8 @@ def per_view_predict(model, files, dim, batch, tta_number):
     import numpy as np
     import tensorflow as tf
 
-    from foldnet import augment, data
+    from foldnet.tasks.classification import augment
+    from foldnet.tasks.classification import data
 
     ids, labels = data.read_ids_labels(files)
     outputs = []
@@ -62,7 +63,9 @@ def bench_model(arch, files, n_images, dim, batch, tta_number, reps):
     import numpy as np
     import tensorflow as tf
 
-    from foldnet import data, models, predict
+    from foldnet.tasks.classification import data
+    from foldnet.models import backbones as models
+    from foldnet.engine import predict
 
     tf.keras.backend.clear_session()
     model = models.build_model(arch, N_CLASSES, dim)
@@ -127,7 +130,7 @@ def main(argv=None):
 
     import tensorflow as tf  # noqa: F401  (loaded before any timing)
 
-    from foldnet import records
+    from foldnet.io import records
 
     t0 = time.perf_counter()
     root = tempfile.mkdtemp(prefix="bench-tta-")

@@ -27,7 +27,7 @@ import time
 import common  # noqa: E402  (first: puts the repo on sys.path; no TensorFlow)
 from PIL import Image
 
-from foldnet import images
+from foldnet.io import images
 
 # Spawned workers re-import this file: TensorFlow and the converter are imported
 # in run() only, so workers stay as light as the real CLI's.
@@ -60,7 +60,7 @@ def time_ceiling(paths, workers, max_side):
 
 
 def time_writer(root, out_dir, workers, max_side):
-    from foldnet.convert import create_tfrecords
+    from foldnet.tasks.classification.convert import create_tfrecords
 
     start = time.perf_counter()
     m = create_tfrecords(data_dir=root, out_dir=out_dir, train_csv="train.csv", n_folds=5, workers=workers,
@@ -71,7 +71,7 @@ def time_writer(root, out_dir, workers, max_side):
 
 
 def run(n, all_workers, keep):
-    from foldnet import records  # noqa: F401  (loads TensorFlow before any timing)
+    from foldnet.io import records
 
     root = tempfile.mkdtemp(prefix="bench-writer-")
     try:

@@ -31,7 +31,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import foldnet  # noqa: E402,F401  (selects Keras 2; does not import TensorFlow)
-from foldnet import images  # noqa: E402  (no TensorFlow: runs in workers)
+from foldnet.io import images
 
 
 # ---------------------------------------------------------------- photos
@@ -97,8 +97,8 @@ def build_photo_dataset(root, n, workers, size, sigma, n_classes=10):
 def photo_tfrecords(root, n, size=(640, 480), sigma=2, n_classes=10, n_folds=5, workers=None):
     """Photos (see ``build_photo_dataset``) converted by ``create_tfrecords`` into
     ``root``/tfrec. Returns (manifest, all training shard paths, mean JPEG bytes)."""
-    from foldnet import records
-    from foldnet.convert import create_tfrecords
+    from foldnet.io import records
+    from foldnet.tasks.classification.convert import create_tfrecords
 
     workers = workers or images.default_workers()
     total = build_photo_dataset(root, n, workers, size, sigma, n_classes)
@@ -181,7 +181,7 @@ def machine():
 
 def write_out(text, name=None, path=None):
     """Write ``text`` to ``path`` (default bench/out/NAME.md) atomically, print it; return the path."""
-    from foldnet import fileio
+    from foldnet.core import fileio
 
     path = path or os.path.join(OUT_DIR, f"{name}.md")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

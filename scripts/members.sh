@@ -30,5 +30,5 @@ member_config() {
 member_run_dir() {
   local cfg=$1
   if [ -n "${RUNS_DIR:-}" ]; then echo "$RUNS_DIR/$(basename "$cfg" .yaml)"; return; fi
-  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m foldnet.config --config "$cfg" --print run_dir
+  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m foldnet.engine.config --config "$cfg" --print run_dir
 }

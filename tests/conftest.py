@@ -105,7 +105,7 @@ def tiny_turtle_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tfrec(tiny_turtle_dir, tmp_path_factory):
     """Path (str) of ``tiny_turtle_dir`` converted to TFRecords with n_folds=3 (read-only)."""
-    from foldnet.convert import create_tfrecords
+    from foldnet.tasks.classification.convert import create_tfrecords
 
     out_dir = str(tmp_path_factory.mktemp("tiny_tfrec") / "tfrec")
     create_tfrecords(data_dir=tiny_turtle_dir, out_dir=out_dir, n_folds=3, workers=1, progress=False)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet import augment
+from foldnet.tasks.classification import augment
 
 SIZE = 12
 
@@ -273,7 +273,8 @@ def test_photo_transforms_validate_arguments():
 
 
 def test_train_dataset_applies_photo_transforms(tiny_tfrec):
-    from foldnet import data, records
+    from foldnet.tasks.classification import data
+    from foldnet.io import records
 
     tf.random.set_seed(8)
     files = records.fold_files(records.load_manifest(tiny_tfrec), [0])
@@ -453,7 +454,7 @@ def test_geometric_exact_path_equals_resize_then_numpy():
 
 
 def test_tta_views_from_source_identity_is_decode_image_and_names_unchanged():
-    from foldnet import data
+    from foldnet.tasks.classification import data
 
     dim = 64
     src = _smooth_source(192, 256)  # 4x larger: box-filtered before the 45-degree warps

@@ -18,7 +18,11 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DRIVER = r"""
 import contextlib, io, json, sys, traceback
 import foldnet
-from foldnet import convert, demo_data, ensemble, evaluate, runner
+from foldnet.tasks.classification import convert
+from foldnet.tasks.classification import demo_data
+from foldnet.ensemble import cli as ensemble
+from foldnet.tasks.classification import evaluate
+from foldnet.engine import runner
 mains = {"convert": convert.main, "run": runner.main, "ensemble": ensemble.main, "evaluate": evaluate.main,
          "demo_data": demo_data.main}
 results = []

@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from foldnet import cls_baseline, evaluate
+from foldnet.tasks.classification import baseline as cls_baseline
+from foldnet.tasks.classification import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +26,7 @@ def test_fit_predict_separates_clusters_and_zeroes_unseen_classes():
 
 def test_cli_writes_a_valid_submission_scored_by_evaluate(turtle_copy, tmp_path):
     out = tmp_path / "baseline.csv"
-    r = subprocess.run([sys.executable, "-m", "foldnet.cls_baseline", "--data_dir", str(turtle_copy),
+    r = subprocess.run([sys.executable, "-m", "foldnet.tasks.classification.baseline", "--data_dir", str(turtle_copy),
                         "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     sub = pd.read_csv(out, dtype=str)
@@ -40,7 +41,7 @@ def test_cli_writes_a_valid_submission_scored_by_evaluate(turtle_copy, tmp_path)
 def test_cli_refuses_to_replace_an_input(turtle_copy):
     test_csv = os.path.join(turtle_copy, "test.csv")
     before = open(test_csv).read()
-    r = subprocess.run([sys.executable, "-m", "foldnet.cls_baseline", "--data_dir", str(turtle_copy),
+    r = subprocess.run([sys.executable, "-m", "foldnet.tasks.classification.baseline", "--data_dir", str(turtle_copy),
                         "--out", test_csv], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "refusing" in r.stderr
     assert open(test_csv).read() == before

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from foldnet import config
-from foldnet.errors import ConfigError
+from foldnet.engine import config
+from foldnet.core.errors import ConfigError
 
 
 def write(tmp_path, text, name="member.yaml"):
@@ -82,16 +82,18 @@ def test_committed_member_configs_are_valid():
     paths = sorted(glob.glob(os.path.join(root, "models", "*.yaml")))
     assert {os.path.basename(p) for p in paths} >= {"demo.yaml", "ef1b7.yaml", "beitl.yaml", "ef1l2.yaml",
                                                      "ef1l2_s2.yaml", "ef2l.yaml", "ef2xl.yaml"}
-    from foldnet import models
+    from foldnet.models import backbones as models
 
-    from foldnet import segmentation
+    from foldnet.tasks.segmentation import task as segmentation
 
     names = {a["name"] for a in models.list_architectures()}
     kelp = segmentation.SegSpec([350, 350, 7], ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"], "kelp", "{id}_kelp.tif")
     cloud = segmentation.SegSpec([512, 512, 4], ["B02", "B03", "B04", "B08"], "cloud", "{id}.tif")
     seg = {"seg_demo.yaml": kelp, "kelp_b5.yaml": kelp, "cloud_unet.yaml": cloud}
     assert {os.path.basename(p) for p in paths} >= set(seg)
-    from foldnet import temporal, temporal_layouts as tl, temporal_records
+    from foldnet.tasks.temporal import task as temporal
+    from foldnet.tasks.temporal import layouts as tl
+    from foldnet.tasks.temporal import records as temporal_records
 
     biomass = temporal_records.TemporalSpec(12, (256, 256), list(tl.BIOMASSTERS_BANDS), dict(tl.BIOMASSTERS_NORM),
                                             dict(tl.BIOMASSTERS_TARGET), "biomassters", list(tl.BIOMASSTERS_MONTHS))
@@ -115,7 +117,7 @@ def test_out_of_range_values_fail_at_config_time_with_the_shared_bounds():
     for needle in ("aug_number must be in [0, 9], got 12", "tta_number must be in [0, 9], got 10",
                    "dropout must be in [0, 1), got 1.0", "aug_rotate must be in [0, 180], got 200"):
         assert needle in msg
-    from foldnet import augment
+    from foldnet.tasks.classification import augment
 
     assert config.BOUNDS["aug_number"].high == augment.MAX_NUMBER == len(augment.TRANSFORMS) - 1
 
@@ -134,8 +136,8 @@ def test_config_is_frozen_typed_and_reads_as_a_mapping(tmp_path):
 
 
 def test_arch_options_reach_the_builder(tmp_path):
-    from foldnet import classification
-    from foldnet.labels import LabelMap
+    from foldnet.tasks.classification import task as classification
+    from foldnet.tasks.classification.labels import LabelMap
 
     path = write(tmp_path, "arch: small_cnn\ndim: 16\narch_options: {width: 8, depth: 2}\n")
     cfg = config.parse_config(["--config", path])

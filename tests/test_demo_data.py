@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from foldnet import demo_data
+from foldnet.tasks.classification import demo_data
 
 
 LAYOUT_COLUMNS = {
@@ -92,7 +92,7 @@ def test_photo_dataset_layout_and_rules(tmp_path):
 
 
 def test_photo_dataset_converts_and_is_deterministic(tmp_path):
-    from foldnet.convert import create_tfrecords
+    from foldnet.tasks.classification.convert import create_tfrecords
 
     a = demo_data.build_photo_dataset(str(tmp_path / "a"), n_individuals=6, per_individual=5, size=20, seed=3)
     b = demo_data.build_photo_dataset(str(tmp_path / "b"), n_individuals=6, per_individual=5, size=20, seed=3)

@@ -9,9 +9,14 @@ import numpy as np
 SCRIPT = r"""
 import sys, json
 import foldnet
-from foldnet import strategy
+from foldnet.engine import strategy
 devices = strategy.split_cpu(2)
-from foldnet import config, logs, records, rundir, train, predict
+from foldnet.engine import config
+from foldnet.core import logs
+from foldnet.io import records
+from foldnet.io import rundir
+from foldnet.engine import train
+from foldnet.engine import predict
 logs.setup()
 tfrec, run_dir = sys.argv[1], sys.argv[2]
 strat = strategy.get_strategy(devices=devices)

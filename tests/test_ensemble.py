@@ -6,9 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldnet import averaging, classification, ensemble, metrics, rundir, submission, weightfit
-from foldnet.errors import DataError
-from foldnet.labels import LabelMap
+from foldnet.ensemble import averaging
+from foldnet.tasks.classification import task as classification
+from foldnet.ensemble import cli as ensemble
+from foldnet.tasks.classification import metrics
+from foldnet.io import rundir
+from foldnet.tasks.classification import submission
+from foldnet.ensemble import weightfit
+from foldnet.core.errors import DataError
+from foldnet.tasks.classification.labels import LabelMap
 
 
 def write_npz(run_dir, fold, split, ids, outputs, labels=None, fingerprint="fp-A"):

@@ -1,4 +1,4 @@
-"""Fold assignment and near-duplicate grouping (foldnet.folds, convert --group_duplicates)."""
+"""Fold assignment and near-duplicate grouping (foldnet.io.folds, convert --group_duplicates)."""
 import foldnet  # noqa: F401
 
 import os
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from foldnet import folds
-from foldnet.convert import create_tfrecords
+from foldnet.io import folds
+from foldnet.tasks.classification.convert import create_tfrecords
 
 
 def test_stratified_folds_are_balanced_and_seeded():
@@ -139,7 +139,7 @@ def test_group_col_and_near_duplicates_combine(tmp_path):
 
 
 def test_unreadable_image_during_grouping(tmp_path):
-    from foldnet.errors import DataError
+    from foldnet.core.errors import DataError
 
     root = write_near_duplicates(str(tmp_path))
     for name in ["b3.png", "b20.png"]:

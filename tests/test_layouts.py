@@ -1,4 +1,4 @@
-"""Reading the two dataset layouts and rejecting bad input (foldnet.layouts, convert)."""
+"""Reading the two dataset layouts and rejecting bad input (foldnet.tasks.classification.layouts, convert)."""
 import foldnet  # noqa: F401
 
 import os
@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from foldnet import layouts
-from foldnet.convert import create_tfrecords, main
-from foldnet.errors import DataError
+from foldnet.tasks.classification import layouts
+from foldnet.tasks.classification.convert import create_tfrecords, main
+from foldnet.core.errors import DataError
 
 
 def csv_path(root, name):
@@ -105,7 +105,7 @@ def test_generic_layout_with_pattern_groups_and_known_labels(tmp_path):
                          known_labels_csv="known.csv", new_label="unknown", n_folds=3, workers=1, progress=False)
     assert m["dir"] == os.path.join(root, "tfrec")
     assert m["n_examples"] == 36 and m["test"]["n_examples"] == 2 and m["n_classes"] == 6
-    from foldnet import records
+    from foldnet.io import records
 
     lm = records.load_label_map(records.load_manifest(m["dir"]))
     assert lm.labels == sorted(SIX) and lm.original == set(SIX[:4]) and lm.new_label == "unknown"
@@ -234,7 +234,7 @@ def test_failed_rerun_keeps_previous_output(turtle_copy):
 
 
 def test_refuses_to_replace_a_directory_with_foreign_files(turtle_copy):
-    from foldnet.errors import ConfigError
+    from foldnet.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="did not write"):
         create_tfrecords(data_dir=turtle_copy, out_dir=turtle_copy, n_folds=3, workers=1, progress=False)

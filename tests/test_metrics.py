@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from foldnet import metrics, submission
-from foldnet.labels import LabelMap
+from foldnet.tasks.classification import metrics
+from foldnet.tasks.classification import submission
+from foldnet.tasks.classification.labels import LabelMap
 
 
 def test_map_at_k_hand_example():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet import models
+from foldnet.models import backbones as models
 
 keras = tf.keras
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +99,7 @@ LARGE_SCRIPT = r"""
 import json, resource, sys, time
 import foldnet
 import numpy as np, tensorflow as tf
-from foldnet import models
+from foldnet.models import backbones as models
 for arch, dim in json.loads(sys.argv[1]).items():
     start = time.time()
     model = models.build_model(arch, n_classes=5, dim=dim, dropout=0.1)

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldnet import ensemble, rundir, scores
-from foldnet.labels import LabelMap
+from foldnet.ensemble import cli as ensemble
+from foldnet.io import rundir
+from foldnet.ensemble import scores
+from foldnet.tasks.classification.labels import LabelMap
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "old_runs")
 

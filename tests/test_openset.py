@@ -1,4 +1,4 @@
-"""The open-set rule (foldnet.openset): hand-computed MAP@5 known / new / all, the fit, the held-out simulation."""
+"""The open-set rule (foldnet.tasks.classification.openset): hand-computed MAP@5 known / new / all, the fit, the held-out simulation."""
 import foldnet  # noqa: F401
 
 import itertools
@@ -8,8 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldnet import evaluate, folds, metrics, openset, ranking
-from foldnet.labels import LabelMap
+from foldnet.tasks.classification import evaluate
+from foldnet.io import folds
+from foldnet.tasks.classification import metrics
+from foldnet.tasks.classification import openset
+from foldnet.tasks.classification import ranking
+from foldnet.tasks.classification.labels import LabelMap
 
 # Classes a..e original, x extra-only (trained on, answered new_turtle).
 LM = LabelMap(["a", "b", "c", "d", "e", "x"], original=["a", "b", "c", "d", "e"])
@@ -164,9 +168,14 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
     import json
     import os
 
-    from foldnet import data, ensemble, records, runner, rundir, tasks
-    from foldnet.averaging import average_test
-    from foldnet.convert import create_tfrecords
+    from foldnet.tasks.classification import data
+    from foldnet.ensemble import cli as ensemble
+    from foldnet.io import records
+    from foldnet.engine import runner
+    from foldnet.io import rundir
+    from foldnet.tasks import base as tasks
+    from foldnet.ensemble.averaging import average_test
+    from foldnet.tasks.classification.convert import create_tfrecords
     from test_training import tiny_cfg
 
     tfrec = str(tmp_path / "tfrec")
@@ -261,7 +270,8 @@ def test_best_rule_takes_the_stored_score_when_stored():
 
 
 def test_nearest_cosine_and_stored_row_values(tmp_path):
-    from foldnet import classification, rundir
+    from foldnet.tasks.classification import task as classification
+    from foldnet.io import rundir
 
     feats = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
     ref = np.array([[0.0, 1.0], [0.8, 0.6]], np.float32)

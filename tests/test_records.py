@@ -11,10 +11,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from foldnet import convert as convert_mod, images, records
-from foldnet.convert import create_tfrecords, main
-from foldnet.errors import DataError
-from foldnet.labels import LabelMap
+from foldnet.tasks.classification import convert as convert_mod
+from foldnet.io import images
+from foldnet.io import records
+from foldnet.tasks.classification.convert import create_tfrecords, main
+from foldnet.core.errors import DataError
+from foldnet.tasks.classification.labels import LabelMap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

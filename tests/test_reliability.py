@@ -15,9 +15,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from foldnet import config, convert, demo_data, ensemble, fileio, records, runlock, runner, splits
-from foldnet.errors import ConfigError, DataError
-from foldnet.labels import LabelMap
+from foldnet.engine import config
+from foldnet.tasks.classification import convert
+from foldnet.tasks.classification import demo_data
+from foldnet.ensemble import cli as ensemble
+from foldnet.core import fileio
+from foldnet.io import records
+from foldnet.core import runlock
+from foldnet.engine import runner
+from foldnet.io import splits
+from foldnet.core.errors import ConfigError, DataError
+from foldnet.tasks.classification.labels import LabelMap
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -262,7 +270,7 @@ def test_known_labels_leaving_fewer_than_5_submission_labels_fail_at_conversion(
 
 @pytest.mark.parametrize("flag", [{"tta_number": 100}, {"aug_number": 10}, {"batch_size": 10 ** 9}])
 def test_bad_numbers_fail_before_a_model_is_built(tiny_turtle_dir, tiny_tfrec, tmp_path, flag, monkeypatch):
-    from foldnet import models
+    from foldnet.models import backbones as models
 
     def no_build(*a, **k):
         raise AssertionError("a model was built")
@@ -311,7 +319,7 @@ def test_full_disk_during_conversion_is_a_clear_error(turtle_copy, monkeypatch, 
 
 
 def test_full_disk_during_training_is_a_clear_error(tiny_turtle_dir, tiny_tfrec, tmp_path, monkeypatch, capsys):
-    from foldnet import train
+    from foldnet.engine import train
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -324,7 +332,7 @@ def test_full_disk_during_training_is_a_clear_error(tiny_turtle_dir, tiny_tfrec,
 
 
 def test_weights_of_another_architecture_are_a_clear_error(tiny_turtle_dir, tiny_tfrec, tmp_path, capsys):
-    from foldnet import models
+    from foldnet.models import backbones as models
 
     path = str(tmp_path / "tiny.h5")
     models.build_model("tiny_cnn", n_classes=6, dim=16, weights=None).save_weights(path)

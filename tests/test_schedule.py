@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from foldnet.train import CosineWarmup
+from foldnet.engine.train import CosineWarmup
 
 
 def test_cosine_warmup_values():

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from foldnet import evaluate
-from foldnet.labels import LabelMap
+from foldnet.tasks.classification import evaluate
+from foldnet.tasks.classification.labels import LabelMap
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 MEMBER = """arch: tiny_cnn

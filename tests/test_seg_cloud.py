@@ -14,7 +14,12 @@ import pytest
 import tifffile
 import yaml
 
-from foldnet import demo_data, rundir, seg_evaluate, seg_metrics, seg_submission, tasks
+from foldnet.tasks.classification import demo_data
+from foldnet.io import rundir
+from foldnet.tasks.segmentation import evaluate as seg_evaluate
+from foldnet.tasks.segmentation import metrics as seg_metrics
+from foldnet.raster import submission as seg_submission
+from foldnet.tasks import base as tasks
 from test_segmentation import ROOT, run
 
 # models/cloud_unet.yaml with a tiny UNet from scratch and a few steps

@@ -12,8 +12,12 @@ import pytest
 import tensorflow as tf
 import tifffile
 
-from foldnet import convert, records, seg_convert, seg_layouts, seg_records
-from foldnet.errors import DataError
+from foldnet.tasks.classification import convert
+from foldnet.io import records
+from foldnet.tasks.segmentation import convert as seg_convert
+from foldnet.tasks.segmentation import layouts as seg_layouts
+from foldnet.tasks.segmentation import records as seg_records
+from foldnet.core.errors import DataError
 
 MISSING = -32768
 

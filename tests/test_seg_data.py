@@ -7,8 +7,12 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from foldnet import seg_data, seg_losses, seg_records, spectral, unet
-from foldnet.errors import ConfigError, DataError
+from foldnet.tasks.segmentation import data as seg_data
+from foldnet.tasks.segmentation import losses as seg_losses
+from foldnet.tasks.segmentation import records as seg_records
+from foldnet.raster import spectral
+from foldnet.models import unet
+from foldnet.core.errors import ConfigError, DataError
 
 KELP_BANDS = ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"]
 MISSING = -32768

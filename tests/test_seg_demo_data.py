@@ -8,7 +8,13 @@ import pytest
 import tifffile
 from scipy.ndimage import distance_transform_edt, uniform_filter
 
-from foldnet import seg_baseline, seg_convert, seg_demo_data, seg_evaluate, seg_layouts, seg_metrics, seg_tiles
+from foldnet.tasks.segmentation import baseline as seg_baseline
+from foldnet.tasks.segmentation import convert as seg_convert
+from foldnet.tasks.segmentation import demo_data as seg_demo_data
+from foldnet.tasks.segmentation import evaluate as seg_evaluate
+from foldnet.tasks.segmentation import layouts as seg_layouts
+from foldnet.tasks.segmentation import metrics as seg_metrics
+from foldnet.raster import tiff as seg_tiles
 
 
 @pytest.fixture(scope="module")
@@ -111,20 +117,20 @@ def test_command_lines_build_baseline_and_score(tmp_path):
         return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
 
     d = str(tmp_path / "k")
-    proc = run("foldnet.demo_data", "--kind", "kelp", "--out_dir", d, "--image_size", "32", "--n_places", "10",
+    proc = run("foldnet.tasks.classification.demo_data", "--kind", "kelp", "--out_dir", d, "--image_size", "32", "--n_places", "10",
                "--acquisitions", "2", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
     assert len(os.listdir(os.path.join(d, "train_satellite"))) + len(os.listdir(os.path.join(d, "answers"))) == 20
     assert tifffile.imread(os.path.join(d, "answers", os.listdir(os.path.join(d, "answers"))[0])).shape == (32, 32)
-    proc = run("foldnet.seg_baseline", "--data_dir", d, "--out", str(tmp_path / "b.tar"))
+    proc = run("foldnet.tasks.segmentation.baseline", "--data_dir", d, "--out", str(tmp_path / "b.tar"))
     assert proc.returncode == 0 and "NDVI baseline: threshold" in proc.stdout, proc.stderr
-    proc = run("foldnet.seg_evaluate", "--submission", str(tmp_path / "b.tar"), "--answers", os.path.join(d, "answers"),
+    proc = run("foldnet.tasks.segmentation.evaluate", "--submission", str(tmp_path / "b.tar"), "--answers", os.path.join(d, "answers"),
                "--locations", os.path.join(d, "places.csv"), "--label", "baseline")
     assert proc.returncode == 0, proc.stderr
     assert "baseline: test set (4 tiles): Dice" in proc.stdout and "location-weighted IoU" in proc.stdout
     # the same submission path again is ours to replace; a folder of other files is not
     os.makedirs(tmp_path / "mine")
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    proc = run("foldnet.seg_baseline", "--data_dir", d, "--out", str(tmp_path / "mine"))
+    proc = run("foldnet.tasks.segmentation.baseline", "--data_dir", d, "--out", str(tmp_path / "mine"))
     assert proc.returncode == 2 and "refusing to replace" in proc.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet import seg_losses
-from foldnet.errors import ConfigError
+from foldnet.tasks.segmentation import losses as seg_losses
+from foldnet.core.errors import ConfigError
 
 # Two 2x2 images. A: truth [[1, 0], [1, 0]], all valid. B: empty truth, pixel (0, 1) invalid.
 TRUTH = np.array([[[1, 0], [1, 0]], [[0, 0], [0, 0]]], np.float32)
@@ -111,11 +111,11 @@ def test_metrics_accumulate_over_batches():
 DISTRIBUTED = r"""
 import json, sys
 import foldnet
-from foldnet import strategy
+from foldnet.engine import strategy
 devices = strategy.split_cpu(2)
 import numpy as np
 import tensorflow as tf
-from foldnet import seg_losses
+from foldnet.tasks.segmentation import losses as seg_losses
 keras = tf.keras
 rng = np.random.default_rng(0)
 x = rng.normal(size=(4, 8, 8, 3)).astype("float32")

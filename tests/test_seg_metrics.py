@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from foldnet import seg_metrics
+from foldnet.tasks.segmentation import metrics as seg_metrics
 
 
 def test_pooled_dice_and_iou_hand_example():

@@ -4,7 +4,7 @@ import foldnet  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
-from foldnet import seg_records
+from foldnet.tasks.segmentation import records as seg_records
 
 
 def test_round_trip_train_and_test_tiles():

@@ -7,8 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from foldnet import averaging, rundir, scores, seg_metrics, tasks, weightfit
-from foldnet.segmentation import SegSpec
+from foldnet.ensemble import averaging
+from foldnet.io import rundir
+from foldnet.ensemble import scores
+from foldnet.tasks.segmentation import metrics as seg_metrics
+from foldnet.tasks import base as tasks
+from foldnet.ensemble import weightfit
+from foldnet.tasks.segmentation.task import SegSpec
 
 TASK = tasks.get("segmentation")
 SPEC = SegSpec([12, 10, 7], ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"], "kelp", "{id}_kelp.tif")
@@ -96,7 +101,7 @@ def test_ensemble_oof_blend_weight_fit_and_threshold_streamed_equal_in_memory(tm
 
 
 def test_members_disagreeing_on_labels_are_named(tmp_path):
-    from foldnet.errors import DataError
+    from foldnet.core.errors import DataError
 
     runs = [_member(tmp_path / "a", 1, 2, 0.5), _member(tmp_path / "b", 2, 2, 0.5)]
     path = rundir.fold_paths(runs[1], 0)["oof"]
@@ -128,7 +133,7 @@ def test_location_iou_in_oof_scores_hand_computed(tmp_path):
 
 
 def test_predict_job_on_a_segmentation_member_is_a_clear_error(tmp_path, capsys):
-    from foldnet import runner
+    from foldnet.engine import runner
 
     run_dir = tmp_path / "seg_member"
     run_dir.mkdir()

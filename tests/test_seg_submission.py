@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from foldnet import seg_evaluate, seg_submission
-from foldnet.errors import DataError
+from foldnet.tasks.segmentation import evaluate as seg_evaluate
+from foldnet.raster import submission as seg_submission
+from foldnet.core.errors import DataError
 
 
 def _masks(ids, shape=(6, 5), seed=0):
@@ -98,13 +99,13 @@ def test_evaluate_scores_and_reports_mismatches(tmp_path):
     s = seg_evaluate.score_submission(str(tmp_path / "sub.tar"), str(tmp_path / "answers"))
     assert (s["n"], s["tp"], s["fp"], s["fn"]) == (2, 2, 1, 3)
     assert s["dice"] == pytest.approx(0.5) and s["iou"] == pytest.approx(1 / 3)
-    proc = subprocess.run([sys.executable, "-m", "foldnet.seg_evaluate", "--submission", str(tmp_path / "sub.tar"),
+    proc = subprocess.run([sys.executable, "-m", "foldnet.tasks.segmentation.evaluate", "--submission", str(tmp_path / "sub.tar"),
                            "--answers", str(tmp_path / "answers")], capture_output=True, text=True)
     assert proc.returncode == 0 and "test set (2 tiles): Dice 0.5000, IoU 0.3333" in proc.stdout
     # a submission missing a tile, with a stray file: exit 2, both named, no traceback
     seg_submission.write_submission({"t1": pred["t1"]}, tmp_path / "partial", ["t1"])
     (tmp_path / "partial" / "README.txt").write_text("x")
-    proc = subprocess.run([sys.executable, "-m", "foldnet.seg_evaluate", "--submission", str(tmp_path / "partial"),
+    proc = subprocess.run([sys.executable, "-m", "foldnet.tasks.segmentation.evaluate", "--submission", str(tmp_path / "partial"),
                            "--answers", str(tmp_path / "answers")], capture_output=True, text=True)
     assert proc.returncode == 2 and "README.txt" in proc.stderr and "Traceback" not in proc.stderr
     (tmp_path / "partial" / "README.txt").unlink()

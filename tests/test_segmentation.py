@@ -15,8 +15,15 @@ import pytest
 import tifffile
 import yaml
 
-from foldnet import config, rundir, runner, seg_demo_data, seg_evaluate, seg_metrics, seg_submission, tasks
-from foldnet.errors import ConfigError
+from foldnet.engine import config
+from foldnet.io import rundir
+from foldnet.engine import runner
+from foldnet.tasks.segmentation import demo_data as seg_demo_data
+from foldnet.tasks.segmentation import evaluate as seg_evaluate
+from foldnet.tasks.segmentation import metrics as seg_metrics
+from foldnet.raster import submission as seg_submission
+from foldnet.tasks import base as tasks
+from foldnet.core.errors import ConfigError
 from test_training import KillAfterEpoch, Killer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -199,7 +206,7 @@ def test_kill_mid_fold_then_rerun_resumes(kelp, tmp_path, log_lines):
 
 
 def test_index_ranges_fitted_for_training_are_the_ones_prediction_uses(kelp, tmp_path, monkeypatch):
-    from foldnet import segmentation
+    from foldnet.tasks.segmentation import task as segmentation
 
     _, data, run_dir, _, _ = kelp
     manifest = dict(json.loads((data / "tfrec" / "manifest.json").read_text()), dir=str(data / "tfrec"))

@@ -5,14 +5,17 @@ import os
 
 import pytest
 
-from foldnet import config, demo_data, fileio, runner
+from foldnet.engine import config
+from foldnet.tasks.classification import demo_data
+from foldnet.core import fileio
+from foldnet.engine import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_small_photos_recipe_beats_chance_by_far(tmp_path):
     pytest.importorskip("skimage")
-    from foldnet.convert import create_tfrecords
+    from foldnet.tasks.classification.convert import create_tfrecords
 
     data_dir = demo_data.build_photo_dataset(str(tmp_path / "photos"), n_individuals=8, per_individual=10, size=64)
     tfrec = str(tmp_path / "tfrec")

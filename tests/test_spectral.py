@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet import spectral
+from foldnet.raster import spectral
 
 KELP_BANDS = ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"]
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from foldnet import strategy
+from foldnet.engine import strategy
 
 keras = tf.keras
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,10 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIRRORED_SCRIPT = r"""
 import json
 import foldnet
-from foldnet import strategy
+from foldnet.engine import strategy
 devices = strategy.split_cpu(2)
 import numpy as np, tensorflow as tf
-from foldnet import models
+from foldnet.models import backbones as models
 import logging
 lines = []
 class Collect(logging.Handler):

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldnet import ranking, submission
-from foldnet.errors import DataError
-from foldnet.labels import LabelMap
+from foldnet.tasks.classification import ranking
+from foldnet.tasks.classification import submission
+from foldnet.core.errors import DataError
+from foldnet.tasks.classification.labels import LabelMap
 
 NEW = "new_turtle"
 

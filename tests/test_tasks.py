@@ -9,8 +9,12 @@ import os
 import numpy as np
 import pytest
 
-from foldnet import averaging, classification, ensemble, rundir, tasks
-from foldnet.errors import ConfigError, DataError
+from foldnet.ensemble import averaging
+from foldnet.tasks.classification import task as classification
+from foldnet.ensemble import cli as ensemble
+from foldnet.io import rundir
+from foldnet.tasks import base as tasks
+from foldnet.core.errors import ConfigError, DataError
 
 
 class Spec:

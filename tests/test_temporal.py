@@ -12,8 +12,13 @@ import pytest
 import tifffile
 import yaml
 
-from foldnet import config, rundir, runner, tasks, temporal_demo_data, temporal_metrics
-from foldnet.errors import ConfigError
+from foldnet.engine import config
+from foldnet.io import rundir
+from foldnet.engine import runner
+from foldnet.tasks import base as tasks
+from foldnet.tasks.temporal import demo_data as temporal_demo_data
+from foldnet.tasks.temporal import metrics as temporal_metrics
+from foldnet.core.errors import ConfigError
 from test_segmentation import convert_and_train, run
 from test_training import KillAfterEpoch, Killer
 

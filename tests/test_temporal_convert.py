@@ -10,11 +10,15 @@ import pytest
 import tensorflow as tf
 import tifffile
 
-from foldnet import convert, records, temporal_convert, temporal_layouts, temporal_records
-from foldnet.errors import DataError
-from foldnet.temporal_data import read_chips
-from foldnet.temporal_demo_data import build_biomass_dataset
-from foldnet.temporal_records import TemporalSpec
+from foldnet.tasks.classification import convert
+from foldnet.io import records
+from foldnet.tasks.temporal import convert as temporal_convert
+from foldnet.tasks.temporal import layouts as temporal_layouts
+from foldnet.tasks.temporal import records as temporal_records
+from foldnet.core.errors import DataError
+from foldnet.tasks.temporal.data import read_chips
+from foldnet.tasks.temporal.demo_data import build_biomass_dataset
+from foldnet.tasks.temporal.records import TemporalSpec
 
 
 def parse(serialized, t, shape, c, with_image=True):
@@ -181,7 +185,7 @@ def test_spec_round_trip_and_norm_override(tmp_path):
     assert TemporalSpec.load(str(tmp_path / "spec.json")) == spec
     lo, hi = spec.norm_arrays({"b": [0, 1]})
     np.testing.assert_array_equal(lo, [0, 0]) and np.testing.assert_array_equal(hi, [10, 1])
-    from foldnet.errors import ConfigError
+    from foldnet.core.errors import ConfigError
     with pytest.raises(ConfigError, match="unknown band"):
         spec.norm_arrays({"c": [0, 1]})
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet import seg_data, temporal_data as td
-from foldnet.errors import ConfigError
-from foldnet.temporal_records import TemporalSpec, make_example
+from foldnet.tasks.segmentation import data as seg_data
+from foldnet.tasks.temporal import data as td
+from foldnet.core.errors import ConfigError
+from foldnet.tasks.temporal.records import TemporalSpec, make_example
 
 T, H, W, C = 4, 8, 8, 2
 

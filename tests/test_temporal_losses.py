@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet import temporal_losses
-from foldnet.errors import ConfigError
+from foldnet.tasks.temporal import losses as temporal_losses
+from foldnet.core.errors import ConfigError
 
 # Three 2x2 chips (target units; -1 unknown, 500 above the cap of 400).
 TRUTH = np.array([[[10, 20], [-1, 500]],     # valid under cap 400: 10, 20 (errors 2, -4)
@@ -86,11 +86,11 @@ def test_unknown_loss_is_a_config_error():
 DISTRIBUTED = r"""
 import json
 import foldnet
-from foldnet import strategy
+from foldnet.engine import strategy
 devices = strategy.split_cpu(2)
 import numpy as np
 import tensorflow as tf
-from foldnet import temporal_losses
+from foldnet.tasks.temporal import losses as temporal_losses
 keras = tf.keras
 rng = np.random.default_rng(0)
 x = rng.normal(size=(4, 8, 8, 3)).astype("float32")

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from foldnet import temporal_metrics as tm
+from foldnet.tasks.temporal import metrics as tm
 
 
 def test_chip_and_pooled_rmse_by_hand():

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from foldnet import temporal_evaluate, temporal_submission as ts
-from foldnet.errors import DataError
+from foldnet.tasks.temporal import evaluate as temporal_evaluate
+from foldnet.tasks.temporal import submission as ts
+from foldnet.core.errors import DataError
 
 
 def maps(ids, seed=0, shape=(4, 5)):
@@ -81,7 +82,7 @@ def test_evaluate_scores_by_hand_and_names_mismatches(tmp_path, capsys):
 
 
 def test_task_submission_from_arrays(tmp_path):
-    from foldnet.temporal_records import TemporalSpec
+    from foldnet.tasks.temporal.records import TemporalSpec
 
     spec = TemporalSpec(12, (4, 5), ["a"], {"a": [0, 1]}, {"name": "agbm"}, "biomassters")
     arr = np.stack(list(maps(["x", "y"]).values()))[..., None]  # [n, H, W, 1]

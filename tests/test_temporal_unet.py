@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet import temporal_unet
+from foldnet.models import temporal_unet
 
 FILTERS = (32, 16, 8)
 

@@ -9,8 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldnet import config, metrics, runner, train
-from foldnet.labels import LabelMap
+from foldnet.engine import config
+from foldnet.tasks.classification import metrics
+from foldnet.engine import runner
+from foldnet.engine import train
+from foldnet.tasks.classification.labels import LabelMap
 
 N_FOLDS = 3
 
@@ -242,7 +245,7 @@ def test_mixed_precision_trains_and_predicts_float32(tiny_turtle_dir, tiny_tfrec
 
 
 def test_resume_with_other_model_settings_is_refused(tiny_turtle_dir, tiny_tfrec, tmp_path, log_lines):
-    from foldnet.errors import ConfigError
+    from foldnet.core.errors import ConfigError
 
     run_dir = tmp_path / "member"
     cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=2, folds="0", job="train")
@@ -260,7 +263,8 @@ def test_resume_with_other_model_settings_is_refused(tiny_turtle_dir, tiny_tfrec
 
 
 def test_augmentation_in_the_model_trains_resumes_and_predicts(tiny_turtle_dir, tiny_tfrec, tmp_path, monkeypatch):
-    from foldnet import data, models
+    from foldnet.tasks.classification import data
+    from foldnet.models import backbones as models
 
     calls = []
     original = data.train_dataset
@@ -286,7 +290,7 @@ def test_augmentation_in_the_model_trains_resumes_and_predicts(tiny_turtle_dir, 
     assert layer.settings == {"aug_number": 9, "aug_probability": 0.5, "crop_scale": 0.2, "rotate_degrees": 0.0}
     assert layer.photometric_strength == 0.5
     check_fold_outputs(str(run_dir), 0, tiny_tfrec, tiny_turtle_dir, n_epochs=2, tta_number=1)
-    from foldnet import classification
+    from foldnet.tasks.classification import task as classification
 
     # best.h5 loads into the model with or without the layer (no weights); at inference both agree
     x = np.random.RandomState(0).rand(4, 16, 16, 3).astype("float32")

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet import models, strategy, unet
+from foldnet.models import backbones as models
+from foldnet.engine import strategy
+from foldnet.models import unet
 
 keras = tf.keras
 

@@ -1,0 +1,133 @@
+"""Checks that run before any model is built or any output written.
+
+Everything a user can get wrong and that can be known up front is checked
+here, so a run fails in its first second with one clear error (exit 2) rather
+than after hours of training (value ranges such as transform counts are
+config's): a batch that cannot fit in memory, a weights file that is missing or not HDF5, an output directory that
+cannot be written, an ensemble output that would replace an input.
+"""
+import os
+import uuid
+
+from foldnet.core import fileio
+from foldnet.core.errors import ConfigError, DataError
+
+# The pipeline holds several copies of a decoded input batch (augmentation, batching,
+# prefetch) and a model's activations and gradients are many times its input; a batch
+# whose float32 pixels times this factor exceed the available memory cannot run.
+MEMORY_FACTOR = 8
+
+
+def available_memory():
+    """Bytes of memory this process may still use (MemAvailable, capped by a cgroup limit), or None."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit.isdigit():
+            avail = min(avail, int(limit) - used) if avail is not None else int(limit) - used
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def batch_memory_problem(batch_size, dim, n_channels=3, available=None):
+    """Why a batch of ``batch_size`` images ``dim`` x ``dim`` cannot fit in memory, or None."""
+    available = available_memory() if available is None else available
+    if not available:
+        return None
+    need = MEMORY_FACTOR * batch_size * dim * dim * n_channels * 4
+    if need <= available:
+        return None
+    fit = max(1, available // (MEMORY_FACTOR * dim * dim * n_channels * 4))
+    return (f"--batch_size {batch_size} at --dim {dim} needs at least {need / 2**30:.1f} GiB "
+            f"({batch_size} x {dim}x{dim}x{n_channels} float32 pixels x {MEMORY_FACTOR} for the pipeline and the "
+            f"model), {available / 2**30:.1f} GiB are available; use --batch_size {fit} or less")
+
+
+def weights_file_problem(path, flag):
+    """Why ``path`` (a --weights / --checkpoints value that names a file) cannot be a Keras h5 file, or None."""
+    if fileio.is_remote(path):
+        return None if fileio.exists(path) else f"{flag} {path}: file not found"
+    if not os.path.isfile(path):
+        return f"{flag} {path}: file not found"
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except OSError as e:
+        return f"{flag} {path}: not a Keras .h5 weights file ({str(e).splitlines()[0]})"
+    return None
+
+
+def is_weights_path(weights):
+    w = str(weights)
+    return w.endswith((".h5", ".hdf5")) or os.sep in w or fileio.is_remote(w)
+
+
+def writable_problem(directory):
+    """Why files cannot be created in ``directory`` (created if missing), or None."""
+    if fileio.is_remote(directory):
+        return None
+    probe = os.path.join(directory, f".tmp-{uuid.uuid4().hex[:8]}-write-test")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"x")
+        os.remove(probe)
+    except OSError as e:
+        return f"cannot write in {directory}: {e.strerror} (choose a writable --run_dir / output folder)"
+    return None
+
+
+def check_run(cfg, jobs):
+    """One ConfigError listing every problem of a run.py config, beyond its values' ranges (config),
+    found before a model is built."""
+    problems = []
+    if jobs & {"train", "val", "test", "predict"}:
+        memory = batch_memory_problem(cfg["batch_size"], cfg["dim"])
+        if memory:
+            problems.append(memory)
+    if "train" in jobs and cfg.get("weights") and is_weights_path(cfg["weights"]):
+        problem = weights_file_problem(cfg["weights"], "--weights")
+        if problem:
+            problems.append(problem)
+    for path in (cfg.get("checkpoints") or []) if "predict" in jobs else []:
+        problem = weights_file_problem(path, "--checkpoints")
+        if problem:
+            problems.append(problem)
+    if jobs - {"predict"}:
+        problem = writable_problem(cfg["run_dir"])
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise ConfigError("cannot start:\n  - " + "\n  - ".join(problems))
+
+
+def check_ensemble(submission_path, template_path, data_dir, spec, k):
+    """Before any averaging: the submission may be written there and (classification) the label
+    map ``spec`` can fill ``k`` predictions per row."""
+    from foldnet.tasks.classification.ranking import n_submission_labels
+
+    inputs = [template_path]
+    if data_dir:
+        inputs += [os.path.join(data_dir, n) for n in ("test.csv", "train.csv", "extra_images.csv",
+                                                        "sample_submission.csv")]
+    fileio.check_owned_output(submission_path, inputs, flag="--submission")
+    if not hasattr(spec, "original_mask"):  # not a classification label map
+        return
+    n = n_submission_labels(spec)
+    if n < k:
+        raise DataError(f"a submission with {k} predictions per row is impossible: the label map gives "
+                        f"{n} distinct labels", [f"original labels: {sorted(spec.original)}",
+                                                 f"use --k {n} or fewer"])

@@ -1,0 +1,199 @@
+"""run.py: train, predict, score and submit one ensemble member over its folds.
+
+Jobs are words joined by '_': train, val, test, score, subm, predict (see
+``python run.py --help``). Completed folds are skipped on rerun, an
+interrupted fold resumes from its last epoch, and predictions are made only
+where they are missing or stale.
+"""
+import logging
+import os
+import shutil
+import time
+
+from foldnet.engine import config
+from foldnet.core import fileio
+from foldnet.core import logs
+from foldnet.io import rundir
+from foldnet.tasks import base as tasks
+from foldnet.core.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def prepare_run_dir(cfg, task, spec):
+    """Create the run dir, refuse one trained with another spec (label map), save config and spec."""
+    run_dir = cfg["run_dir"]
+    os.makedirs(run_dir, exist_ok=True)
+    spec_path = os.path.join(run_dir, task.spec_file)
+    if os.path.exists(spec_path):
+        old = task.read_spec(spec_path)
+        if old != spec and not cfg["overwrite"]:
+            raise DataError(f"{run_dir} was trained with another label map",
+                            [f"{spec_path}: {old!r}", f"{cfg['tfrec_dir']}: {spec!r}",
+                             "use another --run_dir, or --overwrite to retrain"])
+    spec.save(spec_path)
+    rundir.write_task(run_dir, task.name)
+    fileio.atomic_write_text(os.path.join(run_dir, "config.yaml"), config.to_yaml(cfg))
+
+
+def _warn_changed_settings(cfg, task, spec, fold, done_path):
+    saved = fileio.read_json(done_path).get("settings") or {}
+    from foldnet.engine import train
+
+    now = train.model_settings(cfg, task, spec)
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        log.warning(f"fold {fold}: warning: it was trained with other {', '.join(changed)} "
+            f"({', '.join(f'{k}={saved[k]!r}' for k in changed)}); its predictions use those")
+
+
+def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=()):
+    import tensorflow as tf
+
+    from foldnet.engine import predict
+    from foldnet.io import records
+    from foldnet.engine import strategy
+    from foldnet.engine import train
+
+    strategy.set_mixed_precision(cfg["mixed_precision"])
+    strat = strategy.get_strategy(cfg["tpu"])
+    spec_fp = spec.fingerprint()
+    for fold in folds:
+        t0 = time.time()
+        log.info(f"=== fold {fold} of {manifest['n_folds']} ({cfg['arch']}, {os.path.basename(cfg['run_dir'])}) ===")
+        tf.keras.backend.clear_session()
+        train.seed_everything(cfg["seed"] + fold)
+        p = rundir.fold_paths(cfg["run_dir"], fold)
+        model = None
+        if "train" in jobs:
+            if train.is_done(cfg["run_dir"], fold) and not cfg["overwrite"]:
+                log.info(f"fold {fold}: already trained ({p['done']}); skipped (use --overwrite to retrain)")
+                _warn_changed_settings(cfg, task, spec, fold, p["done"])
+            else:
+                if cfg["overwrite"] and os.path.isdir(p["dir"]):
+                    shutil.rmtree(p["dir"])
+                model = train.train_fold(cfg, fold, manifest, cfg["run_dir"], strat, extra_callbacks,
+                                         task=task, spec=spec)
+        splits = []
+        if "val" in jobs:
+            splits.append(("oof", records.fold_files(manifest, [fold]), manifest["folds"][fold]["n_examples"]))
+        if "test" in jobs and manifest["test"]["n_examples"] > 0:
+            splits.append(("test", records.test_files(manifest), manifest["test"]["n_examples"]))
+        if splits:
+            if not os.path.exists(p["best"]):
+                raise DataError(f"fold {fold} has no trained checkpoint", [f"{p['best']} is missing; run --job train first"])
+            weights_fp = rundir.weights_fingerprint(p["best"])
+            # --openset_features: per-row similarity to the fold's training images (task.row_values)
+            reference = (records.fold_files(manifest, [f for f in range(manifest["n_folds"]) if f != fold])
+                         if cfg["openset_features"] and task.row_value_key else None)
+            cache = {}
+            for name, files, n_rows in splits:
+                if rundir.is_current(p[name], weights_fp, spec_fp, cfg["tta_number"] + 1, n_rows) and \
+                        (reference is None or rundir.has_key(p[name], task.row_value_key)):
+                    log.info(f"  {p[name]} is current; not predicted again")
+                    continue
+                if model is None:
+                    model = train.load_fold_model(cfg, spec, p["best"], strat, task=task)
+                predict.predict_split(model, files, p[name], cfg, spec_fp, weights_fp, n_rows, task=task,
+                                      reference_files=reference, cache=cache)
+        log.info(f"fold {fold}: {time.time() - t0:.1f} s")
+
+
+def run_predict(cfg):
+    """--job predict: top-k labels of image files, averaged over fold checkpoints (classification)."""
+    from foldnet.tasks.classification import openset
+    from foldnet.engine import predict
+    from foldnet.engine import train
+
+    if not cfg["images"]:
+        raise ConfigError("--job predict needs --images FILE [FILE ...]")
+    task = tasks.get(tasks.DEFAULT_TASK)
+    trained_for = rundir.read_task(cfg["run_dir"]) if os.path.isdir(cfg["run_dir"]) else task.name
+    if trained_for != task.name:
+        # Its inputs depend on files of the run dir that trained the checkpoints (segmentation:
+        # index_ranges.json); the test job predicts with them, beside its own checkpoints.
+        raise ConfigError(f"--job predict takes image files of a {task.name} member; {cfg['run_dir']} is a "
+                          f"{trained_for} member: convert the tiles with create_tfrecords.py and run "
+                          "--job test (maps of the test tiles with that run dir's checkpoints and settings)")
+    lm_path = os.path.join(cfg["run_dir"], task.spec_file)
+    if not os.path.exists(lm_path):
+        raise DataError(f"{cfg['run_dir']} has no {task.spec_file}", ["point --run_dir at a trained member"])
+    label_map = task.read_spec(lm_path)
+    weights = cfg["checkpoints"] or rundir.best_checkpoints(cfg["run_dir"])
+    missing = [w for w in weights if not os.path.exists(w)]
+    if missing:
+        raise DataError("checkpoint files not found", missing)
+    rule = openset.load_rule(cfg["run_dir"])  # None for runs scored before the rule existed
+    _, rows = predict.predict_images(
+        lambda w: train.load_fold_model(cfg, label_map, w, task=task), weights, cfg["images"],
+        cfg["dim"], cfg["tta_number"], label_map, rule=rule)
+    log.info(f"{len(weights)} checkpoint(s), {cfg['tta_number'] + 1} view(s) per image; "
+             f"{openset.describe(rule)}")
+    for path, row in zip(cfg["images"], rows):
+        log.info(f"{path}")
+        for rank, (label, prob) in enumerate(row, 1):
+            log.info(f"  {rank}. {label:<24} {prob:.4f}")
+    return rows
+
+
+def run(cfg, extra_callbacks=()):
+    """Do the jobs of ``cfg`` (a ``config.Config``, or a mapping of settings validated into one).
+
+    Everything checkable is checked before a model is built (preflight); the
+    run directory is locked for the whole run (one writer; workers.writable_run_dir).
+    """
+    from foldnet.engine import preflight
+    from foldnet.engine import workers
+
+    cfg = config.Config.build(cfg)
+    jobs = cfg.jobs
+    preflight.check_run(cfg, jobs)
+    if "predict" in jobs:
+        run_predict(cfg)
+        return 0
+    with workers.writable_run_dir(cfg["run_dir"]) as run_dir:
+        return run_jobs(cfg.replace(run_dir=run_dir), jobs, extra_callbacks)
+
+
+def run_jobs(cfg, jobs, extra_callbacks=()):
+    from foldnet.io import records
+    from foldnet.io import splits
+
+    manifest = records.load_manifest(cfg["tfrec_dir"])
+    task = tasks.for_manifest(manifest)
+    spec = task.load_spec(manifest)
+    folds = cfg.folds_for(manifest["n_folds"])
+    problems = task.check_config(cfg, spec)
+    if problems:
+        raise ConfigError("bad settings:\n  - " + "\n  - ".join(problems))
+    if jobs & {"train", "val", "score"}:
+        splits.check_run_splits(cfg["run_dir"], manifest, folds if "train" in jobs and cfg["overwrite"] else ())
+    prepare_run_dir(cfg, task, spec)
+    if jobs & {"train", "val", "test"}:
+        run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks)
+    if "score" in jobs:
+        from foldnet.ensemble import scores
+
+        scores.score_run(cfg["run_dir"], spec, task=task, groups=task.groups(cfg["tfrec_dir"]))
+    if "subm" in jobs:
+        from foldnet.ensemble import cli as ensemble
+
+        template = cfg["template"] or task.default_template(cfg["data_dir"], cfg["tfrec_dir"])
+        ensemble.make_ensemble([cfg["run_dir"]], os.path.join(cfg["run_dir"], task.submission_name),
+                               template=template, tfrec_dir=cfg["tfrec_dir"], task=task)
+    return 0
+
+
+def main(argv=None):
+    from foldnet.core.cli import run_main
+    from foldnet.engine.strategy import TPUUnavailableError
+
+    result = []
+
+    def go():
+        cfg = config.parse_config(argv)
+        logs.setup(-1 if cfg.quiet else 0)
+        result.append(run(cfg))
+
+    rc = run_main(go, extra_errors=(TPUUnavailableError,))
+    return rc or result[0]

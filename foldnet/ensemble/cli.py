@@ -1,0 +1,190 @@
+"""Ensembles of run directories: Python API and command line (``run_inference.sh``).
+
+``make_ensemble`` reads the members' label maps (task specs), checks every
+test prediction file first, scores members and ensemble out of fold (and fits
+member weights on OOF if asked: ``weightfit``), averages the test predictions
+fold x TTA x member streaming (``averaging``), and has the task write the
+submission. Besides the submission it writes ``<stem>.probs.npz`` (the
+averaged outputs as a Contract 2 prediction file) and ``<stem>.scores.md``.
+
+Command line::
+
+    python -m foldnet.ensemble.cli --runs RUN_DIR [RUN_DIR ...] --data_dir DIR
+        [--tfrec_dir DIR] [--template CSV] [--weights 1,2,...] [--fit_weights]
+        --submission PATH [--k 5]
+
+No TensorFlow here: this module runs in light processes. Local paths only.
+"""
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+
+from foldnet.core import fileio
+from foldnet.core import logs
+from foldnet.engine import preflight
+from foldnet.core import report
+from foldnet.io import rundir
+from foldnet.tasks import base as tasks
+from foldnet.ensemble.averaging import TTA_MODES, average_test, normalise_weights, scan_members
+from foldnet.core.errors import ConfigError, DataError
+from foldnet.ensemble.weightfit import oof_report
+
+# By name, not __name__: run as ``python -m foldnet.ensemble.cli`` this module is __main__, outside "foldnet".
+log = logging.getLogger("foldnet.ensemble.cli")
+
+
+def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=False, fit_metric=None,
+                  tta="mean", k=5, task=None):
+    """Ensemble ``runs`` into the submission ``out_path``; returns the paths written.
+
+    template: the submission template (classification: sample submission CSV
+    whose first column lists the test ids). weights: member weights (None =
+    equal). fit: fit the weights on OOF with ``fit_metric`` (default: the
+    task's ``default_fit_metric``). DataError / ConfigError on bad input,
+    before anything is written.
+    """
+    runs = [str(r) for r in runs]
+    task = task or tasks.get(rundir.runs_task(runs))
+    fit_metric = fit_metric or task.default_fit_metric
+    if fit and fit_metric not in task.fit_metrics:
+        raise ConfigError(f"--fit_metric {fit_metric!r}: choose one of {', '.join(sorted(task.fit_metrics))}")
+    spec = read_specs(runs, tfrec_dir, task)
+    preflight.check_ensemble(out_path, template, os.path.dirname(str(template)), spec, k)
+    ids = task.test_ids(template)
+    try:
+        weights = normalise_weights(weights, len(runs))
+    except ValueError as e:
+        raise ConfigError(f"--weights {weights}: {e}") from e
+    # Fail early (before OOF work) if the test predictions cannot be ensembled.
+    plans = scan_members(runs, "test", ids, spec.fingerprint())
+
+    rows, notes, weights, post, oof = oof_report(runs, weights, spec, fit_metric, fit, tta, task,
+                                                 groups=task.groups(tfrec_dir))
+    outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task)
+    extra = {}
+    if post and task.row_value_key:  # the rule may use a per-row value the test files store
+        test_values = rundir.row_values(runs, weights, "test", ids, task.row_value_key)
+        extra["values"] = None if test_values is None else np.array([test_values[str(i)] for i in ids])
+    what = task.write_submission(ids, outputs, spec, template, out_path, k, post, **extra)
+
+    stem = _stem(out_path)
+    if oof is not None:  # e.g. segmentation: Dice vs threshold of the blend the threshold was fitted on
+        oof.report(stem, f"Ensemble of {len(runs)} member(s): out-of-fold blend")
+    probs_path = save_probs(f"{stem}.probs.npz", ids, task.encode_outputs(outputs[None]), spec.fingerprint(),
+                            runs, weights, plans)
+    members = [{"model": r, "weight": float(w), "n_folds": len(hs)} for (r, hs), w in zip(plans, weights)]
+    text = "# Ensemble\n\n" + report.markdown_table(members, ["model", "weight", "n_folds"])
+    text += f"\nTTA: {tta}. Submission: {out_path} ({what}).\n"
+    text += "\n## Out-of-fold scores\n\n"
+    text += report.markdown_table(rows, ["model", "weight", "n_oof", *task.score_keys]) if rows else "(none)\n"
+    if notes:
+        text += "\n" + "".join(f"- {n}\n" for n in notes)
+    section = task.post_markdown(post) if post else ""
+    if section:
+        text += "\n" + section
+    scores_path = fileio.atomic_write_text(f"{stem}.scores.md", text)
+    log.info(text)
+    return out_path, probs_path, scores_path
+
+
+def read_specs(runs, tfrec_dir=None, task=None):
+    """The spec (label map) shared by all runs (and ``tfrec_dir`` if given); DataError naming mismatches."""
+    task = task or tasks.get(tasks.DEFAULT_TASK)
+    sources = [os.path.join(r, task.spec_file) for r in runs]
+    if tfrec_dir:
+        sources.append(os.path.join(tfrec_dir, task.spec_file))
+    maps, problems = [], []
+    for path in sources:
+        try:
+            maps.append((path, task.read_spec(path)))
+        except (OSError, ValueError, KeyError) as e:
+            problems.append(f"{path}: cannot read label map ({type(e).__name__}: {e})")
+    if problems:
+        raise DataError("cannot read the label maps", problems)
+    ref_path, ref = maps[0]
+    for path, lm in maps[1:]:
+        if lm != ref:
+            problems.append(f"{path}: fingerprint {lm.fingerprint()} differs from {ref.fingerprint()} of {ref_path}")
+    if problems:
+        raise DataError("the runs were trained with different label maps", problems)
+    return ref
+
+
+def _stem(path):
+    root, ext = os.path.splitext(path)
+    return root if ext else path
+
+
+def save_probs(path, ids, outputs, fingerprint, members, weights, headers):
+    """Averaged outputs (encoded, [1, n, ...]) as a Contract 2 prediction file with one 'ensemble' view."""
+    source = [[m, float(w), [h.weights_fingerprint for h in hs]] for (m, hs), w in zip(headers, weights)]
+    wfp = hashlib.sha256(json.dumps(source).encode()).hexdigest()[:16]
+    return rundir.save_predictions(path, ids, outputs, np.full(len(ids), -1, dtype=np.int64), ["ensemble"],
+                                   fingerprint, wfp, members=np.array([str(m) for m in members]),
+                                   member_weights=np.asarray(weights, dtype=np.float64))
+
+
+def _parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m foldnet.ensemble.cli",
+        description="Average the test predictions of run directories (folds x TTA x members) "
+                    "into a submission; score the ensemble out of fold.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--runs", nargs="+", required=True, help="run directories (members)")
+    p.add_argument("--data_dir", help="dataset directory holding sample_submission.csv")
+    p.add_argument("--tfrec_dir", help="TFRecord directory; its label_map.json must match the runs'")
+    p.add_argument("--template", help="submission template (default: the task's; classification "
+                   "DATA_DIR/sample_submission.csv, segmentation TFREC_DIR/tiles.csv)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--weights", help="comma-separated member weights, e.g. 1,2,1 (default equal)")
+    g.add_argument("--fit_weights", action="store_true", help="fit member weights on OOF predictions")
+    p.add_argument("--fit_metric", default=None,
+                   help="OOF metric to fit (default: the task's; classification: map5, or map5_new)")
+    p.add_argument("--tta", default="mean", choices=TTA_MODES, help="TTA reduction")
+    p.add_argument("--submission", required=True,
+                   help="output: CSV (classification); directory or .tar of TIFFs (segmentation)")
+    p.add_argument("--k", type=int, default=5, help="predictions per row")
+    logs.add_flags(p)
+    args = p.parse_args(argv)
+    if not args.template and not args.data_dir:
+        p.error("give --data_dir (for DATA_DIR/sample_submission.csv) or --template")
+    return args
+
+
+def _parse_weights(text):
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError as e:
+        raise ConfigError(f"--weights {text!r}: {e}") from e
+
+
+def main(argv=None):
+    from foldnet.core.cli import run_main
+
+    args = _parse_args(argv)
+    logs.setup(logs.verbosity(args))
+    paths = []
+
+    def work():
+        task = tasks.get(rundir.runs_task(args.runs))
+        template = args.template or task.default_template(args.data_dir, args.tfrec_dir)
+        paths.extend(make_ensemble(args.runs, args.submission, template, args.tfrec_dir,
+                                   _parse_weights(args.weights), args.fit_weights, args.fit_metric,
+                                   args.tta, args.k, task=task))
+
+    rc = run_main(work)
+    if not rc:
+        log.info("wrote " + ", ".join(paths))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

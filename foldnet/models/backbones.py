@@ -1,0 +1,490 @@
+"""Architecture registry and ``build_model`` (DESIGN.md, Contract 3).
+
+Every model takes float32 images ``[batch, dim, dim, n_channels]`` in [0, 1]
+and returns float32 softmax probabilities ``[batch, n_classes]`` (also under a
+mixed precision policy). Layers, in order::
+
+    image -> input_norm (PixelAffine, if the backbone expects it) -> backbone
+          -> pool (2D/1D global average, if the backbone does not pool)
+          -> head_dropout (if dropout > 0) -> logits (Dense) -> probabilities
+
+``input_norm`` maps [0, 1] pixels to what the backbone's pretrained weights
+were trained with (``ARCHITECTURES[name].input_norm``):
+
+=========  ===============================================================
+none       [0, 1] unchanged (tiny_cnn, small_cnn: BatchNorm nets)
+imagenet   (x - mean) / std with ImageNet mean/std (efficientnet package
+           B0/B7: its preprocess_input "torch" mode; kecam EfficientNetV1
+           L2: rescale_mode "torch")
+inception  2x - 1, i.e. [-1, 1] (kecam EfficientNetV2 L/XL and BEiT:
+           rescale_mode "tf")
+auto       ``kecam:`` / ``keras:`` names: taken from the model's
+           ``rescale_mode`` (kecam) or its module's ``preprocess_input``
+           (keras.applications; e.g. MobileNetV2 -> 2x - 1, EfficientNet ->
+           255x because the model normalises inside)
+=========  ===============================================================
+
+The original Turtle Recall solution fed x/255 straight into every backbone;
+``build_model(..., normalize=False)`` does the same.
+
+Adding an architecture is one ``register(...)`` call (or decorator) whose
+``build(input_shape, weights, **options)`` returns ``(backbone, affine)``: a
+Keras model from images to features (4D maps, 3D tokens or 2D pooled) and the
+input normalisation as ``(matrix [3, 3], bias [3])`` in [0, 1] pixel units, or
+None.
+"""
+import contextlib
+import dataclasses
+import importlib
+import io
+import os
+import re
+import sys
+import tempfile
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from foldnet.core import fileio
+from foldnet.core.errors import WeightsError
+
+keras = tf.keras
+layers = keras.layers
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    name: str
+    description: str
+    weights: Optional[Tuple[str, ...]]  # named pretrained sets; None: as the library offers
+    input_norm: str  # "none" | "imagenet" | "inception" | "auto" (see module doc)
+    build: Callable
+
+
+ARCHITECTURES = {}
+
+GENERIC = {
+    "kecam:": "any keras-cv-attention-models model, e.g. kecam:efficientnet.EfficientNetV2B0 "
+    "(built with num_classes=0; named weights as the model offers)",
+    "keras:": "any tf.keras.applications model, e.g. keras:MobileNetV2 (include_top=False)",
+}
+
+
+def register(name, description, weights=(), input_norm="none", build=None):
+    """Add an architecture. Use as ``register(name, ..., build=fn)`` or as a decorator."""
+    if input_norm not in ("none", "imagenet", "inception", "auto"):
+        raise ValueError(f"unknown input_norm {input_norm!r}")
+
+    def add(fn):
+        if name in ARCHITECTURES:
+            raise ValueError(f"architecture {name!r} is already registered")
+        ARCHITECTURES[name] = Architecture(name, description, None if weights is None else tuple(weights), input_norm, fn)
+        return fn
+
+    return add if build is None else add(build)
+
+
+def list_architectures():
+    """[{name, description, weights, input_norm}] for every registered name and generic prefix."""
+    rows = [
+        {"name": a.name, "description": a.description, "weights": None if a.weights is None else list(a.weights), "input_norm": a.input_norm}
+        for a in ARCHITECTURES.values()
+    ]
+    rows.append({"name": "kecam:<module>.<ClassName>", "description": GENERIC["kecam:"], "weights": None, "input_norm": "auto"})
+    rows.append({"name": "keras:<ApplicationName>", "description": GENERIC["keras:"], "weights": ["imagenet"], "input_norm": "auto"})
+    return rows
+
+
+def get_architecture(arch):
+    """The ``Architecture`` for a registered name, ``kecam:<module>.<Class>`` or ``keras:<Name>``."""
+    if arch in ARCHITECTURES:
+        return ARCHITECTURES[arch]
+    if isinstance(arch, str) and arch.startswith("kecam:"):
+        path = arch[len("kecam:"):]
+        _kecam_constructor(path)  # fails early with a clear error
+        return Architecture(arch, f"kecam {path}", None, "auto", _kecam(path))
+    if isinstance(arch, str) and arch.startswith("keras:"):
+        class_name = arch[len("keras:"):]
+        if not callable(getattr(keras.applications, class_name, None)):
+            raise ValueError(f"{arch!r}: tf.keras.applications has no model {class_name!r}")
+        return Architecture(arch, f"tf.keras.applications.{class_name}", ("imagenet",), "auto", _keras_application(class_name))
+    names = ", ".join(sorted(ARCHITECTURES))
+    raise ValueError(
+        f"unknown architecture {arch!r}; registered: {names}; or kecam:<module>.<ClassName>, keras:<ApplicationName>"
+    )
+
+
+# ---------------------------------------------------------------- input normalisation
+
+
+def mean_std_affine(mean, std):
+    """(matrix, bias) of (x - mean) / std per channel, x in [0, 1]."""
+    mean = np.broadcast_to(np.asarray(mean, np.float64), (3,))
+    std = np.broadcast_to(np.asarray(std, np.float64), (3,))
+    return np.diag(1.0 / std), -mean / std
+
+
+def affine_of(preprocess_input):
+    """(matrix, bias) of a per-pixel affine ``preprocess_input`` taking [0, 255] RGB.
+
+    Found by probing it with black and pure-channel pixels, then checked on
+    random pixels (raises ValueError if the function is not affine).
+    """
+    probes = np.concatenate([np.zeros((1, 3)), 255.0 * np.eye(3)]).reshape(4, 1, 1, 3).astype("float32")
+    out = np.asarray(preprocess_input(probes.copy()), np.float64).reshape(4, 3)
+    bias = out[0]
+    matrix = out[1:] - bias  # row i: response to channel i going 0 -> 1 (in [0, 1] units)
+    check = np.random.RandomState(0).uniform(0, 1, (8, 1, 1, 3))
+    got = np.asarray(preprocess_input((255.0 * check).astype("float32")), np.float64)
+    if not np.allclose(got.reshape(8, 3), check.reshape(8, 3) @ matrix + bias, rtol=1e-4, atol=1e-3):
+        raise ValueError(f"{preprocess_input} is not a per-pixel affine map; cannot fold it into the model")
+    return matrix, bias
+
+
+@keras.utils.register_keras_serializable(package="foldnet")
+class PixelAffine(layers.Layer):
+    """``y = x @ matrix + bias`` on the channel axis (fixed, not trained)."""
+
+    def __init__(self, matrix, bias, **kwargs):
+        super().__init__(**kwargs)
+        self.matrix = np.asarray(matrix, np.float64).tolist()
+        self.bias = np.asarray(bias, np.float64).tolist()
+
+    def call(self, inputs):
+        matrix = tf.constant(self.matrix, dtype=self.compute_dtype)
+        bias = tf.constant(self.bias, dtype=self.compute_dtype)
+        return tf.einsum("...i,ij->...j", inputs, matrix) + bias
+
+    def get_config(self):
+        return {**super().get_config(), "matrix": self.matrix, "bias": self.bias}
+
+
+# ---------------------------------------------------------------- backbones
+
+
+@register("tiny_cnn", "two strided 3x3 convolutions (8, 16 filters); for tests", input_norm="none")
+def _tiny_cnn(input_shape, weights):
+    inputs = keras.Input(input_shape)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv1")(inputs)
+    x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv2")(x)
+    return keras.Model(inputs, x, name="tiny_cnn_features"), None
+
+
+def _conv_bn(x, filters, kernel, strides, bn_momentum, name, relu=True):
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                      kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _residual_block(x, filters, strides, bn_momentum, name):
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, strides, bn_momentum, f"{name}_short", relu=False)
+    y = _conv_bn(x, filters, 3, strides, bn_momentum, f"{name}_a")
+    y = _conv_bn(y, filters, 3, 1, bn_momentum, f"{name}_b", relu=False)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
+
+
+@register(
+    "small_cnn",
+    "small ResNet from scratch (widths 32-64-128, BatchNorm); the CPU demo recipe, 32 px to 128+ px",
+    input_norm="none",
+)
+def _small_cnn(input_shape, weights, width=32, depth=3, blocks=1, start_size=24, bn_momentum=0.9):
+    """Stride-2 stem conv, then 2x2 max-pools until the map is <= ``start_size``
+    px, then ``depth`` stages of ``blocks`` residual blocks with widths
+    ``width * 2**i``, each stage after the first halving the map.
+
+    32 px -> 16, 8, 4; 64 px -> 16, 8, 4; 100 px -> 13, 7, 4; 224 px -> 14, 7, 4.
+    """
+    for key, value in {"width": width, "depth": depth, "blocks": blocks, "start_size": start_size}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"small_cnn option {key} must be a positive int, got {value!r}")
+    inputs = keras.Input(input_shape)
+    x = _conv_bn(inputs, width, 3, 2, bn_momentum, "stem")
+    n_pools = 0
+    while x.shape[1] > start_size:
+        n_pools += 1
+        x = layers.MaxPooling2D(2, padding="same", name=f"stem_pool{n_pools}")(x)
+    for stage in range(depth):
+        for block in range(blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = _residual_block(x, width * 2**stage, strides, bn_momentum, f"stage{stage}_block{block}")
+    return keras.Model(inputs, x, name="small_cnn_features"), None
+
+
+def _efficientnet_package(class_name):
+    """EfficientNet from the ``efficientnet`` package (qubvel), include_top=False."""
+
+    def build(input_shape, weights):
+        import efficientnet.tfkeras as efn
+
+        backbone = getattr(efn, class_name)(input_shape=input_shape, weights=weights, include_top=False)
+        return backbone, affine_of(efn.preprocess_input)
+
+    return build
+
+
+_KECAM_NOT_LOADED = ("will not load weights", "No pretrained available")
+
+
+class _Tee(io.StringIO):
+    """Keeps what is written and passes it on (download progress stays visible)."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self._stream = stream
+
+    def write(self, text):
+        self._stream.write(text)
+        return super().write(text)
+
+    def flush(self):
+        self._stream.flush()
+
+
+def _kecam_constructor(path):
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name or not class_name:
+        raise ValueError(f"kecam architecture must be kecam:<module>.<ClassName>, got kecam:{path}")
+    try:
+        module = importlib.import_module(f"keras_cv_attention_models.{module_name}")
+    except ImportError as error:
+        raise ValueError(f"kecam:{path}: no module keras_cv_attention_models.{module_name} ({error})") from error
+    constructor = getattr(module, class_name, None)
+    if not callable(constructor):
+        raise ValueError(f"kecam:{path}: keras_cv_attention_models.{module_name} has no model {class_name!r}")
+    return constructor
+
+
+def _kecam(path, patch=1):
+    """A keras-cv-attention-models model without its classifier (num_classes=0).
+
+    patch: the input side must be a multiple of it (ViTs would silently drop
+    the pixels of a partial patch).
+    """
+
+    def build(input_shape, weights, **options):
+        from keras_cv_attention_models.common_layers import init_mean_std_by_rescale_mode
+
+        if input_shape[0] % patch:
+            raise ValueError(f"kecam:{path} needs dim to be a multiple of {patch}, got {input_shape[0]}")
+        constructor = _kecam_constructor(path)
+        # kecam reports a failed or unknown weight download on stdout and goes on
+        # with random weights; we turn that into an error.
+        with contextlib.redirect_stdout(_Tee(sys.stdout)) as log:
+            backbone = constructor(input_shape=input_shape, pretrained=weights, num_classes=0, **options)
+        messages = [line for line in log.getvalue().splitlines() if any(m in line for m in _KECAM_NOT_LOADED)]
+        if weights is not None and messages:
+            raise ValueError(f"kecam:{path}: pretrained weights {weights!r} were not loaded: {messages[0].strip()}")
+        mean, std = init_mean_std_by_rescale_mode(backbone.rescale_mode)
+        return backbone, mean_std_affine(np.asarray(mean) / 255.0, np.asarray(std) / 255.0)
+
+    return build
+
+
+def _keras_application(class_name):
+    """A tf.keras.applications model with include_top=False."""
+
+    def build(input_shape, weights, **options):
+        constructor = getattr(keras.applications, class_name)
+        backbone = constructor(input_shape=input_shape, weights=weights, include_top=False, **options)
+        return backbone, affine_of(importlib.import_module(constructor.__module__).preprocess_input)
+
+    return build
+
+
+register("efficientnet_b0", "EfficientNet-B0 (efficientnet package), 4M params",
+         weights=("imagenet", "noisy-student"), input_norm="imagenet", build=_efficientnet_package("EfficientNetB0"))
+for _b, _params in ((1, 6), (2, 8), (3, 11), (4, 18), (5, 29), (6, 41)):
+    register(f"efficientnet_b{_b}", f"EfficientNet-B{_b} (efficientnet package), {_params}M params",
+             weights=("imagenet", "noisy-student"), input_norm="imagenet",
+             build=_efficientnet_package(f"EfficientNetB{_b}"))
+register("efficientnet_b7", "EfficientNet-B7 (efficientnet package), 64M params",
+         weights=("imagenet", "noisy-student"), input_norm="imagenet", build=_efficientnet_package("EfficientNetB7"))
+register("efficientnet_v1_l2", "EfficientNet-L2 Noisy Student (kecam EfficientNetV1L2), 476M params",
+         weights=("noisy_student",), input_norm="imagenet", build=_kecam("efficientnet.EfficientNetV1L2"))
+register("efficientnet_v2_l", "EfficientNetV2-L (kecam EfficientNetV2L), 118M params",
+         weights=("imagenet", "imagenet21k", "imagenet21k-ft1k"), input_norm="inception",
+         build=_kecam("efficientnet.EfficientNetV2L"))
+register("efficientnet_v2_xl", "EfficientNetV2-XL (kecam EfficientNetV2XL; no plain imagenet set), 208M params",
+         weights=("imagenet21k", "imagenet21k-ft1k"), input_norm="inception",
+         build=_kecam("efficientnet.EfficientNetV2XL"))
+register("beit_l16", "BEiT-L/16 (kecam BeitLargePatch16), mean-pooled token features; dim a multiple of 16, 303M params",
+         weights=("imagenet21k-ft1k",), input_norm="inception", build=_kecam("beit.BeitLargePatch16", patch=16))
+
+
+# ---------------------------------------------------------------- weights files
+
+
+@contextlib.contextmanager
+def _local_h5(path):
+    """A local path for ``path`` (gs:// and other remote files are copied to a temp file)."""
+    if not fileio.is_remote(path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"weights file {path} does not exist")
+        yield path
+        return
+    if not fileio.exists(path):
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "weights.h5")
+        with open(local, "wb") as f:
+            f.write(fileio.read_bytes(path))
+        yield local
+
+
+def _h5_layer_shapes(path):
+    """{layer name: [weight shapes]} of a Keras .h5 weights (or full model) file."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        names = [n.decode("utf8") if isinstance(n, bytes) else n for n in group.attrs.get("layer_names", [])]
+        shapes = {}
+        for name in names:
+            weight_names = group[name].attrs.get("weight_names", [])
+            shapes[name] = [tuple(group[name][w.decode("utf8") if isinstance(w, bytes) else w].shape) for w in weight_names]
+        return shapes
+
+
+def _matching_layers(model, file_shapes):
+    """Names of ``model``'s layers whose name and weight shapes are in the file."""
+    found = []
+    for layer in model.layers:
+        weights = layer.trainable_weights + layer.non_trainable_weights
+        if weights and file_shapes.get(layer.name) == [tuple(w.shape) for w in weights]:
+            found.append(layer.name)
+    return found
+
+
+def load_weights_file(model, backbone, path):
+    """Load a Keras .h5 weights file into ``model``; returns how it was loaded.
+
+    First the whole model by layer order (a checkpoint of the same
+    architecture and head); failing that, by layer name into the model and into
+    its ``backbone`` (a checkpoint with another head, or backbone-only
+    weights), skipping layers whose shapes differ. Raises ValueError naming the
+    file when nothing fits.
+    """
+    with _local_h5(path) as local:
+        try:
+            model.load_weights(local)
+            return "whole model"
+        except (ValueError, KeyError, IndexError, OSError) as error:  # structure differs (or not HDF5)
+            whole_error = error
+        try:
+            file_shapes = _h5_layer_shapes(local)
+        except (OSError, KeyError) as error:
+            raise WeightsError(f"{path} is not a Keras .h5 weights file", [f"{path}: {error}"]) from error
+        loaded = []
+        for target in (model, backbone):
+            matching = _matching_layers(target, file_shapes)
+            if matching:
+                target.load_weights(local, by_name=True, skip_mismatch=True)
+                loaded.extend(matching)
+    if not loaded:
+        sample = ", ".join(list(file_shapes)[:8]) or "none"
+        raise WeightsError(
+            f"no weights in {path} fit {model.name}: loading the whole model failed "
+            f"({str(whole_error).splitlines()[0]}) and no layer matches by name and shape "
+            f"(file layers: {sample}{', ...' if len(file_shapes) > 8 else ''})",
+            [f"{path} was saved from another architecture, head or --dim; pass weights of {model.name}"]
+        )
+    return f"by name: {len(loaded)} layers"
+
+
+def load_checkpoint(model, path):
+    """``model.load_weights(path)`` for a fold checkpoint of exactly this model; WeightsError
+    (a DataError) naming the file if it is unreadable or of another architecture, head or size."""
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError, IndexError, OSError) as error:
+        raise WeightsError(f"{path} is not a checkpoint of {model.name} with this --dim and class count",
+                           [f"{path}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__}",
+                            "pass the --arch/--dim the checkpoint was trained with, or checkpoints of this member"]
+                           ) from error
+
+
+# ---------------------------------------------------------------- build_model
+
+
+def _parse_weights(spec, weights, n_channels):
+    """-> (named set or None, .h5 path or None)."""
+    if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "")):
+        return None, None
+    weights = os.fspath(weights)
+    if weights.endswith((".h5", ".hdf5")) or os.sep in weights or fileio.is_remote(weights):
+        return None, weights
+    if spec.weights is not None and weights not in spec.weights:
+        allowed = ", ".join(("none",) + spec.weights)
+        raise ValueError(
+            f"architecture {spec.name!r} does not offer weights {weights!r}; "
+            f"use one of: {allowed}, or a path to a .h5 weights file"
+        )
+    if n_channels != 3:
+        raise ValueError(f"pretrained weights {weights!r} need n_channels=3, got {n_channels}")
+    return weights, None
+
+
+def _pool(features):
+    rank = features.shape.rank
+    if rank == 4:
+        return layers.GlobalAveragePooling2D(name="pool")(features)
+    if rank == 3:
+        return layers.GlobalAveragePooling1D(name="pool")(features)
+    if rank == 2:
+        return features
+    raise ValueError(f"backbone output has unsupported shape {features.shape}")
+
+
+def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0, name=None,
+                normalize=True, options=None, augment_layer=None):
+    """Build a classifier: [batch, dim, dim, n_channels] in [0, 1] -> float32 softmax.
+
+    arch: a registered name (``list_architectures()``), ``kecam:<module>.<Class>``
+        or ``keras:<ApplicationName>``.
+    weights: "none"/None, a named pretrained set the architecture offers, or a
+        path (local or gs://) to a Keras .h5 weights file (see ``load_weights_file``).
+    dropout: rate of the dropout before the classifier (0 for none).
+    name: model name (default: from ``arch``).
+    normalize: add the input normalisation the backbone expects (False feeds
+        [0, 1] straight in, as the original solution did).
+    options: dict of extra keyword arguments for the architecture's builder
+        (e.g. small_cnn: width, depth, blocks; kecam: drop_connect_rate).
+    augment_layer: a weightless layer applied to the input first (e.g.
+        ``augment.GeometricAugment``: active in training only); checkpoints
+        load into the model with or without it.
+    """
+    spec = get_architecture(arch)
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    named, path = _parse_weights(spec, weights, n_channels)
+    input_shape = (dim, dim, n_channels)
+    try:
+        backbone, affine = spec.build(input_shape, named, **(options or {}))
+    except TypeError as error:
+        if "unexpected keyword" in str(error):
+            raise ValueError(f"architecture {spec.name!r} does not take option(s) {sorted(options or {})}: {error}") from error
+        raise
+
+    inputs = keras.Input(input_shape, dtype="float32", name="image")
+    x = inputs if augment_layer is None else augment_layer(inputs)
+    if normalize and affine is not None and n_channels == 3:
+        x = PixelAffine(*affine, name="input_norm")(x)
+    x = _pool(backbone(x))
+    if dropout > 0:
+        x = layers.Dropout(float(dropout), name="head_dropout")(x)
+    x = layers.Dense(n_classes, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name=name or re.sub(r"[^A-Za-z0-9_]", "_", spec.name))
+    if path is not None:
+        load_weights_file(model, backbone, path)
+    return model

@@ -1,0 +1,366 @@
+"""Features of multispectral tiles: band roles, spectral indices, masking,
+missing-value fill, normalisation, padding (core TF ops: usable in ``tf.data`` map).
+
+Band roles
+    Bands are found by the names in the manifest's ``image.bands``
+    (case-insensitive): ``SWIR``/``B11`` -> swir, ``NIR``/``B08`` -> nir,
+    ``R``/``B04`` -> red, ``G``/``B03`` -> green, ``B``/``B02`` -> blue,
+    ``QA`` -> qa, ``DEM`` -> dem (``BAND_ALIASES``). Kelp Wanted tiles are
+    ``SWIR, NIR, R, G, B, QA, DEM``; Cloud Cover chips ``B02, B03, B04, B08``.
+
+Spectral indices (``INDICES``, each defined once here)
+    Normalised differences are scale-free; the indices with additive constants
+    (EVI, EVI2, SAVI, MSAVI) and FAI are computed on reflectance, i.e. the raw
+    value times ``reflectance_scale`` plus ``reflectance_offset`` (Landsat
+    Collection 2 surface reflectance: 2.75e-5 and -0.2). An index with a
+    natural range is min-max normalised over it; the others over a range
+    fitted on training tiles (``seg_data.fit_index_ranges``) or, failing
+    that, the nominal range listed here.
+
+Masking (``mask_indices``)
+    An index is kept only on clear water: where the QA band is clear (0, or
+    any of ``qa_clear``) and DEM <= 0. Elsewhere, like wherever one of its
+    bands is missing, it takes its channel minimum (0 after normalisation).
+    Tiles without QA or DEM bands are not masked on that band.
+
+Missing values
+    A band value equal to the manifest's ``missing_value``, or any pixel whose
+    valid flag is 0, is missing; it takes the channel's minimum after
+    normalisation (0 for min-max, ``(min - mean) / std`` for z-score).
+
+Normalisation of raw bands (``norm``)
+    ``quantile``: ``(x - q01) / (q99 - q01)`` clipped to [0, 1];
+    ``minmax``: the same with the band's min and max;
+    ``zscore``: ``(x - mean) / std``, no clipping.
+    Statistics come from the manifest's ``band_stats``. A band whose range is
+    zero (e.g. a QA band that is always 0 in the 1-99 % quantiles) maps to
+    ``x - low`` clipped to [0, 1], i.e. it stays a 0/1-ish flag.
+
+Padding
+    ``pad_to_multiple`` pads H and W to a multiple of 32 (350 -> 352, one
+    pixel before and one after), ``crop_padding`` crops back.
+"""
+import dataclasses
+import math
+from typing import Callable, Optional, Tuple
+
+import tensorflow as tf
+
+BAND_ALIASES = {
+    "swir": ("swir", "swir1", "b11", "b6_swir"),
+    "nir": ("nir", "b08", "b8", "b5_nir"),
+    "red": ("r", "red", "b04", "b4"),
+    "green": ("g", "green", "b03", "b3"),
+    "blue": ("b", "blue", "b02", "b2"),
+    "qa": ("qa", "cloud", "cloud_mask"),
+    "dem": ("dem", "elevation"),
+}
+
+# Landsat 7 ETM+ centre wavelengths (nm), used by FAI's baseline interpolation.
+WAVELENGTH = {"red": 660.0, "nir": 835.0, "swir": 1650.0}
+
+_EPS = 1e-6
+
+
+def _ratio(num, den):
+    """num / den, 0 where |den| is tiny (no inf/NaN from dark or missing pixels)."""
+    ok = tf.abs(den) > _EPS
+    return tf.where(ok, num / tf.where(ok, den, tf.ones_like(den)), tf.zeros_like(num))
+
+
+def _nd(a, b):
+    return lambda r: _ratio(r[a] - r[b], r[a] + r[b])
+
+
+def _msavi(r):
+    n, red = r["nir"], r["red"]
+    root = tf.sqrt(tf.maximum(tf.square(2.0 * n + 1.0) - 8.0 * (n - red), 0.0))
+    return (2.0 * n + 1.0 - root) / 2.0
+
+
+def _fai(r):
+    t = (WAVELENGTH["nir"] - WAVELENGTH["red"]) / (WAVELENGTH["swir"] - WAVELENGTH["red"])
+    return r["nir"] - (r["red"] + (r["swir"] - r["red"]) * t)
+
+
+@dataclasses.dataclass(frozen=True)
+class Index:
+    name: str
+    formula: str
+    bands: Tuple[str, ...]
+    fn: Callable
+    natural: bool  # range is the index's own (True) or a nominal one, replaced by a fitted range
+    range: Tuple[float, float]
+    reflectance: bool  # needs reflectance (has additive constants)
+
+
+INDICES = {i.name: i for i in [
+    Index("NDVI", "(NIR - R) / (NIR + R)", ("nir", "red"), _nd("nir", "red"), True, (-1.0, 1.0), False),
+    Index("NDWI", "(G - NIR) / (G + NIR)", ("green", "nir"), _nd("green", "nir"), True, (-1.0, 1.0), False),
+    Index("GNDVI", "(NIR - G) / (NIR + G)", ("nir", "green"), _nd("nir", "green"), True, (-1.0, 1.0), False),
+    Index("MNDWI", "(G - SWIR) / (G + SWIR)", ("green", "swir"), _nd("green", "swir"), True, (-1.0, 1.0), False),
+    Index("NDMI", "(NIR - SWIR) / (NIR + SWIR)", ("nir", "swir"), _nd("nir", "swir"), True, (-1.0, 1.0), False),
+    Index("NDTI", "(R - G) / (R + G)", ("red", "green"), _nd("red", "green"), True, (-1.0, 1.0), False),
+    Index("BNDVI", "(NIR - B) / (NIR + B)", ("nir", "blue"), _nd("nir", "blue"), True, (-1.0, 1.0), False),
+    Index("EVI", "2.5 (NIR - R) / (NIR + 6 R - 7.5 B + 1)", ("nir", "red", "blue"),
+          lambda r: 2.5 * _ratio(r["nir"] - r["red"], r["nir"] + 6.0 * r["red"] - 7.5 * r["blue"] + 1.0),
+          False, (-1.0, 1.0), True),
+    Index("EVI2", "2.5 (NIR - R) / (NIR + 2.4 R + 1)", ("nir", "red"),
+          lambda r: 2.5 * _ratio(r["nir"] - r["red"], r["nir"] + 2.4 * r["red"] + 1.0), False, (-1.0, 1.0), True),
+    Index("SAVI", "1.5 (NIR - R) / (NIR + R + 0.5)", ("nir", "red"),
+          lambda r: 1.5 * _ratio(r["nir"] - r["red"], r["nir"] + r["red"] + 0.5), True, (-1.5, 1.5), True),
+    Index("MSAVI", "(2 NIR + 1 - sqrt((2 NIR + 1)^2 - 8 (NIR - R))) / 2", ("nir", "red"), _msavi, True,
+          (-1.0, 1.0), True),
+    Index("CIG", "NIR / G - 1 (chlorophyll index green)", ("nir", "green"),
+          lambda r: _ratio(r["nir"], r["green"]) - 1.0, False, (-1.0, 5.0), False),
+    Index("SR", "NIR / R (simple ratio)", ("nir", "red"), lambda r: _ratio(r["nir"], r["red"]), False, (0.0, 8.0), False),
+    Index("VARI", "(G - R) / (G + R - B)", ("green", "red", "blue"),
+          lambda r: _ratio(r["green"] - r["red"], r["green"] + r["red"] - r["blue"]), False, (-1.0, 1.0), False),
+    Index("FAI", "NIR - (R + (SWIR - R) (835 - 660) / (1650 - 660)) (floating algae)", ("nir", "red", "swir"),
+          _fai, False, (-0.05, 0.1), True),
+]}
+
+
+def band_roles(bands):
+    """{role: band position} of the bands whose name is a known alias (see BAND_ALIASES)."""
+    roles = {}
+    for pos, name in enumerate(bands):
+        for role, aliases in BAND_ALIASES.items():
+            if str(name).strip().lower() in aliases and role not in roles:
+                roles[role] = pos
+    return roles
+
+
+def check_indices(names, bands):
+    """Raise ValueError naming every unknown index or index whose bands are absent."""
+    roles = band_roles(bands)
+    problems = []
+    for name in names:
+        if name not in INDICES:
+            problems.append(f"unknown index {name!r} (known: {', '.join(INDICES)})")
+            continue
+        absent = [b for b in INDICES[name].bands if b not in roles]
+        if absent:
+            problems.append(f"index {name} needs band(s) {', '.join(absent)}, not among bands {list(bands)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def role_planes(image, bands):
+    """{role: float32 plane [..., H, W]} of the bands with a known role (channel-first copies)."""
+    planes = tf.experimental.numpy.moveaxis(tf.cast(image, tf.float32), -1, 0)
+    return {role: planes[pos] for role, pos in band_roles(bands).items()}
+
+
+def index_planes(raw, names, reflectance_scale=1.0, reflectance_offset=0.0):
+    """[plane] of the indices ``names`` from role planes (``role_planes``)."""
+    refl = {role: raw[role] * float(reflectance_scale) + float(reflectance_offset) for role in raw}
+    return [INDICES[n].fn(refl if INDICES[n].reflectance else raw) for n in names]
+
+
+def clear_water_plane(raw, qa_clear=(0,)):
+    """bool plane: QA clear and DEM <= 0 (True where the band is absent)."""
+    keep = tf.ones(tf.shape(next(iter(raw.values()))), tf.bool)
+    if "qa" in raw:
+        keep &= tf.reduce_any(tf.stack([tf.equal(raw["qa"], float(v)) for v in qa_clear]), 0)
+    if "dem" in raw:
+        keep &= raw["dem"] <= 0.0
+    return keep
+
+
+def compute_indices(image, bands, names, reflectance_scale=1.0, reflectance_offset=0.0):
+    """Raw spectral indices ``[..., H, W, len(names)]`` float32 of an image ``[..., H, W, C]``.
+
+    No masking or normalisation; a division by ~0 gives 0.
+    """
+    check_indices(names, bands)
+    if not names:
+        return tf.zeros(tf.concat([tf.shape(image)[:-1], [0]], 0), tf.float32)
+    return tf.stack(index_planes(role_planes(image, bands), names, reflectance_scale, reflectance_offset), -1)
+
+
+def clear_water(image, bands, qa_clear=(0,)):
+    """bool ``[..., H, W]``: QA clear and DEM <= 0 (True where the band is absent)."""
+    return clear_water_plane(role_planes(image, bands), qa_clear)
+
+
+def _stat(stats, key, band):
+    if key not in stats or stats[key] is None or not math.isfinite(float(stats[key])):
+        raise ValueError(f"band_stats of band {band!r} has no finite {key!r}")
+    return float(stats[key])
+
+
+def band_affine(band_stats, norm):
+    """(scale, shift, low, high, fill) per band: ``y = clip((x - shift) * scale, low, high)``.
+
+    fill is the channel minimum after normalisation (the value of missing pixels).
+    """
+    out = []
+    for s in band_stats:
+        band = s.get("band", "?")
+        if norm in ("quantile", "minmax"):
+            lo_key, hi_key = ("q01", "q99") if norm == "quantile" else ("min", "max")
+            lo, hi = _stat(s, lo_key, band), _stat(s, hi_key, band)
+            scale = 1.0 / (hi - lo) if hi - lo > _EPS else 1.0
+            out.append((scale, lo, 0.0, 1.0, 0.0))
+        elif norm == "zscore":
+            mean, std, low = _stat(s, "mean", band), _stat(s, "std", band), _stat(s, "min", band)
+            scale = 1.0 / std if std > _EPS else 1.0
+            out.append((scale, mean, -math.inf, math.inf, (low - mean) * scale))
+        else:
+            raise ValueError(f"unknown normalisation {norm!r}; use quantile, minmax or zscore")
+    return out
+
+
+class Features:
+    """Raw tile -> normalised features ``[H, W, F]`` float32 (see module doc).
+
+    manifest: a segmentation manifest (``image`` and ``band_stats``).
+    bands: names of the raw bands to keep as channels (default: all; e.g.
+        drop QA/DEM). indices: names from ``INDICES``.
+    norm: quantile | minmax | zscore (raw bands; indices always min-max).
+    index_ranges: {name: (low, high)} overriding an index's range (fitted).
+    mask_indices: keep indices only on clear water (QA clear, DEM <= 0).
+    jit_compile: compute through one XLA-compiled function (one compile per input shape).
+    """
+
+    def __init__(self, manifest, bands=None, indices=(), norm="quantile", index_ranges=None, mask_indices=True,
+                 qa_clear=(0,), reflectance_scale=1.0, reflectance_offset=0.0, jit_compile=True):
+        image = manifest["image"]
+        self.all_bands = list(image["bands"])
+        self.bands = list(self.all_bands if bands is None else bands)
+        unknown = [b for b in self.bands if b not in self.all_bands]
+        if unknown:
+            raise ValueError(f"bands {unknown} are not in the dataset's bands {self.all_bands}")
+        self.indices = list(indices)
+        check_indices(self.indices, self.all_bands)
+        stats = {s["band"]: s for s in manifest["band_stats"]}
+        missing_stats = [b for b in self.bands if b not in stats]
+        if missing_stats:
+            raise ValueError(f"manifest band_stats has no statistics for band(s) {missing_stats}")
+        self.norm = norm
+        self._affine = band_affine([stats[b] for b in self.bands], norm)
+        self._positions = [self.all_bands.index(b) for b in self.bands]
+        self.index_ranges = {n: tuple(float(v) for v in (index_ranges or {}).get(n, INDICES[n].range))
+                             for n in self.indices}
+        self.missing_value = image.get("missing_value")
+        self.mask_indices = bool(mask_indices)
+        self.qa_clear = tuple(qa_clear)
+        self.reflectance = (float(reflectance_scale), float(reflectance_offset))
+        self.shape = tuple(int(s) for s in image["shape"])
+        self.dtype = image["dtype"]
+        # XLA fuses the ~10 elementwise passes per channel: 2x (bands) to 8x (bands + 10
+        # indices) faster in tf.data on CPU (bench/bench_seg_pipeline.py)
+        self._compiled = tf.function(self._compute, jit_compile=True) if jit_compile else None
+        self._compiled_padded = {}  # pad multiple -> compiled features + reflect padding
+
+    @property
+    def names(self):
+        return self.bands + self.indices
+
+    @property
+    def n_channels(self):
+        return len(self.names)
+
+    def missing(self, image, valid=None):
+        """bool ``[H, W, C]``: band value missing (missing_value, or the pixel is not valid)."""
+        image = tf.convert_to_tensor(image)
+        miss = tf.zeros(tf.shape(image), tf.bool)
+        if self.missing_value is not None:
+            miss = tf.equal(image, tf.cast(self.missing_value, image.dtype))
+        if valid is not None:
+            miss |= tf.equal(tf.cast(valid, tf.int32), 0)[..., tf.newaxis]
+        return miss
+
+    def __call__(self, image, valid=None, pad_multiple=0):
+        """image: raw ``[..., H, W, C]`` of the dataset dtype; valid: ``[..., H, W]`` 0/1 or None.
+
+        pad_multiple: also reflect-pad H and W to a multiple of it (``pad_to_multiple``),
+        inside the same compiled function (one write of the features instead of two).
+        """
+        image = tf.convert_to_tensor(image)
+        if valid is None:
+            valid = tf.ones(tf.shape(image)[:-1], tf.uint8)
+        valid = tf.convert_to_tensor(valid)
+        if not pad_multiple:
+            return (self._compiled or self._compute)(image, valid)
+
+        def padded(i, v):
+            return pad_to_multiple(self._compute(i, v), pad_multiple, "REFLECT")
+
+        if self._compiled is None:
+            return padded(image, valid)
+        if pad_multiple not in self._compiled_padded:
+            self._compiled_padded[pad_multiple] = tf.function(padded, jit_compile=True)
+        return self._compiled_padded[pad_multiple](image, valid)
+
+    def _compute(self, image, valid):
+        miss = self.missing(image, valid)
+        x = tf.cast(image, tf.float32)
+        # raw bands: one vectorised affine + clip + fill over the selected channels
+        scale, shift, low, high, fill = (tf.constant(v, tf.float32, shape=[len(self._affine)])
+                                         for v in (list(zip(*self._affine)) or [()] * 5))
+        if self._positions == list(range(len(self.all_bands))):  # all bands in order: no gather
+            chosen, chosen_miss = x, miss
+        else:
+            positions = tf.constant(self._positions, tf.int32, shape=[len(self._positions)])
+            chosen, chosen_miss = tf.gather(x, positions, axis=-1), tf.gather(miss, positions, axis=-1)
+        # minimum/maximum: clip_by_value costs twice as much here
+        out = tf.where(chosen_miss, fill, tf.minimum(tf.maximum((chosen - shift) * scale, low), high))
+        if not self.indices:
+            return out
+        values, oks = self.raw_indices(image, valid, miss)
+        channels = []
+        for name, value, ok in zip(self.indices, values, oks):
+            lo, hi = self.index_ranges[name]
+            value = tf.minimum(tf.maximum((value - lo) * (1.0 / max(hi - lo, _EPS)), 0.0), 1.0)
+            channels.append(tf.where(ok, value, 0.0))
+        return tf.concat([out, tf.experimental.numpy.moveaxis(tf.stack(channels), 0, -1)], -1)
+
+    def raw_indices(self, image, valid=None, miss=None):
+        """([index plane], [kept plane]) of the configured indices before normalisation:
+        kept = none of the index's bands missing and, with ``mask_indices``, clear water."""
+        miss = self.missing(image, valid) if miss is None else miss
+        miss_planes = tf.experimental.numpy.moveaxis(miss, -1, 0)
+        raw = role_planes(image, self.all_bands)
+        roles = band_roles(self.all_bands)
+        keep = clear_water_plane(raw, self.qa_clear) if self.mask_indices else None
+        values = index_planes(raw, self.indices, *self.reflectance)
+        oks = []
+        for name in self.indices:
+            ok = tf.logical_not(tf.reduce_any(tf.stack([miss_planes[roles[b]] for b in INDICES[name].bands]), 0))
+            oks.append(ok if keep is None else ok & keep)
+        return values, oks
+
+
+# ---------------------------------------------------------------- padding
+
+
+def padding_for(size, multiple=32):
+    """(before, after) pixels that pad ``size`` to a multiple of ``multiple``: 350 -> (1, 1)."""
+    total = -int(size) % int(multiple)
+    return total // 2, total - total // 2
+
+
+def pad_to_multiple(x, multiple=32, mode="REFLECT", constant=0):
+    """Pad the two axes before the last of ``x`` ([H, W, C] or [B, H, W, C]) to a multiple.
+
+    mode: REFLECT (images), SYMMETRIC or CONSTANT (masks; ``constant`` value).
+    Static shapes in, static shapes out.
+    """
+    x = tf.convert_to_tensor(x)
+    height, width = x.shape[-3], x.shape[-2]
+    if height is None or width is None:
+        raise ValueError(f"pad_to_multiple needs static H and W, got shape {x.shape}")
+    pads = [[0, 0]] * (x.shape.rank - 3) + [list(padding_for(height, multiple)), list(padding_for(width, multiple)), [0, 0]]
+    if mode.upper() == "CONSTANT":
+        return tf.pad(x, pads, constant_values=tf.cast(constant, x.dtype))
+    return tf.pad(x, pads, mode=mode.upper())
+
+
+def crop_padding(x, height, width, multiple=32):
+    """Undo ``pad_to_multiple``: the central ``[height, width]`` of the two axes before the
+    last of ``x`` ([Hp, Wp, C] or [B, Hp, Wp, C])."""
+    top, _ = padding_for(height, multiple)
+    left, _ = padding_for(width, multiple)
+    return x[..., top:top + height, left:left + width, :]

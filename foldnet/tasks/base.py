@@ -1,0 +1,380 @@
+"""The task seam: everything that depends on what is predicted, behind one interface.
+
+The machinery (``runner``, ``train``, ``predict``, ``scores``, ``ensemble``,
+``rundir``) knows folds, checkpoints, resume, TTA counts, file formats and
+weighted averages; it never knows what a record holds, what the model
+outputs or how a submission looks. It asks the run's task, chosen by the
+manifest's ``"task"`` field (``for_manifest``; absent = ``"classification"``).
+
+Adding a task is adding a module that defines a ``Task`` subclass and calls
+``register`` on an instance, plus one line in ``_MODULES`` below so that the
+registry can import it on demand. Nothing else changes. The single
+classification implementation is ``foldnet/classification.py``; read it as
+the worked example.
+
+Words used below
+----------------
+cfg
+    The settings of ``run.py``: a frozen, validated ``config.Config`` (reads
+    as a mapping: ``cfg["dim"]``; ``cfg.aug`` is the augmentation object,
+    ``cfg["arch_options"]`` the builder options). Tasks read the keys they
+    need (``dim``, ``batch_size``, ``tta_number``, ``arch``, ``dropout``,
+    ``label_smoothing``, ...); new settings are added to ``config.FLAGS`` (and
+    their bounds to ``config.BOUNDS``). Helpers outside ``run.py`` (benches)
+    may pass a plain dict with the keys the method reads.
+spec
+    What the outputs mean, shared by every fold and member of an ensemble
+    (classification: the ``LabelMap``). Any object with ``fingerprint() ->
+    str``, ``save(path)`` and ``==``. Its fingerprint is stored in every
+    prediction file (key ``label_map_fingerprint``, kept for old files) and
+    members whose specs differ are never averaged.
+outputs
+    A model's predictions for one split as a float32 array ``[n_tta, n,
+    *item_shape]``; view 0 is the identity view and every view is already
+    mapped back to the identity frame (for maps: inverse TTA applied), so the
+    machinery may average over axis 0. classification: ``[n_tta, n, C]``
+    probabilities; segmentation: ``[n_tta, n, H, W]`` probability maps.
+targets
+    The true values of the rows, ``[n, *target_shape]`` (classification:
+    int64 class indices, -1 for test rows; segmentation: uint8 masks).
+
+What a task provides (attributes and methods of ``Task``)
+--------------------------------------------------------
+Identity and spec
+
+- ``name``: the manifest's ``task`` value.
+- ``spec_file``: file name of the spec in a run directory (``label_map.json``).
+- ``load_spec(manifest)``: the spec of a TFRecord directory.
+- ``read_spec(path)``: a spec saved with ``spec.save(path)``.
+- ``spec_settings(spec)``: dict of the spec's values that fix the model's
+  structure (classification: ``{"n_classes": C}``); stored with a fold's
+  settings so a resume with another spec is refused.
+
+Records and tf.data (all datasets made of core TF ops, static shapes)
+
+- ``cache_mode(cfg, n_examples, encoded_mb)``: what ``train_dataset``
+  caches: ``cfg["cache"]`` unless it is ``auto``, which the task resolves
+  from the sizes it knows (default: ``encoded`` if the record bytes fit in
+  ``cfg["cache_budget_mb"]``, else ``none``).
+- ``train_dataset(files, spec, cfg, *, seed, cache, drop_remainder, n_workers)``:
+  endless shuffled, augmented batches ``(x, y)`` for ``model.fit``.
+- ``eval_dataset(files, spec, cfg)``: deterministic batches ``(x, y)`` for
+  validation during fit.
+- ``read_ids_targets(files)``: ``(ids list[str], targets ndarray)`` in file
+  order, without decoding inputs.
+- ``predict_files(model, files, cfg, verbose=0)``: ``outputs`` of the records
+  of ``files`` in file order, every TTA view in one pass over the data, views
+  merged to the identity frame (``cfg["tta_number"] + 1`` views).
+- ``tta_names(tta_number)``: names of the views, identity first.
+
+Model
+
+- ``check_config(cfg, spec)``: list of problems of the settings for this task
+  and spec that the generic validation (``config``) cannot see (e.g. an
+  unknown architecture); the runner raises them as one ConfigError before
+  any model is built.
+- ``build_model(cfg, spec, weights)``: the Keras model (input pipeline
+  contract of the task, head and output activation; float32 outputs under
+  mixed precision). ``weights`` overrides ``cfg["weights"]`` (None when a
+  checkpoint is loaded afterwards).
+- ``compile_model(model, cfg, spec, optimizer)``: loss and Keras metrics.
+- ``default_monitor``: the ``--monitor`` a recipe of this task would use.
+- ``monitor_mode(monitor)``: ``"min"`` or ``"max"``.
+
+Prediction files (``rundir`` writes and reads them; the task says how its
+arrays are stored)
+
+- ``encode_outputs(outputs)``: the array stored under ``outputs`` (e.g.
+  float32 as is, or uint8-quantised maps). Must keep axes ``[n_tta, n, ...]``.
+- ``decode_outputs(stored)``: back to float32 (any leading block of rows, so
+  the ensemble can stream).
+- ``encode_targets(targets)``: the array stored under ``labels``.
+
+Scoring (no TensorFlow; light processes)
+
+- ``score_keys``: names of the scores ``score`` returns, in table order.
+- ``score(targets, outputs, spec)``: dict of ``score_keys`` for one ``[n,
+  ...]`` (TTA-reduced) output array.
+- ``fit_metrics``: dict ``name -> f(targets, outputs, spec) -> float``
+  (higher is better) usable to fit member weights; ``default_fit_metric``.
+- ``invalid_targets(targets, outputs)``: ``(bad, reason)``: bool ``[n]`` of
+  OOF rows that cannot be scored given their decoded ``[n_tta, n, ...]``
+  outputs, and a phrase naming the problem (classification: label outside
+  ``[0, C)``).
+- ``score_note``: one Markdown sentence explaining the score columns.
+- ``fit_post(targets, outputs, spec, folds=None)``: post-processing
+  parameters fitted on OOF outputs (``folds``: each row's fold; passed only
+  to tasks with a ``post_file``, so ``fit_post(targets, outputs, spec)`` of
+  other tasks keeps working),
+  as a small JSON-able dict such as ``{"threshold": 0.48}``, or None.
+  segmentation: the Dice threshold; classification: the open-set rule
+  (``openset.fit_rule``). Fitted on the ensemble's OOF blend (final member
+  weights), reported in the ensemble's scores.md (``post_markdown``) and
+  passed to ``write_submission``.
+- ``post_file``: file name in a run directory where the score job saves the
+  member's own ``fit_post`` (None: not saved; classification:
+  ``openset_rule.json``). When set, the ensemble fits ``post`` only if every
+  scored member has that file (run directories written before it keep
+  their old submissions).
+- ``post_markdown(post)``: a Markdown section about ``post`` (default: none).
+- ``describe_post(post)``: one line about ``post`` (default: ``key = value``
+  pairs).
+- ``row_value_key`` / ``row_values(model, files, reference_files, cfg,
+  cache)``: an extra per-row array the prediction files store under that key
+  when ``--openset_features`` is on (classification: cosine similarity to the
+  nearest training image of the fold, ``reference_files``; ``cache`` is one
+  dict per fold). The score job and the ensemble average it like the outputs
+  (``rundir.row_values``) and pass it to ``fit_post(..., values=)`` and
+  ``write_submission(..., values=)`` (default key None: nothing stored).
+
+Streaming scores (the score job and the ensemble never hold all OOF outputs)
+
+- ``scorer(spec, groups=None)``: an accumulator with ``add(targets, outputs,
+  ids)`` (one block of TTA-reduced ``[b, ...]`` rows; called block after
+  block), ``scores()`` (the dict ``score`` would return for all rows added),
+  ``metric(name)`` (a ``fit_metrics`` value), ``post(folds=None)``
+  (``fit_post``; ``folds`` {id: fold} only for tasks with a ``post_file``),
+  ``report(stem, title)`` (``report``) and ``merge(other)`` (add another
+  scorer's rows, as if added here after this one's). ``groups``: {id: group} of the rows
+  (e.g. tiles.csv locations) or None. Default (``CollectScorer``): keeps the
+  blocks and calls ``score`` / ``fit_post`` / ``report`` on them, right for
+  small outputs such as class probabilities; segmentation accumulates counts.
+- ``groups(tfrec_dir)``: {id: group} for ``scorer`` from a TFRecord
+  directory, or None (default).
+
+Reports (optional)
+
+- ``report(stem, targets, outputs, title)``: extra files about TTA-reduced
+  OOF outputs (segmentation: Dice-vs-threshold table ``stem.threshold.md``
+  and PNG), written by the score job for all folds' TTA-mean OOF outputs
+  (stem ``RUN_DIR/oof``); returns the paths (default: none).
+
+Submission
+
+- ``submission_name``: file name of the ``subm`` job's output in the run dir.
+- ``default_template(data_dir, tfrec_dir)``: the template when none is given
+  (classification: ``DATA_DIR/sample_submission.csv``).
+- ``test_ids(template_path)``: the ids a submission must cover, in the
+  submission's order (classification: the template CSV's first column).
+- ``write_submission(ids, outputs, spec, template_path, out_path, k, post)``:
+  turn the ensemble's averaged ``[n, ...]`` outputs (and ``post`` from
+  ``fit_post``, None if nothing was fitted) into the competition's files,
+  validated before they are written (atomic); returns a short description.
+  classification: CSV with the top-k labels under the new-individual rule.
+"""
+import importlib
+import os
+
+import numpy as np
+
+from foldnet.core.errors import ConfigError
+
+DEFAULT_TASK = "classification"
+
+# task name -> module that registers it when imported. One line per task.
+_MODULES = {
+    "classification": "foldnet.tasks.classification.task",
+    "segmentation": "foldnet.tasks.segmentation.task",
+    "temporal_regression": "foldnet.tasks.temporal.task",
+}
+
+_REGISTRY = {}
+
+
+class Task:
+    """Base class of a task; see the module doc for what each member must do."""
+
+    name = None
+    spec_file = None
+    default_monitor = "val_loss"
+    score_keys = ()
+    default_fit_metric = None
+    score_note = ""
+    submission_name = "submission.csv"
+
+    # -- spec
+    def load_spec(self, manifest):
+        raise NotImplementedError
+
+    def read_spec(self, path):
+        raise NotImplementedError
+
+    def manifest_spec(self, path):
+        """The spec of the TFRecord directory of ``path`` when ``path`` does not exist but a
+        ``manifest.json`` sits beside it (TFRecord directories hold no spec file), else None."""
+        if os.path.exists(path):
+            return None
+        manifest_path = os.path.join(os.path.dirname(path), "manifest.json")
+        if not os.path.exists(manifest_path):
+            return None
+        from foldnet.core import fileio
+
+        manifest = fileio.read_json(manifest_path)
+        manifest["dir"] = os.path.dirname(path)
+        return self.load_spec(manifest)
+
+    def spec_settings(self, spec):
+        return {}
+
+    # -- data
+    def cache_mode(self, cfg, n_examples, encoded_mb):
+        if cfg["cache"] != "auto":
+            return cfg["cache"]
+        return "encoded" if encoded_mb <= cfg["cache_budget_mb"] else "none"
+
+    def train_dataset(self, files, spec, cfg, *, seed, cache, drop_remainder, n_workers):
+        raise NotImplementedError
+
+    def eval_dataset(self, files, spec, cfg):
+        raise NotImplementedError
+
+    def read_ids_targets(self, files):
+        raise NotImplementedError
+
+    def predict_files(self, model, files, cfg, verbose=0):
+        raise NotImplementedError
+
+    def tta_names(self, tta_number):
+        raise NotImplementedError
+
+    # -- model
+    def check_config(self, cfg, spec):
+        return []
+
+    def build_model(self, cfg, spec, weights):
+        raise NotImplementedError
+
+    def compile_model(self, model, cfg, spec, optimizer):
+        raise NotImplementedError
+
+    def monitor_mode(self, monitor):
+        return "min" if "loss" in monitor else "max"
+
+    # -- prediction files
+    def encode_outputs(self, outputs):
+        return outputs
+
+    def decode_outputs(self, stored):
+        return stored
+
+    def encode_targets(self, targets):
+        return targets
+
+    # -- scoring
+    @property
+    def fit_metrics(self):
+        return {}
+
+    def score(self, targets, outputs, spec):
+        raise NotImplementedError
+
+    def invalid_targets(self, targets, outputs):
+        raise NotImplementedError
+
+    post_file = None
+    row_value_key = None
+
+    def row_values(self, model, files, reference_files, cfg, cache):
+        return {}
+
+    def fit_post(self, targets, outputs, spec, folds=None):
+        return None
+
+    def post_markdown(self, post):
+        return ""
+
+    def describe_post(self, post):
+        return ", ".join(f"{k} = {v}" for k, v in post.items())
+
+    def report(self, stem, targets, outputs, title):
+        return []
+
+    def scorer(self, spec, groups=None):
+        return CollectScorer(self, spec)
+
+    def groups(self, tfrec_dir):
+        return None
+
+    # -- submission
+    def default_template(self, data_dir, tfrec_dir):
+        return os.path.join(data_dir, "sample_submission.csv")
+
+    def test_ids(self, template_path):
+        raise NotImplementedError
+
+    def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<task {self.name}>"
+
+
+class CollectScorer:
+    """Default ``Task.scorer``: keeps the added blocks and scores their concatenation."""
+
+    def __init__(self, task, spec):
+        self.task, self.spec = task, spec
+        self._targets, self._outputs, self._ids = [], [], []
+
+    def add(self, targets, outputs, ids=None):
+        self._targets.append(np.asarray(targets))
+        self._outputs.append(np.asarray(outputs))
+        self._ids.append(None if ids is None else np.asarray(ids).astype(str))
+        return self
+
+    def merge(self, other):
+        self._targets += other._targets
+        self._outputs += other._outputs
+        self._ids += other._ids
+        return self
+
+    def _all(self):
+        return np.concatenate(self._targets), np.concatenate(self._outputs)
+
+    def scores(self):
+        return self.task.score(*self._all(), self.spec)
+
+    def metric(self, name):
+        return self.task.fit_metrics[name](*self._all(), self.spec)
+
+    def post(self, folds=None, values=None):
+        """``fit_post``; with ``folds`` ({id: fold}, tasks with a ``post_file``) each row's fold too, and
+        with ``values`` ({id: value}, tasks with a ``row_value_key``) each row's stored value."""
+        if folds is None:
+            return self.task.fit_post(*self._all(), self.spec)
+        ids = [i for block in self._ids for i in block]
+        kw = {"folds": np.array([folds[i] for i in ids])}
+        if values is not None:
+            kw["values"] = np.array([values[i] for i in ids])
+        return self.task.fit_post(*self._all(), self.spec, **kw)
+
+    def report(self, stem, title):
+        return self.task.report(stem, *self._all(), title)
+
+
+def register(task):
+    """Add ``task`` (a Task instance) to the registry under ``task.name``; returns it."""
+    if not isinstance(task, Task) or not task.name:
+        raise TypeError(f"register expects a named Task instance, got {task!r}")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def names():
+    """Names of the tasks foldnet knows (registered or importable)."""
+    return sorted(set(_MODULES) | set(_REGISTRY))
+
+
+def get(name):
+    """The registered task ``name`` (its module is imported on first use); ConfigError if unknown."""
+    name = name or DEFAULT_TASK
+    if name not in _REGISTRY and name in _MODULES:
+        importlib.import_module(_MODULES[name])
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def for_manifest(manifest):
+    """The task of a TFRecord directory (its manifest's ``task`` field)."""
+    return get(manifest.get("task") or DEFAULT_TASK)

@@ -1,0 +1,1 @@
+"""foldnet.tasks.base.segmentation."""

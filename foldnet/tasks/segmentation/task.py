@@ -1,0 +1,437 @@
+"""The segmentation task (Kelp Wanted, On Cloud N): the implementation of ``tasks.Task`` for it.
+
+Records: ``seg_records`` (raw bands, mask, valid mask, group), manifest with
+``image`` and ``band_stats``, ``tiles.csv``. Inputs: ``spectral.Features``
+(settings ``seg_bands``, ``indices``, ``norm``, ``mask_indices``; index ranges
+without a natural range fitted once on the first 64 training tiles in file
+order, unsupervised like the manifest's band statistics, and stored in the run
+dir as ``index_ranges.json`` so prediction uses the training values) padded to a multiple
+of 32. Training: ``seg_data.train_dataset`` with paired augmentation (see
+``augment_options``), the weighted tile sampler (``sampler``: terms of
+``tiles.csv``) and ``tiles_per_epoch``. Model: ``unet.build_unet`` (``arch``
+``tiny`` or a registered backbone; ``arch_options`` may hold
+``decoder_filters``, the rest goes to the backbone builder), float32 sigmoid
+``[B, Hp, Wp, 1]``. Loss: ``seg_losses.make_loss(cfg["loss"] or "dice")``;
+Keras metrics ``dice``, ``iou`` and, with ``monitor: val_location_iou``,
+``location_iou`` over the groups of ``tiles.csv`` (the target then carries
+the group channel). TTA: the first
+``tta_number + 1`` of ``seg_data.TTA_VIEWS`` (identity, flip_lr, flip_ud,
+rot90, ...), each view mapped back before it is stored.
+
+Prediction files: ``outputs`` uint8 ``[n_tta, n, H, W]`` (probability x 255,
+rounded; decoded as value / 255, the ``seg_metrics`` convention), ``labels``
+uint8 masks ``[n, H, W]`` (zeros for test tiles). Scores (pooled over all
+pixels of all tiles, as the competitions score): ``dice`` and ``iou`` at 0.5,
+``location_iou`` when tiles.csv names groups (``groups``), ``dice_best`` at
+the threshold ``threshold`` that maximises OOF Dice; all accumulated tile
+block by tile block (``SegScorer`` over ``seg_metrics.Scores``), so the score
+job and the ensemble stream OOF maps of any size. ``fit_post``: that threshold on the
+ensemble's OOF blend; ``write_submission`` thresholds with it (0.5 without
+OOF) and writes one uint8 TIFF per test tile (``seg_submission``) named as
+the manifest's ``submission_naming``; a ``.tar`` path gives a tar.
+
+The spec (``SegSpec``) is what the outputs mean: tile shape, band names,
+layout and submission naming; saved as ``seg_spec.json``. A TFRecord
+directory has no such file; ``read_spec`` of ``TFREC_DIR/seg_spec.json``
+reads the spec from the directory's manifest.json instead.
+
+Template (the test tiles a submission must cover): ``TFREC_DIR/tiles.csv``
+(rows with split ``test``), or any CSV whose first column lists tile ids.
+"""
+import json
+import os
+
+import numpy as np
+
+from foldnet.core import fileio
+from foldnet.tasks.segmentation import metrics as seg_metrics
+from foldnet.tasks import base as tasks
+from foldnet.core.errors import ConfigError, DataError
+
+SPEC_FILE = "seg_spec.json"
+PAD_MULTIPLE = 32
+INDEX_FIT_TILES = 64
+INDEX_RANGES_FILE = "index_ranges.json"  # in the run dir: the ranges training used
+DEFAULT_LOSS = "dice"
+
+
+class SegSpec:
+    """What a segmentation member's outputs mean (see module doc)."""
+
+    def __init__(self, shape, bands, layout, naming):
+        self.shape = [int(s) for s in shape]          # [H, W, C] of the raw tiles
+        self.bands = [str(b) for b in bands]
+        self.layout = str(layout)
+        self.naming = str(naming)                       # e.g. "{id}_kelp.tif"
+
+    def to_dict(self):
+        return {"task": "segmentation", "shape": self.shape, "bands": self.bands, "layout": self.layout,
+                "naming": self.naming}
+
+    @classmethod
+    def from_manifest(cls, manifest):
+        image = manifest.get("image") or {}
+        missing = [k for k in ("shape", "bands") if k not in image]
+        if missing or "submission_naming" not in manifest:
+            raise DataError(f"manifest of {manifest.get('dir')} is not a segmentation manifest",
+                            [f"missing image.{k}" for k in missing]
+                            + ([] if "submission_naming" in manifest else ["missing submission_naming"]))
+        return cls(image["shape"], image["bands"], manifest.get("layout", "seg"), manifest["submission_naming"])
+
+    def fingerprint(self):
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def save(self, path):
+        fileio.atomic_write_json(path, self.to_dict())
+
+    def __eq__(self, other):
+        return isinstance(other, SegSpec) and other.to_dict() == self.to_dict()
+
+    def __repr__(self):
+        return f"SegSpec({self.to_dict()})"
+
+
+def _manifest_of(files):
+    """The manifest (with ``dir``) of the TFRecord directory holding ``files`` (json only, no TF)."""
+    tfrec_dir = os.path.dirname(str(files[0]))
+    manifest = fileio.read_json(fileio.join(tfrec_dir, "manifest.json"))
+    manifest["dir"] = tfrec_dir
+    return manifest
+
+
+def tta_views(tta_number):
+    from foldnet.tasks.segmentation import data as seg_data
+
+    if tta_number + 1 > len(seg_data.TTA_VIEWS):
+        raise ConfigError(f"tta_number {tta_number}: segmentation has {len(seg_data.TTA_VIEWS) - 1} views "
+                          f"besides the identity ({', '.join(seg_data.TTA_VIEWS[1:])})")
+    return list(seg_data.TTA_VIEWS[:tta_number + 1])
+
+
+def augment_options(cfg):
+    """``seg_data.paired_augment`` options from the shared augmentation settings:
+    aug_number >= 1 flips, >= 3 also 90-degree turns (augment.TRANSFORMS order: identity,
+    flip_lr, flip_ud, rot90, ...); aug_crop_scale: zoom 1/(1+x)..(1+x) and shift x/2;
+    aug_rotate: small rotation in degrees."""
+    aug = cfg.aug if hasattr(cfg, "aug") else None
+    number = aug.number if aug else cfg["aug_number"]
+    crop = aug.crop_scale if aug else cfg["aug_crop_scale"]
+    rotate = aug.rotate if aug else cfg["aug_rotate"]
+    return {"flip": number >= 1, "rot90": number >= 3, "scale": float(crop), "shift": float(crop) / 2,
+            "rotate": float(rotate)}
+
+
+def refuse_csv(out_path, task_name):
+    """ConfigError when a map submission (directory of TIFFs or .tar) is asked for as a CSV file."""
+    if str(out_path).endswith(".csv"):
+        raise ConfigError(f"{out_path}: a {task_name} submission is a directory of TIFFs or a .tar; "
+                          "give a directory name or a path ending in .tar")
+
+
+def read_test_ids(template_path):
+    """Ids a map submission must cover: the ``id`` of the rows whose ``split`` is ``test`` of a tiles/chips
+    table (``tiles.csv``, ``chips.csv``), or the first column of any other CSV."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(template_path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read the test tile list {template_path}", [f"{template_path}: {e}"]) from e
+    if "split" in table.columns and "id" in table.columns:
+        return table.loc[table["split"] == "test", "id"].to_numpy().astype(str)
+    if table.shape[1] < 1:
+        raise DataError(f"{template_path}: no id column")
+    return table.iloc[:, 0].to_numpy().astype(str)
+
+
+class SegmentationTask(tasks.Task):
+    name = "segmentation"
+    spec_file = SPEC_FILE
+    default_monitor = "val_dice"
+    score_keys = ("dice", "iou", "location_iou", "dice_best", "threshold")
+    default_fit_metric = "dice"
+    submission_name = "submission"
+    score_note = ("dice/iou: pooled over all pixels of all tiles at threshold 0.5; location_iou (when tiles.csv "
+                  "names groups): per location sum of intersections / sum of unions at 0.5, then the mean over "
+                  "locations; dice_best: the best pooled Dice over thresholds 0.05..0.95, reached at threshold.")
+
+    def __init__(self):
+        self._index_ranges = {}
+
+    # -- spec
+    def load_spec(self, manifest):
+        return SegSpec.from_manifest(manifest)
+
+    def read_spec(self, path):
+        spec = self.manifest_spec(path)
+        if spec is not None:
+            return spec
+        d = fileio.read_json(path)
+        return SegSpec(d["shape"], d["bands"], d["layout"], d["naming"])
+
+    def spec_settings(self, spec):
+        return {"tile_shape": list(spec.shape)}
+
+    def default_template(self, data_dir, tfrec_dir):
+        return os.path.join(tfrec_dir or os.path.join(data_dir, "tfrec"), "tiles.csv")
+
+    # -- features
+    def features(self, manifest, cfg):
+        from foldnet.tasks.segmentation import data as seg_data
+        from foldnet.raster import spectral
+
+        indices = list(cfg["indices"] or [])
+        key = (cfg["run_dir"], manifest["dir"], manifest.get("fingerprint"), tuple(indices), bool(cfg["mask_indices"]))
+        ranges = self._index_ranges.get(key)
+        build = lambda r: spectral.Features(manifest, bands=cfg["seg_bands"], indices=indices,  # noqa: E731
+                                            norm=cfg["norm"], index_ranges=r, mask_indices=cfg["mask_indices"])
+        if ranges is None:
+            ranges = self._stored_index_ranges(cfg["run_dir"], indices)
+        if ranges is None:
+            from foldnet.io import records
+
+            files = records.fold_files(manifest, range(manifest["n_folds"]))
+            ranges = seg_data.fit_index_ranges(files, build(None), n_tiles=INDEX_FIT_TILES)
+            if cfg["run_dir"]:  # prediction (maybe another process, other TFRecords) reads these back
+                os.makedirs(cfg["run_dir"], exist_ok=True)
+                fileio.atomic_write_json(os.path.join(cfg["run_dir"], INDEX_RANGES_FILE),
+                                         {n: list(r) for n, r in ranges.items()})
+        self._index_ranges[key] = ranges
+        return build(ranges)
+
+    @staticmethod
+    def _stored_index_ranges(run_dir, indices):
+        """The ranges first fitted for this run (``run_dir``/index_ranges.json) if they cover ``indices``."""
+        from foldnet.raster import spectral
+
+        path = os.path.join(run_dir, INDEX_RANGES_FILE) if run_dir else None
+        if not path or not os.path.exists(path):
+            return None
+        stored = fileio.read_json(path)
+        needed = {n for n in indices if not spectral.INDICES[n].natural}
+        if not needed <= set(stored):
+            return None
+        return {n: tuple(float(v) for v in stored[n]) for n in needed}
+
+    def _group_index(self, manifest, cfg):
+        """{group: index} when the location-weighted IoU is monitored, else None."""
+        from foldnet.tasks.segmentation import data as seg_data
+
+        if cfg["monitor"] != "val_location_iou":
+            return None
+        tiles = seg_data.read_tiles_csv(manifest)
+        groups = seg_data.group_index(tiles)
+        return groups
+
+    # -- data
+    def cache_mode(self, cfg, n_examples, encoded_mb):
+        mode = super().cache_mode(cfg, n_examples, encoded_mb)
+        return "none" if mode == "none" else "encoded"
+
+    def train_dataset(self, files, spec, cfg, *, seed, cache, drop_remainder, n_workers):
+        from foldnet.tasks.segmentation import data as seg_data
+
+        manifest = _manifest_of(files)
+        features = self.features(manifest, cfg)
+        ids = weights = None
+        if cfg["sampler"]:
+            tiles = seg_data.read_tiles_csv(manifest)
+            names = {os.path.basename(f) for f in files}
+            folds = [p["fold"] for p in manifest["folds"] if names & set(p["files"])]
+            ids, weights = seg_data.sampler_weights(tiles, folds, cfg["sampler"])
+        return seg_data.train_dataset(files, features, cfg["batch_size"], tile_ids=ids, weights=weights,
+                                      augment=augment_options(cfg), cache=cache != "none",
+                                      shuffle_buffer=cfg["shuffle_buffer"], pad_multiple=PAD_MULTIPLE,
+                                      group_index=self._group_index(manifest, cfg), seed=seed, n_workers=n_workers)
+
+    def eval_dataset(self, files, spec, cfg):
+        from foldnet.tasks.segmentation import data as seg_data
+
+        manifest = _manifest_of(files)
+        return seg_data.eval_dataset(files, self.features(manifest, cfg), cfg["batch_size"],
+                                     pad_multiple=PAD_MULTIPLE, group_index=self._group_index(manifest, cfg))
+
+    def read_ids_targets(self, files):
+        from foldnet.tasks.segmentation import data as seg_data
+        from foldnet.raster import spectral
+
+        manifest = _manifest_of(files)
+        features = spectral.Features(manifest, jit_compile=False)
+        ids, masks, _, _ = seg_data.read_tiles(files, features)
+        return ids, masks
+
+    def predict_files(self, model, files, cfg, verbose=0):
+        from foldnet.tasks.segmentation import data as seg_data
+
+        manifest = _manifest_of(files)
+        return seg_data.predict_maps(model, files, self.features(manifest, cfg), cfg["batch_size"],
+                                     tta_views(cfg["tta_number"]), PAD_MULTIPLE)
+
+    def tta_names(self, tta_number):
+        return tta_views(tta_number)
+
+    # -- model
+    def check_config(self, cfg, spec):
+        from foldnet.tasks.segmentation import losses as seg_losses
+        from foldnet.raster import spectral
+        from foldnet.models import unet
+
+        problems = unet.arch_problems(cfg["arch"])
+        try:
+            seg_losses.parse_loss_spec(cfg["loss"] or DEFAULT_LOSS)
+        except ConfigError as e:
+            problems.append(str(e))
+        try:
+            spectral.check_indices(list(cfg["indices"] or []), spec.bands)
+        except ValueError as e:
+            problems.append(f"indices: {e}")
+        unknown = [b for b in (cfg["seg_bands"] or []) if b not in spec.bands]
+        if unknown:
+            problems.append(f"seg_bands {unknown} are not bands of the dataset ({', '.join(spec.bands)})")
+        try:
+            tta_views(cfg["tta_number"])
+        except ConfigError as e:
+            problems.append(str(e))
+        if not str(cfg["monitor"]).startswith("val_") or cfg["monitor"] not in (
+                "val_loss", "val_dice", "val_iou", "val_location_iou"):
+            problems.append(f"monitor {cfg['monitor']!r}: segmentation logs val_loss, val_dice, val_iou, "
+                            "val_location_iou")
+        return problems
+
+    def n_channels(self, cfg, spec):
+        return len(cfg["seg_bands"] or spec.bands) + len(cfg["indices"] or [])
+
+    def build_model(self, cfg, spec, weights):
+        from foldnet.raster import spectral
+        from foldnet.models import unet
+
+        options = dict(cfg["arch_options"] or {})
+        decoder = options.pop("decoder_filters", unet.DEFAULT_DECODER_FILTERS)
+        height, width = (h + sum(spectral.padding_for(h, PAD_MULTIPLE)) for h in spec.shape[:2])
+        return unet.build_unet(cfg["arch"], self.n_channels(cfg, spec), (height, width), weights=weights or "none",
+                               decoder_filters=decoder, options=options or None)
+
+    def compile_model(self, model, cfg, spec, optimizer):
+        from foldnet.tasks.segmentation import losses as seg_losses
+
+        names = ["dice", "iou"]
+        n_groups = None
+        if cfg["monitor"] == "val_location_iou":
+            from foldnet.io import records
+
+            n_groups = len(self._group_index(records.load_manifest(cfg["tfrec_dir"]), cfg))
+            names.append("location_iou")
+        model.compile(optimizer=optimizer, loss=seg_losses.make_loss(cfg["loss"] or DEFAULT_LOSS),
+                      metrics=seg_losses.make_metrics(names, 0.5, n_groups), jit_compile=bool(cfg["jit_compile"]))
+        return model
+
+    # -- prediction files
+    def encode_outputs(self, outputs):
+        return np.rint(np.clip(np.asarray(outputs, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+    def decode_outputs(self, stored):
+        stored = np.asarray(stored)
+        if stored.dtype == np.uint8:
+            return stored.astype(np.float32) / np.float32(255.0)
+        return stored.astype(np.float32, copy=False)
+
+    def encode_targets(self, targets):
+        return np.asarray(targets, np.uint8)
+
+    # -- scoring
+    @property
+    def fit_metrics(self):
+        return {name: (lambda t, o, s, name=name: SegScorer().add(t, o).metric(name)) for name in ("dice", "dice_best")}
+
+    def scorer(self, spec, groups=None):
+        return SegScorer(groups)
+
+    def groups(self, tfrec_dir):
+        """{tile id: group} of ``tfrec_dir``'s tiles.csv when it names groups (locations), else None."""
+        from foldnet.tasks.segmentation import data as seg_data
+
+        path = fileio.join(str(tfrec_dir), "manifest.json") if tfrec_dir else None
+        if not path or not fileio.exists(path):
+            return None
+        manifest = fileio.read_json(path)
+        manifest["dir"] = str(tfrec_dir)
+        if not manifest.get("tiles_csv"):
+            return None
+        tiles = seg_data.read_tiles_csv(manifest)
+        if "group" not in tiles.columns or not (tiles["group"].astype(str) != "").any():
+            return None
+        return dict(zip(tiles["id"].astype(str), tiles["group"].astype(str)))
+
+    def score(self, targets, outputs, spec):
+        return SegScorer().add(targets, outputs).scores()
+
+    def invalid_targets(self, targets, outputs):
+        targets = np.asarray(targets)
+        n = len(targets)
+        if targets.shape[1:] != outputs.shape[2:]:
+            return np.ones(n, bool), f"mask shape {targets.shape[1:]} != map shape {outputs.shape[2:]}"
+        return (targets.reshape(n, -1) > 1).any(axis=1), "mask values other than 0/1"
+
+    def fit_post(self, targets, outputs, spec):
+        return SegScorer().add(targets, outputs).post()
+
+    def report(self, stem, targets, outputs, title):
+        """Dice-vs-threshold table and curve (``stem``.threshold.md / .png) of OOF maps; returns the paths."""
+        return SegScorer().add(targets, outputs).report(stem, title)
+
+    # -- submission
+    def test_ids(self, template_path):
+        return read_test_ids(template_path)
+
+    def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
+        from foldnet.raster import submission as seg_submission
+
+        refuse_csv(out_path, "segmentation")
+        threshold = float((post or {}).get("threshold", 0.5))
+        tar = str(out_path).endswith(".tar")
+        with seg_submission.SubmissionWriter(out_path, ids, naming=spec.naming, shape=spec.shape[:2],
+                                             tar=tar) as writer:
+            for tile_id, prob in zip(ids, outputs):
+                writer.add(tile_id, (prob >= threshold).astype(np.uint8))
+        return f"{len(ids)} tiles, threshold {threshold:.2f}, {'tar' if tar else 'directory'}"
+
+
+class SegScorer:
+    """``Task.scorer`` of segmentation: ``seg_metrics.Scores`` fed block by block (memory: counters only).
+
+    With ``groups`` ({tile id: location}) the scores include ``location_iou``
+    (On Cloud N's validation metric).
+    """
+
+    def __init__(self, groups=None):
+        self.acc = seg_metrics.Scores(locations=groups)
+
+    def add(self, targets, outputs, ids=None):
+        self.acc.add(outputs, targets, ids if self.acc.locations is not None else None)
+        return self
+
+    def merge(self, other):
+        self.acc.merge(other.acc)
+        return self
+
+    def scores(self):
+        return self.acc.result()
+
+    def metric(self, name):
+        result = self.acc.result()
+        if name not in result:
+            raise ValueError(f"unknown segmentation fit metric {name!r}")
+        return result[name]
+
+    def post(self):
+        return {"threshold": float(self.acc.result()["threshold"])}
+
+    def report(self, stem, title):
+        rows = self.acc.curve.table()
+        return seg_metrics.write_threshold_report(rows, seg_metrics.best_threshold(rows), f"{stem}.threshold.md",
+                                                  f"{stem}.threshold.png", title=title)
+
+
+TASK = tasks.register(SegmentationTask())
