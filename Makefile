@@ -30,38 +30,38 @@ test: install
 
 demo: install
 	@start=$$(date +%s); set -e; \
-	$(BIN)/python -m foldnet.tasks.classification.demo_data --out_dir $(DEMO_DIR); \
+	$(BIN)/python -m foldnet demo-data --out_dir $(DEMO_DIR); \
 	$(BIN)/python create_tfrecords.py --data_dir $(DEMO_DIR); \
 	DATA_DIR=$(DEMO_DIR) MODELS=demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python bash run_training.sh; \
 	DATA_DIR=$(DEMO_DIR) MODELS=demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python SUBMISSION=$(DEMO_DIR)/submission.csv bash run_inference.sh; \
-	$(BIN)/python -m foldnet.tasks.classification.baseline --data_dir $(DEMO_DIR) --out $(DEMO_DIR)/baseline.csv; \
+	$(BIN)/python -m foldnet baseline --data_dir $(DEMO_DIR) --out $(DEMO_DIR)/baseline.csv; \
 	echo "== demo test set vs $(DEMO_DIR)/answers.csv"; \
 	printf "foldnet (demo, 5 folds):               "; \
-	$(BIN)/python -m foldnet.tasks.classification.evaluate --submission $(DEMO_DIR)/submission.csv --answers $(DEMO_DIR)/answers.csv; \
+	$(BIN)/python -m foldnet evaluate --submission $(DEMO_DIR)/submission.csv --answers $(DEMO_DIR)/answers.csv; \
 	printf "logistic regression on thumbnails:     "; \
-	$(BIN)/python -m foldnet.tasks.classification.evaluate --submission $(DEMO_DIR)/baseline.csv --answers $(DEMO_DIR)/answers.csv; \
+	$(BIN)/python -m foldnet evaluate --submission $(DEMO_DIR)/baseline.csv --answers $(DEMO_DIR)/answers.csv; \
 	echo "== demo finished in $$(( $$(date +%s) - start )) s"
 
 demo-seg: install
 	@start=$$(date +%s); set -e; \
-	$(BIN)/python -m foldnet.tasks.classification.demo_data --kind kelp --out_dir $(SEG_DEMO_DIR); \
+	$(BIN)/python -m foldnet demo-data --kind kelp --out_dir $(SEG_DEMO_DIR); \
 	$(BIN)/python create_tfrecords.py --data_dir $(SEG_DEMO_DIR); \
 	DATA_DIR=$(SEG_DEMO_DIR) MODELS=seg_demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python bash run_training.sh; \
 	DATA_DIR=$(SEG_DEMO_DIR) MODELS=seg_demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python \
 	  SUBMISSION=$(SEG_DEMO_DIR)/submission.tar bash run_inference.sh; \
-	$(BIN)/python -m foldnet.tasks.segmentation.baseline --data_dir $(SEG_DEMO_DIR) --out $(SEG_DEMO_DIR)/baseline.tar; \
+	$(BIN)/python -m foldnet baseline --data_dir $(SEG_DEMO_DIR) --out $(SEG_DEMO_DIR)/baseline.tar; \
 	echo "== demo test tiles vs $(SEG_DEMO_DIR)/answers (pooled Dice over all pixels)"; \
 	printf "foldnet (seg_demo, 5 folds): "; \
-	$(BIN)/python -m foldnet.tasks.segmentation.evaluate --submission $(SEG_DEMO_DIR)/submission.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
+	$(BIN)/python -m foldnet evaluate --submission $(SEG_DEMO_DIR)/submission.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
 	printf "NDVI-threshold baseline:     "; \
-	$(BIN)/python -m foldnet.tasks.segmentation.evaluate --submission $(SEG_DEMO_DIR)/baseline.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
+	$(BIN)/python -m foldnet evaluate --submission $(SEG_DEMO_DIR)/baseline.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
 	echo "== demo-seg finished in $$(( $$(date +%s) - start )) s"
 
 # The temporal model and its two baselines (same network on one month, on the mean of the
 # months) are three members trained on the same folds; each gets its own submission.
 demo-biomass: install
 	@start=$$(date +%s); set -e; \
-	$(BIN)/python -m foldnet.tasks.classification.demo_data --kind biomass --out_dir $(BIO_DEMO_DIR); \
+	$(BIN)/python -m foldnet demo-data --kind biomass --out_dir $(BIO_DEMO_DIR); \
 	$(BIN)/python create_tfrecords.py --data_dir $(BIO_DEMO_DIR) --n_folds 3; \
 	for m in biomass_demo biomass_one_month biomass_mean; do \
 	  DATA_DIR=$(BIO_DEMO_DIR) MODELS=$$m RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python bash run_training.sh; \
@@ -69,11 +69,11 @@ demo-biomass: install
 	    SUBMISSION=$(BIO_DEMO_DIR)/$$m.tar bash run_inference.sh; \
 	done; \
 	echo "== demo test chips vs $(BIO_DEMO_DIR)/answers (RMSE per chip, mean over chips; lower is better)"; \
-	$(BIN)/python -m foldnet.tasks.temporal.evaluate --submission $(BIO_DEMO_DIR)/biomass_demo.tar \
+	$(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/biomass_demo.tar \
 	  --answers $(BIO_DEMO_DIR)/answers --label "foldnet temporal UNet, 12 months"; \
-	$(BIN)/python -m foldnet.tasks.temporal.evaluate --submission $(BIO_DEMO_DIR)/biomass_one_month.tar \
+	$(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/biomass_one_month.tar \
 	  --answers $(BIO_DEMO_DIR)/answers --label "same network, one month (July)  "; \
-	$(BIN)/python -m foldnet.tasks.temporal.evaluate --submission $(BIO_DEMO_DIR)/biomass_mean.tar \
+	$(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/biomass_mean.tar \
 	  --answers $(BIO_DEMO_DIR)/answers --label "same network, mean of the months"; \
 	echo "== demo-biomass finished in $$(( $$(date +%s) - start )) s"
 

@@ -9,6 +9,6 @@ import sys
 import foldnet  # noqa: F401  (first: selects Keras 2 before TensorFlow loads)
 
 if __name__ == "__main__":  # spawned image workers re-import this file: keep their imports light
-    from foldnet.tasks.classification.convert import main
+    from foldnet.commands.convert import main
 
     sys.exit(main())

@@ -156,10 +156,10 @@ def decode_dataset(files, batch, fn):
     """Parse + ``fn(image_bytes)`` only, batches of the decoded shapes."""
     import tensorflow as tf
 
-    from foldnet.tasks.classification import data
+    from foldnet.io import tfdata
     from foldnet.io import records
 
-    ds = data._read(files, deterministic=False).map(lambda s: tf.shape(fn(records.parse_example(s)["image"])),
+    ds = tfdata.read_records(files, deterministic=False).map(lambda s: tf.shape(fn(records.parse_example(s)["image"])),
                                                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
 
@@ -168,11 +168,12 @@ def tta_dataset(files, dim, batch, tta_number, former=False, bilinear=False):
     import tensorflow as tf
 
     from foldnet.tasks.classification import data
+    from foldnet.io import tfdata
     from foldnet.io import records
 
     views = former_tta_views if former else data.tta_views
     with _patches(bilinear=bilinear):
-        ds = data._read(files, deterministic=False).map(
+        ds = tfdata.read_records(files, deterministic=False).map(
             lambda s: views(records.parse_example(s)["image"], dim, tta_number), num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=False)
     return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)

@@ -88,13 +88,13 @@ def ceiling_dataset(files, batch):
     """The same shards, parse + decode_jpeg only; batches of decoded shapes."""
     import tensorflow as tf
 
-    from foldnet.tasks.classification import data
+    from foldnet.io import tfdata
     from foldnet.io import records
 
     def decode(serialized):
         return tf.shape(tf.io.decode_jpeg(records.parse_example(serialized)["image"], channels=3))
 
-    ds = data._read(files, deterministic=False).map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+    ds = tfdata.read_records(files, deterministic=False).map(decode, num_parallel_calls=tf.data.AUTOTUNE,
                                                     deterministic=False)
     return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
 

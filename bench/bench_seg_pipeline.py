@@ -59,15 +59,15 @@ def write_tiles(root, n, size, n_files=4, seed=0):
 
 def bare_parse(files, manifest, batch_size):
     shape, dtype = manifest["image"]["shape"], manifest["image"]["dtype"]
-    ds = seg_data.data._read(files, deterministic=False).repeat()
+    ds = seg_data.tfdata.read_records(files, deterministic=False).repeat()
     ds = ds.map(lambda s: seg_records.parse_example(s, shape, dtype), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def parse_features(files, manifest, features, batch_size):
     """The second ceiling: read + parse + the features (padded), nothing else."""
-    parse = seg_data._parser(features)
-    ds = seg_data.data._read(files, deterministic=False).repeat()
+    parse = seg_data.record_parser(features)
+    ds = seg_data.tfdata.read_records(files, deterministic=False).repeat()
     def make(serialized):
         ex = parse(serialized)
         return features(ex["image"], ex["valid"], 32)
@@ -110,12 +110,12 @@ def tta_part(files, features, views, batch_size, reps):
     size = features.shape[0]
     padded = size + sum(spectral.padding_for(size))
     model = unet.build_unet("tiny", features.n_channels, padded)
-    n = sum(1 for _ in seg_data.data._read(files, deterministic=True))
+    n = sum(1 for _ in seg_data.tfdata.read_records(files, deterministic=True))
 
     def one_pass():
         start = time.perf_counter()
         pred = model.predict(seg_data.tta_dataset(files, features, batch_size, views), verbose=0)
-        seg_data.merge_tta(pred, views, size, size).numpy()
+        views.merge_tta(pred, views, size, size).numpy()
         return n / (time.perf_counter() - start)
 
     def per_view():
@@ -123,10 +123,10 @@ def tta_part(files, features, views, batch_size, reps):
         maps = []
         for v in views:
             ds = seg_data.tta_dataset(files, features, batch_size, ["identity"]).map(
-                lambda x, v=v: seg_data.apply_view(x, v))
+                lambda x, v=v: views.apply_view(x, v))
             maps.append(model.predict(ds, verbose=0))
         stacked = np.stack(maps, 1).reshape((-1,) + maps[0].shape[1:])
-        seg_data.merge_tta(stacked, views, size, size).numpy()
+        views.merge_tta(stacked, views, size, size).numpy()
         return n / (time.perf_counter() - start)
 
     def features_alone():  # read + features + views, no model

@@ -55,7 +55,7 @@ def bare_parse(files, spec, batch_size):
         ex = tf.io.parse_single_example(s, temporal_records.FEATURES)
         return tf.reshape(tf.io.decode_raw(ex["image"], tf.float32), [t, h, w, c]), ex["target"]
 
-    ds = temporal_data.data._read(files, deterministic=False).repeat()
+    ds = temporal_data.tfdata.read_records(files, deterministic=False).repeat()
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -48,11 +48,12 @@ def per_view_predict(model, files, dim, batch, tta_number):
 
     from foldnet.tasks.classification import augment
     from foldnet.tasks.classification import data
+    from foldnet.io import tfdata
 
     ids, labels = data.read_ids_labels(files)
     outputs = []
     for view in range(tta_number + 1):
-        ds = data._read(files, deterministic=True).map(data._parse, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = tfdata.read_records(files, deterministic=True).map(data.parse_record, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.map(lambda _id, img, label, view=view: augment.apply_transform(data.decode_image(img, dim), view),
                     num_parallel_calls=tf.data.AUTOTUNE)
         outputs.append(model.predict(ds.batch(batch).prefetch(tf.data.AUTOTUNE), verbose=0))

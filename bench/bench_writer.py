@@ -71,7 +71,6 @@ def time_writer(root, out_dir, workers, max_side):
 
 
 def run(n, all_workers, keep):
-    from foldnet.io import records
 
     root = tempfile.mkdtemp(prefix="bench-writer-")
     try:

@@ -11,20 +11,19 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 DRIVER = r"""
 import contextlib, io, json, sys, traceback
 import foldnet
-from foldnet.tasks.classification import convert
-from foldnet.tasks.classification import demo_data
+from foldnet.commands import convert
+from foldnet.commands import demo_data as demo_cli
 from foldnet.ensemble import cli as ensemble
 from foldnet.tasks.classification import evaluate
 from foldnet.engine import runner
 mains = {"convert": convert.main, "run": runner.main, "ensemble": ensemble.main, "evaluate": evaluate.main,
-         "demo_data": demo_data.main}
+         "demo_data": demo_cli.main}
 results = []
 for name, argv in json.load(open(sys.argv[1])):
     err = io.StringIO()

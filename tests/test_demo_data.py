@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from foldnet.commands import demo_data as demo_cli
 from foldnet.tasks.classification import demo_data
 
 
@@ -106,8 +107,8 @@ def test_photo_dataset_converts_and_is_deterministic(tmp_path):
 
 
 def test_cli_kinds(tmp_path):
-    assert demo_data.main(["--kind", "photos", "--out_dir", str(tmp_path / "p"), "--image_size", "16",
+    assert demo_cli.main(["--kind", "photos", "--out_dir", str(tmp_path / "p"), "--image_size", "16",
                            "--n_individuals", "4", "--per_individual", "5"]) == 0
     assert Image.open(next((tmp_path / "p" / "images").iterdir())).size == (16, 16)
-    assert demo_data.main(["--out_dir", str(tmp_path / "d"), "--image_size", "8"]) == 0
+    assert demo_cli.main(["--out_dir", str(tmp_path / "d"), "--image_size", "8"]) == 0
     assert len(pd.read_csv(tmp_path / "d" / "answers.csv")) == 360

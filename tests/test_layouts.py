@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from foldnet.tasks.classification.labels import load_label_map
 from foldnet.tasks.classification import layouts
-from foldnet.tasks.classification.convert import create_tfrecords, main
+from foldnet.commands.convert import main
+from foldnet.tasks.classification.convert import create_tfrecords
 from foldnet.core.errors import DataError
 
 
@@ -107,7 +109,7 @@ def test_generic_layout_with_pattern_groups_and_known_labels(tmp_path):
     assert m["n_examples"] == 36 and m["test"]["n_examples"] == 2 and m["n_classes"] == 6
     from foldnet.io import records
 
-    lm = records.load_label_map(records.load_manifest(m["dir"]))
+    lm = load_label_map(records.load_manifest(m["dir"]))
     assert lm.labels == sorted(SIX) and lm.original == set(SIX[:4]) and lm.new_label == "unknown"
     folds = pd.read_csv(os.path.join(m["dir"], "folds.csv"))
     assert list(folds.columns) == ["id", "label", "fold", "group"]

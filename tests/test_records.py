@@ -14,9 +14,10 @@ from PIL import Image
 from foldnet.tasks.classification import convert as convert_mod
 from foldnet.io import images
 from foldnet.io import records
-from foldnet.tasks.classification.convert import create_tfrecords, main
+from foldnet.commands.convert import main
+from foldnet.tasks.classification.convert import create_tfrecords
 from foldnet.core.errors import DataError
-from foldnet.tasks.classification.labels import LabelMap
+from foldnet.tasks.classification.labels import LabelMap, load_label_map
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +60,7 @@ def test_manifest_fields_and_label_map_round_trip(tiny_tfrec, tiny_turtle_dir):
     train = pd.read_csv(os.path.join(tiny_turtle_dir, "train.csv"))
     extra = pd.read_csv(os.path.join(tiny_turtle_dir, "extra_images.csv"))
     expected = LabelMap.fit(pd.concat([train, extra])["turtle_id"], original=train["turtle_id"])
-    lm = records.load_label_map(m)
+    lm = load_label_map(m)
     assert lm == expected and lm.n_classes == 6 and len(lm.original) == 4 and lm.new_label == "new_turtle"
 
 
@@ -73,7 +74,7 @@ def test_shards_hold_exactly_the_folds_and_test_set(tiny_tfrec, tiny_turtle_dir)
     m = records.load_manifest(tiny_tfrec)
     folds = pd.read_csv(os.path.join(tiny_tfrec, "folds.csv"), dtype={"id": str, "label": str})
     assert list(folds.columns) == ["id", "label", "fold"]
-    lm = records.load_label_map(m)
+    lm = load_label_map(m)
     for part in m["folds"]:
         recs = read_records(records.fold_files(m, part["fold"]))
         assert len(recs) == part["n_examples"]

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -16,8 +15,10 @@ import pytest
 from PIL import Image
 
 from foldnet.engine import config
-from foldnet.tasks.classification import convert
-from foldnet.tasks.classification import demo_data
+from foldnet.commands import convert
+from foldnet.io import convert as io_convert
+from foldnet.commands import demo_data as demo_cli
+from foldnet.io import demo as demo_io
 from foldnet.ensemble import cli as ensemble
 from foldnet.core import fileio
 from foldnet.io import records
@@ -97,18 +98,18 @@ def test_demo_data_never_replaces_a_folder_it_did_not_build(tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.txt").write_text("years of work")
-    assert demo_data.main(["--out_dir", str(mine), "--image_size", "8"]) == 2
+    assert demo_cli.main(["--out_dir", str(mine), "--image_size", "8"]) == 2
     assert "did not build" in capsys.readouterr().err
     assert tree(mine) == {"thesis.txt": b"years of work"}
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    assert demo_data.main(["--out_dir", str(a_file), "--image_size", "8"]) == 2
+    assert demo_cli.main(["--out_dir", str(a_file), "--image_size", "8"]) == 2
     assert a_file.read_text() == "x"
     built = tmp_path / "demo"
-    assert demo_data.main(["--out_dir", str(built), "--image_size", "8"]) == 0
-    assert (built / demo_data.MARKER).is_file()
+    assert demo_cli.main(["--out_dir", str(built), "--image_size", "8"]) == 0
+    assert (built / demo_io.MARKER).is_file()
     (built / "submission.csv").write_text("from a previous demo run")
-    assert demo_data.main(["--out_dir", str(built), "--image_size", "8"]) == 0  # its own folder: rebuilt
+    assert demo_cli.main(["--out_dir", str(built), "--image_size", "8"]) == 0  # its own folder: rebuilt
     assert not (built / "submission.csv").exists() and (built / "train.csv").is_file()
     assert sorted(os.listdir(tmp_path)) == ["demo", "file", "mine"]  # no lock or temporary folder left
 
@@ -135,7 +136,7 @@ def test_conversion_replaces_its_own_output_and_only_the_shards_its_manifest_lis
     convert_to(turtle_copy, out)
     m = convert_to(turtle_copy, out, seed=7)  # another split: replaced
     assert m["flags"]["seed"] == 7
-    assert convert.listed_outputs(str(out / "manifest.json")) == set(
+    assert io_convert.listed_outputs(str(out / "manifest.json")) == set(
         f for part in m["folds"] + [m["test"]] for f in part["files"])
 
 

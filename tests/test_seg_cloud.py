@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import yaml
 
-from foldnet.tasks.classification import demo_data
+from foldnet.commands import demo_data
 from foldnet.io import rundir
 from foldnet.tasks.segmentation import evaluate as seg_evaluate
 from foldnet.tasks.segmentation import metrics as seg_metrics

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tifffile
 
-from foldnet.tasks.classification import convert
+from foldnet.commands import convert
 from foldnet.io import records
 from foldnet.tasks.segmentation import convert as seg_convert
 from foldnet.tasks.segmentation import layouts as seg_layouts

@@ -117,7 +117,7 @@ def test_command_lines_build_baseline_and_score(tmp_path):
         return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
 
     d = str(tmp_path / "k")
-    proc = run("foldnet.tasks.classification.demo_data", "--kind", "kelp", "--out_dir", d, "--image_size", "32", "--n_places", "10",
+    proc = run("foldnet.commands.demo_data", "--kind", "kelp", "--out_dir", d, "--image_size", "32", "--n_places", "10",
                "--acquisitions", "2", "--seed", "1")
     assert proc.returncode == 0, proc.stderr
     assert len(os.listdir(os.path.join(d, "train_satellite"))) + len(os.listdir(os.path.join(d, "answers"))) == 20

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tifffile
 
-from foldnet.tasks.classification import convert
+from foldnet.commands import convert
 from foldnet.io import records
 from foldnet.tasks.temporal import convert as temporal_convert
 from foldnet.tasks.temporal import layouts as temporal_layouts

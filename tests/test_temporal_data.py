@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet.tasks.segmentation import data as seg_data
+from foldnet.raster import views
 from foldnet.tasks.temporal import data as td
 from foldnet.core.errors import ConfigError
 from foldnet.tasks.temporal.records import TemporalSpec, make_example
@@ -135,7 +135,7 @@ def test_small_rotation_keeps_target_values(tmp_path):
 def test_tta_views_and_inverse_round_trip(tmp_path, h, w):
     chips = [chip(i, h=h, w=w) for i in range(3)]
     files = write_chips(tmp_path / "a.tfrec", chips)
-    views = seg_data.TTA_VIEWS if h == w else ("identity", "flip_lr", "flip_ud", "rot180")
+    views = views.TTA_VIEWS if h == w else ("identity", "flip_lr", "flip_ud", "rot180")
     ds, merge = td.predict_dataset(files, spec(h, w), 2, views)
     outs = []
     for batch in ds:
@@ -170,8 +170,8 @@ def test_options_from_settings():
 
 def test_flip_turn_index_is_one_of_the_eight_square_symmetries():
     x = tf.reshape(tf.range(2 * 5 * 5 * 1, dtype=tf.float32), [2, 5, 5, 1])
-    views = {name: seg_data.apply_view(x, name).numpy().tobytes() for name in seg_data.TTA_VIEWS}
-    views["anti-transpose"] = tf.image.rot90(seg_data.apply_view(x, "transpose"), 2).numpy().tobytes()
+    views = {name: views.apply_view(x, name).numpy().tobytes() for name in views.TTA_VIEWS}
+    views["anti-transpose"] = tf.image.rot90(views.apply_view(x, "transpose"), 2).numpy().tobytes()
     seen = set()
     for _ in range(80):
         moved = td.move_pixels(x, td.flip_turn_index(5, 5)).numpy().tobytes()

@@ -18,19 +18,19 @@ def is_remote(path):
     return "://" in str(path)
 
 
-def _gfile():
+def gfile():
     import tensorflow as tf
 
     return tf.io.gfile
 
 
 def exists(path):
-    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+    return gfile().exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def makedirs(path):
     if is_remote(path):
-        _gfile().makedirs(path)
+        gfile().makedirs(path)
     else:
         os.makedirs(path, exist_ok=True)
 
@@ -43,7 +43,7 @@ def join(*parts):
 
 def read_bytes(path):
     if is_remote(path):
-        with _gfile().GFile(path, "rb") as f:
+        with gfile().GFile(path, "rb") as f:
             return f.read()
     with open(path, "rb") as f:
         return f.read()
@@ -63,7 +63,7 @@ def atomic_write_bytes(path, data):
     parent = os.path.dirname(path) if not is_remote(path) else path.rsplit("/", 1)[0]
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     if is_remote(path):
-        gf = _gfile()
+        gf = gfile()
         gf.makedirs(parent)
         with gf.GFile(tmp, "wb") as f:
             f.write(data)
@@ -117,7 +117,7 @@ def atomic_path(path):
         tmp = os.path.join(local_dir, os.path.basename(path))
         try:
             yield tmp
-            gf = _gfile()
+            gf = gfile()
             gf.copy(tmp, path + ".tmp", overwrite=True)
             gf.rename(path + ".tmp", path, overwrite=True)
         finally:

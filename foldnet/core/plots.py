@@ -1,5 +1,4 @@
 """Pictures of results: learning curves."""
-import os
 
 from foldnet.core import fileio
 

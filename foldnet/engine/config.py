@@ -23,6 +23,7 @@ import os
 
 import yaml
 
+from foldnet.core import transforms
 from foldnet.core.errors import ConfigError
 
 JOB_WORDS = ("train", "val", "test", "score", "subm", "predict")
@@ -92,7 +93,7 @@ class Bound(collections.namedtuple("Bound", "low high high_open")):
 
 
 # Number of train-time / TTA transforms besides the identity (augment.TRANSFORMS[1:]).
-N_TRANSFORMS = 9
+N_TRANSFORMS = transforms.MAX_NUMBER
 
 # One table of numeric bounds: validated here, read by the augmentation code.
 BOUNDS = {
@@ -108,9 +109,9 @@ BOUNDS = {
     "aug_number": Bound(0, N_TRANSFORMS, False),
     "tta_number": Bound(0, N_TRANSFORMS, False),
     "aug_probability": Bound(0.0, 1.0, False),
-    "aug_crop_scale": Bound(0.0, 1.0, False),
-    "aug_rotate": Bound(0.0, 180.0, False),
-    "aug_photometric": Bound(0.0, 2.0, False),
+    "aug_crop_scale": Bound(0.0, transforms.MAX_CROP_SCALE, False),
+    "aug_rotate": Bound(0.0, transforms.MAX_ROTATE_DEGREES, False),
+    "aug_photometric": Bound(0.0, transforms.MAX_PHOTOMETRIC, False),
     "cache_budget_mb": Bound(0, None, False),
     "shuffle_buffer": Bound(1, None, False),
     "tiles_per_epoch": Bound(0, None, False),

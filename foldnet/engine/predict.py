@@ -10,7 +10,6 @@ import logging
 
 import numpy as np
 
-from foldnet.tasks.classification import augment
 from foldnet.tasks.classification import data
 from foldnet.io import images
 from foldnet.tasks.classification import openset

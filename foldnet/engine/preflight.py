@@ -10,7 +10,7 @@ import os
 import uuid
 
 from foldnet.core import fileio
-from foldnet.core.errors import ConfigError, DataError
+from foldnet.core.errors import ConfigError
 
 # The pipeline holds several copies of a decoded input batch (augmentation, batching,
 # prefetch) and a model's activations and gradients are many times its input; a batch
@@ -114,20 +114,3 @@ def check_run(cfg, jobs):
         raise ConfigError("cannot start:\n  - " + "\n  - ".join(problems))
 
 
-def check_ensemble(submission_path, template_path, data_dir, spec, k):
-    """Before any averaging: the submission may be written there and (classification) the label
-    map ``spec`` can fill ``k`` predictions per row."""
-    from foldnet.tasks.classification.ranking import n_submission_labels
-
-    inputs = [template_path]
-    if data_dir:
-        inputs += [os.path.join(data_dir, n) for n in ("test.csv", "train.csv", "extra_images.csv",
-                                                        "sample_submission.csv")]
-    fileio.check_owned_output(submission_path, inputs, flag="--submission")
-    if not hasattr(spec, "original_mask"):  # not a classification label map
-        return
-    n = n_submission_labels(spec)
-    if n < k:
-        raise DataError(f"a submission with {k} predictions per row is impossible: the label map gives "
-                        f"{n} distinct labels", [f"original labels: {sorted(spec.original)}",
-                                                 f"use --k {n} or fewer"])

@@ -26,7 +26,6 @@ import numpy as np
 
 from foldnet.core import fileio
 from foldnet.core import logs
-from foldnet.engine import preflight
 from foldnet.core import report
 from foldnet.io import rundir
 from foldnet.tasks import base as tasks
@@ -54,7 +53,7 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     if fit and fit_metric not in task.fit_metrics:
         raise ConfigError(f"--fit_metric {fit_metric!r}: choose one of {', '.join(sorted(task.fit_metrics))}")
     spec = read_specs(runs, tfrec_dir, task)
-    preflight.check_ensemble(out_path, template, os.path.dirname(str(template)), spec, k)
+    check_ensemble(out_path, template, os.path.dirname(str(template)), spec, k)
     ids = task.test_ids(template)
     try:
         weights = normalise_weights(weights, len(runs))
@@ -157,7 +156,7 @@ def _parse_args(argv):
     return args
 
 
-def _parse_weights(text):
+def parse_weights(text):
     if text is None:
         return None
     try:
@@ -177,7 +176,7 @@ def main(argv=None):
         task = tasks.get(rundir.runs_task(args.runs))
         template = args.template or task.default_template(args.data_dir, args.tfrec_dir)
         paths.extend(make_ensemble(args.runs, args.submission, template, args.tfrec_dir,
-                                   _parse_weights(args.weights), args.fit_weights, args.fit_metric,
+                                   parse_weights(args.weights), args.fit_weights, args.fit_metric,
                                    args.tta, args.k, task=task))
 
     rc = run_main(work)
@@ -188,3 +187,22 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def check_ensemble(submission_path, template_path, data_dir, spec, k):
+    """Before any averaging: the submission may be written there and (classification) the label
+    map ``spec`` can fill ``k`` predictions per row."""
+    from foldnet.tasks.classification.ranking import n_submission_labels
+
+    inputs = [template_path]
+    if data_dir:
+        inputs += [os.path.join(data_dir, n) for n in ("test.csv", "train.csv", "extra_images.csv",
+                                                        "sample_submission.csv")]
+    fileio.check_owned_output(submission_path, inputs, flag="--submission")
+    if not hasattr(spec, "original_mask"):  # not a classification label map
+        return
+    n = n_submission_labels(spec)
+    if n < k:
+        raise DataError(f"a submission with {k} predictions per row is impossible: the label map gives "
+                        f"{n} distinct labels", [f"original labels: {sorted(spec.original)}",
+                                                 f"use --k {n} or fewer"])

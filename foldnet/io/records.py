@@ -19,7 +19,6 @@ import tensorflow as tf
 from foldnet.core import fileio
 from foldnet.io import images
 from foldnet.core.errors import DataError
-from foldnet.tasks.classification.labels import LabelMap
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -239,5 +238,9 @@ def test_files(manifest):
 test_files.__test__ = False  # not a pytest test when imported into a test module
 
 
-def load_label_map(manifest):
-    return LabelMap.load(fileio.join(manifest["dir"], manifest["label_map"]))
+def manifest_of_files(files):
+    """The manifest (with ``dir``) of the TFRecord directory holding ``files`` (json only, no TF)."""
+    tfrec_dir = os.path.dirname(str(files[0]))
+    manifest = fileio.read_json(fileio.join(tfrec_dir, "manifest.json"))
+    manifest["dir"] = tfrec_dir
+    return manifest

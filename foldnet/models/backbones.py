@@ -174,7 +174,7 @@ def _tiny_cnn(input_shape, weights):
     return keras.Model(inputs, x, name="tiny_cnn_features"), None
 
 
-def _conv_bn(x, filters, kernel, strides, bn_momentum, name, relu=True):
+def conv_bn(x, filters, kernel, strides, bn_momentum, name, relu=True):
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
                       kernel_initializer="he_normal", name=f"{name}_conv")(x)
     x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
@@ -184,9 +184,9 @@ def _conv_bn(x, filters, kernel, strides, bn_momentum, name, relu=True):
 def _residual_block(x, filters, strides, bn_momentum, name):
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, strides, bn_momentum, f"{name}_short", relu=False)
-    y = _conv_bn(x, filters, 3, strides, bn_momentum, f"{name}_a")
-    y = _conv_bn(y, filters, 3, 1, bn_momentum, f"{name}_b", relu=False)
+        shortcut = conv_bn(x, filters, 1, strides, bn_momentum, f"{name}_short", relu=False)
+    y = conv_bn(x, filters, 3, strides, bn_momentum, f"{name}_a")
+    y = conv_bn(y, filters, 3, 1, bn_momentum, f"{name}_b", relu=False)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
@@ -206,7 +206,7 @@ def _small_cnn(input_shape, weights, width=32, depth=3, blocks=1, start_size=24,
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"small_cnn option {key} must be a positive int, got {value!r}")
     inputs = keras.Input(input_shape)
-    x = _conv_bn(inputs, width, 3, 2, bn_momentum, "stem")
+    x = conv_bn(inputs, width, 3, 2, bn_momentum, "stem")
     n_pools = 0
     while x.shape[1] > start_size:
         n_pools += 1
@@ -414,7 +414,7 @@ def load_checkpoint(model, path):
 # ---------------------------------------------------------------- build_model
 
 
-def _parse_weights(spec, weights, n_channels):
+def parse_weights(spec, weights, n_channels):
     """-> (named set or None, .h5 path or None)."""
     if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "")):
         return None, None
@@ -466,7 +466,7 @@ def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0,
         raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    named, path = _parse_weights(spec, weights, n_channels)
+    named, path = parse_weights(spec, weights, n_channels)
     input_shape = (dim, dim, n_channels)
     try:
         backbone, affine = spec.build(input_shape, named, **(options or {}))

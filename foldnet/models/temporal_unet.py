@@ -113,7 +113,7 @@ def build_temporal_unet(arch, n_months, shape_hw_padded, n_channels, weights="no
     months = keras.Input((n_months,), dtype="float32", name="months")
     x = FoldMonths(name="fold_months")([image, months])
     if normalize and affine is not None:
-        x = models.PixelAffine(*unet._channel_affine(affine, n_channels), name="input_norm")(x)
+        x = models.PixelAffine(*unet.channel_affine(affine, n_channels), name="input_norm")(x)
     features = extractor(x)
     features = features if isinstance(features, (list, tuple)) else [features]
     pooled = [MonthAttention(n_months, attention_hidden, name=f"month_attention{k}")([f, months])

@@ -53,8 +53,8 @@ def _tiny_encoder(input_shape, widths=(16, 32, 64), bn_momentum=0.9):
     inputs = keras.Input(input_shape)
     x = inputs
     for k, width in enumerate(widths):
-        x = models._conv_bn(x, width, 3, 2, bn_momentum, f"enc{k}_down")
-        x = models._conv_bn(x, width, 3, 1, bn_momentum, f"enc{k}_conv")
+        x = models.conv_bn(x, width, 3, 2, bn_momentum, f"enc{k}_down")
+        x = models.conv_bn(x, width, 3, 1, bn_momentum, f"enc{k}_conv")
     return keras.Model(inputs, x, name="tiny_encoder")
 
 
@@ -113,7 +113,7 @@ def transfer_weights(source, target):
     return adapted
 
 
-def _channel_affine(affine, n_channels):
+def channel_affine(affine, n_channels):
     """The backbone's 3-channel input affine (matrix [3, 3], bias [3]) for ``n_channels``."""
     matrix, bias = (np.asarray(a, np.float64) for a in affine)
     if n_channels == 3:
@@ -133,7 +133,7 @@ def _encoder(arch, input_shape, weights, options):
                 raise ValueError("the tiny UNet has no pretrained weights; use weights none or a .h5 file")
         return _tiny_encoder(input_shape, **(options or {})), None, None, path
     spec = models.get_architecture(arch)
-    named, path = models._parse_weights(spec, weights, 3)
+    named, path = models.parse_weights(spec, weights, 3)
     height, width, n_channels = input_shape
     if named is not None and n_channels != 3:
         pretrained, affine = spec.build((height, width, 3), named, **(options or {}))
@@ -146,8 +146,8 @@ def _encoder(arch, input_shape, weights, options):
 
 
 def _block(x, filters, name):
-    x = models._conv_bn(x, filters, 3, 1, 0.9, f"{name}_1")
-    return models._conv_bn(x, filters, 3, 1, 0.9, f"{name}_2")
+    x = models.conv_bn(x, filters, 3, 1, 0.9, f"{name}_1")
+    return models.conv_bn(x, filters, 3, 1, 0.9, f"{name}_2")
 
 
 def feature_extractor(arch, input_shape, weights="none", options=None, decoder_filters=DEFAULT_DECODER_FILTERS):
@@ -227,7 +227,7 @@ def build_unet(arch, n_channels, dim, weights="none", decoder_filters=DEFAULT_DE
     inputs = keras.Input(input_shape, dtype="float32", name="image")
     x = inputs
     if normalize and affine is not None:
-        x = models.PixelAffine(*_channel_affine(affine, n_channels), name="input_norm")(x)
+        x = models.PixelAffine(*channel_affine(affine, n_channels), name="input_norm")(x)
     features = extractor(x)
     features = features if isinstance(features, (list, tuple)) else [features]
     x = decode(features, filters)

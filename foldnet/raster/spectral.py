@@ -42,7 +42,7 @@ Padding
 """
 import dataclasses
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import tensorflow as tf
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from foldnet.core import fileio
 from foldnet.core import report
-from foldnet.core.errors import DataError
+from foldnet.core.errors import ConfigError, DataError
 
 NAMING = {"kelp": "{id}_kelp.tif", "cloud": "{id}.tif", "generic": "{id}.tif", "biomassters": "{id}_agbm.tif"}
 MASK_DTYPES = (np.uint8, np.bool_)
@@ -269,3 +269,25 @@ def read_masks(path, naming="kelp"):
         raise DataError(f"{path}: {len(problems)} bad file(s)", problems)
     return masks
 
+
+def refuse_csv(out_path, task_name):
+    """ConfigError when a map submission (directory of TIFFs or .tar) is asked for as a CSV file."""
+    if str(out_path).endswith(".csv"):
+        raise ConfigError(f"{out_path}: a {task_name} submission is a directory of TIFFs or a .tar; "
+                          "give a directory name or a path ending in .tar")
+
+
+def read_test_ids(template_path):
+    """Ids a map submission must cover: the ``id`` of the rows whose ``split`` is ``test`` of a tiles/chips
+    table (``tiles.csv``, ``chips.csv``), or the first column of any other CSV."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(template_path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read the test tile list {template_path}", [f"{template_path}: {e}"]) from e
+    if "split" in table.columns and "id" in table.columns:
+        return table.loc[table["split"] == "test", "id"].to_numpy().astype(str)
+    if table.shape[1] < 1:
+        raise DataError(f"{template_path}: no id column")
+    return table.iloc[:, 0].to_numpy().astype(str)

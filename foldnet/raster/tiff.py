@@ -254,7 +254,7 @@ def inspect_tile(spec):
 # ---------------------------------------------------------------- worker entry points
 
 
-def _outcome(fn, spec):
+def outcome(fn, spec):
     """(True, fn(spec)) or (False, reason) when the tile cannot be read."""
     try:
         return True, fn(spec)
@@ -263,6 +263,6 @@ def _outcome(fn, spec):
 
 
 # (True, TileInfo) or (False, reason)
-inspect_task = functools.partial(_outcome, inspect_tile)
+inspect_task = functools.partial(outcome, inspect_tile)
 # (True, (image, mask, valid)) or (False, reason)
-load_task = functools.partial(_outcome, load_tile)
+load_task = functools.partial(outcome, load_tile)

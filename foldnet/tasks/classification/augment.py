@@ -64,24 +64,12 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from foldnet.engine import config
+from foldnet.core import transforms
 
-TRANSFORMS = [
-    "identity",
-    "flip_lr",
-    "flip_ud",
-    "rot90",
-    "rot180",
-    "rot270",
-    "rot45",
-    "rot135",
-    "rot225",
-    "rot315",
-]
+TRANSFORMS = list(transforms.TRANSFORMS)
 
 CROP_FRACTION = 0.7
-MAX_NUMBER = config.BOUNDS["aug_number"].high
-assert MAX_NUMBER == len(TRANSFORMS) - 1 == config.BOUNDS["tta_number"].high, "config.BOUNDS vs TRANSFORMS"
+MAX_NUMBER = transforms.MAX_NUMBER
 N_EXACT = 6  # TRANSFORMS[:6] permute pixels; the rest need a warp
 _DEGREES = {"rot45": 45, "rot135": 135, "rot225": 225, "rot315": 315}
 
@@ -197,8 +185,8 @@ def _check_settings(aug_number, aug_probability, crop_scale, rotate_degrees):
     _check_number(aug_number, "aug_number")
     if not 0.0 <= float(aug_probability) <= 1.0:
         raise ValueError(f"aug_probability must be in [0, 1], got {aug_probability!r}")
-    crop_scale = _check_strength(crop_scale, "crop_scale", upper=config.BOUNDS["aug_crop_scale"].high)
-    rotate_degrees = _check_strength(rotate_degrees, "rotate_degrees", upper=config.BOUNDS["aug_rotate"].high)
+    crop_scale = _check_strength(crop_scale, "crop_scale", upper=transforms.MAX_CROP_SCALE)
+    rotate_degrees = _check_strength(rotate_degrees, "rotate_degrees", upper=transforms.MAX_ROTATE_DEGREES)
     return aug_number, float(aug_probability), crop_scale, rotate_degrees
 
 
@@ -495,7 +483,7 @@ def photometric(images, strength, seed=None):
     ``images`` [B, H, W, C] in [0, 1] (see module doc), drawn per image, clipped
     to [0, 1]. Grey (1-channel) images get brightness and contrast only.
     ``seed``: shape [2] int tensor for stateless draws."""
-    s = _check_strength(strength, "photometric strength", upper=config.BOUNDS["aug_photometric"].high)
+    s = _check_strength(strength, "photometric strength", upper=transforms.MAX_PHOTOMETRIC)
     if s == 0.0:
         return images
     x = tf.cast(images, tf.float32)
@@ -523,7 +511,7 @@ def photometric(images, strength, seed=None):
 def random_photometric(image, strength):
     """``photometric`` of one image [H, W, C]; ``strength == 0`` returns it unchanged."""
     image = _check_image(image)
-    _check_strength(strength, "photometric strength", upper=config.BOUNDS["aug_photometric"].high)
+    _check_strength(strength, "photometric strength", upper=transforms.MAX_PHOTOMETRIC)
     return photometric(image[tf.newaxis], strength)[0]
 
 
@@ -574,7 +562,7 @@ class GeometricAugment(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.settings = dict(zip(("aug_number", "aug_probability", "crop_scale", "rotate_degrees"),
                                  _check_settings(aug_number, aug_probability, crop_scale, rotate_degrees)))
-        self.photometric_strength = _check_strength(photometric_strength, "photometric strength", upper=config.BOUNDS["aug_photometric"].high)
+        self.photometric_strength = _check_strength(photometric_strength, "photometric strength", upper=transforms.MAX_PHOTOMETRIC)
 
     def augment(self, images, seed=None):
         """Augment a batch [B, dim, dim, C] (always, training or not)."""

@@ -1,3 +1,4 @@
+from foldnet.io.tfdata import AUTOTUNE, read_records, with_options
 """tf.data pipelines over the fold shards.
 
 Training: parallel interleaved reads (order non-deterministic) -> parse ->
@@ -14,7 +15,6 @@ import tensorflow as tf
 from foldnet.tasks.classification import augment
 from foldnet.io import records
 
-AUTOTUNE = tf.data.AUTOTUNE
 # Rough in-memory size of one cached encoded example beyond its image bytes.
 _EXAMPLE_OVERHEAD = 64
 
@@ -84,22 +84,9 @@ def augment_image(source, dim, aug_number=0, aug_probability=0.0, aug_crop_scale
     return image
 
 
-def _parse(serialized):
+def parse_record(serialized):
     ex = records.parse_example(serialized)
     return ex["id"], ex["image"], ex["label"]
-
-
-def _read(files, deterministic):
-    files = list(files)
-    if not files:
-        raise ValueError("no TFRecord files to read")
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    return ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(files), 16),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
-    )
 
 
 def choose_cache(mode, n_examples, dim, encoded_mb, budget_mb):
@@ -114,13 +101,6 @@ def choose_cache(mode, n_examples, dim, encoded_mb, budget_mb):
     return "none"
 
 
-def _with_options(ds, shard_by_data):
-    opts = tf.data.Options()
-    if shard_by_data:
-        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(opts)
-
-
 def train_dataset(files, n_classes, dim, batch_size, aug_number=0, aug_probability=0.0,
                   cache="none", shuffle_buffer=2048, drop_remainder=False, seed=None,
                   label_smoothing_onehot=True, n_workers=1, aug_crop_scale=0.0, aug_rotate=0.0,
@@ -133,7 +113,7 @@ def train_dataset(files, n_classes, dim, batch_size, aug_number=0, aug_probabili
     resampling from the decoded image, then photometric jitter
     (``aug_photometric``). All zero: no augmentation.
     """
-    ds = _read(files, deterministic=False).map(_parse, num_parallel_calls=AUTOTUNE)
+    ds = read_records(files, deterministic=False).map(parse_record, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda _id, img, label: (img, label), num_parallel_calls=AUTOTUNE)
     if cache == "decoded":
         ds = ds.map(lambda img, label: (_decode_uint8(img, dim), label), num_parallel_calls=AUTOTUNE).cache()
@@ -154,7 +134,7 @@ def train_dataset(files, n_classes, dim, batch_size, aug_number=0, aug_probabili
 
     ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
-    return _with_options(ds, shard_by_data=len(list(files)) < n_workers)
+    return with_options(ds, shard_by_data=len(list(files)) < n_workers)
 
 
 def eval_dataset(files, n_classes, dim, batch_size, drop_remainder=False, cache=True):
@@ -163,13 +143,13 @@ def eval_dataset(files, n_classes, dim, batch_size, drop_remainder=False, cache=
     Several workers (MultiWorkerMirroredStrategy) split it by batches, not by
     files: a validation fold is often a single shard.
     """
-    ds = _read(files, deterministic=True).map(_parse, num_parallel_calls=AUTOTUNE)
+    ds = read_records(files, deterministic=True).map(parse_record, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda _id, img, label: (decode_image(img, dim), tf.one_hot(tf.maximum(label, 0), n_classes)),
                 num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if cache:
         ds = ds.cache()
-    return _with_options(ds.prefetch(AUTOTUNE), shard_by_data=True)
+    return with_options(ds.prefetch(AUTOTUNE), shard_by_data=True)
 
 
 def tta_views(image_bytes, dim, tta_number):
@@ -185,7 +165,7 @@ def tta_dataset(files, dim, batch_size, tta_number):
     identity first, so predictions reshape to [n, T, n_classes].
     """
     n_views = tta_number + 1
-    ds = _read(files, deterministic=True).map(_parse, num_parallel_calls=AUTOTUNE)
+    ds = read_records(files, deterministic=True).map(parse_record, num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda _id, img, label: tta_views(img, dim, tta_number), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size)
     ds = ds.map(lambda v: tf.reshape(v, [-1, dim, dim, 3]))
@@ -197,7 +177,7 @@ def read_ids_labels(files):
     import numpy as np
 
     ids, labels = [], []
-    ds = _read(files, deterministic=True).map(lambda s: _parse(s)[0::2], num_parallel_calls=AUTOTUNE)
+    ds = read_records(files, deterministic=True).map(lambda s: parse_record(s)[0::2], num_parallel_calls=AUTOTUNE)
     for id_batch, label_batch in ds.batch(4096).as_numpy_iterator():
         ids.extend(x.decode("utf-8") for x in id_batch)
         labels.append(label_batch)

@@ -28,24 +28,19 @@ for the test split in submission terms: an original id, or ``new_turtle``;
 its third column ``individual_kind`` says ``original``, ``extra_only`` or
 ``test_only`` for analysis).
 """
-import argparse
-import contextlib
 import hashlib
 import io
 import math
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 
-from foldnet.core import fileio
 from foldnet.core.errors import ConfigError
+from foldnet.io.demo import dataset_dir
 from foldnet.tasks.classification.labels import DEFAULT_NEW_LABEL
 
 N_ORIGINAL = 7
-# Written inside every dataset folder this module builds: a folder holding it may be replaced.
-MARKER = ".foldnet-demo"
 LOCATIONS = ["top", "left", "right"]
 
 
@@ -58,33 +53,6 @@ def _image_id(i, prefix="foldnet-demo"):
 
 
 # ---------------------------------------------------------------- shared layout writing
-
-
-def check_out_dir(out_dir):
-    """Refuse (ConfigError) an ``out_dir`` that is a file, or a non-empty folder this module did not build."""
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"--out_dir {out_dir} is an existing file, not a folder; choose another --out_dir")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MARKER)):
-        raise ConfigError(f"--out_dir {out_dir} is a folder foldnet.tasks.classification.demo_data did not build (no {MARKER} in it); "
-                          "refusing to replace it: choose another --out_dir or remove it yourself")
-
-
-@contextlib.contextmanager
-def dataset_dir(out_dir, kind, subdirs=("images",)):
-    """A temporary folder (holding ``subdirs``) that replaces ``out_dir`` when the build succeeds,
-    marked as ours; refuses an ``out_dir`` this module did not build (``check_out_dir``)."""
-    from foldnet.core.runlock import sibling_lock
-
-    check_out_dir(out_dir)
-    with sibling_lock(out_dir):
-        fileio.clean_dir_debris(out_dir)
-        check_out_dir(out_dir)
-        with fileio.atomic_dir(out_dir) as tmp:
-            for d in subdirs:
-                os.makedirs(os.path.join(tmp, d))
-            yield tmp
-            with open(os.path.join(tmp, MARKER), "w") as f:
-                f.write(f"{kind} dataset built by foldnet.tasks.classification.demo_data; rebuilding replaces this folder\n")
 
 
 def split_rows(labels, is_original, test_fraction, extra_fraction, rng, seed):
@@ -313,71 +281,4 @@ def build_photo_dataset(out_dir, n_individuals=36, per_individual=12, size=100, 
     return out_dir
 
 
-# ---------------------------------------------------------------- command line
 
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Build a bundled demo dataset (Turtle Recall layout).")
-    p.add_argument("--kind", choices=("digits", "photos", "kelp", "cloud", "biomass"), default="digits",
-                   help="digits: the make-demo dataset; photos: ~100 px photos of a few dozen individuals, "
-                        "a stand-in for your own small re-identification dataset; kelp: synthetic Kelp Wanted "
-                        "tiles in the real layout (foldnet.tasks.segmentation.demo_data); cloud: synthetic On Cloud N chips in the real "
-                        "layout (--n_places locations x --acquisitions chips); biomass: synthetic BioMassters chips "
-                        "in the real layout (foldnet.tasks.temporal.demo_data) (default: %(default)s)")
-    p.add_argument("--out_dir", default=None,
-                   help="where to write it (a folder this tool built before is replaced; any other existing folder is "
-                        "refused) (default: data/demo for digits, data/photos for photos)")
-    p.add_argument("--image_size", type=int, default=None,
-                   help="side of the images in pixels (default: 32 for digits, 100 for photos, 64 for kelp; "
-                        "350 is the real Kelp tile size)")
-    p.add_argument("--n_individuals", type=int, default=36, help="photos: number of individuals (default: %(default)s)")
-    p.add_argument("--per_individual", type=int, default=12,
-                   help="photos: photos per individual (default: %(default)s)")
-    p.add_argument("--n_test_only", type=int, default=None,
-                   help="photos: individuals present only in the test set, half as many photos each "
-                        "(default: n_individuals // 6)")
-    p.add_argument("--n_places", type=int, default=40, help="kelp: number of places (default: %(default)s)")
-    p.add_argument("--acquisitions", type=int, default=4,
-                   help="kelp: tiles per place, near-duplicates of each other (default: %(default)s)")
-    p.add_argument("--n_train", type=int, default=240, help="biomass: training chips (default: %(default)s)")
-    p.add_argument("--n_test", type=int, default=40, help="biomass: test chips (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    a = p.parse_args(argv)
-    for name in ("image_size", "n_individuals", "per_individual", "n_places", "acquisitions", "n_train", "n_test"):
-        if getattr(a, name) is not None and getattr(a, name) < 1:
-            p.error(f"--{name} must be >= 1")
-    from foldnet.core.cli import run_main
-
-    if a.kind == "kelp":
-        from foldnet.tasks.segmentation.demo_data import build_kelp_dataset
-
-        out_dir = a.out_dir or "data/kelp_demo"
-        rc = run_main(build_kelp_dataset, out_dir, n_places=a.n_places, acquisitions=a.acquisitions,
-                      size=a.image_size or 64, seed=a.seed)
-    elif a.kind == "cloud":
-        from foldnet.tasks.segmentation.demo_data import build_cloud_dataset
-
-        out_dir = a.out_dir or "data/cloud_demo"
-        rc = run_main(build_cloud_dataset, out_dir, n_locations=a.n_places, chips_per_location=a.acquisitions,
-                      size=a.image_size or 64, seed=a.seed)
-    elif a.kind == "biomass":
-        from foldnet.tasks.temporal.demo_data import build_biomass_dataset
-
-        out_dir = a.out_dir or "data/biomass_demo"
-        rc = run_main(build_biomass_dataset, out_dir, n_train=a.n_train, n_test=a.n_test, size=a.image_size or 32,
-                      seed=a.seed)
-    elif a.kind == "digits":
-        out_dir = a.out_dir or "data/demo"
-        rc = run_main(build_demo_dataset, out_dir, image_size=a.image_size or 32, seed=a.seed)
-    else:
-        out_dir = a.out_dir or "data/photos"
-        rc = run_main(build_photo_dataset, out_dir, n_individuals=a.n_individuals, per_individual=a.per_individual,
-                      size=a.image_size or 100, seed=a.seed, n_test_only=a.n_test_only)
-    if rc:
-        return rc
-    print(f"{a.kind} dataset written to {out_dir}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

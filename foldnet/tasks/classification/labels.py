@@ -82,3 +82,7 @@ class LabelMap:
 
     def __repr__(self):
         return f"LabelMap({self.n_classes} classes, {len(self.original)} original, new_label={self.new_label!r})"
+
+
+def load_label_map(manifest):
+    return LabelMap.load(fileio.join(manifest["dir"], manifest["label_map"]))

@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from foldnet.io.tables import read_tables
 from foldnet.core.errors import DataError
 from foldnet.tasks.classification.labels import DEFAULT_NEW_LABEL
 
@@ -56,46 +57,6 @@ class Issue(NamedTuple):
 
 
 # ---------------------------------------------------------------- CSV reading
-
-
-def read_table(path, columns, problems):
-    """Read ``path`` as strings; check ``columns`` exist and rows exist.
-
-    Appends a message to ``problems`` and returns None when the file is
-    missing, unreadable, empty or lacks a column. Adds a ``source`` column.
-    """
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        problems.append(f"{path}: file not found")
-        return None
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        problems.append(f"{name}: empty CSV (no header, no rows)")
-        return None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        problems.append(f"{name}: cannot parse CSV ({e})")
-        return None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        problems.append(f"{name}: missing column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")
-        return None
-    if df.empty:
-        problems.append(f"{name}: empty CSV (header only, no rows)")
-        return None
-    df = df.apply(lambda s: s.str.strip())
-    df["source"] = [f"{name} line {i + 2}" for i in range(len(df))]
-    return df
-
-
-def read_tables(specs):
-    """Read several CSVs ``{key: (path, columns)}``; one DataError lists every problem."""
-    problems = []
-    tables = {key: read_table(path, cols, problems) for key, (path, cols) in specs.items()}
-    if problems:
-        raise DataError(f"bad input CSV file(s): {len(problems)} problem(s)", problems)
-    return tables
 
 
 # ---------------------------------------------------------------- image files

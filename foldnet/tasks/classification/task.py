@@ -23,7 +23,7 @@ from foldnet.tasks.classification import openset
 from foldnet.tasks.classification import submission
 from foldnet.tasks import base as tasks
 from foldnet.core.errors import DataError
-from foldnet.tasks.classification.labels import LabelMap
+from foldnet.tasks.classification.labels import LabelMap, load_label_map
 
 
 class ClassificationTask(tasks.Task):
@@ -37,9 +37,8 @@ class ClassificationTask(tasks.Task):
 
     # -- spec
     def load_spec(self, manifest):
-        from foldnet.io import records
 
-        return records.load_label_map(manifest)
+        return load_label_map(manifest)
 
     def read_spec(self, path):
         return LabelMap.load(path)

@@ -37,11 +37,12 @@ from foldnet.core import report
 from foldnet.tasks.segmentation import layouts as seg_layouts
 from foldnet.raster import submission as seg_submission
 from foldnet.raster import tiff as seg_tiles
-from foldnet.tasks.classification.convert import input_fingerprint, say, shared_flag_problems, staging_dir, write_unless_current
-from foldnet.core.errors import ConfigError, DataError
+from foldnet.core.cli import say
+from foldnet.io.convert import input_fingerprint, manifest_common, staging_dir, write_unless_current
+from foldnet.raster.convert import BandStats, check_flags, write_shards
+from foldnet.core.errors import DataError
 
 TILES_CSV = "tiles.csv"
-QUANTILES = (0.01, 0.99)
 
 
 class SegJob(NamedTuple):
@@ -83,61 +84,6 @@ def inspect_tiles(dataset, workers, progress):
         raise DataError(f"bad tiles: {len(problems)} problem(s); nothing was written", problems)
     infos = [info for _, info in results]
     return infos[:len(train_specs)], infos[len(train_specs):]
-
-
-class BandStats:
-    """Accumulates the partial statistics of seg_tiles.band_partial into the manifest's band_stats."""
-
-    def __init__(self, names):
-        self.names = list(names)
-        self.count = np.zeros(len(names), np.int64)
-        self.missing = np.zeros(len(names), np.int64)
-        self.sum = np.zeros(len(names))
-        self.sumsq = np.zeros(len(names))
-        self.min = [None] * len(names)
-        self.max = [None] * len(names)
-        self.values = [[] for _ in names]
-        self.weights = [[] for _ in names]
-        self.exact = True
-
-    def add(self, partials, dtype):
-        self.exact = self.exact and np.issubdtype(np.dtype(dtype), np.integer) and np.dtype(dtype).itemsize <= 2
-        for b, p in enumerate(partials):
-            self.count[b] += p["count"]
-            self.missing[b] += p["missing"]
-            if p["count"]:
-                self.sum[b] += p["sum"]
-                self.sumsq[b] += p["sumsq"]
-                self.min[b] = p["min"] if self.min[b] is None else min(self.min[b], p["min"])
-                self.max[b] = p["max"] if self.max[b] is None else max(self.max[b], p["max"])
-                self.values[b].append(p["values"])
-                self.weights[b].append(p["counts"])
-
-    @staticmethod
-    def quantile(values, weights, q):
-        """Smallest value whose cumulative weight share reaches ``q`` (inverted CDF)."""
-        v = np.concatenate(values).astype(np.float64)
-        w = np.concatenate(weights).astype(np.float64)
-        order = np.argsort(v, kind="stable")
-        v, w = v[order], w[order]
-        cum = np.cumsum(w)
-        return float(v[min(np.searchsorted(cum, q * cum[-1] - 1e-9 * cum[-1]), len(v) - 1)])
-
-    def table(self):
-        rows = []
-        for b, name in enumerate(self.names):
-            n, total = int(self.count[b]), int(self.count[b] + self.missing[b])
-            row = {"band": name, "n_valid": n, "missing_share": float(self.missing[b] / total) if total else 0.0}
-            if n:
-                mean = self.sum[b] / n
-                row.update(min=self.min[b], max=self.max[b], mean=float(mean),
-                           std=float(np.sqrt(max(self.sumsq[b] / n - mean * mean, 0.0))))
-                row.update({f"q{int(round(q * 100)):02d}": self.quantile(self.values[b], self.weights[b], q)
-                            for q in QUANTILES})
-            else:
-                row.update(min=None, max=None, mean=None, std=None, q01=None, q99=None)
-            rows.append(row)
-        return rows
 
 
 # ---------------------------------------------------------------- folds
@@ -188,33 +134,15 @@ def plan_jobs(dataset, fold, group_names, seed):
     return jobs
 
 
-def write_shards(jobs, out_dir, limit, workers, progress, load=seg_tiles.load_task, encode=None, what="tile"):
-    """Write ``jobs`` (each with ``split`` and ``spec``) into shards; returns ({split: files}, {split: count}).
-
-    ``load``: worker task reading one spec ((True, value) or (False, reason)); ``encode(job, value)``: the
-    serialized example (default: a segmentation tile). Raises DataError if an item became unreadable
-    since it was inspected."""
-    from foldnet.io import records
+def write_tile_shards(jobs, out_dir, limit, workers, progress):
+    """raster.convert.write_shards of segmentation tiles (seg_records examples)."""
     from foldnet.tasks.segmentation import records as seg_records
 
-    if encode is None:
-        def encode(job, value):
-            image, mask, valid = value
-            return seg_records.make_example(job.spec.id, image, mask, valid, job.group)
+    def encode(job, value):
+        image, mask, valid = value
+        return seg_records.make_example(job.spec.id, image, mask, valid, job.group)
 
-    writers, bad = {}, []
-    results = images.map_images(load, [j.spec for j in jobs], workers, desc="writing shards", progress=progress)
-    for job, (ok, value) in zip(jobs, results):
-        if job.split not in writers:
-            writers[job.split] = records.ShardWriter(out_dir, job.split, limit)
-        if not ok:
-            bad.append(f"{job.spec.id}: {value}")
-            continue
-        writers[job.split].write(encode(job, value))
-    files = {split: w.close() for split, w in writers.items()}
-    if bad:
-        raise DataError(f"{len(bad)} {what}(s) could not be read while writing (changed since checked?)", bad)
-    return files, {split: w.n_examples for split, w in writers.items()}
+    return write_shards(jobs, out_dir, limit, workers, progress, seg_tiles.load_task, encode, "tile")
 
 
 def tiles_table(dataset, train_infos, test_infos, fold, group_names):
@@ -239,18 +167,6 @@ def fingerprint(dataset, flags):
                                              test=files.iloc[:0]), flags)
 
 
-def manifest_common(task, layout, n_folds, files, counts, tiles_csv):
-    """The manifest keys every task's converter writes: format, task, layout, folds with their shards,
-    test shards, folds.csv and the per-item CSV (``tiles_csv``)."""
-    from foldnet.io.records import FOLDS_CSV, FORMAT_VERSION
-
-    fold_parts = [{"fold": k, "n_examples": counts.get(f"train-fold{k}", 0), "files": files.get(f"train-fold{k}", [])}
-                  for k in range(n_folds)]
-    return {"format_version": FORMAT_VERSION, "task": task, "layout": layout, "n_folds": n_folds,
-            "n_examples": sum(p["n_examples"] for p in fold_parts), "folds_csv": FOLDS_CSV, "tiles_csv": tiles_csv,
-            "folds": fold_parts, "test": {"n_examples": counts.get("test", 0), "files": files.get("test", [])}}
-
-
 def build_manifest(dataset, shape, dtype, files, counts, band_stats, exact, positive_share, flags, fp, n_grouped):
     b = dataset.bands
     return {
@@ -273,21 +189,6 @@ def build_manifest(dataset, shape, dtype, files, counts, band_stats, exact, posi
 # ---------------------------------------------------------------- entry point
 
 
-def check_flags(layout, n_folds, group_duplicates, stratify_bins, shard_size, skip_bad, layouts=None,
-                kind="segmentation", items="tiles"):
-    """ConfigError naming every bad flag of a ``kind`` layout (one of ``layouts``, default the segmentation ones)."""
-    layouts = seg_layouts.LAYOUTS if layouts is None else layouts
-    problems = shared_flag_problems(n_folds, group_duplicates, shard_size)
-    if layout not in layouts:
-        problems.append(f"--layout must be one of {', '.join(layouts)} for {kind}, got {layout!r}")
-    if stratify_bins < 1:
-        problems.append(f"--stratify_bins must be >= 1, got {stratify_bins}")
-    if skip_bad:
-        problems.append(f"--skip_bad is not supported for {kind} layouts: fix or remove the listed {items}")
-    if problems:
-        raise ConfigError("; ".join(problems))
-
-
 def create_seg_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=None, test_csv=None, id_col="id",
                          image_col="image", mask_col="mask", group_col=None, bands=None, missing_value=None,
                          n_folds=5, seed=42, group_duplicates="default", stratify_bins=3, shard_size="150MB",
@@ -301,7 +202,8 @@ def create_seg_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=None,
     """
     if group_duplicates == "default":
         group_duplicates = seg_layouts.DEFAULT_GROUP_DUPLICATES.get(layout)
-    check_flags(layout, n_folds, group_duplicates, stratify_bins, shard_size, skip_bad)
+    check_flags(layout, n_folds, group_duplicates, stratify_bins, shard_size, skip_bad, seg_layouts.LAYOUTS,
+                "segmentation", "tiles")
     workers = images.default_workers() if not workers else int(workers)
     dataset = seg_layouts.read_layout(layout, data_dir, train_csv, test_csv, id_col, image_col, mask_col, group_col,
                                       bands, missing_value)
@@ -336,7 +238,7 @@ def convert_seg_dataset(dataset, out_dir, flags, fp, workers, progress):
     n_pixels = sum(int(np.prod(i.shape[:2])) for i in train_infos)
     positive = sum(i.props["positive_share"] * int(np.prod(i.shape[:2])) for i in train_infos) / n_pixels
     with staging_dir(out_dir) as tmp:
-        files, counts = write_shards(jobs, tmp, records.parse_shard_size(flags["shard_size"]), workers, progress)
+        files, counts = write_tile_shards(jobs, tmp, records.parse_shard_size(flags["shard_size"]), workers, progress)
         fileio.atomic_write_text(os.path.join(tmp, TILES_CSV), tiles.to_csv(index=False))
         folds_csv = tiles[tiles["split"] == "train"][["id", "fold", "group"]]
         fileio.atomic_write_text(os.path.join(tmp, records.FOLDS_CSV), folds_csv.to_csv(index=False))

@@ -126,7 +126,7 @@ def build_kelp_dataset(out_dir, n_places=40, acquisitions=4, size=64, test_fract
     tool built it: demo_data.dataset_dir); return its path."""
     import tifffile
 
-    from foldnet.tasks.classification.demo_data import dataset_dir
+    from foldnet.io.demo import dataset_dir
     from foldnet.core.errors import ConfigError
 
     if n_places < 4 or acquisitions < 1 or size < 16:
@@ -217,7 +217,7 @@ def build_cloud_dataset(out_dir, n_locations=12, chips_per_location=4, size=64, 
     """
     import tifffile
 
-    from foldnet.tasks.classification.demo_data import dataset_dir
+    from foldnet.io.demo import dataset_dir
     from foldnet.core.errors import ConfigError
 
     if n_locations < 4 or chips_per_location < 1 or size < 16:

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from foldnet.tasks.classification import layouts
+from foldnet.io import tables
+from foldnet.io.tables import csv_paths
 from foldnet.core import report
 from foldnet.core.errors import DataError
 from foldnet.raster.tiff import Bands
@@ -108,7 +109,7 @@ def read_kelp(data_dir):
     meta = os.path.join(data_dir, KELP_METADATA)
     csv_files = []
     if os.path.isfile(meta):
-        df = layouts.read_tables({"meta": (meta, ["tile_id", "type", "filename", "in_train"])})["meta"]
+        df = tables.read_tables({"meta": (meta, ["tile_id", "type", "filename", "in_train"])})["meta"]
         csv_files.append(meta)
         sat = df[df["type"].str.lower() == "satellite"]
         kelp = df[df["type"].str.lower() == "kelp"]
@@ -147,7 +148,7 @@ def read_cloud(data_dir):
     test_meta = os.path.join(data_dir, "test_metadata.csv")
     if os.path.isfile(test_meta):
         specs["test"] = (test_meta, ["chip_id"])
-    t = layouts.read_tables(specs)
+    t = tables.read_tables(specs)
 
     def files(split, chip):
         return tuple(os.path.join(data_dir, f"{split}_features", chip, f"{b}.tif") for b in CLOUD_BANDS.names)
@@ -184,7 +185,7 @@ def read_seg_generic(train_csv, test_csv=None, id_col="id", image_col="image", m
     specs = {"train": (train_csv, [id_col, image_col, mask_col] + ([group_col] if group_col else []))}
     if test_csv is not None:
         specs["test"] = (test_csv, [id_col, image_col])
-    t = layouts.read_tables(specs)
+    t = tables.read_tables(specs)
     patterned = any("{band}" in p for name in t for p in t[name][image_col])
     if patterned and not bands:
         raise DataError(f"{train_csv}: column {image_col} holds {{band}} patterns: give the band names (--bands)")
@@ -225,14 +226,6 @@ def _band_names_of(files):
         raise DataError(f"cannot read TIFF {files[0]} to count its bands ({type(e).__name__}: {e})") from e
     n = 1 if len(shape) == 2 else min(shape[0], shape[-1])
     return [f"b{i}" for i in range(n)]
-
-
-def csv_paths(data_dir, train_csv, test_csv):
-    """(train CSV, test CSV or None, root) of a generic layout: CSV paths relative to ``data_dir`` (when given),
-    root = ``data_dir`` or the train CSV's folder."""
-    root = data_dir or os.path.dirname(os.path.abspath(train_csv))
-    join = (lambda p: p if p is None or os.path.isabs(p) else os.path.join(root, p))
-    return join(train_csv), join(test_csv), root
 
 
 def read_layout(layout, data_dir=None, train_csv=None, test_csv=None, id_col="id", image_col="image",

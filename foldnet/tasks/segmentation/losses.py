@@ -40,6 +40,7 @@ metric variables, so they accumulate across batches and replicas.
 import tensorflow as tf
 
 from foldnet.core.errors import ConfigError
+from foldnet.models.ops import global_sum, safe_div
 
 keras = tf.keras
 
@@ -56,19 +57,6 @@ def split_target(y_true, y_pred):
     if prob.shape.rank == 4:
         prob = prob[..., 0]
     return truth * valid, valid, prob
-
-
-def global_sum(values):
-    """All-reduce (sum) a list of tensors over the replicas when called in a replica context
-    of a strategy with several replicas; unchanged otherwise."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return values
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
-
-
-def _safe_div(num, den):
-    return num / tf.maximum(den, 1.0)
 
 
 def overlap_loss(y_true, y_pred, kind="dice", per_image=False, smooth=1.0):
@@ -88,7 +76,7 @@ def overlap_loss(y_true, y_pred, kind="dice", per_image=False, smooth=1.0):
         has_valid = tf.cast(tf.reduce_sum(valid, axes) > 0, tf.float32)
         losses = (1.0 - (num + smooth) / (den + smooth)) * has_valid
         loss_sum, n_images = global_sum([tf.reduce_sum(losses), tf.reduce_sum(has_valid)])
-        return _safe_div(loss_sum, n_images)
+        return safe_div(loss_sum, n_images)
     num, den = global_sum([tf.reduce_sum(num), tf.reduce_sum(den)])
     return 1.0 - (num + smooth) / (den + smooth)
 
@@ -102,7 +90,7 @@ def focal_loss(y_true, y_pred, gamma=2.0):
     if gamma:
         loss *= tf.pow(1.0 - p_t, float(gamma))
     total, count = global_sum([tf.reduce_sum(loss * valid), tf.reduce_sum(valid)])
-    return _safe_div(total, count)
+    return safe_div(total, count)
 
 
 def parse_loss_spec(spec):

@@ -15,7 +15,7 @@ of 32. Training: ``seg_data.train_dataset`` with paired augmentation (see
 Keras metrics ``dice``, ``iou`` and, with ``monitor: val_location_iou``,
 ``location_iou`` over the groups of ``tiles.csv`` (the target then carries
 the group channel). TTA: the first
-``tta_number + 1`` of ``seg_data.TTA_VIEWS`` (identity, flip_lr, flip_ud,
+``tta_number + 1`` of ``views.TTA_VIEWS`` (identity, flip_lr, flip_ud,
 rot90, ...), each view mapped back before it is stored.
 
 Prediction files: ``outputs`` uint8 ``[n_tta, n, H, W]`` (probability x 255,
@@ -47,6 +47,8 @@ from foldnet.core import fileio
 from foldnet.tasks.segmentation import metrics as seg_metrics
 from foldnet.tasks import base as tasks
 from foldnet.core.errors import ConfigError, DataError
+from foldnet.io.records import manifest_of_files
+from foldnet.raster.submission import read_test_ids, refuse_csv
 
 SPEC_FILE = "seg_spec.json"
 PAD_MULTIPLE = 32
@@ -93,25 +95,17 @@ class SegSpec:
         return f"SegSpec({self.to_dict()})"
 
 
-def _manifest_of(files):
-    """The manifest (with ``dir``) of the TFRecord directory holding ``files`` (json only, no TF)."""
-    tfrec_dir = os.path.dirname(str(files[0]))
-    manifest = fileio.read_json(fileio.join(tfrec_dir, "manifest.json"))
-    manifest["dir"] = tfrec_dir
-    return manifest
-
-
 def tta_views(tta_number):
-    from foldnet.tasks.segmentation import data as seg_data
+    from foldnet.raster import views
 
-    if tta_number + 1 > len(seg_data.TTA_VIEWS):
-        raise ConfigError(f"tta_number {tta_number}: segmentation has {len(seg_data.TTA_VIEWS) - 1} views "
-                          f"besides the identity ({', '.join(seg_data.TTA_VIEWS[1:])})")
-    return list(seg_data.TTA_VIEWS[:tta_number + 1])
+    if tta_number + 1 > len(views.TTA_VIEWS):
+        raise ConfigError(f"tta_number {tta_number}: segmentation has {len(views.TTA_VIEWS) - 1} views "
+                          f"besides the identity ({', '.join(views.TTA_VIEWS[1:])})")
+    return list(views.TTA_VIEWS[:tta_number + 1])
 
 
 def augment_options(cfg):
-    """``seg_data.paired_augment`` options from the shared augmentation settings:
+    """``views.paired_augment`` options from the shared augmentation settings:
     aug_number >= 1 flips, >= 3 also 90-degree turns (augment.TRANSFORMS order: identity,
     flip_lr, flip_ud, rot90, ...); aug_crop_scale: zoom 1/(1+x)..(1+x) and shift x/2;
     aug_rotate: small rotation in degrees."""
@@ -121,29 +115,6 @@ def augment_options(cfg):
     rotate = aug.rotate if aug else cfg["aug_rotate"]
     return {"flip": number >= 1, "rot90": number >= 3, "scale": float(crop), "shift": float(crop) / 2,
             "rotate": float(rotate)}
-
-
-def refuse_csv(out_path, task_name):
-    """ConfigError when a map submission (directory of TIFFs or .tar) is asked for as a CSV file."""
-    if str(out_path).endswith(".csv"):
-        raise ConfigError(f"{out_path}: a {task_name} submission is a directory of TIFFs or a .tar; "
-                          "give a directory name or a path ending in .tar")
-
-
-def read_test_ids(template_path):
-    """Ids a map submission must cover: the ``id`` of the rows whose ``split`` is ``test`` of a tiles/chips
-    table (``tiles.csv``, ``chips.csv``), or the first column of any other CSV."""
-    import pandas as pd
-
-    try:
-        table = pd.read_csv(template_path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read the test tile list {template_path}", [f"{template_path}: {e}"]) from e
-    if "split" in table.columns and "id" in table.columns:
-        return table.loc[table["split"] == "test", "id"].to_numpy().astype(str)
-    if table.shape[1] < 1:
-        raise DataError(f"{template_path}: no id column")
-    return table.iloc[:, 0].to_numpy().astype(str)
 
 
 class SegmentationTask(tasks.Task):
@@ -233,7 +204,7 @@ class SegmentationTask(tasks.Task):
     def train_dataset(self, files, spec, cfg, *, seed, cache, drop_remainder, n_workers):
         from foldnet.tasks.segmentation import data as seg_data
 
-        manifest = _manifest_of(files)
+        manifest = manifest_of_files(files)
         features = self.features(manifest, cfg)
         ids = weights = None
         if cfg["sampler"]:
@@ -249,7 +220,7 @@ class SegmentationTask(tasks.Task):
     def eval_dataset(self, files, spec, cfg):
         from foldnet.tasks.segmentation import data as seg_data
 
-        manifest = _manifest_of(files)
+        manifest = manifest_of_files(files)
         return seg_data.eval_dataset(files, self.features(manifest, cfg), cfg["batch_size"],
                                      pad_multiple=PAD_MULTIPLE, group_index=self._group_index(manifest, cfg))
 
@@ -257,7 +228,7 @@ class SegmentationTask(tasks.Task):
         from foldnet.tasks.segmentation import data as seg_data
         from foldnet.raster import spectral
 
-        manifest = _manifest_of(files)
+        manifest = manifest_of_files(files)
         features = spectral.Features(manifest, jit_compile=False)
         ids, masks, _, _ = seg_data.read_tiles(files, features)
         return ids, masks
@@ -265,7 +236,7 @@ class SegmentationTask(tasks.Task):
     def predict_files(self, model, files, cfg, verbose=0):
         from foldnet.tasks.segmentation import data as seg_data
 
-        manifest = _manifest_of(files)
+        manifest = manifest_of_files(files)
         return seg_data.predict_maps(model, files, self.features(manifest, cfg), cfg["batch_size"],
                                      tta_views(cfg["tta_number"]), PAD_MULTIPLE)
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from foldnet.raster.tiff import BadTile, _outcome, band_partials, read_tiff
+from foldnet.raster.tiff import BadTile, outcome, band_partials, read_tiff
 
 
 class Sensor(NamedTuple):
@@ -203,5 +203,5 @@ def load_chip(spec):
 
 
 # (True, ChipInfo) or (False, reason); (True, (image, valid, months, target)) or (False, reason)
-inspect_task = functools.partial(_outcome, inspect_chip)
-load_task = functools.partial(_outcome, load_chip)
+inspect_task = functools.partial(outcome, inspect_chip)
+load_task = functools.partial(outcome, load_chip)

@@ -31,9 +31,10 @@ from foldnet.core import report
 from foldnet.raster import tiff as seg_tiles
 from foldnet.tasks.temporal import chips as temporal_chips
 from foldnet.tasks.temporal import layouts as temporal_layouts
-from foldnet.tasks.classification.convert import input_fingerprint, staging_dir, write_unless_current
+from foldnet.io.convert import input_fingerprint, staging_dir, write_unless_current
 from foldnet.core.errors import DataError
-from foldnet.tasks.segmentation.convert import BandStats, check_flags, manifest_common, write_shards
+from foldnet.io.convert import manifest_common
+from foldnet.raster.convert import BandStats, check_flags, write_shards
 
 CHIPS_CSV = "chips.csv"
 TASK = "temporal_regression"

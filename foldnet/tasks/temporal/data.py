@@ -21,13 +21,13 @@ Month dropout (``month_dropout`` p): each month with data is dropped with
 probability p (its image zeroed, months 0); if that drops all of them, the
 one with the largest draw is kept, so at least one month always remains.
 
-Augmentation (``augment``: ``seg_data.paired_augment`` options: flips,
+Augmentation (``augment``: ``views.paired_augment`` options: flips,
 90-degree turns, a small rotation/zoom/shift): one transform per chip
 applied to every month and to the target (image bilinear, target nearest so
 no value is invented; pixels from outside mirrored).
 
 Prediction (``predict_dataset``) expands every chip to its TTA views
-(``seg_data.TTA_VIEWS``, identity first) so one predict covers them; the
+(``views.TTA_VIEWS``, identity first) so one predict covers them; the
 returned ``merge`` maps predictions back to the identity frame and crops the
 padding: float32 ``[n_views, n, H, W]``.
 """
@@ -35,8 +35,8 @@ padding: float32 ``[n_views, n, H, W]``.
 import numpy as np
 import tensorflow as tf
 
-from foldnet.tasks.classification import data
-from foldnet.tasks.segmentation import data as seg_data
+from foldnet.io import tfdata
+from foldnet.raster import views
 from foldnet.raster import spectral
 from foldnet.core.errors import ConfigError
 from foldnet.tasks.temporal.records import NO_TARGET, parse_example, unpack_bits
@@ -159,7 +159,7 @@ def flip_turn_index(height, width, flip=True, rot90=True):
     """Random flips (each with probability 1/2) and 90-degree turn (k uniform in 0..3, square chips only)
     as one source-pixel index per output pixel: int32 [H * W] (``tf.gather`` of the flattened pixels
     applies it to every month and to the target alike; exact, no resampling)."""
-    matrix = seg_data.random_flip_turn(height, width, flip, rot90 and height == width)
+    matrix = views.random_flip_turn(height, width, flip, rot90 and height == width)
     rows, cols = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
     src_x = matrix[0, 0] * cols + matrix[0, 1] * rows + matrix[0, 2]
     src_y = matrix[1, 0] * cols + matrix[1, 1] * rows + matrix[1, 2]
@@ -174,13 +174,13 @@ def move_pixels(x, index):
 
 
 def augment_pair(x, target, options):
-    """The same random ``seg_data.paired_augment`` transform of every month of ``x`` [T, H, W, C] and of
+    """The same random ``views.paired_augment`` transform of every month of ``x`` [T, H, W, C] and of
     ``target`` [H, W] (image bilinear, target nearest; -1 stays -1). The training pipeline applies flips
     and 90-degree turns alone with ``flip_turn_index`` instead (inside the compiled normalisation)."""
     t, h, w, c = x.shape
     flat = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [h, w, t * c])
     known = tf.cast(target >= 0, tf.float32)
-    flat, target, known = seg_data.paired_augment(flat, target, known, **options)
+    flat, target, known = views.paired_augment(flat, target, known, **options)
     x = tf.transpose(tf.reshape(flat, [h, w, t, c]), [2, 0, 1, 3])
     return x, tf.where(known > 0.5, target, NO_TARGET)
 
@@ -231,14 +231,14 @@ def train_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, m
                   pad_multiple=PAD_MULTIPLE):
     """Endless shuffled, augmented batches ``({"image", "months"}, target)`` for ``model.fit``.
 
-    ``augment``: ``seg_data.paired_augment`` options (None: flips and 90-degree turns; {}: none).
+    ``augment``: ``views.paired_augment`` options (None: flips and 90-degree turns; {}: none).
     ``month_dropout``: probability of dropping each month with data (``drop_months``).
     """
     rate = float(month_dropout or 0.0)
     aug = dict(DEFAULT_AUGMENT if augment is None else augment)
     chip = _Chip(spec, temporal_input, norm)
     files = list(files)
-    ds = data._read(files, deterministic=False)
+    ds = tfdata.read_records(files, deterministic=False)
     if cache:
         ds = ds.cache()
     ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
@@ -256,7 +256,7 @@ def train_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, m
 
     ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
-    return data._with_options(ds, shard_by_data=len(files) < n_workers)
+    return tfdata.with_options(ds, shard_by_data=len(files) < n_workers)
 
 
 def eval_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, cache=False, pad_multiple=PAD_MULTIPLE,
@@ -270,16 +270,16 @@ def eval_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, ca
         x, target = _pad(x, target[..., tf.newaxis], pad_multiple)
         return {"image": x, "months": months}, target
 
-    ds = data._read(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    ds = tfdata.read_records(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)
     return (ds.cache() if cache else ds).prefetch(AUTOTUNE)
 
 
 def tta_names(tta_number):
-    """The first ``tta_number + 1`` views of ``seg_data.TTA_VIEWS`` (identity first)."""
-    if not 0 <= tta_number < len(seg_data.TTA_VIEWS):
-        raise ConfigError(f"tta_number {tta_number}: there are {len(seg_data.TTA_VIEWS) - 1} views besides the "
-                          f"identity ({', '.join(seg_data.TTA_VIEWS[1:])})")
-    return list(seg_data.TTA_VIEWS[:tta_number + 1])
+    """The first ``tta_number + 1`` views of ``views.TTA_VIEWS`` (identity first)."""
+    if not 0 <= tta_number < len(views.TTA_VIEWS):
+        raise ConfigError(f"tta_number {tta_number}: there are {len(views.TTA_VIEWS) - 1} views besides the "
+                          f"identity ({', '.join(views.TTA_VIEWS[1:])})")
+    return list(views.TTA_VIEWS[:tta_number + 1])
 
 
 def predict_dataset(files, spec, batch_size, views=("identity",), *, temporal_input="all", norm=None,
@@ -288,23 +288,23 @@ def predict_dataset(files, spec, batch_size, views=("identity",), *, temporal_in
     chip i's V views at rows i*V .. i*V+V-1 (identity first); ``merge(predictions [n * V, Hp, Wp(, 1)])``
     -> float32 ``[V, n, H, W]``, every view mapped back to the identity frame, padding cropped."""
     height, width = spec.shape
-    views = seg_data.check_views(views, height, width)
+    views = views.check_views(views, height, width)
     chip = _Chip(spec, temporal_input, norm)
 
     def make(serialized):
         x, months, _ = chip(serialized)
         x, _ = _pad(x, tf.zeros([height, width, 1]), pad_multiple)
-        return {"image": tf.stack([seg_data.apply_view(x, v) for v in views]),
+        return {"image": tf.stack([views.apply_view(x, v) for v in views]),
                 "months": tf.tile(months[tf.newaxis], [len(views), 1])}
 
     def flatten(batch):
         return {k: tf.reshape(v, [-1] + v.shape[2:].as_list()) for k, v in batch.items()}
 
-    ds = data._read(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    ds = tfdata.read_records(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)
     ds = ds.map(flatten).prefetch(AUTOTUNE)
 
     def merge(predictions):
-        return seg_data.invert_tta(predictions, views, height, width, pad_multiple or 1).numpy()
+        return views.invert_tta(predictions, views, height, width, pad_multiple or 1).numpy()
 
     return ds, merge
 
@@ -326,7 +326,7 @@ def read_ids_targets(files, spec):
         return ex["id"], ex["target"]
 
     ids, targets = [], []
-    for i, t in data._read(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(256)\
+    for i, t in tfdata.read_records(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(256)\
             .as_numpy_iterator():
         ids += [x.decode("utf-8") for x in i]
         targets.append(t)
@@ -335,6 +335,6 @@ def read_ids_targets(files, spec):
 
 def read_chips(files, spec):
     """Every parsed chip of ``files`` as numpy (tests, benches): dicts with id, image, valid, months, target."""
-    ds = data._read(files, deterministic=True).map(
+    ds = tfdata.read_records(files, deterministic=True).map(
         lambda s: parse_example(s, spec.n_months, spec.shape, spec.n_channels))
     return [{k: (v.decode("utf-8") if k == "id" else v) for k, v in ex.items()} for ex in ds.as_numpy_iterator()]

@@ -130,7 +130,7 @@ def _write(path, array):
 def build_biomass_dataset(out_dir, n_train=240, n_test=40, size=32, seed=0):
     """Write the synthetic BioMassters dataset into ``out_dir`` (replaced atomically, and only if this
     tool built it: demo_data.dataset_dir); return its path."""
-    from foldnet.tasks.classification.demo_data import dataset_dir
+    from foldnet.io.demo import dataset_dir
     from foldnet.core.errors import ConfigError
 
     if n_train < 10 or n_test < 1 or size < 8:

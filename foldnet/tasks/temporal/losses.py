@@ -26,7 +26,7 @@ replicas. Both use the same cap as the loss.
 import tensorflow as tf
 
 from foldnet.core.errors import ConfigError
-from foldnet.tasks.segmentation.losses import _safe_div, global_sum
+from foldnet.models.ops import global_sum, safe_div
 
 keras = tf.keras
 
@@ -57,7 +57,7 @@ def chip_rmse_terms(y_true, y_pred, cap=None):
     """(RMSE per chip [B], has-a-valid-pixel flag per chip [B])."""
     sq, valid = valid_errors(y_true, y_pred, cap)
     count = tf.reduce_sum(valid, 1)
-    return _sqrt0(_safe_div(tf.reduce_sum(sq, 1), count)), tf.cast(count > 0, tf.float32)
+    return _sqrt0(safe_div(tf.reduce_sum(sq, 1), count)), tf.cast(count > 0, tf.float32)
 
 
 def rmse_loss(y_true, y_pred, cap=None, per_chip=True):
@@ -65,10 +65,10 @@ def rmse_loss(y_true, y_pred, cap=None, per_chip=True):
     if per_chip:
         rmse, has = chip_rmse_terms(y_true, y_pred, cap)
         total, n_chips = global_sum([tf.reduce_sum(rmse * has), tf.reduce_sum(has)])
-        return _safe_div(total, n_chips)
+        return safe_div(total, n_chips)
     sq, valid = valid_errors(y_true, y_pred, cap)
     total, count = global_sum([tf.reduce_sum(sq), tf.reduce_sum(valid)])
-    return _sqrt0(_safe_div(total, count))
+    return _sqrt0(safe_div(total, count))
 
 
 def check_loss(name):
@@ -116,7 +116,7 @@ class ChipRMSE(keras.metrics.Metric):
         self.chips.assign_add(tf.reduce_sum(has))
 
     def result(self):
-        return _safe_div(self.total, self.chips)
+        return safe_div(self.total, self.chips)
 
     def reset_state(self):
         for v in (self.total, self.chips):
@@ -142,7 +142,7 @@ class PooledRMSE(keras.metrics.Metric):
         self.pixels.assign_add(tf.reduce_sum(valid))
 
     def result(self):
-        return tf.sqrt(_safe_div(self.total, self.pixels))
+        return tf.sqrt(safe_div(self.total, self.pixels))
 
     def reset_state(self):
         for v in (self.total, self.pixels):

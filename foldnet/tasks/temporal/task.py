@@ -21,7 +21,7 @@ builder; ``nonneg``). Loss: ``temporal_losses.make_loss(cfg["loss"])``
 (``rmse`` per chip, default, or ``pooled_rmse``) ignoring targets above
 ``target_cap`` (0: no cap); Keras metrics ``chip_rmse`` and ``pooled_rmse``
 at the same cap (the default monitor is ``val_chip_rmse``). TTA: the first
-``tta_number + 1`` of ``seg_data.TTA_VIEWS`` (identity, flip_lr, flip_ud,
+``tta_number + 1`` of ``views.TTA_VIEWS`` (identity, flip_lr, flip_ud,
 ...), each view mapped back before it is stored.
 
 Prediction files: ``outputs`` float16 ``[n_tta, n, H, W]`` in target units
@@ -50,7 +50,8 @@ import numpy as np
 
 from foldnet.tasks import base as tasks
 from foldnet.core.errors import ConfigError
-from foldnet.tasks.segmentation.task import _manifest_of, read_test_ids, refuse_csv
+from foldnet.io.records import manifest_of_files
+from foldnet.raster.submission import read_test_ids, refuse_csv
 
 SPEC_FILE = "temporal_spec.json"
 SCORE_CAP = 400.0
@@ -139,12 +140,12 @@ class TemporalRegressionTask(tasks.Task):
     def read_ids_targets(self, files):
         from foldnet.tasks.temporal import data as temporal_data
 
-        return temporal_data.read_ids_targets(files, load_spec(_manifest_of(files)))
+        return temporal_data.read_ids_targets(files, load_spec(manifest_of_files(files)))
 
     def predict_files(self, model, files, cfg, verbose=0):
         from foldnet.tasks.temporal import data as temporal_data
 
-        spec = load_spec(_manifest_of(files))
+        spec = load_spec(manifest_of_files(files))
         return temporal_data.predict_maps(model, files, spec, cfg["batch_size"], self.tta_names(cfg["tta_number"]),
                                           **data_options(cfg))
 
