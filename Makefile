@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
-DEMO_RUNS ?= models
+DEMO_RUNS ?= runs
 SEG_DEMO_DIR ?= data/kelp_demo
 BIO_DEMO_DIR ?= data/biomass_demo
 
@@ -26,6 +26,8 @@ $(STAMP): requirements.txt pyproject.toml
 install: $(STAMP)
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest tests
 
 demo: install

@@ -21,7 +21,8 @@ SUBMISSION=${SUBMISSION:-submission.csv}
 RUN_ARGS=${RUN_ARGS:-}
 
 run_dirs=()
-for member in $(member_list); do
+read -r -a members <<< "$(member_list)"  # split on white space, never globbed
+for member in "${members[@]}"; do
   cfg=$(member_config "$member")
   run_dir=$(member_run_dir "$cfg")
   echo "== predicting test with $(basename "$cfg" .yaml) ($run_dir)"

@@ -6,10 +6,9 @@
 # DATA_DIR   dataset directory (default: data); TFRecords are made in
 #            TFREC_DIR (default: DATA_DIR/tfrec) if they are not there yet
 # MODELS     names of configs in models/ or paths to YAML files
-#            (default: the Turtle Recall members in models/: not demo, small_photos,
-#            seg_*, kelp_*, cloud_*)
+#            (default: the Turtle Recall members: ef1b7 ef1l2 ef1l2_s2 ef2l ef2xl beitl)
 # RUNS_DIR   where each member's outputs go, as RUNS_DIR/<member>/
-#            (default: beside its config, models/<member>/)
+#            (default: runs/<member>/)
 # JOB        run.py job (default: train_val_test_score)
 # PYTHON     interpreter (default: .venv/bin/python if present, else python3)
 set -euo pipefail
@@ -25,7 +24,8 @@ if [ ! -f "$TFREC_DIR/manifest.json" ]; then
   "$PYTHON" "$here/create_tfrecords.py" --data_dir "$DATA_DIR" --out_dir "$TFREC_DIR"
 fi
 
-for member in $(member_list); do
+read -r -a members <<< "$(member_list)"  # split on white space, never globbed
+for member in "${members[@]}"; do
   cfg=$(member_config "$member")
   run_dir=$(member_run_dir "$cfg")
   echo "== training $(basename "$cfg" .yaml) -> $run_dir"

@@ -39,9 +39,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 import common  # noqa: E402  (first: puts the repo on sys.path; no TensorFlow)
+import numpy as np
 
 # Spawned workers (photos, shard writer) re-import this file: TensorFlow is
 # imported inside functions only.
@@ -73,8 +72,7 @@ def former_augment_image(source, dim, aug_number=0, aug_probability=0.0, aug_cro
     rotation / 45-degree rotation + central crop + resize back."""
     import tensorflow as tf
 
-    from foldnet.tasks.classification import augment
-    from foldnet.tasks.classification import data
+    from foldnet.tasks.classification import augment, data
 
     image = data.resize_image(source, dim)
     if aug_crop_scale > 0 or aug_rotate > 0:
@@ -104,8 +102,7 @@ def former_tta_views(image_bytes, dim, tta_number):
     rotated, cropped and resized)."""
     import tensorflow as tf
 
-    from foldnet.tasks.classification import augment
-    from foldnet.tasks.classification import data
+    from foldnet.tasks.classification import augment, data
 
     image = data.decode_image(image_bytes, dim)
     start = math.ceil(dim * (1.0 - augment.CROP_FRACTION) / 2.0)
@@ -134,8 +131,7 @@ def bilinear_diagonal(source, index, dim):
 
 
 def _patches(former=False, bilinear=False):
-    from foldnet.tasks.classification import augment
-    from foldnet.tasks.classification import data
+    from foldnet.tasks.classification import augment, data
 
     stack = contextlib.ExitStack()
     if former:
@@ -156,8 +152,7 @@ def decode_dataset(files, batch, fn):
     """Parse + ``fn(image_bytes)`` only, batches of the decoded shapes."""
     import tensorflow as tf
 
-    from foldnet.io import tfdata
-    from foldnet.io import records
+    from foldnet.io import records, tfdata
 
     ds = tfdata.read_records(files, deterministic=False).map(lambda s: tf.shape(fn(records.parse_example(s)["image"])),
                                                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
@@ -167,9 +162,8 @@ def decode_dataset(files, batch, fn):
 def tta_dataset(files, dim, batch, tta_number, former=False, bilinear=False):
     import tensorflow as tf
 
+    from foldnet.io import records, tfdata
     from foldnet.tasks.classification import data
-    from foldnet.io import tfdata
-    from foldnet.io import records
 
     views = former_tta_views if former else data.tta_views
     with _patches(bilinear=bilinear):

@@ -18,13 +18,14 @@ import tempfile
 import time
 import tracemalloc
 
+import common  # noqa: E402  (first: puts the repo on sys.path)
 import numpy as np
 import pandas as pd
 
-import common  # noqa: E402  (first: puts the repo on sys.path)
-from foldnet.ensemble import averaging
 from foldnet.core import report
+from foldnet.ensemble import averaging
 from foldnet.io import rundir
+from foldnet.tasks.classification.task import TASK as CLASSIFICATION
 
 MB = 1024 * 1024
 
@@ -82,11 +83,11 @@ def main(argv=None):
     try:
         runs = write_members(root, args.members, args.folds, ids, args.classes, args.tta)
         tracemalloc.start()
-        streamed, s_peak, s_time = measure(lambda: averaging.average_test(runs, ids))
+        streamed, s_peak, s_time = measure(lambda: averaging.average_test(runs, ids, task=CLASSIFICATION))
         del streamed
         naive, n_peak, n_time = measure(lambda: naive_average(runs, ids))
         tracemalloc.stop()
-        check = averaging.average_test(runs, ids)
+        check = averaging.average_test(runs, ids, task=CLASSIFICATION)
         max_diff = float(np.abs(check - naive).max())
     finally:
         shutil.rmtree(root, ignore_errors=True)

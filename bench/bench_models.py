@@ -21,8 +21,8 @@ import common  # noqa: E402,F401  (first: puts the repo on sys.path, imports fol
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from foldnet.models import backbones as models
 from foldnet.engine import strategy
+from foldnet.models import backbones as models
 
 keras = tf.keras
 ARCHS = ["small_cnn", "efficientnet_b0"]

@@ -17,16 +17,17 @@ which foldnet itself does not use).
 import argparse
 import os
 
+import common  # noqa: F401  (puts the repository on sys.path)
 import numpy as np
 import pandas as pd
 
-import common  # noqa: F401  (puts the repository on sys.path)
-from foldnet.tasks.classification import openset
+from foldnet.ensemble.averaging import average_test
 from foldnet.io import rundir
 from foldnet.tasks import base as tasks
-from foldnet.ensemble.averaging import average_test
+from foldnet.tasks.classification import openset
 from foldnet.tasks.classification.evaluate import KIND_COLUMN
 from foldnet.tasks.classification.labels import LabelMap
+from foldnet.tasks.classification.task import TASK as CLASSIFICATION
 
 
 def member_arrays(run):
@@ -76,7 +77,7 @@ def main(argv=None):
     for run in a.runs:
         name = os.path.basename(os.path.normpath(run))
         label_map, targets, oof, fold = member_arrays(run)
-        test = average_test([run], ids)
+        test = average_test([run], ids, task=CLASSIFICATION)
         fitted = {score: openset.fit_rule(targets, oof, label_map, fold, score=score, proxies=True)
                   for score in openset.SCORES}
         first = fitted[openset.DEFAULT_SCORE]

@@ -14,26 +14,24 @@ probability scores of ``openset.SCORES``.
 import argparse
 import os
 
+import common  # noqa: F401  (puts the repository on sys.path)
 import numpy as np
 import pandas as pd
-
-import common  # noqa: F401  (puts the repository on sys.path)
 from bench_openset import member_arrays, test_split
-from foldnet.tasks.classification import openset
-from foldnet.tasks.classification import ranking
+
 from foldnet.core import report
+from foldnet.tasks.classification import openset, ranking
+from foldnet.tasks.classification.task import TASK as CLASSIFICATION
 
 
 def fold_features(run, tfrec_dir):
     """Per fold: {"oof": (ids, feats, logits), "test": ..., "train": ...}."""
     import tensorflow as tf
 
-    from foldnet.engine import config
-    from foldnet.tasks.classification import data
-    from foldnet.io import records
-    from foldnet.io import rundir
+    from foldnet.engine import config, train
+    from foldnet.io import records, rundir
     from foldnet.tasks import base as tasks
-    from foldnet.engine import train
+    from foldnet.tasks.classification import data
 
     manifest = records.load_manifest(tfrec_dir)
     task = tasks.for_manifest(manifest)
@@ -71,12 +69,12 @@ def main(argv=None):
     answers = pd.read_csv(a.answers, dtype=str, keep_default_na=False)
     test_ids = answers.iloc[:, 0].to_numpy()
     label_map, targets, oof, fold = member_arrays(a.run)
+    from foldnet.ensemble.averaging import average_test
     from foldnet.io import rundir
     from foldnet.tasks import base as tasks
-    from foldnet.ensemble.averaging import average_test
 
     oof_ids = np.concatenate([f.ids for f in rundir.read_oof(a.run, tasks.get("classification"))]).astype(str)
-    test = average_test([a.run], test_ids)
+    test = average_test([a.run], test_ids, task=CLASSIFICATION)
     feats = fold_features(a.run, a.tfrec_dir)
     names = ["max_logit", "energy", "nearest_train_cosine"]
     oof_vals = {n: np.zeros(len(oof_ids)) for n in names}

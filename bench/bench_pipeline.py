@@ -88,8 +88,7 @@ def ceiling_dataset(files, batch):
     """The same shards, parse + decode_jpeg only; batches of decoded shapes."""
     import tensorflow as tf
 
-    from foldnet.io import tfdata
-    from foldnet.io import records
+    from foldnet.io import records, tfdata
 
     def decode(serialized):
         return tf.shape(tf.io.decode_jpeg(records.parse_example(serialized)["image"], channels=3))
@@ -135,8 +134,8 @@ def bench_ops(files, dim, reps, n_images=8, calls=4):
     called one image at a time (as tf.data's map does) on ``n_images`` records."""
     import tensorflow as tf
 
-    from foldnet.tasks.classification import augment
     from foldnet.io import records
+    from foldnet.tasks.classification import augment
 
     encoded = [records.parse_example(s)["image"] for s in tf.data.TFRecordDataset(files[:1]).take(n_images)]
     pixels = [tf.io.decode_jpeg(b, channels=3) for b in encoded]
@@ -200,9 +199,9 @@ def fit_rate(model, ds, batch, warm, steps):
 def bench_feed(files, arch, dim, batch, reps, steps, feeds):
     import tensorflow as tf
 
-    from foldnet.tasks.classification import task as classification
-    from foldnet.models import backbones as models
     from foldnet.engine import train
+    from foldnet.models import backbones as models
+    from foldnet.tasks.classification import task as classification
 
     tf.keras.backend.clear_session()
     model = classification.compile_classifier(models.build_model(arch, N_CLASSES, dim), N_CLASSES,
@@ -212,9 +211,9 @@ def bench_feed(files, arch, dim, batch, reps, steps, feeds):
     memory = tf.data.Dataset.from_tensors((x, y)).repeat()
     warm = 2
     model.fit(memory, steps_per_epoch=2, epochs=1, verbose=0)  # trace + first steps untimed
-    measures = {"in-memory batch": lambda: fit_rate(model, memory, batch, warm, steps)}
+    measures = {"in-memory batch": lambda: fit_rate(model, memory, batch, warm, steps)}  # noqa: F821 (model is deleted after the timings)
     for name, ds in pipelines.items():
-        measures[name] = lambda ds=ds: fit_rate(model, ds, batch, warm, steps)
+        measures[name] = lambda ds=ds: fit_rate(model, ds, batch, warm, steps)  # noqa: F821 (model is deleted after the timings)
         # the pipeline alone at the same dim, for the no-overlap bound
         measures[name + " (alone)"] = lambda ds=ds: common.iterate_rate(ds, batch, 3, 15)
     rates = common.interleaved(measures, reps)

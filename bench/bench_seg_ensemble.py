@@ -26,14 +26,13 @@ import tempfile
 import time
 import tracemalloc
 
+import common  # noqa: E402  (first: puts the repo on sys.path)
 import numpy as np
 
-import common  # noqa: E402  (first: puts the repo on sys.path)
-from foldnet.ensemble import averaging
 from foldnet.core import report
+from foldnet.ensemble import averaging, weightfit
 from foldnet.io import rundir
 from foldnet.tasks import base as tasks
-from foldnet.ensemble import weightfit
 from foldnet.tasks.segmentation.task import SegSpec  # noqa: E402
 
 MB = 1024 * 1024

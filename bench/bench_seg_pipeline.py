@@ -21,13 +21,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-
 import tensorflow as tf  # noqa: E402
 
+from foldnet.models import unet
+from foldnet.raster import spectral
+from foldnet.raster import views as rviews
 from foldnet.tasks.segmentation import data as seg_data
 from foldnet.tasks.segmentation import records as seg_records
-from foldnet.raster import spectral
-from foldnet.models import unet
 
 BANDS = ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"]
 PARSE_FEATURES = "ceiling 2: read + parse + features (7 bands + 10 indices, padded)"
@@ -115,7 +115,7 @@ def tta_part(files, features, views, batch_size, reps):
     def one_pass():
         start = time.perf_counter()
         pred = model.predict(seg_data.tta_dataset(files, features, batch_size, views), verbose=0)
-        views.merge_tta(pred, views, size, size).numpy()
+        rviews.merge_tta(pred, views, size, size).numpy()
         return n / (time.perf_counter() - start)
 
     def per_view():
@@ -123,10 +123,10 @@ def tta_part(files, features, views, batch_size, reps):
         maps = []
         for v in views:
             ds = seg_data.tta_dataset(files, features, batch_size, ["identity"]).map(
-                lambda x, v=v: views.apply_view(x, v))
+                lambda x, v=v: rviews.apply_view(x, v))
             maps.append(model.predict(ds, verbose=0))
         stacked = np.stack(maps, 1).reshape((-1,) + maps[0].shape[1:])
-        views.merge_tta(stacked, views, size, size).numpy()
+        rviews.merge_tta(stacked, views, size, size).numpy()
         return n / (time.perf_counter() - start)
 
     def features_alone():  # read + features + views, no model

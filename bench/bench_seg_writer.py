@@ -73,8 +73,8 @@ def main():
     p.add_argument("--size", type=int, default=350)
     p.add_argument("--reps", type=int, default=2)
     a = p.parse_args()
-    from foldnet.tasks.segmentation.demo_data import build_kelp_dataset
     from foldnet.tasks.segmentation.convert import tile_specs
+    from foldnet.tasks.segmentation.demo_data import build_kelp_dataset
     from foldnet.tasks.segmentation.layouts import read_kelp
 
     tmp = tempfile.mkdtemp(prefix="bench-seg-writer-")

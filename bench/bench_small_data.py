@@ -29,9 +29,9 @@ import time
 import common  # bench/common.py: puts the repository on sys.path
 
 import foldnet  # noqa: F401  (before tensorflow)
+from foldnet.core import fileio
 from foldnet.engine import config
 from foldnet.tasks.classification import demo_data
-from foldnet.core import fileio
 
 ROOT = common.ROOT
 

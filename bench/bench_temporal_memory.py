@@ -27,7 +27,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from common import ROOT, machine, write_out
 
 CHILD = r"""

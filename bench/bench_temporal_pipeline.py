@@ -17,7 +17,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-
 import tensorflow as tf  # noqa: E402
 
 from foldnet.tasks.temporal import data as temporal_data

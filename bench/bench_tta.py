@@ -46,9 +46,8 @@ def per_view_predict(model, files, dim, batch, tta_number):
     import numpy as np
     import tensorflow as tf
 
-    from foldnet.tasks.classification import augment
-    from foldnet.tasks.classification import data
     from foldnet.io import tfdata
+    from foldnet.tasks.classification import augment, data
 
     ids, labels = data.read_ids_labels(files)
     outputs = []
@@ -64,9 +63,10 @@ def bench_model(arch, files, n_images, dim, batch, tta_number, reps):
     import numpy as np
     import tensorflow as tf
 
-    from foldnet.tasks.classification import data
-    from foldnet.models import backbones as models
     from foldnet.engine import predict
+    from foldnet.models import backbones as models
+    from foldnet.tasks.classification import data
+    from foldnet.tasks.classification.task import TASK as CLASSIFICATION
 
     tf.keras.backend.clear_session()
     model = models.build_model(arch, N_CLASSES, dim)
@@ -83,15 +83,15 @@ def bench_model(arch, files, n_images, dim, batch, tta_number, reps):
 
     measures = {
         "one pass (predict_records)": lambda: seconds(
-            lambda: predict.predict_records(model, files, {"dim": dim, "batch_size": batch, "tta_number": tta_number})),
-        "per view (N+1 passes)": lambda: seconds(lambda: per_view_predict(model, files, dim, batch, tta_number)),
+            lambda: predict.predict_records(model, files, {"dim": dim, "batch_size": batch, "tta_number": tta_number}, task=CLASSIFICATION)),  # noqa: F821, E501
+        "per view (N+1 passes)": lambda: seconds(lambda: per_view_predict(model, files, dim, batch, tta_number)),  # noqa: F821
         "decode alone": lambda: seconds(lambda: [None for _ in decode_only]),
         f"model alone, batch {batch * n_views}": lambda: seconds(
-            lambda: model.predict(views, batch_size=batch * n_views, verbose=0)),
-        f"model alone, batch {batch}": lambda: seconds(lambda: model.predict(views, batch_size=batch, verbose=0)),
+            lambda: model.predict(views, batch_size=batch * n_views, verbose=0)),  # noqa: F821
+        f"model alone, batch {batch}": lambda: seconds(lambda: model.predict(views, batch_size=batch, verbose=0)),  # noqa: F821
     }
     # untimed round: traces every function (each batch shape), checks the two ways agree
-    one = predict.predict_records(model, files, {"dim": dim, "batch_size": batch, "tta_number": tta_number})
+    one = predict.predict_records(model, files, {"dim": dim, "batch_size": batch, "tta_number": tta_number}, task=CLASSIFICATION)
     base = per_view_predict(model, files, dim, batch, tta_number)
     for name in list(measures)[2:]:
         measures[name]()

@@ -31,8 +31,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import foldnet  # noqa: E402,F401  (selects Keras 2; does not import TensorFlow)
-from foldnet.io import images
-
+from foldnet.io import images  # noqa: E402
 
 # ---------------------------------------------------------------- photos
 

@@ -4,16 +4,12 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x "$here/.venv/bin/python" ]; then PYTHON="$here/.venv/bin/python"; else PYTHON=python3; fi
 fi
 
-# Members from $MODELS, or every committed config in models/ except the demos, the
-# small-photo recipe, the segmentation and the biomass recipes (the rest are the Turtle Recall ensemble).
+# The members trained when MODELS is not set: the Turtle Recall 5th-place ensemble.
+DEFAULT_MEMBERS="ef1b7 ef1l2 ef1l2_s2 ef2l ef2xl beitl"
+
+# Members from $MODELS, or DEFAULT_MEMBERS.
 member_list() {
-  if [ -n "${MODELS:-}" ]; then
-    echo "$MODELS"
-  else
-    for f in "$here"/models/*.yaml; do
-      case "$(basename "$f")" in demo.yaml|small_photos.yaml|seg_*.yaml|kelp_*.yaml|cloud_*.yaml|biomass_*.yaml) ;; *) basename "$f" .yaml ;; esac
-    done
-  fi
+  echo "${MODELS:-$DEFAULT_MEMBERS}"
 }
 
 # A member name (models/NAME.yaml) or a path to a YAML file -> the YAML path.
@@ -26,7 +22,7 @@ member_config() {
 }
 
 # YAML path -> RUNS_DIR/<member>, or the run dir the config itself resolves to
-# (config.default_run_dir: models/<member>/ beside the config, unless it sets run_dir).
+# (config.default_run_dir: runs/<member>/, unless it sets run_dir).
 member_run_dir() {
   local cfg=$1
   if [ -n "${RUNS_DIR:-}" ]; then echo "$RUNS_DIR/$(basename "$cfg" .yaml)"; return; fi

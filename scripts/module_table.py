@@ -1,6 +1,7 @@
 """Print (or --write into docs/DESIGN.md) the module table of package foldnet, from each module's docstring.
 
-The table lists every ``foldnet/*.py`` in name order with the first sentence
+The table lists every module of the package (``core/fileio.py`` as ``core.fileio``), folder by
+folder in name order, with the first sentence
 line of its docstring; DESIGN.md holds it between the markers below, and a
 test checks it is current. No imports of the modules (read with ``ast``).
 
@@ -22,15 +23,27 @@ def first_sentence(doc):
     return para if end < 0 else para[:end + 1]
 
 
+def module_names(package_dir=os.path.join(ROOT, "foldnet")):
+    """(dotted name below foldnet, path) of every module, sorted; packages' __init__ by their folder name."""
+    found = []
+    for d, dirs, files in os.walk(package_dir):
+        dirs[:] = sorted(x for x in dirs if not x.startswith((".", "__")))
+        for name in files:
+            if name.endswith(".py"):
+                rel = os.path.relpath(os.path.join(d, name), package_dir)[:-3].replace(os.sep, ".")
+                rel = rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
+                if rel not in ("__init__", "__main__"):
+                    found.append((rel, os.path.join(d, name)))
+    return sorted(found)
+
+
 def module_table(package_dir=os.path.join(ROOT, "foldnet")):
     rows = ["| module | does |", "|---|---|"]
-    for name in sorted(os.listdir(package_dir)):
-        if not name.endswith(".py"):
-            continue
-        with open(os.path.join(package_dir, name)) as f:
+    for name, path in module_names(package_dir):
+        with open(path) as f:
             doc = ast.get_docstring(ast.parse(f.read())) or ""
         first = first_sentence(doc) or "(no docstring)"
-        rows.append(f"| `{name[:-3]}` | {first.replace('|', '/')} |")
+        rows.append(f"| `{name}` | {first.replace('|', '/')} |")
     return "\n".join(rows) + "\n"
 
 

@@ -6,8 +6,6 @@ Both are session-scoped and must be treated as read-only by tests.
 
 ``turtle_copy``: a fresh, writable copy of ``tiny_turtle_dir`` for one test.
 """
-import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
-
 import io
 import os
 import shutil
@@ -16,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+
+import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
 # Tiny Turtle Recall dataset: 6 classes x 10 training images (16x16 RGB JPEG).
 # Classes 0-3 are in train.csv (some of their images in extra_images.csv too);

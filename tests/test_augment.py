@@ -1,9 +1,8 @@
-import foldnet  # noqa: F401  (before tensorflow)
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import foldnet  # noqa: F401  (before tensorflow)
 from foldnet.tasks.classification import augment
 
 SIZE = 12
@@ -273,8 +272,8 @@ def test_photo_transforms_validate_arguments():
 
 
 def test_train_dataset_applies_photo_transforms(tiny_tfrec):
-    from foldnet.tasks.classification import data
     from foldnet.io import records
+    from foldnet.tasks.classification import data
 
     tf.random.set_seed(8)
     files = records.fold_files(records.load_manifest(tiny_tfrec), [0])

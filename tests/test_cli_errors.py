@@ -4,13 +4,12 @@ One driver process calls each entry point's ``main(argv)`` for a list of bad
 invocations (TensorFlow is imported once); the root scripts are also run as
 real processes. A ``main`` that raises is reported with its traceback and fails.
 """
-import foldnet  # noqa: F401
-
 import json
 import os
 import subprocess
 import sys
 
+import foldnet  # noqa: F401
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 

@@ -1,13 +1,12 @@
 """run.py settings: defaults < YAML < command line, validation, help."""
-import foldnet  # noqa: F401
-
 import subprocess
 import sys
 
 import pytest
 
-from foldnet.engine import config
+import foldnet  # noqa: F401
 from foldnet.core.errors import ConfigError
+from foldnet.engine import config
 
 
 def write(tmp_path, text, name="member.yaml"):
@@ -83,7 +82,6 @@ def test_committed_member_configs_are_valid():
     assert {os.path.basename(p) for p in paths} >= {"demo.yaml", "ef1b7.yaml", "beitl.yaml", "ef1l2.yaml",
                                                      "ef1l2_s2.yaml", "ef2l.yaml", "ef2xl.yaml"}
     from foldnet.models import backbones as models
-
     from foldnet.tasks.segmentation import task as segmentation
 
     names = {a["name"] for a in models.list_architectures()}
@@ -91,9 +89,9 @@ def test_committed_member_configs_are_valid():
     cloud = segmentation.SegSpec([512, 512, 4], ["B02", "B03", "B04", "B08"], "cloud", "{id}.tif")
     seg = {"seg_demo.yaml": kelp, "kelp_b5.yaml": kelp, "cloud_unet.yaml": cloud}
     assert {os.path.basename(p) for p in paths} >= set(seg)
-    from foldnet.tasks.temporal import task as temporal
     from foldnet.tasks.temporal import layouts as tl
     from foldnet.tasks.temporal import records as temporal_records
+    from foldnet.tasks.temporal import task as temporal
 
     biomass = temporal_records.TemporalSpec(12, (256, 256), list(tl.BIOMASSTERS_BANDS), dict(tl.BIOMASSTERS_NORM),
                                             dict(tl.BIOMASSTERS_TARGET), "biomassters", list(tl.BIOMASSTERS_MONTHS))

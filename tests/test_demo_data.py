@@ -1,6 +1,4 @@
 """The bundled demo datasets: digits (7 original, 3 extra-only) and photos; Turtle Recall layout, deterministic."""
-import foldnet  # noqa: F401
-
 import hashlib
 import os
 
@@ -8,9 +6,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+import foldnet  # noqa: F401
 from foldnet.commands import demo_data as demo_cli
 from foldnet.tasks.classification import demo_data
-
 
 LAYOUT_COLUMNS = {
     "train": ["image_id", "image_location", "turtle_id"],

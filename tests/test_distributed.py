@@ -9,6 +9,7 @@ import numpy as np
 SCRIPT = r"""
 import sys, json
 import foldnet
+from foldnet.tasks.classification.task import TASK as CLASSIFICATION
 from foldnet.tasks.classification.labels import load_label_map
 from foldnet.engine import strategy
 devices = strategy.split_cpu(2)
@@ -28,7 +29,7 @@ model = train.train_fold(cfg, 0, manifest, run_dir, strat)
 p = rundir.fold_paths(run_dir, 0)
 lm = load_label_map(manifest)
 predict.predict_split(model, records.fold_files(manifest, [0]), p["oof"], dict(cfg, tta_number=1), lm.fingerprint(),
-                      rundir.weights_fingerprint(p["best"]), manifest["folds"][0]["n_examples"])
+                      rundir.weights_fingerprint(p["best"]), manifest["folds"][0]["n_examples"], task=CLASSIFICATION)
 print(json.dumps({"replicas": strat.num_replicas_in_sync, "kind": type(strat).__name__}))
 """
 

@@ -6,15 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldnet.ensemble import averaging
-from foldnet.tasks.classification import task as classification
-from foldnet.ensemble import cli as ensemble
-from foldnet.tasks.classification import metrics
-from foldnet.io import rundir
-from foldnet.tasks.classification import submission
-from foldnet.ensemble import weightfit
 from foldnet.core.errors import DataError
+from foldnet.ensemble import averaging, weightfit
+from foldnet.ensemble import cli as ensemble
+from foldnet.io import rundir
+from foldnet.tasks.classification import metrics, submission
+from foldnet.tasks.classification import task as classification
 from foldnet.tasks.classification.labels import LabelMap
+from foldnet.tasks.classification.task import TASK as CLASSIFICATION
 
 
 def write_npz(run_dir, fold, split, ids, outputs, labels=None, fingerprint="fp-A"):
@@ -64,22 +63,22 @@ def hand_members(tmp_path, shuffle_b=False):
 
 def test_average_hand_example(tmp_path):
     runs = hand_members(tmp_path)
-    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"]),
+    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"], task=CLASSIFICATION),
                                [[.2, .65, .15], [.45, .125, .425]], atol=1e-6)
-    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"], weights=[3, 1]),
+    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"], weights=[3, 1], task=CLASSIFICATION),
                                [[.3, .475, .225], [.425, .1875, .3875]], atol=1e-6)
     # rows come out in the order asked for
-    np.testing.assert_allclose(averaging.average_test(runs, ["y", "x"]),
+    np.testing.assert_allclose(averaging.average_test(runs, ["y", "x"], task=CLASSIFICATION),
                                [[.45, .125, .425], [.2, .65, .15]], atol=1e-6)
     # identity view only: A = mean of [[.6,.3,.1],[.2,.2,.6]] and [[.2,.2,.6],[.8,.1,.1]]
     # = [[.4,.25,.35],[.5,.15,.35]]; (A + B) / 2 = [[.2,.625,.175],[.5,.075,.425]]
-    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"], tta="identity"),
+    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"], tta="identity", task=CLASSIFICATION),
                                [[.2, .625, .175], [.5, .075, .425]], atol=1e-6)
 
 
 def test_shuffled_rows_do_not_change_the_result(tmp_path):
     runs = hand_members(tmp_path, shuffle_b=True)
-    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"]),
+    np.testing.assert_allclose(averaging.average_test(runs, ["x", "y"], task=CLASSIFICATION),
                                [[.2, .65, .15], [.45, .125, .425]], atol=1e-6)
     rng = np.random.default_rng(0)
     ids = np.array([f"img{i}" for i in range(50)])
@@ -87,8 +86,8 @@ def test_shuffled_rows_do_not_change_the_result(tmp_path):
     write_npz(tmp_path / "C", 0, "test", ids, probs)
     perm = rng.permutation(50)
     write_npz(tmp_path / "D", 0, "test", ids[perm], probs[:, perm])
-    a = averaging.average_test([str(tmp_path / "C")], ids)
-    b = averaging.average_test([str(tmp_path / "D")], ids)
+    a = averaging.average_test([str(tmp_path / "C")], ids, task=CLASSIFICATION)
+    b = averaging.average_test([str(tmp_path / "D")], ids, task=CLASSIFICATION)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, probs.mean(axis=0), atol=1e-6)
 
@@ -97,13 +96,13 @@ def test_refuses_other_label_map(tmp_path):
     runs = hand_members(tmp_path)
     write_npz(runs[1], 1, "test", ["x", "y"], np.full((2, 3), 1 / 3), fingerprint="fp-OTHER")
     with pytest.raises(DataError) as e:
-        averaging.average_test(runs, ["x", "y"])
+        averaging.average_test(runs, ["x", "y"], task=CLASSIFICATION)
     msg = str(e.value)
     assert f"member {runs[1]} fold 1" in msg and "'fp-OTHER'" in msg and "'fp-A'" in msg
     assert len(e.value.problems) == 1
     # the expected fingerprint is the reference when given: then every file differs
     with pytest.raises(DataError) as e:
-        averaging.average_test(runs, ["x", "y"], expected_fingerprint="fp-LM")
+        averaging.average_test(runs, ["x", "y"], expected_fingerprint="fp-LM", task=CLASSIFICATION)
     assert len(e.value.problems) == 4
 
 
@@ -113,7 +112,7 @@ def test_refuses_missing_and_extra_ids(tmp_path):
     write_npz(tmp_path / "B", 0, "test", ids[:12] + ["zz"], np.full((13, 3), 1 / 3))
     write_npz(tmp_path / "B", 1, "test", ids, np.full((30, 3), 1 / 3))
     with pytest.raises(DataError) as e:
-        averaging.average_test([str(tmp_path / "A"), str(tmp_path / "B")], ids)
+        averaging.average_test([str(tmp_path / "A"), str(tmp_path / "B")], ids, task=CLASSIFICATION)
     (missing, extra) = e.value.problems
     assert f"member {tmp_path / 'B'} fold 0" in missing
     assert "missing ids 18: 't12', 't13'" in missing and "(+8 more)" in missing   # truncated + count
@@ -125,7 +124,7 @@ def test_refuses_member_without_test_predictions(tmp_path):
     empty = tmp_path / "empty"
     (empty / "fold_0").mkdir(parents=True)
     with pytest.raises(DataError, match=f"member {empty}: no test predictions"):
-        averaging.average_test(runs + [str(empty)], ["x", "y"])
+        averaging.average_test(runs + [str(empty)], ["x", "y"], task=CLASSIFICATION)
 
 
 def test_load_fold_predictions_orders_folds_numerically(tmp_path):
@@ -165,7 +164,7 @@ def test_fit_weights_favours_the_good_member():
     labels, good, noise = good_and_noise()
     lm = LabelMap([f"c{i:02d}" for i in range(20)])
     equal = metrics.map_at_k(labels, (good + noise) / 2)
-    fit = weightfit.fit_weights([noise, good], labels, lm)
+    fit = weightfit.fit_weights([noise, good], labels, lm, task=CLASSIFICATION)
     assert fit.before == pytest.approx(equal)
     assert fit.weights.sum() == pytest.approx(1.0) and (fit.weights >= 0).all()
     assert fit.weights[1] > 0.9
@@ -173,7 +172,7 @@ def test_fit_weights_favours_the_good_member():
     assert fit.after > equal
     assert fit.after >= metrics.map_at_k(labels, good) - 1e-12
     # three members: the good one still gets most of the weight, weights on the simplex
-    fit3 = weightfit.fit_weights([noise, good, noise[::-1].copy()], labels, lm)
+    fit3 = weightfit.fit_weights([noise, good, noise[::-1].copy()], labels, lm, task=CLASSIFICATION)
     assert fit3.weights.sum() == pytest.approx(1.0) and (fit3.weights >= 0).all()
     assert fit3.weights.argmax() == 1 and fit3.after > fit3.before
 
@@ -182,7 +181,7 @@ def test_fit_weights_never_below_equal_weights():
     # two identical members: no move can strictly improve, weights stay equal
     labels, good, _ = good_and_noise(seed=1)
     lm = LabelMap([f"c{i:02d}" for i in range(20)])
-    fit = weightfit.fit_weights([good, good.copy()], labels, lm, metric="map5_new")
+    fit = weightfit.fit_weights([good, good.copy()], labels, lm, metric="map5_new", task=CLASSIFICATION)
     np.testing.assert_allclose(fit.weights, [0.5, 0.5])
     assert fit.after == fit.before and fit.steps == 0
 
@@ -212,7 +211,7 @@ def test_streaming_holds_one_prediction_array_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(rundir, "open_array", tracking)
     tracemalloc.start()
     try:
-        result = averaging.average_test(runs, ids)
+        result = averaging.average_test(runs, ids, task=CLASSIFICATION)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -276,7 +275,7 @@ def test_cli_end_to_end(tmp_path, data_dir, capsys):
     assert str(saved["label_map_fingerprint"]) == LM.fingerprint()
     weights = saved["member_weights"]
     assert weights[0] > weights[1] and weights.sum() == pytest.approx(1.0)
-    expected = averaging.average_test([good, noise], TEST_IDS, weights=weights)
+    expected = averaging.average_test([good, noise], TEST_IDS, weights=weights, task=CLASSIFICATION)
     np.testing.assert_allclose(saved["outputs"][0], expected, atol=1e-6)
     assert df.iloc[:, 1:].values.tolist() == submission.top_k_labels(expected, LM)
     # the good member dominates: every test image's true label (class i % 9) is first,
@@ -340,7 +339,7 @@ def test_refuses_bad_files_naming_each(tmp_path):
     write_npz(runs[1], 0, "test", ["x", "y"], nan)
     write_npz(runs[1], 1, "test", ["x", "x"], np.full((2, 3), 1 / 3))
     with pytest.raises(DataError) as e:
-        averaging.average_test(runs, ["x", "y"])
+        averaging.average_test(runs, ["x", "y"], task=CLASSIFICATION)
     msg = str(e.value)
     # unreadable and duplicate-id files are found by the scan, before any array is read
     assert f"{corrupt}: unreadable" in msg
@@ -348,7 +347,7 @@ def test_refuses_bad_files_naming_each(tmp_path):
     os.remove(corrupt)
     write_npz(runs[1], 1, "test", ["x", "y"], np.full((2, 3), 1 / 3))
     with pytest.raises(DataError, match=r"fold_0/test.npz: NaN or inf probabilities for ids 1: 'y'"):
-        averaging.average_test(runs, ["x", "y"])
+        averaging.average_test(runs, ["x", "y"], task=CLASSIFICATION)
 
 
 def test_load_oof_refuses_unlabelled_and_nan_rows(tmp_path):

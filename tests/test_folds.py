@@ -1,6 +1,4 @@
 """Fold assignment and near-duplicate grouping (foldnet.io.folds, convert --group_duplicates)."""
-import foldnet  # noqa: F401
-
 import os
 
 import numpy as np
@@ -8,6 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import foldnet  # noqa: F401
 from foldnet.io import folds
 from foldnet.tasks.classification.convert import create_tfrecords
 

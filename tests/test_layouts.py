@@ -1,6 +1,4 @@
 """Reading the two dataset layouts and rejecting bad input (foldnet.tasks.classification.layouts, convert)."""
-import foldnet  # noqa: F401
-
 import os
 
 import numpy as np
@@ -8,11 +6,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from foldnet.tasks.classification.labels import load_label_map
-from foldnet.tasks.classification import layouts
+import foldnet  # noqa: F401
 from foldnet.commands.convert import main
-from foldnet.tasks.classification.convert import create_tfrecords
 from foldnet.core.errors import DataError
+from foldnet.tasks.classification import layouts
+from foldnet.tasks.classification.convert import create_tfrecords
+from foldnet.tasks.classification.labels import load_label_map
 
 
 def csv_path(root, name):

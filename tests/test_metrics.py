@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from foldnet.tasks.classification import metrics
-from foldnet.tasks.classification import submission
+from foldnet.tasks.classification import metrics, submission
 from foldnet.tasks.classification.labels import LabelMap
 
 

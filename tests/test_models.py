@@ -1,5 +1,3 @@
-import foldnet  # noqa: F401  (before tensorflow)
-
 import json
 import os
 import subprocess
@@ -9,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import foldnet  # noqa: F401  (before tensorflow)
 from foldnet.models import backbones as models
 
 keras = tf.keras

@@ -6,8 +6,6 @@ error (health check), and starting both again resumes from the chief's last
 completed epoch, as README's "Several machines" section says. Loopback only,
 every wait bounded.
 """
-import foldnet  # noqa: F401
-
 import json
 import os
 import signal
@@ -17,6 +15,8 @@ import sys
 import time
 
 import pytest
+
+import foldnet  # noqa: F401
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from foldnet.ensemble import cli as ensemble
-from foldnet.io import rundir
 from foldnet.ensemble import scores
+from foldnet.io import rundir
 from foldnet.tasks.classification.labels import LabelMap
+from foldnet.tasks.classification.task import TASK as CLASSIFICATION
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "old_runs")
 
@@ -51,7 +52,7 @@ def test_old_run_dirs_ensemble_to_the_same_submission(old_runs, monkeypatch):
 
 def test_old_run_dir_scores_alike(old_runs):
     run = str(old_runs / "m0")
-    scores.score_run(run, LabelMap.load(os.path.join(run, "label_map.json")))
+    scores.score_run(run, LabelMap.load(os.path.join(run, "label_map.json")), task=CLASSIFICATION)
     with open(os.path.join(run, "scores.json")) as f:
         new = json.load(f)
     with open(old_runs / "expected" / "m0_scores.json") as f:

@@ -1,6 +1,4 @@
 """The open-set rule (foldnet.tasks.classification.openset): hand-computed MAP@5 known / new / all, the fit, the held-out simulation."""
-import foldnet  # noqa: F401
-
 import itertools
 import os
 
@@ -8,12 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldnet.tasks.classification import evaluate
+import foldnet  # noqa: F401
 from foldnet.io import folds
-from foldnet.tasks.classification import metrics
-from foldnet.tasks.classification import openset
-from foldnet.tasks.classification import ranking
+from foldnet.tasks.classification import evaluate, metrics, openset, ranking
 from foldnet.tasks.classification.labels import LabelMap
+from foldnet.tasks.classification.task import TASK as CLASSIFICATION
 
 # Classes a..e original, x extra-only (trained on, answered new_turtle).
 LM = LabelMap(["a", "b", "c", "d", "e", "x"], original=["a", "b", "c", "d", "e"])
@@ -168,15 +165,15 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
     import json
     import os
 
-    from foldnet.tasks.classification import data
-    from foldnet.ensemble import cli as ensemble
-    from foldnet.io import records
-    from foldnet.engine import runner
-    from foldnet.io import rundir
-    from foldnet.tasks import base as tasks
-    from foldnet.ensemble.averaging import average_test
-    from foldnet.tasks.classification.convert import create_tfrecords
     from test_training import tiny_cfg
+
+    from foldnet.engine import runner
+    from foldnet.ensemble import cli as ensemble
+    from foldnet.ensemble.averaging import average_test
+    from foldnet.io import records, rundir
+    from foldnet.tasks import base as tasks
+    from foldnet.tasks.classification import data
+    from foldnet.tasks.classification.convert import create_tfrecords
 
     tfrec = str(tmp_path / "tfrec")
     manifest = create_tfrecords(data_dir=tiny_turtle_dir, out_dir=tfrec, n_folds=3, workers=1, progress=False,
@@ -209,7 +206,7 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
     # the member's submission applies the rule to the averaged test predictions
     template = os.path.join(tiny_turtle_dir, "sample_submission.csv")
     ids = pd.read_csv(template, dtype=str)["image_id"].to_numpy()
-    expected = openset.top_k_labels(average_test([str(run_dir)], ids), lm, rule)
+    expected = openset.top_k_labels(average_test([str(run_dir)], ids, task=CLASSIFICATION), lm, rule)
     sub = pd.read_csv(run_dir / "submission.csv", dtype=str)
     assert sub.iloc[:, 1:].values.tolist() == expected
     # the ensemble refits it on its OOF blend and says so; without the rule file: the natural rule
@@ -221,7 +218,7 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
     assert "Open-set rule" in (tmp_path / "ens" / "submission.scores.md").read_text()
     os.remove(run_dir / openset.RULE_FILE)
     assert ensemble.main(["--runs", str(run_dir), "--template", template, "--submission", str(out)]) == 0
-    natural = ranking.top_k_labels(average_test([str(run_dir)], ids), lm)
+    natural = ranking.top_k_labels(average_test([str(run_dir)], ids, task=CLASSIFICATION), lm)
     assert pd.read_csv(out, dtype=str).iloc[:, 1:].values.tolist() == natural
     # the predict job reads the member's rule: a threshold above every score puts the new label first
     json.dump({**rule, "threshold": 2.0}, open(run_dir / openset.RULE_FILE, "w"))
@@ -242,7 +239,7 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
                 assert v.shape == z["ids"].shape and (v <= 1 + 1e-5).all() and (v >= -1 - 1e-5).all()
     rule = json.load(open(run_dir / openset.RULE_FILE))
     values = rundir.row_values([str(run_dir)], [1.0], "test", ids, key)
-    expected = openset.top_k_labels(average_test([str(run_dir)], ids), lm, rule, values=np.array([values[i] for i in ids]))
+    expected = openset.top_k_labels(average_test([str(run_dir)], ids, task=CLASSIFICATION), lm, rule, values=np.array([values[i] for i in ids]))
     assert pd.read_csv(run_dir / "submission.csv", dtype=str).iloc[:, 1:].values.tolist() == expected
     if rule["simulation"] == "holdout":
         assert rule["score"] == key and rule["fallback"]["score"] == "max_prob"
@@ -270,8 +267,8 @@ def test_best_rule_takes_the_stored_score_when_stored():
 
 
 def test_nearest_cosine_and_stored_row_values(tmp_path):
-    from foldnet.tasks.classification import task as classification
     from foldnet.io import rundir
+    from foldnet.tasks.classification import task as classification
 
     feats = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
     ref = np.array([[0.0, 1.0], [0.8, 0.6]], np.float32)

@@ -1,6 +1,4 @@
 """TFRecord output of create_tfrecords: shards, manifest, label map, image formats, reruns."""
-import foldnet  # noqa: F401
-
 import os
 import subprocess
 import sys
@@ -11,12 +9,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from foldnet.tasks.classification import convert as convert_mod
-from foldnet.io import images
-from foldnet.io import records
+import foldnet  # noqa: F401
 from foldnet.commands.convert import main
-from foldnet.tasks.classification.convert import create_tfrecords
 from foldnet.core.errors import DataError
+from foldnet.io import images, records
+from foldnet.tasks.classification import convert as convert_mod
+from foldnet.tasks.classification.convert import create_tfrecords
 from foldnet.tasks.classification.labels import LabelMap, load_label_map
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

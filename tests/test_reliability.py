@@ -1,7 +1,5 @@
 """Issue 13: nothing the user owns is overwritten or deleted, one writer per output directory,
 every bad input one clear exit-2 error found before any model is built, debris of kills cleaned."""
-import foldnet  # noqa: F401
-
 import errno
 import json
 import os
@@ -14,18 +12,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from foldnet.engine import config
+import foldnet  # noqa: F401
 from foldnet.commands import convert
-from foldnet.io import convert as io_convert
 from foldnet.commands import demo_data as demo_cli
-from foldnet.io import demo as demo_io
-from foldnet.ensemble import cli as ensemble
-from foldnet.core import fileio
-from foldnet.io import records
-from foldnet.core import runlock
-from foldnet.engine import runner
-from foldnet.io import splits
+from foldnet.core import fileio, runlock
 from foldnet.core.errors import ConfigError, DataError
+from foldnet.engine import config, runner
+from foldnet.ensemble import cli as ensemble
+from foldnet.io import convert as io_convert
+from foldnet.io import demo as demo_io
+from foldnet.io import records, splits
 from foldnet.tasks.classification.labels import LabelMap
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -173,7 +169,7 @@ def test_a_fold_trained_on_another_split_is_refused_not_scored(tiny_turtle_dir, 
 
 
 def test_an_interrupted_fold_does_not_resume_on_another_split(tiny_turtle_dir, tiny_tfrec, tmp_path):
-    from test_training import Killer, KillAfterEpoch
+    from test_training import KillAfterEpoch, Killer
 
     run_dir = tmp_path / "run"
     with pytest.raises(KillAfterEpoch):

@@ -1,10 +1,9 @@
 """Cosine learning-rate schedule with linear warm-up, against hand-computed values."""
-import foldnet  # noqa: F401
-
 import math
 
 import pytest
 
+import foldnet  # noqa: F401
 from foldnet.engine.train import CosineWarmup
 
 

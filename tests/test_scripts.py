@@ -1,6 +1,4 @@
 """The root shell scripts end to end: run_training.sh then run_inference.sh on tiny data."""
-import foldnet  # noqa: F401
-
 import os
 import subprocess
 import sys
@@ -8,6 +6,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+import foldnet  # noqa: F401
 from foldnet.tasks.classification import evaluate
 from foldnet.tasks.classification.labels import LabelMap
 

@@ -2,8 +2,6 @@
 metadata with location) -> create_tfrecords.py -> run_training.sh (cloud_unet.yaml settings, tiny: jaccard +
 focal per image, SGD, folds by location, location-IoU monitor, flip TTA) -> run_inference.sh -> one uint8
 <chip>.tif per test chip, scored against the hidden masks."""
-import foldnet  # noqa: F401
-
 import json
 import os
 import sys
@@ -13,14 +11,15 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
+from test_segmentation import ROOT, run
 
+import foldnet  # noqa: F401
 from foldnet.commands import demo_data
 from foldnet.io import rundir
-from foldnet.tasks.segmentation import evaluate as seg_evaluate
-from foldnet.tasks.segmentation import metrics as seg_metrics
 from foldnet.raster import submission as seg_submission
 from foldnet.tasks import base as tasks
-from test_segmentation import ROOT, run
+from foldnet.tasks.segmentation import evaluate as seg_evaluate
+from foldnet.tasks.segmentation import metrics as seg_metrics
 
 # models/cloud_unet.yaml with a tiny UNet from scratch and a few steps
 TINY = {"arch": "tiny", "weights": "none", "arch_options": {"decoder_filters": [32, 16, 8]}, "batch_size": 6,

@@ -1,6 +1,4 @@
 """Segmentation layouts -> TFRecords: Kelp / On Cloud N / generic layouts, statistics, folds, bad input."""
-import foldnet  # noqa: F401
-
 import json
 import os
 import subprocess
@@ -12,12 +10,13 @@ import pytest
 import tensorflow as tf
 import tifffile
 
+import foldnet  # noqa: F401
 from foldnet.commands import convert
+from foldnet.core.errors import DataError
 from foldnet.io import records
 from foldnet.tasks.segmentation import convert as seg_convert
 from foldnet.tasks.segmentation import layouts as seg_layouts
 from foldnet.tasks.segmentation import records as seg_records
-from foldnet.core.errors import DataError
 
 MISSING = -32768
 

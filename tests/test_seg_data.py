@@ -1,19 +1,18 @@
 """Segmentation pipelines: paired augmentation, weighted sampler, TTA round trips, and a tiny
 UNet trained end to end on synthetic seg records."""
-import foldnet  # noqa: F401
-
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 
+import foldnet  # noqa: F401
+from foldnet.core.errors import ConfigError, DataError
+from foldnet.models import unet
+from foldnet.raster import spectral
+from foldnet.raster import views as rviews
 from foldnet.tasks.segmentation import data as seg_data
-from foldnet.raster import views
 from foldnet.tasks.segmentation import losses as seg_losses
 from foldnet.tasks.segmentation import records as seg_records
-from foldnet.raster import spectral
-from foldnet.models import unet
-from foldnet.core.errors import ConfigError, DataError
 
 KELP_BANDS = ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"]
 MISSING = -32768
@@ -65,24 +64,24 @@ def write_records(tmp_path, tiles, n_files=2):
 def test_tta_merge_inverts_every_view_exactly():
     rng = np.random.default_rng(0)
     maps = rng.random((3, 32, 32, 1)).astype(np.float32)
-    views = list(views.TTA_VIEWS)
-    stacked = np.stack([views.apply_view(tf.constant(maps), v).numpy() for v in views], 1)  # [n, T, H, W, 1]
-    merged = views.merge_tta(stacked.reshape(-1, 32, 32, 1), views).numpy()
+    views = list(rviews.TTA_VIEWS)
+    stacked = np.stack([rviews.apply_view(tf.constant(maps), v).numpy() for v in views], 1)  # [n, T, H, W, 1]
+    merged = rviews.merge_tta(stacked.reshape(-1, 32, 32, 1), views).numpy()
     np.testing.assert_allclose(merged, maps[..., 0], rtol=1e-6)  # the mean of 7 equal maps
     for v in views:  # each view alone is undone exactly
-        single = views.merge_tta(views.apply_view(tf.constant(maps), v), ["identity"] if v == "identity" else [v])
+        single = rviews.merge_tta(rviews.apply_view(tf.constant(maps), v), ["identity"] if v == "identity" else [v])
         np.testing.assert_array_equal(single.numpy(), maps[..., 0])
     # crop back from 32 to 30 (padding 1 + 1), weights per view
-    out = views.merge_tta(stacked[:, :2].reshape(-1, 32, 32), views[:2], height=30, width=30, weights=[3, 1])
+    out = rviews.merge_tta(stacked[:, :2].reshape(-1, 32, 32), views[:2], height=30, width=30, weights=[3, 1])
     np.testing.assert_allclose(out.numpy(), maps[:, 1:31, 1:31, 0], rtol=1e-6)
-    per_view = views.invert_tta(stacked.reshape(-1, 32, 32), views, height=30, width=30).numpy()
+    per_view = rviews.invert_tta(stacked.reshape(-1, 32, 32), views, height=30, width=30).numpy()
     assert per_view.shape == (7, 3, 30, 30)
     for k in range(7):
         np.testing.assert_array_equal(per_view[k], maps[:, 1:31, 1:31, 0])
     with pytest.raises(ConfigError, match="need square tiles"):
-        views.check_views(["identity", "rot90"], 30, 40)
+        rviews.check_views(["identity", "rot90"], 30, 40)
     with pytest.raises(ConfigError, match="start with identity"):
-        views.check_views(["flip_lr"], 30, 30)
+        rviews.check_views(["flip_lr"], 30, 30)
 
 
 def test_tta_dataset_one_pass_round_trip(tmp_path):
@@ -93,7 +92,7 @@ def test_tta_dataset_one_pass_round_trip(tmp_path):
     batches = list(seg_data.tta_dataset(files, features, batch_size=2, views=views).as_numpy_iterator())
     assert [b.shape for b in batches] == [(8, 32, 32, 8), (8, 32, 32, 8), (4, 32, 32, 8)]
     # "predict" channel 1 (NIR) of every view, merge: the identity features, padding cropped
-    merged = views.merge_tta(np.concatenate(batches)[..., 1], views, height=30, width=30).numpy()
+    merged = rviews.merge_tta(np.concatenate(batches)[..., 1], views, height=30, width=30).numpy()
     want = np.stack([features(t[1], t[3]).numpy()[..., 1] for t in tiles])
     np.testing.assert_allclose(merged, want, rtol=1e-6, atol=1e-7)
     # predict_maps: a real model, every view back in the identity frame
@@ -115,7 +114,7 @@ def test_paired_augmentation_moves_image_mask_and_valid_together():
     seen = set()
     tf.random.set_seed(0)
     for _ in range(12):
-        x, m, v = views.paired_augment(image, mask, valid)
+        x, m, v = rviews.paired_augment(image, mask, valid)
         np.testing.assert_array_equal(x[..., 0].numpy(), m.numpy())
         np.testing.assert_array_equal(x[..., 1].numpy(), v.numpy())
         assert m.numpy().sum() == mask.sum()
@@ -128,7 +127,7 @@ def test_paired_augmentation_moves_image_mask_and_valid_together():
     smooth[8:24, 10:20] = 1.0
     agree = []
     for _ in range(8):
-        x, m, _ = views.paired_augment(smooth[..., None], smooth, np.ones_like(smooth), flip=False, rot90=False,
+        x, m, _ = rviews.paired_augment(smooth[..., None], smooth, np.ones_like(smooth), flip=False, rot90=False,
                                           scale=0.1, rotate=10, shift=0.05)
         assert set(np.unique(m.numpy())) <= {0.0, 1.0}
         agree.append(np.mean((x[..., 0].numpy() > 0.5) == (m.numpy() > 0.5)))
@@ -244,13 +243,13 @@ def test_warp_matches_image_projective_transform():
         want = tf.raw_ops.ImageProjectiveTransformV3(
             images=x[tf.newaxis], transforms=transform, output_shape=[24, 20], fill_value=0.0,
             interpolation=mode, fill_mode="REFLECT")[0].numpy()
-        got = views.warp(x, transform, nearest=nearest).numpy()
+        got = rviews.warp(x, transform, nearest=nearest).numpy()
         np.testing.assert_allclose(got[3:-3, 3:-3], want[3:-3, 3:-3], rtol=1e-5, atol=1e-6)
     # identity transform returns the image; a shift past the border mirrors it
     ident = tf.constant([[1.0, 0, 0, 0, 1.0, 0, 0, 0]])
-    np.testing.assert_array_equal(views.warp(x, ident).numpy(), x.numpy())
+    np.testing.assert_array_equal(rviews.warp(x, ident).numpy(), x.numpy())
     shift = tf.constant([[1.0, 0, -2.0, 0, 1.0, 0, 0, 0]])  # output column j samples input column j - 2
-    got = views.warp(x, shift, nearest=True).numpy()
+    got = rviews.warp(x, shift, nearest=True).numpy()
     np.testing.assert_array_equal(got[:, 2:], x.numpy()[:, :-2])
     np.testing.assert_array_equal(got[:, :2], x.numpy()[:, 1::-1])
 
@@ -266,10 +265,10 @@ def test_flips_and_turns_without_resampling_equal_the_warp(shape):
             for k in turns:
                 flip = np.array([[-1.0 if lr else 1.0, 0, width - 1.0 if lr else 0.0],
                                  [0, -1.0 if ud else 1.0, height - 1.0 if ud else 0.0], [0, 0, 1]], np.float32)
-                matrix = flip @ views._rotation_matrices(height)[k] if height == width else flip
+                matrix = flip @ rviews._rotation_matrices(height)[k] if height == width else flip
                 transform = np.concatenate([matrix[:2].ravel(), [0.0, 0.0]])[None].astype(np.float32)
-                expected = views.warp(x, transform, nearest=True).numpy()
-                got = views._apply_dihedral(x, tf.constant(matrix)).numpy()
+                expected = rviews.warp(x, transform, nearest=True).numpy()
+                got = rviews._apply_dihedral(x, tf.constant(matrix)).numpy()
                 np.testing.assert_array_equal(got, expected, err_msg=f"lr={lr} ud={ud} k={k}")
 
 
@@ -278,20 +277,20 @@ def test_flips_and_turns_of_the_raw_bands_give_the_features_moved(tmp_path):
     _, image, _, valid, _ = synthetic_tiles(1, 12, seed=5)[0]
     _, manifest = write_records(tmp_path, synthetic_tiles(3, 12, seed=5))
     features = spectral.Features(manifest, indices=["NDVI", "NDWI", "CIG"])
-    rot = views._rotation_matrices(12)
+    rot = rviews._rotation_matrices(12)
     flip = np.array([[-1, 0, 11], [0, 1, 0], [0, 0, 1]], np.float32)
     for matrix in (rot[1], flip @ rot[3], flip):
         m = tf.constant(matrix)
-        moved_raw = views._apply_dihedral(tf.constant(image), m)
-        moved_valid = views._apply_dihedral(tf.constant(valid.astype(np.float32))[..., None], m)[..., 0]
+        moved_raw = rviews._apply_dihedral(tf.constant(image), m)
+        moved_valid = rviews._apply_dihedral(tf.constant(valid.astype(np.float32))[..., None], m)[..., 0]
         after = features(moved_raw, moved_valid).numpy()
-        before = views._apply_dihedral(features(image, valid.astype(np.uint8)), m).numpy()
+        before = rviews._apply_dihedral(features(image, valid.astype(np.uint8)), m).numpy()
         np.testing.assert_array_equal(after, before)
     # and the pipeline with flips/turns yields tiles of the features of a moved raw tile, mask moved alike
     (tmp_path / "one").mkdir()
     files, _ = write_records(tmp_path / "one", [synthetic_tiles(1, 12, seed=5)[0]], n_files=1)
     x, y = next(iter(seg_data.train_dataset(files, features, 1, pad_multiple=0, seed=1)))
-    candidates = [views._apply_dihedral(features(image, valid.astype(np.uint8)), tf.constant(f @ r)).numpy()
+    candidates = [rviews._apply_dihedral(features(image, valid.astype(np.uint8)), tf.constant(f @ r)).numpy()
                   for f in (np.eye(3, dtype=np.float32), flip) for r in rot]
     assert any(np.array_equal(x[0].numpy(), c) for c in candidates)
 

@@ -8,13 +8,13 @@ import pytest
 import tifffile
 from scipy.ndimage import distance_transform_edt, uniform_filter
 
+from foldnet.raster import tiff as seg_tiles
 from foldnet.tasks.segmentation import baseline as seg_baseline
 from foldnet.tasks.segmentation import convert as seg_convert
 from foldnet.tasks.segmentation import demo_data as seg_demo_data
 from foldnet.tasks.segmentation import evaluate as seg_evaluate
 from foldnet.tasks.segmentation import layouts as seg_layouts
 from foldnet.tasks.segmentation import metrics as seg_metrics
-from foldnet.raster import tiff as seg_tiles
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,4 @@
 """Segmentation losses and metrics against hand-computed values; global reductions under MirroredStrategy."""
-import foldnet  # noqa: F401
-
 import json
 import math
 import os
@@ -11,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet.tasks.segmentation import losses as seg_losses
+import foldnet  # noqa: F401
 from foldnet.core.errors import ConfigError
+from foldnet.tasks.segmentation import losses as seg_losses
 
 # Two 2x2 images. A: truth [[1, 0], [1, 0]], all valid. B: empty truth, pixel (0, 1) invalid.
 TRUTH = np.array([[[1, 0], [1, 0]], [[0, 0], [0, 0]]], np.float32)

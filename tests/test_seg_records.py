@@ -1,9 +1,8 @@
 """Segmentation record format: raw bands, mask and valid mask round-trip exactly."""
-import foldnet  # noqa: F401
-
 import numpy as np
 import tensorflow as tf
 
+import foldnet  # noqa: F401
 from foldnet.tasks.segmentation import records as seg_records
 
 

@@ -7,12 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from foldnet.ensemble import averaging
+from foldnet.ensemble import averaging, scores, weightfit
 from foldnet.io import rundir
-from foldnet.ensemble import scores
-from foldnet.tasks.segmentation import metrics as seg_metrics
 from foldnet.tasks import base as tasks
-from foldnet.ensemble import weightfit
+from foldnet.tasks.segmentation import metrics as seg_metrics
 from foldnet.tasks.segmentation.task import SegSpec
 
 TASK = tasks.get("segmentation")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from foldnet.tasks.segmentation import evaluate as seg_evaluate
-from foldnet.raster import submission as seg_submission
 from foldnet.core.errors import DataError
+from foldnet.raster import submission as seg_submission
+from foldnet.tasks.segmentation import evaluate as seg_evaluate
 
 
 def _masks(ids, shape=(6, 5), seed=0):

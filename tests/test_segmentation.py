@@ -1,7 +1,5 @@
 """The segmentation task end to end: synthetic Kelp tiles -> create_tfrecords.py -> run_training.sh
 (run.py over every fold) -> run_inference.sh -> TIFF submission scored against the hidden masks."""
-import foldnet  # noqa: F401
-
 import json
 import os
 import re
@@ -14,17 +12,17 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
+from test_training import KillAfterEpoch, Killer
 
-from foldnet.engine import config
+import foldnet  # noqa: F401
+from foldnet.core.errors import ConfigError
+from foldnet.engine import config, runner
 from foldnet.io import rundir
-from foldnet.engine import runner
+from foldnet.raster import submission as seg_submission
+from foldnet.tasks import base as tasks
 from foldnet.tasks.segmentation import demo_data as seg_demo_data
 from foldnet.tasks.segmentation import evaluate as seg_evaluate
 from foldnet.tasks.segmentation import metrics as seg_metrics
-from foldnet.raster import submission as seg_submission
-from foldnet.tasks import base as tasks
-from foldnet.core.errors import ConfigError
-from test_training import KillAfterEpoch, Killer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 MEMBER = """arch: tiny

@@ -1,14 +1,12 @@
 """The small-photo recipe (models/small_photos.yaml) learns a tiny photo dataset through the normal pipeline."""
-import foldnet  # noqa: F401
-
 import os
 
 import pytest
 
-from foldnet.engine import config
-from foldnet.tasks.classification import demo_data
+import foldnet  # noqa: F401
 from foldnet.core import fileio
-from foldnet.engine import runner
+from foldnet.engine import config, runner
+from foldnet.tasks.classification import demo_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,10 +1,9 @@
 """Spectral indices, masking, missing fill, normalisation and padding against hand-computed values."""
-import foldnet  # noqa: F401
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import foldnet  # noqa: F401
 from foldnet.raster import spectral
 
 KELP_BANDS = ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"]

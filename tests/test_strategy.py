@@ -1,5 +1,3 @@
-import foldnet  # noqa: F401  (before tensorflow)
-
 import json
 import os
 import re
@@ -10,6 +8,7 @@ import time
 import pytest
 import tensorflow as tf
 
+import foldnet  # noqa: F401  (before tensorflow)
 from foldnet.engine import strategy
 
 keras = tf.keras

@@ -4,9 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldnet.tasks.classification import ranking
-from foldnet.tasks.classification import submission
 from foldnet.core.errors import DataError
+from foldnet.tasks.classification import ranking, submission
 from foldnet.tasks.classification.labels import LabelMap
 
 NEW = "new_turtle"

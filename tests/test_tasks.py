@@ -9,12 +9,12 @@ import os
 import numpy as np
 import pytest
 
+from foldnet.core.errors import ConfigError, DataError
 from foldnet.ensemble import averaging
-from foldnet.tasks.classification import task as classification
 from foldnet.ensemble import cli as ensemble
 from foldnet.io import rundir
 from foldnet.tasks import base as tasks
-from foldnet.core.errors import ConfigError, DataError
+from foldnet.tasks.classification import task as classification
 
 
 class Spec:

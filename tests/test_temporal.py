@@ -1,7 +1,5 @@
 """The temporal regression task end to end: synthetic BioMassters chips -> create_tfrecords.py ->
 run_training.sh (run.py over every fold) -> run_inference.sh -> float32 TIFF submission; resume."""
-import foldnet  # noqa: F401
-
 import json
 import os
 import tarfile
@@ -11,16 +9,16 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
+from test_segmentation import convert_and_train, run
+from test_training import KillAfterEpoch, Killer
 
-from foldnet.engine import config
+import foldnet  # noqa: F401
+from foldnet.core.errors import ConfigError
+from foldnet.engine import config, runner
 from foldnet.io import rundir
-from foldnet.engine import runner
 from foldnet.tasks import base as tasks
 from foldnet.tasks.temporal import demo_data as temporal_demo_data
 from foldnet.tasks.temporal import metrics as temporal_metrics
-from foldnet.core.errors import ConfigError
-from test_segmentation import convert_and_train, run
-from test_training import KillAfterEpoch, Killer
 
 MEMBER = """arch: tiny
 weights: none

@@ -1,6 +1,4 @@
 """Temporal layouts -> TFRecords: record round trip, BioMassters and generic layouts, manifest, bad input."""
-import foldnet  # noqa: F401
-
 import json
 import os
 
@@ -10,12 +8,13 @@ import pytest
 import tensorflow as tf
 import tifffile
 
+import foldnet  # noqa: F401
 from foldnet.commands import convert
+from foldnet.core.errors import DataError
 from foldnet.io import records
 from foldnet.tasks.temporal import convert as temporal_convert
 from foldnet.tasks.temporal import layouts as temporal_layouts
 from foldnet.tasks.temporal import records as temporal_records
-from foldnet.core.errors import DataError
 from foldnet.tasks.temporal.data import read_chips
 from foldnet.tasks.temporal.demo_data import build_biomass_dataset
 from foldnet.tasks.temporal.records import TemporalSpec

@@ -1,14 +1,13 @@
 """Temporal tf.data pipelines: normalisation, month reductions, month dropout, paired augmentation,
 padding, TTA views and their inverses, ids/targets."""
-import foldnet  # noqa: F401
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet.raster import views
-from foldnet.tasks.temporal import data as td
+import foldnet  # noqa: F401
 from foldnet.core.errors import ConfigError
+from foldnet.raster import views as rviews
+from foldnet.tasks.temporal import data as td
 from foldnet.tasks.temporal.records import TemporalSpec, make_example
 
 T, H, W, C = 4, 8, 8, 2
@@ -135,7 +134,7 @@ def test_small_rotation_keeps_target_values(tmp_path):
 def test_tta_views_and_inverse_round_trip(tmp_path, h, w):
     chips = [chip(i, h=h, w=w) for i in range(3)]
     files = write_chips(tmp_path / "a.tfrec", chips)
-    views = views.TTA_VIEWS if h == w else ("identity", "flip_lr", "flip_ud", "rot180")
+    views = rviews.TTA_VIEWS if h == w else ("identity", "flip_lr", "flip_ud", "rot180")
     ds, merge = td.predict_dataset(files, spec(h, w), 2, views)
     outs = []
     for batch in ds:
@@ -170,8 +169,8 @@ def test_options_from_settings():
 
 def test_flip_turn_index_is_one_of_the_eight_square_symmetries():
     x = tf.reshape(tf.range(2 * 5 * 5 * 1, dtype=tf.float32), [2, 5, 5, 1])
-    views = {name: views.apply_view(x, name).numpy().tobytes() for name in views.TTA_VIEWS}
-    views["anti-transpose"] = tf.image.rot90(views.apply_view(x, "transpose"), 2).numpy().tobytes()
+    views = {name: rviews.apply_view(x, name).numpy().tobytes() for name in rviews.TTA_VIEWS}
+    views["anti-transpose"] = tf.image.rot90(rviews.apply_view(x, "transpose"), 2).numpy().tobytes()
     seen = set()
     for _ in range(80):
         moved = td.move_pixels(x, td.flip_turn_index(5, 5)).numpy().tobytes()

@@ -1,6 +1,4 @@
 """Temporal regression loss and metrics against hand-computed values; global under MirroredStrategy."""
-import foldnet  # noqa: F401
-
 import json
 import math
 import os
@@ -11,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet.tasks.temporal import losses as temporal_losses
+import foldnet  # noqa: F401
 from foldnet.core.errors import ConfigError
+from foldnet.tasks.temporal import losses as temporal_losses
 
 # Three 2x2 chips (target units; -1 unknown, 500 above the cap of 400).
 TRUTH = np.array([[[10, 20], [-1, 500]],     # valid under cap 400: 10, 20 (errors 2, -4)

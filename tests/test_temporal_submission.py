@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from foldnet.core.errors import DataError
 from foldnet.tasks.temporal import evaluate as temporal_evaluate
 from foldnet.tasks.temporal import submission as ts
-from foldnet.core.errors import DataError
 
 
 def maps(ids, seed=0, shape=(4, 5)):

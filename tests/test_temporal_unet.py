@@ -1,10 +1,9 @@
 """Temporal UNet: masked attention pooling over months, single-month chips, T' = 1, dtypes, backbones."""
-import foldnet  # noqa: F401
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import foldnet  # noqa: F401
 from foldnet.models import temporal_unet
 
 FILTERS = (32, 16, 8)

@@ -1,6 +1,4 @@
 """run.py end to end on tiny TFRecords: train, resume after a kill, predict, score."""
-import foldnet  # noqa: F401
-
 import json
 import os
 
@@ -9,10 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldnet.engine import config
+import foldnet  # noqa: F401
+from foldnet.engine import config, runner, train
 from foldnet.tasks.classification import metrics
-from foldnet.engine import runner
-from foldnet.engine import train
 from foldnet.tasks.classification.labels import LabelMap
 
 N_FOLDS = 3
@@ -263,8 +260,8 @@ def test_resume_with_other_model_settings_is_refused(tiny_turtle_dir, tiny_tfrec
 
 
 def test_augmentation_in_the_model_trains_resumes_and_predicts(tiny_turtle_dir, tiny_tfrec, tmp_path, monkeypatch):
-    from foldnet.tasks.classification import data
     from foldnet.models import backbones as models
+    from foldnet.tasks.classification import data
 
     calls = []
     original = data.train_dataset

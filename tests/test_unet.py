@@ -1,12 +1,11 @@
 """UNet over registered backbones: skips by stride, any channel count, stem adaptation, float32 output."""
-import foldnet  # noqa: F401
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from foldnet.models import backbones as models
+import foldnet  # noqa: F401
 from foldnet.engine import strategy
+from foldnet.models import backbones as models
 from foldnet.models import unet
 
 keras = tf.keras

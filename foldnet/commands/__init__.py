@@ -1,1 +1,2 @@
-"""foldnet.commands: the command-line entry points (create_tfrecords, demo data, evaluate, baseline, the foldnet console script)."""
+"""Layer 5, the command-line entry points: create_tfrecords dispatch, demo data, and the foldnet
+console script (evaluate, baseline, ...)."""

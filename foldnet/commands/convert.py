@@ -6,7 +6,8 @@ import argparse
 from foldnet.core.errors import ConfigError
 from foldnet.io import images
 from foldnet.io.convert import DEFAULT_SHARD_SIZE
-from foldnet.tasks.classification.convert import create_tfrecords
+from foldnet.tasks import base as tasks
+from foldnet.tasks.classification.convert import create_tfrecords  # noqa: F401 (part of this module's API)
 from foldnet.tasks.classification.labels import DEFAULT_NEW_LABEL
 
 
@@ -17,6 +18,10 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
+
+
+# every task's layouts, for --layout
+LAYOUTS = tuple(layout for name in tasks.TASKS for layout in tasks.settings_module(name).LAYOUTS)
 
 
 def build_parser():
@@ -64,7 +69,7 @@ def build_parser():
                     help="largest image accepted, in pixels (width x height); a larger one is a bad image")
     se = p.add_argument_group("segmentation layouts (--layout kelp|cloud|seg; kelp and cloud are recognised "
                               "from DATA_DIR's folders)")
-    se.add_argument("--layout", choices=("classification",) + SEG_LAYOUTS + TEMPORAL_LAYOUTS,
+    se.add_argument("--layout", choices=LAYOUTS,
                     help="classification (default): Turtle Recall or generic CSV of labelled images; kelp: Kelp "
                          "Wanted (train_satellite/, train_kelp/, metadata_fTq0l2T.csv); cloud: On Cloud N "
                          "(train_features/<chip>/B0x.tif, train_labels/, train_metadata.csv); seg: generic CSV "
@@ -90,67 +95,45 @@ def build_parser():
     return p
 
 
-SEG_LAYOUTS = ("kelp", "cloud", "seg")
 
 
-SEG_FLAGS = ("image_col", "mask_col", "bands", "missing_value", "stratify_bins", "target_col")
+# flags of the map layouts (the rest are shared or classification's)
+MAP_FLAGS = ("image_col", "mask_col", "bands", "missing_value", "stratify_bins", "target_col")
 
 
-TEMPORAL_LAYOUTS = ("biomassters", "temporal")
 
 
-_CLASSIFICATION_ONLY = {"images_dir": None, "label_col": "label", "path_col": None, "path_pattern": None,
+# flags of the classification layouts and their defaults: set on a map layout, they are refused
+CLASSIFICATION_ONLY = {"images_dir": None, "label_col": "label", "path_col": None, "path_pattern": None,
                         "known_labels_csv": None, "max_side": None, "jpeg_quality": 95,
                         "new_label": DEFAULT_NEW_LABEL, "max_pixels": images.DEFAULT_MAX_PIXELS,
                         "allow_outside": False, "holdout_individuals": 0.0}
 
 
-def detect_seg_layout(data_dir):
-    from foldnet.tasks.segmentation.layouts import detect_layout
-    from foldnet.tasks.temporal.layouts import detect_layout as detect_temporal
+def load(ref):
+    """The object named by ``"module:attribute"``."""
+    import importlib
 
-    return detect_temporal(data_dir) or detect_layout(data_dir)
-
-
-def create_temporal(layout, kwargs, seg_kwargs):
-    """create_tfrecords.py with a temporal layout (foldnet.tasks.temporal.convert)."""
-    from foldnet.tasks.temporal.convert import create_temporal_tfrecords
-
-    foreign = [f"--{k}" for k, default in _CLASSIFICATION_ONLY.items() if kwargs.get(k) != default]
-    foreign += ["--mask_col"] if seg_kwargs["mask_col"] else []
-    foreign += ["--group_col"] if kwargs["group_col"] else []
-    foreign += ["--group_duplicates"] if kwargs["group_duplicates"] is not None else []
-    if foreign:
-        raise ConfigError(f"{', '.join(foreign)} do not apply to the {layout} layout")
-    bands = [b.strip() for b in seg_kwargs["bands"].split(",") if b.strip()] if seg_kwargs["bands"] else None
-    return create_temporal_tfrecords(
-        layout, kwargs["data_dir"], kwargs["out_dir"], train_csv=kwargs["train_csv"], test_csv=kwargs["test_csv"],
-        id_col=kwargs["id_col"] or "id", image_col=seg_kwargs["image_col"] or "image",
-        target_col=seg_kwargs["target_col"] or "target", bands=bands, missing_value=seg_kwargs["missing_value"],
-        n_folds=kwargs["n_folds"], seed=kwargs["seed"], stratify_bins=seg_kwargs["stratify_bins"],
-        shard_size=kwargs["shard_size"], workers=kwargs["workers"], skip_bad=kwargs["skip_bad"],
-        overwrite=kwargs["overwrite"], progress=kwargs["progress"])
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
-def create_seg(layout, kwargs, seg_kwargs):
-    """create_tfrecords.py with a segmentation layout (foldnet.tasks.segmentation.convert)."""
-    from foldnet.tasks.segmentation.convert import create_seg_tfrecords
+def detect_layout(data_dir):
+    """The layout some task recognises in ``data_dir``'s folders (each task's ``LAYOUT_DETECTOR``), or None."""
+    for name in tasks.TASKS:
+        detector = tasks.settings_module(name).LAYOUT_DETECTOR
+        layout = load(detector)(data_dir) if detector else None
+        if layout:
+            return layout
+    return None
 
-    foreign = [f"--{k}" for k, default in _CLASSIFICATION_ONLY.items() if kwargs.get(k) != default]
-    if foreign:
-        raise ConfigError(f"{', '.join(foreign)} do not apply to the {layout} layout")
-    missing = seg_kwargs["missing_value"]
-    if missing is not None and float(missing).is_integer():
-        missing = int(missing)
-    bands = [b.strip() for b in seg_kwargs["bands"].split(",") if b.strip()] if seg_kwargs["bands"] else None
-    return create_seg_tfrecords(
-        layout, kwargs["data_dir"], kwargs["out_dir"], train_csv=kwargs["train_csv"], test_csv=kwargs["test_csv"],
-        id_col=kwargs["id_col"] or "id", image_col=seg_kwargs["image_col"] or "image",
-        mask_col=seg_kwargs["mask_col"] or "mask", group_col=kwargs["group_col"], bands=bands,
-        missing_value=missing, n_folds=kwargs["n_folds"], seed=kwargs["seed"],
-        group_duplicates="default" if kwargs["group_duplicates"] is None else kwargs["group_duplicates"],
-        stratify_bins=seg_kwargs["stratify_bins"], shard_size=kwargs["shard_size"], workers=kwargs["workers"],
-        skip_bad=kwargs["skip_bad"], overwrite=kwargs["overwrite"], progress=kwargs["progress"])
+
+def task_of_layout(layout):
+    """The name of the task that converts ``layout`` (None: the default task)."""
+    for name in tasks.TASKS:
+        if layout in tasks.settings_module(name).LAYOUTS:
+            return name
+    return tasks.DEFAULT_TASK
 
 
 def main(argv=None):
@@ -163,18 +146,19 @@ def main(argv=None):
     def go():
         layout = kwargs.pop("layout")
         if layout is None and kwargs["train_csv"] is None and kwargs["data_dir"] is not None:
-            layout = detect_seg_layout(kwargs["data_dir"])
-        seg_kwargs = {k: kwargs.pop(k) for k in SEG_FLAGS}
-        if layout in TEMPORAL_LAYOUTS:
-            create_temporal(layout, kwargs, seg_kwargs)
-        elif layout in SEG_LAYOUTS:
-            seg_kwargs.pop("target_col")
-            create_seg(layout, kwargs, seg_kwargs)
+            layout = detect_layout(kwargs["data_dir"])
+        map_kwargs = {k: kwargs.pop(k) for k in MAP_FLAGS}
+        task = task_of_layout(layout)
+        if task == tasks.DEFAULT_TASK:
+            set_map = [f"--{k}" for k, v in map_kwargs.items() if v is not None and k != "stratify_bins"]
+            if set_map:
+                raise ConfigError(f"{', '.join(set_map)} apply to segmentation layouts only (--layout)")
         else:
-            set_seg = [f"--{k}" for k, v in seg_kwargs.items() if v is not None and k != "stratify_bins"]
-            if set_seg:
-                raise ConfigError(f"{', '.join(set_seg)} apply to segmentation layouts only (--layout)")
-            kwargs["id_col"] = kwargs["id_col"] or "image_id"
-            create_tfrecords(**kwargs)
+            refused = {**CLASSIFICATION_ONLY, **tasks.settings_module(task).REFUSED_FLAGS}
+            foreign = [f"--{k}" for k, default in refused.items() if {**kwargs, **map_kwargs}.get(k) != default]
+            if foreign:
+                raise ConfigError(f"{', '.join(foreign)} do not apply to the {layout} layout")
+            kwargs.update(map_kwargs)
+        load(tasks.settings_module(task).CONVERTER)(layout, kwargs)
 
     return run_main(go)

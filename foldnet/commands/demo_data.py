@@ -3,12 +3,16 @@ task in its real layout."""
 import argparse
 import sys
 
-from foldnet.tasks.classification.demo_data import build_demo_dataset, build_photo_dataset
+from foldnet.commands.convert import load
+from foldnet.tasks import base as tasks
+
+# every task's demo kinds: kind -> ("module:function(out_dir, args)", default out_dir)
+KINDS = {kind: entry for name in tasks.TASKS for kind, entry in tasks.settings_module(name).DEMO_KINDS.items()}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Build a bundled demo dataset (Turtle Recall layout).")
-    p.add_argument("--kind", choices=("digits", "photos", "kelp", "cloud", "biomass"), default="digits",
+    p.add_argument("--kind", choices=list(KINDS), default="digits",
                    help="digits: the make-demo dataset; photos: ~100 px photos of a few dozen individuals, "
                         "a stand-in for your own small re-identification dataset; kelp: synthetic Kelp Wanted "
                         "tiles in the real layout (foldnet.tasks.segmentation.demo_data); cloud: synthetic On Cloud N chips in the real "
@@ -38,31 +42,9 @@ def main(argv=None):
             p.error(f"--{name} must be >= 1")
     from foldnet.core.cli import run_main
 
-    if a.kind == "kelp":
-        from foldnet.tasks.segmentation.demo_data import build_kelp_dataset
-
-        out_dir = a.out_dir or "data/kelp_demo"
-        rc = run_main(build_kelp_dataset, out_dir, n_places=a.n_places, acquisitions=a.acquisitions,
-                      size=a.image_size or 64, seed=a.seed)
-    elif a.kind == "cloud":
-        from foldnet.tasks.segmentation.demo_data import build_cloud_dataset
-
-        out_dir = a.out_dir or "data/cloud_demo"
-        rc = run_main(build_cloud_dataset, out_dir, n_locations=a.n_places, chips_per_location=a.acquisitions,
-                      size=a.image_size or 64, seed=a.seed)
-    elif a.kind == "biomass":
-        from foldnet.tasks.temporal.demo_data import build_biomass_dataset
-
-        out_dir = a.out_dir or "data/biomass_demo"
-        rc = run_main(build_biomass_dataset, out_dir, n_train=a.n_train, n_test=a.n_test, size=a.image_size or 32,
-                      seed=a.seed)
-    elif a.kind == "digits":
-        out_dir = a.out_dir or "data/demo"
-        rc = run_main(build_demo_dataset, out_dir, image_size=a.image_size or 32, seed=a.seed)
-    else:
-        out_dir = a.out_dir or "data/photos"
-        rc = run_main(build_photo_dataset, out_dir, n_individuals=a.n_individuals, per_individual=a.per_individual,
-                      size=a.image_size or 100, seed=a.seed, n_test_only=a.n_test_only)
+    builder, default_out = KINDS[a.kind]
+    out_dir = a.out_dir or default_out
+    rc = run_main(load(builder), out_dir, a)
     if rc:
         return rc
     print(f"{a.kind} dataset written to {out_dir}", file=sys.stderr)

@@ -12,6 +12,8 @@ every task. The root scripts (``create_tfrecords.py``, ``run.py``, ``run_trainin
 import os
 import sys
 
+from foldnet.tasks import base as tasks
+
 USAGE = __doc__.split("\n\n")[1]
 # names of map submissions that are temporal-regression maps (tasks.temporal.evaluate's namings)
 _TEMPORAL_NAMINGS = ("biomassters",)
@@ -28,28 +30,31 @@ def _value(argv, flag):
 
 
 def evaluate_module(argv):
-    """The evaluate command of the task a submission belongs to: a CSV is classification; map
-    submissions are temporal when named like BioMassters targets (``--naming biomassters``, or
-    ``*_agbm.tif`` answers), segmentation otherwise."""
+    """The evaluate command of the task a submission belongs to: a CSV is classification's; map
+    submissions are temporal regression's when named like BioMassters targets (``--naming
+    biomassters``, or ``*_agbm.tif`` answers), segmentation's otherwise."""
     submission = _value(argv, "--submission") or ""
     if submission.endswith(".csv"):
-        return "foldnet.tasks.classification.evaluate"
-    naming = _value(argv, "--naming")
-    answers = _value(argv, "--answers") or ""
-    names = os.listdir(answers) if os.path.isdir(answers) else [os.path.basename(answers)]
-    if naming in _TEMPORAL_NAMINGS or (naming is None and any(n.endswith("_agbm.tif") for n in names)):
-        return "foldnet.tasks.temporal.evaluate"
-    return "foldnet.tasks.segmentation.evaluate"
+        task = "classification"
+    else:
+        naming = _value(argv, "--naming")
+        answers = _value(argv, "--answers") or ""
+        names = os.listdir(answers) if os.path.isdir(answers) else [os.path.basename(answers)]
+        temporal = naming in _TEMPORAL_NAMINGS or (naming is None and any(n.endswith("_agbm.tif") for n in names))
+        task = "temporal_regression" if temporal else "segmentation"
+    return tasks.settings_module(task).EVALUATE
 
 
 def baseline_module(argv):
-    """The baseline of the task whose layout ``--data_dir`` holds (a map layout: the map baseline)."""
-    from foldnet.commands.convert import detect_seg_layout
+    """The baseline of the task whose layout ``--data_dir`` holds (the default task's when none is recognised)."""
+    from foldnet.commands.convert import detect_layout, task_of_layout
 
     data_dir = _value(argv, "--data_dir")
-    if data_dir and os.path.isdir(data_dir) and detect_seg_layout(data_dir):
-        return "foldnet.tasks.segmentation.baseline"
-    return "foldnet.tasks.classification.baseline"
+    layout = detect_layout(data_dir) if data_dir and os.path.isdir(data_dir) else None
+    module = tasks.settings_module(task_of_layout(layout)).BASELINE
+    if module is None:
+        raise SystemExit(f"foldnet baseline: no baseline for the {layout} layout yet")
+    return module
 
 
 COMMANDS = {

@@ -17,7 +17,6 @@ architecture's builder.
 Light module: no TensorFlow (``run.py --help`` stays fast).
 """
 import argparse
-import collections.abc
 import dataclasses
 import os
 
@@ -25,77 +24,23 @@ import yaml
 
 from foldnet.core import transforms
 from foldnet.core.errors import ConfigError
+from foldnet.core.settings import Bound, as_bool, as_mapping, none_or_str, str_or_mapping
+from foldnet.tasks import base as tasks
 
 JOB_WORDS = ("train", "val", "test", "score", "subm", "predict")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("plateau", "cosine")
 CACHE_MODES = ("auto", "decoded", "encoded", "none")
-NORMS = ("quantile", "minmax", "zscore")
 
 
-def _bool(s):
-    if isinstance(s, bool):
-        return s
-    v = str(s).strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
-def _none_or_str(s):
-    if s is None:
-        return None
-    return None if str(s).strip().lower() in ("", "none", "null") else str(s)
-
-
-def _mapping(s):
-    """A dict from a mapping or its YAML text ('{width: 48}'); None/'none' -> None."""
-    if s is None or isinstance(s, dict):
-        return s
-    if _none_or_str(s) is None:
-        return None
-    try:
-        value = yaml.safe_load(str(s))
-    except yaml.YAMLError as e:
-        raise ValueError(f"not a YAML mapping: {e}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping such as '{{width: 48}}', got {type(value).__name__}")
-    return value
-
-
-def _str_or_mapping(s):
-    """A term name or a mapping (or its YAML text); None/'none' -> None."""
-    if s is None or isinstance(s, dict):
-        return s
-    if _none_or_str(s) is None:
-        return None
-    value = _mapping(s) if str(s).strip().startswith("{") else str(s).strip()
-    return value
-
-
-class Bound(collections.namedtuple("Bound", "low high high_open")):
-    """Allowed range of a numeric setting: low <= x <= high (x < high if high_open); None = unbounded."""
-
-    def contains(self, x):
-        if self.low is not None and x < self.low:
-            return False
-        if self.high is not None and (x >= self.high if self.high_open else x > self.high):
-            return False
-        return True
-
-    def text(self):
-        if self.high is None:
-            return f">= {self.low:g}"
-        return f"in [{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+_bool, _none_or_str, _mapping, _str_or_mapping = as_bool, none_or_str, as_mapping, str_or_mapping
 
 
 # Number of train-time / TTA transforms besides the identity (augment.TRANSFORMS[1:]).
 N_TRANSFORMS = transforms.MAX_NUMBER
 
-# One table of numeric bounds: validated here, read by the augmentation code.
+# Numeric bounds of the shared settings (the tasks' settings carry their own; see TASK_SETTINGS).
 BOUNDS = {
     "dim": Bound(1, None, False),
     "batch_size": Bound(1, None, False),
@@ -104,7 +49,6 @@ BOUNDS = {
     "lr": Bound(0, None, False),
     "weight_decay": Bound(0, None, False),
     "dropout": Bound(0.0, 1.0, True),
-    "label_smoothing": Bound(0.0, 1.0, False),
     "warmup_epochs": Bound(0, None, False),
     "aug_number": Bound(0, N_TRANSFORMS, False),
     "tta_number": Bound(0, N_TRANSFORMS, False),
@@ -115,8 +59,6 @@ BOUNDS = {
     "cache_budget_mb": Bound(0, None, False),
     "shuffle_buffer": Bound(1, None, False),
     "tiles_per_epoch": Bound(0, None, False),
-    "target_cap": Bound(0.0, None, False),
-    "month_dropout": Bound(0.0, 1.0, True),
 }
 
 
@@ -132,7 +74,7 @@ FLAGS = [
     # where
     ("data_dir", str, "data", "Dataset directory (CSV files, sample_submission.csv)"),
     ("tfrec_dir", _none_or_str, None, "TFRecord directory made by create_tfrecords.py (default: DATA_DIR/tfrec)"),
-    ("run_dir", _none_or_str, None, "Output directory of this member (default: models/<config name>)"),
+    ("run_dir", _none_or_str, None, "Output directory of this member (default: runs/<config name>)"),
     ("template", _none_or_str, None,
      "Submission template (default: the task's: DATA_DIR/sample_submission.csv for classification, "
      "TFREC_DIR/tiles.csv for segmentation)"),
@@ -152,7 +94,6 @@ FLAGS = [
      "training examples"),
     ("optimizer", str, "adam", f"Optimizer: {', '.join(OPTIMIZERS)}"),
     ("weight_decay", float, 0.0, "Decoupled weight decay (adamw) or L2-free decay for sgd"),
-    ("label_smoothing", float, 0.0, "Label smoothing of the cross-entropy loss"),
     ("schedule", str, "plateau",
      "Learning-rate schedule: plateau (ReduceLROnPlateau on --monitor) or cosine (cosine decay after warm-up)"),
     ("warmup_epochs", float, 0.0, "Linear warm-up epochs (cosine schedule)"),
@@ -176,10 +117,6 @@ FLAGS = [
      "Run the augmentation inside the model (first layer, training only) instead of in the input pipeline: "
      "for accelerators whose host has few CPU cores; same distribution"),
     ("tta_number", int, 0, "Test-time transforms besides the identity (same list as --aug_number)"),
-    ("openset_features", _bool, False,
-     "Classification: store per predicted image the cosine similarity of its features (the classifier's input) "
-     "to the nearest image its fold trained on (one more pass over the fold's training images); the open-set "
-     "rule then uses it instead of the largest probability (better on the photo stand-in)"),
     ("cache", str, "auto",
      "Cache of the training data: decoded (resized pixels), encoded (file bytes), none, or auto "
      "(decoded if it fits in --cache_budget_mb, else encoded if it fits, else none)"),
@@ -195,29 +132,17 @@ FLAGS = [
     ("arch_options", dict, None,
      "Options of the architecture's builder as a YAML mapping, e.g. '{width: 48, depth: 4}' "
      "(small_cnn: width, depth, blocks; kecam: drop_connect_rate, ...)"),
-    # segmentation (ignored by classification)
+    # map tasks (ignored by classification)
     ("loss", _str_or_mapping, None,
      "Segmentation loss: a term (dice, jaccard, focal, bce) or a YAML mapping of weights, e.g. "
      "'{jaccard: 1.0, focal: 0.1, per_image: true}' (default: dice)"),
-    ("seg_bands", list, None, "Segmentation: raw bands kept as channels (default: all bands of the dataset)"),
-    ("indices", list, None, "Segmentation: spectral indices added as channels (foldnet.raster.spectral.INDICES), e.g. NDVI NDWI"),
-    ("norm", str, "quantile", f"Segmentation: normalisation of raw bands: {', '.join(NORMS)}"),
-    ("mask_indices", _bool, True, "Segmentation: keep indices only on clear water (QA clear, DEM <= 0)"),
-    ("sampler", dict, None,
-     "Segmentation: weighted tile sampler terms of tiles.csv, e.g. '{has_positive: 2, cloud_share: -1}' "
-     "(default: every tile alike)"),
-    # temporal regression (ignored by the other tasks)
-    ("temporal_input", str, "all",
-     "Temporal regression: months the model sees: all, month:K (month K only) or mean (the mean of the months)"),
-    ("target_cap", float, 400.0,
-     "Temporal regression: loss and Keras metrics ignore targets above this value (0 = no cap)"),
-    ("month_dropout", float, 0.0,
-     "Temporal regression: train-time probability of dropping each month (at least one month is kept)"),
-    ("nonneg", str, "softplus", "Temporal regression: non-negativity of the output: softplus, relu or none"),
-    # prediction of files
-    ("images", list, None, "Image files for --job predict"),
-    ("checkpoints", list, None, "Weight files for --job predict (default: every fold's best checkpoint in --run_dir)"),
 ]
+
+SHARED_FLAGS = list(FLAGS)
+# Each task's own settings (tasks/<task>/settings.py), in registry order: flags and YAML keys like the shared ones.
+TASK_SETTINGS = tasks.all_settings()
+FLAGS = SHARED_FLAGS + [(st.name, st.type, st.default, st.help) for st in TASK_SETTINGS]
+BOUNDS.update({st.name: st.bound for st in TASK_SETTINGS if st.bound is not None})
 
 FLAG_NAMES = [f[0] for f in FLAGS]
 DEFAULTS = {name: default for name, _, default, _ in FLAGS}
@@ -434,14 +359,26 @@ Config.__doc__ = "The settings of one run.py call (see the module doc); frozen, 
 SETTING_NAMES = ("config", *FLAG_NAMES)
 
 CHOICES = {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "cache": CACHE_MODES,
-           "norm": NORMS}
+           **{st.name: st.choices for st in TASK_SETTINGS if st.choices}}
+
+
+RUNS_DIR = "runs"
 
 
 def default_run_dir(config_path, arch):
-    """models/<config name> beside the config (or models/<arch> without one)."""
-    if config_path:
-        return os.path.join(os.path.dirname(config_path), os.path.splitext(os.path.basename(config_path))[0])
-    return os.path.join("models", arch)
+    """runs/<config name> (or runs/<arch> without a config), in the current directory.
+
+    A run directory that earlier versions made beside the config (models/<config name>/, holding
+    task.json or fold_*/) is still used when runs/<config name> does not exist, so runs made
+    before the move resume and ensemble as they were."""
+    name = os.path.splitext(os.path.basename(config_path))[0] if config_path else arch
+    new = os.path.join(RUNS_DIR, name)
+    if config_path and not os.path.exists(new):
+        old = os.path.join(os.path.dirname(config_path), name)
+        if os.path.isdir(old) and (os.path.exists(os.path.join(old, "task.json"))
+                                   or any(n.startswith("fold_") for n in os.listdir(old))):
+            return old
+    return new
 
 
 def parse_config(argv=None):

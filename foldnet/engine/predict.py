@@ -10,22 +10,18 @@ import logging
 
 import numpy as np
 
-from foldnet.tasks.classification import data
-from foldnet.io import images
-from foldnet.tasks.classification import openset
-from foldnet.io import rundir
-from foldnet.tasks import base as tasks
 from foldnet.core.errors import DataError
+from foldnet.io import images, rundir
+from foldnet.tasks.classification import data, openset
 
 log = logging.getLogger(__name__)
 
 
-def predict_records(model, files, cfg, task=None, verbose=0):
+def predict_records(model, files, cfg, *, task, verbose=0):
     """``(ids, targets, outputs [tta_number + 1, n, ...])`` of the records in ``files`` (one pass, all views).
 
     cfg: the settings the task reads (classification: dim, batch_size, tta_number).
     """
-    task = task or tasks.get(tasks.DEFAULT_TASK)
     ids, targets = task.read_ids_targets(files)
     outputs = task.predict_files(model, files, cfg, verbose)
     if outputs.shape[1] != len(ids):
@@ -33,7 +29,7 @@ def predict_records(model, files, cfg, task=None, verbose=0):
     return ids, targets, outputs
 
 
-def predict_split(model, files, out_path, cfg, spec_fp, weights_fp, n_rows, task=None, verbose=0,
+def predict_split(model, files, out_path, cfg, spec_fp, weights_fp, n_rows, *, task, verbose=0,
                   reference_files=None, cache=None):
     """Predict the records of ``files`` (all TTA views, one pass) into the prediction file ``out_path``.
 
@@ -42,8 +38,7 @@ def predict_split(model, files, out_path, cfg, spec_fp, weights_fp, n_rows, task
     task's per-row values (``task.row_values``; ``cache``: one dict per
     fold). Returns the outputs.
     """
-    task = task or tasks.get(tasks.DEFAULT_TASK)
-    ids, targets, outputs = predict_records(model, files, cfg, task, verbose)
+    ids, targets, outputs = predict_records(model, files, cfg, task=task, verbose=verbose)
     if len(ids) != n_rows:
         raise RuntimeError(f"read {len(ids)} records, the manifest says {n_rows}")
     extra = {}

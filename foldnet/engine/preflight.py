@@ -6,6 +6,7 @@ than after hours of training (value ranges such as transform counts are
 config's): a batch that cannot fit in memory, a weights file that is missing or not HDF5, an output directory that
 cannot be written, an ensemble output that would replace an input.
 """
+import math
 import os
 import uuid
 
@@ -40,17 +41,20 @@ def available_memory():
     return avail
 
 
-def batch_memory_problem(batch_size, dim, n_channels=3, available=None):
-    """Why a batch of ``batch_size`` images ``dim`` x ``dim`` cannot fit in memory, or None."""
+def batch_memory_problem(batch_size, input_shape, available=None):
+    """Why a batch of ``batch_size`` examples of ``input_shape`` (one example as the model gets it,
+    e.g. (dim, dim, 3) or (months, height, width, bands)) cannot fit in memory, or None."""
     available = available_memory() if available is None else available
     if not available:
         return None
-    need = MEMORY_FACTOR * batch_size * dim * dim * n_channels * 4
+    example = 4 * math.prod(int(n) for n in input_shape)
+    need = MEMORY_FACTOR * batch_size * example
     if need <= available:
         return None
-    fit = max(1, available // (MEMORY_FACTOR * dim * dim * n_channels * 4))
-    return (f"--batch_size {batch_size} at --dim {dim} needs at least {need / 2**30:.1f} GiB "
-            f"({batch_size} x {dim}x{dim}x{n_channels} float32 pixels x {MEMORY_FACTOR} for the pipeline and the "
+    fit = max(1, available // (MEMORY_FACTOR * example))
+    shape = "x".join(str(int(n)) for n in input_shape)
+    return (f"--batch_size {batch_size} of {shape} inputs needs at least {need / 2**30:.1f} GiB "
+            f"({batch_size} x {shape} float32 values x {MEMORY_FACTOR} for the pipeline and the "
             f"model), {available / 2**30:.1f} GiB are available; use --batch_size {fit} or less")
 
 
@@ -90,12 +94,13 @@ def writable_problem(directory):
     return None
 
 
-def check_run(cfg, jobs):
+def check_run(cfg, jobs, input_shape=None):
     """One ConfigError listing every problem of a run.py config, beyond its values' ranges (config),
-    found before a model is built."""
+    found before a model is built. ``input_shape``: one example as the task's model gets it
+    (``Task.input_shape``; default a dim x dim RGB image)."""
     problems = []
     if jobs & {"train", "val", "test", "predict"}:
-        memory = batch_memory_problem(cfg["batch_size"], cfg["dim"])
+        memory = batch_memory_problem(cfg["batch_size"], input_shape or (cfg["dim"], cfg["dim"], 3))
         if memory:
             problems.append(memory)
     if "train" in jobs and cfg.get("weights") and is_weights_path(cfg["weights"]):

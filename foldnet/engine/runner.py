@@ -10,12 +10,11 @@ import os
 import shutil
 import time
 
+from foldnet.core import fileio, logs
+from foldnet.core.errors import ConfigError, DataError
 from foldnet.engine import config
-from foldnet.core import fileio
-from foldnet.core import logs
 from foldnet.io import rundir
 from foldnet.tasks import base as tasks
-from foldnet.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +49,8 @@ def _warn_changed_settings(cfg, task, spec, fold, done_path):
 def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=()):
     import tensorflow as tf
 
-    from foldnet.engine import predict
+    from foldnet.engine import predict, strategy, train
     from foldnet.io import records
-    from foldnet.engine import strategy
-    from foldnet.engine import train
 
     strategy.set_mixed_precision(cfg["mixed_precision"])
     strat = strategy.get_strategy(cfg["tpu"])
@@ -101,9 +98,8 @@ def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=()):
 
 def run_predict(cfg):
     """--job predict: top-k labels of image files, averaged over fold checkpoints (classification)."""
+    from foldnet.engine import predict, train
     from foldnet.tasks.classification import openset
-    from foldnet.engine import predict
-    from foldnet.engine import train
 
     if not cfg["images"]:
         raise ConfigError("--job predict needs --images FILE [FILE ...]")
@@ -142,8 +138,7 @@ def run(cfg, extra_callbacks=()):
     Everything checkable is checked before a model is built (preflight); the
     run directory is locked for the whole run (one writer; workers.writable_run_dir).
     """
-    from foldnet.engine import preflight
-    from foldnet.engine import workers
+    from foldnet.engine import preflight, workers
 
     cfg = config.Config.build(cfg)
     jobs = cfg.jobs
@@ -156,8 +151,7 @@ def run(cfg, extra_callbacks=()):
 
 
 def run_jobs(cfg, jobs, extra_callbacks=()):
-    from foldnet.io import records
-    from foldnet.io import splits
+    from foldnet.io import records, splits
 
     manifest = records.load_manifest(cfg["tfrec_dir"])
     task = tasks.for_manifest(manifest)

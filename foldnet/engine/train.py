@@ -25,14 +25,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from foldnet.core import fileio
-from foldnet.models import backbones as models
-from foldnet.core import plots
-from foldnet.io import records
-from foldnet.io import rundir
-from foldnet.io import splits
-from foldnet.tasks import base as tasks
+from foldnet.core import fileio, plots
 from foldnet.core.errors import ConfigError
+from foldnet.io import records, rundir, splits
+from foldnet.models import backbones as models
+from foldnet.tasks import base as tasks
 
 keras = tf.keras
 log = logging.getLogger(__name__)
@@ -61,7 +58,7 @@ def save_best(model, path, epoch, monitor, value):
             f.attrs["foldnet_value"] = float(value)
 
 
-class CosineWarmup(keras.optimizers.schedules.LearningRateSchedule):
+class CosineWarmup(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[name-defined]
     """Linear warm-up to ``peak`` then cosine decay to ``floor``, by optimizer step."""
 
     def __init__(self, peak, total_steps, warmup_steps=0, floor=0.0):
@@ -114,7 +111,7 @@ class FoldState:
         fileio.atomic_write_json(self.path, self.d)
 
 
-class FoldCallback(keras.callbacks.Callback):
+class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
     """Best checkpoint, plateau LR, early stopping, history and resume state, per epoch.
 
     Order inside on_epoch_end: (1) best weights, (2) counters, (3) model +
@@ -208,18 +205,24 @@ def is_done(run_dir, fold):
     return read_best(p["best"]) is not None
 
 
-# Settings a resumed fold must share with its interrupted run (the checkpoint's structure).
-RESUME_KEYS = ("arch", "dim", "weights", "dropout", "optimizer", "schedule", "seg_bands", "indices")
+# Settings every task's resumed fold must share with its interrupted run (the checkpoint's structure);
+# each task adds its own (``Task.resume_keys``).
+RESUME_KEYS = ("arch", "dim", "weights", "dropout", "optimizer", "schedule", "arch_options")
 
 
 def model_settings(cfg, task, spec):
-    return {**{k: cfg[k] for k in RESUME_KEYS}, **task.spec_settings(spec)}
+    """The settings a resumed fold must share with its interrupted run. ``arch_options`` is left out
+    while unset, so folds interrupted before it was a resume key still resume."""
+    keys = [k for k in (*RESUME_KEYS, *task.resume_keys) if not (k == "arch_options" and cfg[k] is None)]
+    return {**{k: cfg[k] for k in keys}, **task.spec_settings(spec)}
 
 
 def check_same_settings(saved, current, fold):
     if not saved:
         return
-    diff = [f"{k}: {saved.get(k)!r} then, {current.get(k)!r} now" for k in current if saved.get(k) != current.get(k)]
+    # a setting the interrupted run did not record (it became a resume key later) cannot be compared
+    diff = [f"{k}: {saved.get(k)!r} then, {current.get(k)!r} now" for k in current
+            if k in saved and saved.get(k) != current.get(k)]
     if diff:
         raise ConfigError(f"fold {fold} was interrupted while training with other settings ({'; '.join(diff)}); "
                           "rerun with the same settings to resume, or use --overwrite to start the fold again")
@@ -335,9 +338,8 @@ def finish_fold(model, p, state, monitor, fold):
     return model
 
 
-def load_fold_model(cfg, spec, weights_path, strategy=None, task=None):
+def load_fold_model(cfg, spec, weights_path, strategy=None, *, task):
     """A model of ``cfg['arch']`` for ``spec`` with the weights of ``weights_path`` (no pretrained download)."""
-    task = task or tasks.get(tasks.DEFAULT_TASK)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = task.build_model(cfg, spec, None)

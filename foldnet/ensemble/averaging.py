@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 
 from foldnet.core import report
-from foldnet.io import rundir
-from foldnet.tasks import base as tasks
 from foldnet.core.errors import DataError
+from foldnet.io import rundir
 from foldnet.io.rundir import TTA_MODES, reduce_tta  # noqa: F401  (part of this module's API)
 
 # Elements per row block when adding one prediction array to the running sum.
@@ -115,7 +114,7 @@ def _item_text(item):
     return str(item[0]) if len(item) == 1 else str(tuple(item))
 
 
-def average_test(members, ids, weights=None, tta="mean", expected_fingerprint=None, task=None):
+def average_test(members, ids, weights=None, tta="mean", expected_fingerprint=None, *, task):
     """Weighted fold x TTA x member average of test predictions, rows in ``ids`` order.
 
     members: run directories. Returns float32 [len(ids), ...]. Each member
@@ -124,7 +123,6 @@ def average_test(members, ids, weights=None, tta="mean", expected_fingerprint=No
     Streaming (see module doc); every file is validated before any is read
     (``scan_members``).
     """
-    task = task or tasks.get(tasks.DEFAULT_TASK)
     ids = np.asarray(ids).astype(str)
     w = normalise_weights(weights, len(members))
     if tta not in TTA_MODES:

@@ -24,14 +24,12 @@ import sys
 
 import numpy as np
 
-from foldnet.core import fileio
-from foldnet.core import logs
-from foldnet.core import report
+from foldnet.core import fileio, logs, report
+from foldnet.core.errors import ConfigError, DataError
+from foldnet.ensemble.averaging import TTA_MODES, average_test, normalise_weights, scan_members
+from foldnet.ensemble.weightfit import oof_report
 from foldnet.io import rundir
 from foldnet.tasks import base as tasks
-from foldnet.ensemble.averaging import TTA_MODES, average_test, normalise_weights, scan_members
-from foldnet.core.errors import ConfigError, DataError
-from foldnet.ensemble.weightfit import oof_report
 
 # By name, not __name__: run as ``python -m foldnet.ensemble.cli`` this module is __main__, outside "foldnet".
 log = logging.getLogger("foldnet.ensemble.cli")
@@ -52,7 +50,7 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     fit_metric = fit_metric or task.default_fit_metric
     if fit and fit_metric not in task.fit_metrics:
         raise ConfigError(f"--fit_metric {fit_metric!r}: choose one of {', '.join(sorted(task.fit_metrics))}")
-    spec = read_specs(runs, tfrec_dir, task)
+    spec = read_specs(runs, tfrec_dir, task=task)
     check_ensemble(out_path, template, os.path.dirname(str(template)), spec, k)
     ids = task.test_ids(template)
     try:
@@ -62,14 +60,14 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     # Fail early (before OOF work) if the test predictions cannot be ensembled.
     plans = scan_members(runs, "test", ids, spec.fingerprint())
 
-    rows, notes, weights, post, oof = oof_report(runs, weights, spec, fit_metric, fit, tta, task,
+    rows, notes, weights, post, oof = oof_report(runs, weights, spec, fit_metric, fit, tta, task=task,
                                                  groups=task.groups(tfrec_dir))
-    outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task)
-    extra = {}
+    outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task=task)
+    values = None
     if post and task.row_value_key:  # the rule may use a per-row value the test files store
         test_values = rundir.row_values(runs, weights, "test", ids, task.row_value_key)
-        extra["values"] = None if test_values is None else np.array([test_values[str(i)] for i in ids])
-    what = task.write_submission(ids, outputs, spec, template, out_path, k, post, **extra)
+        values = None if test_values is None else np.array([test_values[str(i)] for i in ids])
+    what = task.write_submission(ids, outputs, spec, template, out_path, k, post, values=values)
 
     stem = _stem(out_path)
     if oof is not None:  # e.g. segmentation: Dice vs threshold of the blend the threshold was fitted on
@@ -91,9 +89,8 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     return out_path, probs_path, scores_path
 
 
-def read_specs(runs, tfrec_dir=None, task=None):
+def read_specs(runs, tfrec_dir=None, *, task):
     """The spec (label map) shared by all runs (and ``tfrec_dir`` if given); DataError naming mismatches."""
-    task = task or tasks.get(tasks.DEFAULT_TASK)
     sources = [os.path.join(r, task.spec_file) for r in runs]
     if tfrec_dir:
         sources.append(os.path.join(tfrec_dir, task.spec_file))

@@ -12,11 +12,9 @@ outputs, saved there and added to both (``post``, a Markdown section).
 import logging
 import os
 
-from foldnet.core import fileio
-from foldnet.core import report
-from foldnet.io import rundir
-from foldnet.tasks import base as tasks
+from foldnet.core import fileio, report
 from foldnet.core.errors import DataError
+from foldnet.io import rundir
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +36,12 @@ def _rows(name, n, scorers, tta_names):
     return [{"fold": name, "tta": str(tta), "n": n, **s.scores()} for tta, s in zip(names, scorers)]
 
 
-def score_run(run_dir, spec, task=None, groups=None, block_elements=None):
+def score_run(run_dir, spec, *, task, groups=None, block_elements=None):
     """Score every fold of ``run_dir`` that has OOF predictions. Returns the rows.
 
     groups: {id: group} for group scores (segmentation: location IoU), or None.
     block_elements: decoded output elements per block (default ``rundir.OOF_BLOCK_ELEMENTS``).
     """
-    task = task or tasks.get(tasks.DEFAULT_TASK)
     sources = rundir.open_oof(run_dir, expected_fingerprint=spec.fingerprint())
     tta_ref = None
     for src in sources:

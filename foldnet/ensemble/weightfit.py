@@ -20,10 +20,9 @@ import os
 import numpy as np
 
 from foldnet.core import report
-from foldnet.io import rundir
-from foldnet.tasks import base as tasks
-from foldnet.ensemble.averaging import MemberOOF, blend, common_oof_ids
 from foldnet.core.errors import DataError
+from foldnet.ensemble.averaging import MemberOOF, blend, common_oof_ids
+from foldnet.io import rundir
 
 
 @dataclasses.dataclass
@@ -37,7 +36,7 @@ class WeightFit:
     steps: int      # accepted moves
 
 
-def fit_weights(oof_list, labels, label_map, metric="map5", resolution=8, max_steps=200, task=None):
+def fit_weights(oof_list, labels, label_map, metric="map5", resolution=8, max_steps=200, *, task):
     """Non-negative member weights summing to 1 that maximise an OOF metric.
 
     oof_list: aligned [n, C] OOF probabilities of each member held in memory;
@@ -47,7 +46,7 @@ def fit_weights(oof_list, labels, label_map, metric="map5", resolution=8, max_st
     the simplex grid (module doc); strict improvements only, so ``after >=
     before`` (equal weights). ``oof_report`` runs the same search streaming.
     """
-    fit_metrics = (task or tasks.get(tasks.DEFAULT_TASK)).fit_metrics
+    fit_metrics = task.fit_metrics
     if metric not in fit_metrics:
         raise ValueError(f"metric must be one of {sorted(fit_metrics)}, got {metric!r}")
     score_fn = fit_metrics[metric]
@@ -145,7 +144,7 @@ def oof_fold_keys(runs, ids):
     return dict(zip((str(i) for i in ids), np.unique(keys, return_inverse=True)[1].tolist()))
 
 
-def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None, groups=None, block_elements=None):
+def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", *, task, groups=None, block_elements=None):
     """OOF scores of each member and of the ensemble; returns ``(rows, notes, final_weights, post, oof)``.
 
     Streams the OOF files (``rundir.open_oof``: a block of rows at a time),
@@ -166,7 +165,6 @@ def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", task=None,
     total share kept); the others keep theirs. A member row's ``weight`` is
     its final weight in the test average.
     """
-    task = task or tasks.get(tasks.DEFAULT_TASK)
     rows, notes, members, scored, post, oof = [], [], [], [], None, None
     for idx, run in enumerate(runs):
         try:

@@ -12,7 +12,6 @@ import tempfile
 from foldnet.core import fileio
 from foldnet.core.errors import ConfigError, DataError
 
-
 DEFAULT_SHARD_SIZE = "150MB"
 
 

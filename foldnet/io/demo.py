@@ -6,7 +6,6 @@ import os
 from foldnet.core import fileio
 from foldnet.core.errors import ConfigError
 
-
 # Written inside every dataset folder this module builds: a folder holding it may be replaced.
 MARKER = ".foldnet-demo"
 

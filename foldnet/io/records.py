@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from foldnet.core import fileio
-from foldnet.io import images
 from foldnet.core.errors import DataError
+from foldnet.io import images
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

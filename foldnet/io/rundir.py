@@ -17,8 +17,7 @@ import zipfile
 
 import numpy as np
 
-from foldnet.core import fileio
-from foldnet.core import report
+from foldnet.core import fileio, report
 from foldnet.core.errors import DataError
 
 BEST = "best.h5"

@@ -51,5 +51,8 @@ def csv_paths(data_dir, train_csv, test_csv):
     """(train CSV, test CSV or None, root) of a generic layout: CSV paths relative to ``data_dir`` (when given),
     root = ``data_dir`` or the train CSV's folder."""
     root = data_dir or os.path.dirname(os.path.abspath(train_csv))
-    join = (lambda p: p if p is None or os.path.isabs(p) else os.path.join(root, p))
+
+    def join(p):
+        return p if p is None or os.path.isabs(p) else os.path.join(root, p)
+
     return join(train_csv), join(test_csv), root

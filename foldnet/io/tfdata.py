@@ -2,7 +2,6 @@
 the distribution options of a dataset."""
 import tensorflow as tf
 
-
 AUTOTUNE = tf.data.AUTOTUNE
 
 

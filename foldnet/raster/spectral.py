@@ -336,13 +336,22 @@ class Features:
 # ---------------------------------------------------------------- padding
 
 
-def padding_for(size, multiple=32):
+# Map inputs are padded to a multiple of this (5 stride-2 stages of a UNet encoder); the one owner.
+PAD_MULTIPLE = 32
+
+
+def padded_shape(shape, multiple=PAD_MULTIPLE):
+    """``shape`` (height, width, ...) with every side padded up to a multiple of ``multiple``."""
+    return tuple(int(n) + sum(padding_for(int(n), multiple)) for n in shape)
+
+
+def padding_for(size, multiple=PAD_MULTIPLE):
     """(before, after) pixels that pad ``size`` to a multiple of ``multiple``: 350 -> (1, 1)."""
     total = -int(size) % int(multiple)
     return total // 2, total - total // 2
 
 
-def pad_to_multiple(x, multiple=32, mode="REFLECT", constant=0):
+def pad_to_multiple(x, multiple=PAD_MULTIPLE, mode="REFLECT", constant=0):
     """Pad the two axes before the last of ``x`` ([H, W, C] or [B, H, W, C]) to a multiple.
 
     mode: REFLECT (images), SYMMETRIC or CONSTANT (masks; ``constant`` value).
@@ -358,7 +367,7 @@ def pad_to_multiple(x, multiple=32, mode="REFLECT", constant=0):
     return tf.pad(x, pads, mode=mode.upper())
 
 
-def crop_padding(x, height, width, multiple=32):
+def crop_padding(x, height, width, multiple=PAD_MULTIPLE):
     """Undo ``pad_to_multiple``: the central ``[height, width]`` of the two axes before the
     last of ``x`` ([Hp, Wp, C] or [B, Hp, Wp, C])."""
     top, _ = padding_for(height, multiple)

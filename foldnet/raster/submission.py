@@ -20,8 +20,7 @@ import tempfile
 
 import numpy as np
 
-from foldnet.core import fileio
-from foldnet.core import report
+from foldnet.core import fileio, report
 from foldnet.core.errors import ConfigError, DataError
 
 NAMING = {"kelp": "{id}_kelp.tif", "cloud": "{id}.tif", "generic": "{id}.tif", "biomassters": "{id}_agbm.tif"}

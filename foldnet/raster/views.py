@@ -9,7 +9,6 @@ import tensorflow as tf
 from foldnet.core.errors import ConfigError
 from foldnet.raster import spectral
 
-
 TTA_VIEWS = ("identity", "flip_lr", "flip_ud", "rot90", "rot180", "rot270", "transpose")
 
 
@@ -48,7 +47,7 @@ def check_views(names, height, width):
     return names
 
 
-def invert_tta(predictions, names, height=None, width=None, multiple=32):
+def invert_tta(predictions, names, height=None, width=None, multiple=spectral.PAD_MULTIPLE):
     """Every TTA view's predicted map back in the original frame, padding cropped.
 
     predictions: ``[n * T, Hp, Wp]`` or ``[n * T, Hp, Wp, 1]`` as ``tta_dataset`` orders them
@@ -72,7 +71,7 @@ def invert_tta(predictions, names, height=None, width=None, multiple=32):
     return tf.stack(views)
 
 
-def merge_tta(predictions, names, height=None, width=None, weights=None, multiple=32):
+def merge_tta(predictions, names, height=None, width=None, weights=None, multiple=spectral.PAD_MULTIPLE):
     """The (weighted) mean over views of ``invert_tta``: float32 ``[n, H, W]``."""
     views = invert_tta(predictions, names, height, width, multiple)
     w = np.ones(len(names)) if weights is None else np.asarray(weights, np.float64)

@@ -162,8 +162,10 @@ Submission
   validated before they are written (atomic); returns a short description.
   classification: CSV with the top-k labels under the new-individual rule.
 """
+import abc
 import importlib
 import os
+from typing import Any
 
 import numpy as np
 
@@ -171,35 +173,71 @@ from foldnet.core.errors import ConfigError
 
 DEFAULT_TASK = "classification"
 
-# task name -> module that registers it when imported. One line per task.
-_MODULES = {
-    "classification": "foldnet.tasks.classification.task",
-    "segmentation": "foldnet.tasks.segmentation.task",
-    "temporal_regression": "foldnet.tasks.temporal.task",
+# task name -> its package: ``<package>.task`` registers the Task when imported, ``<package>.settings``
+# declares its settings (SETTINGS, RESUME_KEYS) without importing TensorFlow. One line per task.
+TASKS = {
+    "classification": "foldnet.tasks.classification",
+    "segmentation": "foldnet.tasks.segmentation",
+    "temporal_regression": "foldnet.tasks.temporal",
 }
 
-_REGISTRY = {}
+_REGISTRY: dict[str, "Task"] = {}
 
 
-class Task:
-    """Base class of a task; see the module doc for what each member must do."""
+class Scorer(abc.ABC):
+    """Scores of prediction blocks fed one by one (``add``), mergeable across members and folds."""
 
-    name = None
-    spec_file = None
+    @abc.abstractmethod
+    def add(self, targets: Any, outputs: Any, ids: Any = None) -> "Scorer": ...
+
+    @abc.abstractmethod
+    def merge(self, other: "Scorer") -> "Scorer": ...
+
+    @abc.abstractmethod
+    def scores(self) -> dict[str, float]: ...
+
+    @abc.abstractmethod
+    def metric(self, name: str) -> float: ...
+
+    def post(self, folds: dict | None = None, values: dict | None = None) -> dict | None:
+        """The post-processing fitted on what was added (``Task.fit_post``); None by default."""
+        return None
+
+    def report(self, stem: str, title: str) -> list[str]:
+        """Files written about the added blocks (e.g. a threshold curve); none by default."""
+        return []
+
+
+class Task(abc.ABC):
+    """Base class of a task; see the module doc for what each member must do. The abstract methods
+    are the seam every task implements; the others have defaults a task may override."""
+
+    name: str = ""
+    spec_file: str = ""
     default_monitor = "val_loss"
-    score_keys = ()
-    default_fit_metric = None
+    score_keys: tuple[str, ...] = ()
+    default_fit_metric: str | None = None
     score_note = ""
     submission_name = "submission.csv"
+    # settings a resumed fold must share with its interrupted run, beyond the shared ones (engine.train)
+    resume_keys: tuple[str, ...] = ()
+    # dataset layouts this task converts (create_tfrecords.py --layout), the first one its default
+    layouts: tuple[str, ...] = ()
+    # demo datasets (foldnet demo-data --kind K): kind -> "module:function(out_dir, **options)"
+    demo_kinds: dict[str, str] = {}
+    # module whose main(argv) scores a submission against answers (foldnet evaluate)
+    evaluate_module: str = ""
+    post_file: str | None = None
+    row_value_key: str | None = None
 
     # -- spec
-    def load_spec(self, manifest):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def load_spec(self, manifest: dict) -> Any: ...
 
-    def read_spec(self, path):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read_spec(self, path: str) -> Any: ...
 
-    def manifest_spec(self, path):
+    def manifest_spec(self, path: str) -> Any:
         """The spec of the TFRecord directory of ``path`` when ``path`` does not exist but a
         ``manifest.json`` sits beside it (TFRecord directories hold no spec file), else None."""
         if os.path.exists(path):
@@ -213,103 +251,115 @@ class Task:
         manifest["dir"] = os.path.dirname(path)
         return self.load_spec(manifest)
 
-    def spec_settings(self, spec):
+    def spec_settings(self, spec: Any) -> dict:
         return {}
 
+    # -- conversion
+    def detect_layout(self, data_dir: str) -> str | None:
+        """The layout of this task that ``data_dir``'s files show (None: not recognised)."""
+        return None
+
+    def convert(self, layout: str, flags: dict) -> dict:
+        """create_tfrecords.py for ``layout`` with the command line's ``flags``; returns the manifest."""
+        raise ConfigError(f"the {self.name} task has no converter")
+
     # -- data
-    def cache_mode(self, cfg, n_examples, encoded_mb):
+    def cache_mode(self, cfg: Any, n_examples: int, encoded_mb: float) -> str:
         if cfg["cache"] != "auto":
             return cfg["cache"]
         return "encoded" if encoded_mb <= cfg["cache_budget_mb"] else "none"
 
-    def train_dataset(self, files, spec, cfg, *, seed, cache, drop_remainder, n_workers):
-        raise NotImplementedError
+    def input_shape(self, cfg: Any, spec: Any) -> tuple[int, ...]:
+        """Shape of one example as the model gets it (float32), for the memory preflight."""
+        return (cfg["dim"], cfg["dim"], 3)
 
-    def eval_dataset(self, files, spec, cfg):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def train_dataset(self, files: list[str], spec: Any, cfg: Any, *, seed: int, cache: str, drop_remainder: bool,
+                      n_workers: int) -> Any: ...
 
-    def read_ids_targets(self, files):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def eval_dataset(self, files: list[str], spec: Any, cfg: Any) -> Any: ...
 
-    def predict_files(self, model, files, cfg, verbose=0):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read_ids_targets(self, files: list[str]) -> tuple[Any, Any]: ...
 
-    def tta_names(self, tta_number):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def predict_files(self, model: Any, files: list[str], cfg: Any, verbose: int = 0) -> Any: ...
+
+    @abc.abstractmethod
+    def tta_names(self, tta_number: int) -> list[str]: ...
 
     # -- model
-    def check_config(self, cfg, spec):
+    def check_config(self, cfg: Any, spec: Any) -> list[str]:
         return []
 
-    def build_model(self, cfg, spec, weights):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def build_model(self, cfg: Any, spec: Any, weights: str | None) -> Any: ...
 
-    def compile_model(self, model, cfg, spec, optimizer):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def compile_model(self, model: Any, cfg: Any, spec: Any, optimizer: Any) -> None: ...
 
-    def monitor_mode(self, monitor):
+    def monitor_mode(self, monitor: str) -> str:
         return "min" if "loss" in monitor else "max"
 
     # -- prediction files
-    def encode_outputs(self, outputs):
+    def encode_outputs(self, outputs: Any) -> Any:
         return outputs
 
-    def decode_outputs(self, stored):
+    def decode_outputs(self, stored: Any) -> Any:
         return stored
 
-    def encode_targets(self, targets):
+    def encode_targets(self, targets: Any) -> Any:
         return targets
 
     # -- scoring
     @property
-    def fit_metrics(self):
+    def fit_metrics(self) -> dict:
         return {}
 
-    def score(self, targets, outputs, spec):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def score(self, targets: Any, outputs: Any, spec: Any) -> dict[str, float]: ...
 
-    def invalid_targets(self, targets, outputs):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def invalid_targets(self, targets: Any, outputs: Any) -> Any: ...
 
-    post_file = None
-    row_value_key = None
-
-    def row_values(self, model, files, reference_files, cfg, cache):
+    def row_values(self, model: Any, files: list[str], reference_files: list[str], cfg: Any, cache: Any) -> dict:
         return {}
 
-    def fit_post(self, targets, outputs, spec, folds=None):
+    def fit_post(self, targets: Any, outputs: Any, spec: Any, folds: Any = None, values: Any = None) -> dict | None:
         return None
 
-    def post_markdown(self, post):
+    def post_markdown(self, post: dict) -> str:
         return ""
 
-    def describe_post(self, post):
+    def describe_post(self, post: dict) -> str:
         return ", ".join(f"{k} = {v}" for k, v in post.items())
 
-    def report(self, stem, targets, outputs, title):
+    def report(self, stem: str, targets: Any, outputs: Any, title: str) -> list[str]:
         return []
 
-    def scorer(self, spec, groups=None):
+    def scorer(self, spec: Any, groups: Any = None) -> Scorer:
         return CollectScorer(self, spec)
 
-    def groups(self, tfrec_dir):
+    def groups(self, tfrec_dir: str | None) -> Any:
         return None
 
     # -- submission
-    def default_template(self, data_dir, tfrec_dir):
+    def default_template(self, data_dir: str, tfrec_dir: str | None) -> str:
         return os.path.join(data_dir, "sample_submission.csv")
 
-    def test_ids(self, template_path):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def test_ids(self, template_path: str) -> Any: ...
 
-    def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def write_submission(self, ids: Any, outputs: Any, spec: Any, template_path: str, out_path: str, k: int,
+                         post: dict | None = None, values: Any = None) -> str: ...
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<task {self.name}>"
 
 
-class CollectScorer:
+class CollectScorer(Scorer):
     """Default ``Task.scorer``: keeps the added blocks and scores their concatenation."""
 
     def __init__(self, task, spec):
@@ -352,7 +402,7 @@ class CollectScorer:
         return self.task.report(stem, *self._all(), title)
 
 
-def register(task):
+def register(task: Task) -> Task:
     """Add ``task`` (a Task instance) to the registry under ``task.name``; returns it."""
     if not isinstance(task, Task) or not task.name:
         raise TypeError(f"register expects a named Task instance, got {task!r}")
@@ -362,19 +412,35 @@ def register(task):
 
 def names():
     """Names of the tasks foldnet knows (registered or importable)."""
-    return sorted(set(_MODULES) | set(_REGISTRY))
+    return sorted(set(TASKS) | set(_REGISTRY))
 
 
-def get(name):
+def settings_module(name):
+    """The ``settings`` module of task ``name`` (light: no TensorFlow)."""
+    return importlib.import_module(TASKS[name] + ".settings")
+
+
+def all_settings():
+    """Every task's own settings (``core.settings.Setting``), in registry order; ValueError if two
+    tasks declare one name with different definitions."""
+    found = {}
+    for name in TASKS:
+        for setting in settings_module(name).SETTINGS:
+            if found.setdefault(setting.name, setting) != setting:
+                raise ValueError(f"setting {setting.name!r} is declared twice with different definitions")
+    return list(found.values())
+
+
+def get(name: str | None) -> Task:
     """The registered task ``name`` (its module is imported on first use); ConfigError if unknown."""
     name = name or DEFAULT_TASK
-    if name not in _REGISTRY and name in _MODULES:
-        importlib.import_module(_MODULES[name])
+    if name not in _REGISTRY and name in TASKS:
+        importlib.import_module(TASKS[name] + ".task")
     if name not in _REGISTRY:
         raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(names())}")
     return _REGISTRY[name]
 
 
-def for_manifest(manifest):
+def for_manifest(manifest: dict) -> Task:
     """The task of a TFRecord directory (its manifest's ``task`` field)."""
     return get(manifest.get("task") or DEFAULT_TASK)

@@ -17,11 +17,10 @@ import sys
 
 import numpy as np
 
-from foldnet.tasks.classification import task as classification
-from foldnet.io import images
-from foldnet.tasks.classification import layouts
-from foldnet.tasks.classification import submission
 from foldnet.core.errors import DataError
+from foldnet.io import images
+from foldnet.tasks.classification import layouts, submission
+from foldnet.tasks.classification import task as classification
 from foldnet.tasks.classification.labels import LabelMap
 
 

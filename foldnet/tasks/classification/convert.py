@@ -12,15 +12,19 @@ import numpy as np
 import pandas as pd
 
 from foldnet.core import fileio
+from foldnet.core.cli import say
+from foldnet.core.errors import ConfigError, DataError
 from foldnet.io import folds as folds_mod
 from foldnet.io import images
+from foldnet.io.convert import (
+    DEFAULT_SHARD_SIZE,
+    input_fingerprint,
+    shared_flag_problems,
+    staging_dir,
+    write_unless_current,
+)
 from foldnet.tasks.classification import layouts
-from foldnet.core.errors import ConfigError, DataError
-from foldnet.core.cli import say
-from foldnet.io.convert import (DEFAULT_SHARD_SIZE, input_fingerprint, shared_flag_problems, staging_dir,
-                                write_unless_current)
 from foldnet.tasks.classification.labels import DEFAULT_NEW_LABEL, LabelMap
-
 
 # ---------------------------------------------------------------- inputs
 
@@ -157,7 +161,7 @@ def folds_table(train, fold, groups):
 
 
 def build_manifest(n_folds, label_map, result, flags, fingerprint, skipped, n_grouped):
-    from foldnet.io.records import FORMAT_VERSION, FOLDS_CSV, LABEL_MAP, image_stats
+    from foldnet.io.records import FOLDS_CSV, FORMAT_VERSION, LABEL_MAP, image_stats
 
     fold_parts = [{"fold": k, "n_examples": result.counts.get(f"train-fold{k}", 0),
                    "files": result.files.get(f"train-fold{k}", [])} for k in range(n_folds)]
@@ -382,3 +386,8 @@ def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
     return manifest
 
 
+
+
+def convert_from_flags(layout, flags):
+    """create_tfrecords.py with a classification layout (Turtle Recall, or generic with --train_csv)."""
+    return create_tfrecords(**dict(flags, id_col=flags["id_col"] or "image_id"))

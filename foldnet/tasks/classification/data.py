@@ -1,4 +1,4 @@
-from foldnet.io.tfdata import AUTOTUNE, read_records, with_options
+
 """tf.data pipelines over the fold shards.
 
 Training: parallel interleaved reads (order non-deterministic) -> parse ->
@@ -12,8 +12,9 @@ its TTA views, so all TTA variants are predicted in one pass.
 """
 import tensorflow as tf
 
-from foldnet.tasks.classification import augment
 from foldnet.io import records
+from foldnet.io.tfdata import AUTOTUNE, read_records, with_options
+from foldnet.tasks.classification import augment
 
 # Rough in-memory size of one cached encoded example beyond its image bytes.
 _EXAMPLE_OVERHEAD = 64

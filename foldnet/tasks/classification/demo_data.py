@@ -282,3 +282,14 @@ def build_photo_dataset(out_dir, n_individuals=36, per_individual=12, size=100, 
 
 
 
+
+
+def digits_from_args(out_dir, a):
+    """``foldnet demo-data --kind digits`` (the make-demo data) at --image_size (32)."""
+    return build_demo_dataset(out_dir, image_size=a.image_size or 32, seed=a.seed)
+
+
+def photos_from_args(out_dir, a):
+    """``foldnet demo-data --kind photos``: --n_individuals x --per_individual photos of --image_size (100)."""
+    return build_photo_dataset(out_dir, n_individuals=a.n_individuals, per_individual=a.per_individual,
+                               size=a.image_size or 100, seed=a.seed, n_test_only=a.n_test_only)

@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from foldnet.tasks.classification import metrics
 from foldnet.core.errors import DataError
+from foldnet.tasks.classification import metrics
 from foldnet.tasks.classification.labels import DEFAULT_NEW_LABEL
 
 KIND_COLUMN = "individual_kind"

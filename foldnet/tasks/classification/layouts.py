@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from foldnet.io.tables import read_tables
 from foldnet.core.errors import DataError
+from foldnet.io.tables import read_tables
 from foldnet.tasks.classification.labels import DEFAULT_NEW_LABEL
 
 # Preferred extensions when several files match <id>.*; others follow, sorted.

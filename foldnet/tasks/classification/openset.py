@@ -38,10 +38,9 @@ import os
 
 import numpy as np
 
-from foldnet.core import fileio
-from foldnet.tasks.classification import ranking
-from foldnet.core import report
+from foldnet.core import fileio, report
 from foldnet.core.errors import DataError
+from foldnet.tasks.classification import ranking
 
 RULE_FILE = "openset_rule.json"
 SCORES = ("max_prob", "max_original_prob", "neg_entropy")

@@ -8,10 +8,9 @@ No TensorFlow here: this module runs in light processes.
 import numpy as np
 import pandas as pd
 
-from foldnet.core import fileio
-from foldnet.tasks.classification import openset
-from foldnet.core import report
+from foldnet.core import fileio, report
 from foldnet.core.errors import DataError
+from foldnet.tasks.classification import openset
 from foldnet.tasks.classification.ranking import descending_order, top_k_labels  # noqa: F401  (part of this module's API)
 
 

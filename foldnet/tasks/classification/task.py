@@ -18,17 +18,18 @@ The spec is the ``LabelMap``.
 """
 import numpy as np
 
-from foldnet.tasks.classification import metrics
-from foldnet.tasks.classification import openset
-from foldnet.tasks.classification import submission
-from foldnet.tasks import base as tasks
 from foldnet.core.errors import DataError
+from foldnet.tasks import base as tasks
+from foldnet.tasks.classification import metrics, openset, settings, submission
 from foldnet.tasks.classification.labels import LabelMap, load_label_map
 
 
 class ClassificationTask(tasks.Task):
     name = "classification"
     spec_file = "label_map.json"
+    resume_keys = settings.RESUME_KEYS
+    layouts = settings.LAYOUTS
+    evaluate_module = settings.EVALUATE
     default_monitor = "val_loss"
     score_keys = metrics.SCORE_KEYS
     default_fit_metric = "map5"

@@ -14,12 +14,12 @@ import sys
 
 import numpy as np
 
+from foldnet.core.errors import ConfigError, DataError
 from foldnet.io import images
-from foldnet.tasks.segmentation import layouts as seg_layouts
-from foldnet.tasks.segmentation import metrics as seg_metrics
 from foldnet.raster import submission as seg_submission
 from foldnet.raster import tiff as seg_tiles
-from foldnet.core.errors import ConfigError, DataError
+from foldnet.tasks.segmentation import layouts as seg_layouts
+from foldnet.tasks.segmentation import metrics as seg_metrics
 
 NDVI_GRID = np.round(np.arange(-0.5, 0.951, 0.01), 2)
 

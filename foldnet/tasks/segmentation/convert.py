@@ -30,17 +30,16 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from foldnet.core import fileio
+from foldnet.core import fileio, report
+from foldnet.core.cli import say
+from foldnet.core.errors import DataError
 from foldnet.io import folds as folds_mod
 from foldnet.io import images
-from foldnet.core import report
-from foldnet.tasks.segmentation import layouts as seg_layouts
+from foldnet.io.convert import input_fingerprint, manifest_common, staging_dir, write_unless_current
 from foldnet.raster import submission as seg_submission
 from foldnet.raster import tiff as seg_tiles
-from foldnet.core.cli import say
-from foldnet.io.convert import input_fingerprint, manifest_common, staging_dir, write_unless_current
 from foldnet.raster.convert import BandStats, check_flags, write_shards
-from foldnet.core.errors import DataError
+from foldnet.tasks.segmentation import layouts as seg_layouts
 
 TILES_CSV = "tiles.csv"
 
@@ -251,3 +250,20 @@ def convert_seg_dataset(dataset, out_dir, flags, fp, workers, progress):
           f"{100 * positive:.2f}% positive pixels) and {manifest['test']['n_examples']} test tiles "
           f"{list(shape)} {dtype} in {n_files} shards to {out_dir}")
     return manifest
+
+
+def convert_from_flags(layout, flags):
+    """create_tfrecords.py with a segmentation layout: ``flags`` are its command line's (after the
+    dispatcher's checks); returns the manifest."""
+    missing = flags["missing_value"]
+    if missing is not None and float(missing).is_integer():
+        missing = int(missing)
+    bands = [b.strip() for b in flags["bands"].split(",") if b.strip()] if flags["bands"] else None
+    return create_seg_tfrecords(
+        layout, flags["data_dir"], flags["out_dir"], train_csv=flags["train_csv"], test_csv=flags["test_csv"],
+        id_col=flags["id_col"] or "id", image_col=flags["image_col"] or "image",
+        mask_col=flags["mask_col"] or "mask", group_col=flags["group_col"], bands=bands,
+        missing_value=missing, n_folds=flags["n_folds"], seed=flags["seed"],
+        group_duplicates="default" if flags["group_duplicates"] is None else flags["group_duplicates"],
+        stratify_bins=flags["stratify_bins"], shard_size=flags["shard_size"], workers=flags["workers"],
+        skip_bad=flags["skip_bad"], overwrite=flags["overwrite"], progress=flags["progress"])

@@ -32,11 +32,11 @@ predicted map, averages, and crops the padding away.
 import numpy as np
 import tensorflow as tf
 
+from foldnet.core.errors import ConfigError, DataError
 from foldnet.io import tfdata
-from foldnet.tasks.segmentation import records as seg_records
 from foldnet.raster import spectral
 from foldnet.raster.views import apply_view, check_views, invert_tta, paired_augment
-from foldnet.core.errors import ConfigError, DataError
+from foldnet.tasks.segmentation import records as seg_records
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -142,7 +142,7 @@ def record_parser(features):
 
 
 def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augment=None, cache=False,
-                  shuffle_buffer=256, pad_multiple=32, group_index=None, seed=None, n_workers=1):
+                  shuffle_buffer=256, pad_multiple=spectral.PAD_MULTIPLE, group_index=None, seed=None, n_workers=1):
     """Endless batches of (features [B, Hp, Wp, F], target [B, Hp, Wp, 2|3]) for training.
 
     features: a ``spectral.Features``. tile_ids, weights: the weighted sampler
@@ -189,7 +189,7 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
     return tfdata.with_options(ds, shard_by_data=len(files) < n_workers)
 
 
-def eval_dataset(files, features, batch_size, pad_multiple=32, group_index=None, cache=False):
+def eval_dataset(files, features, batch_size, pad_multiple=spectral.PAD_MULTIPLE, group_index=None, cache=False):
     """Batches of (features, target) in file order (validation during fit)."""
     parse = record_parser(features)
     groups = _group_table(group_index) if group_index else None
@@ -203,7 +203,7 @@ def eval_dataset(files, features, batch_size, pad_multiple=32, group_index=None,
     return (ds.cache() if cache else ds).prefetch(AUTOTUNE)
 
 
-def tta_dataset(files, features, batch_size, views=("identity",), pad_multiple=32):
+def tta_dataset(files, features, batch_size, views=("identity",), pad_multiple=spectral.PAD_MULTIPLE):
     """Batches of features ``[b * T, Hp, Wp, F]`` in file order, tile i's T views at rows
     i*T .. i*T+T-1 (identity first): all TTA views predicted in one pass; ``merge_tta``
     undoes them."""
@@ -221,7 +221,7 @@ def tta_dataset(files, features, batch_size, views=("identity",), pad_multiple=3
     return ds.prefetch(AUTOTUNE)
 
 
-def predict_maps(model, files, features, batch_size, views=("identity",), pad_multiple=32):
+def predict_maps(model, files, features, batch_size, views=("identity",), pad_multiple=spectral.PAD_MULTIPLE):
     """Probability maps of every tile of ``files`` (file order), all views in one pass, each
     mapped back to the identity frame and cropped: float32 ``[T, n, H, W]``.
 

@@ -33,7 +33,6 @@ import os
 import numpy as np
 import pandas as pd
 
-
 MISSING = -32768
 KELP_BAND_ORDER = ("SWIR", "NIR", "R", "G", "B", "QA", "DEM")
 # Surface reflectance of the cover types in band order SWIR, NIR, R, G, B.
@@ -126,8 +125,8 @@ def build_kelp_dataset(out_dir, n_places=40, acquisitions=4, size=64, test_fract
     tool built it: demo_data.dataset_dir); return its path."""
     import tifffile
 
-    from foldnet.io.demo import dataset_dir
     from foldnet.core.errors import ConfigError
+    from foldnet.io.demo import dataset_dir
 
     if n_places < 4 or acquisitions < 1 or size < 16:
         raise ConfigError("need --n_places >= 4, --acquisitions >= 1 and --image_size >= 16")
@@ -217,8 +216,8 @@ def build_cloud_dataset(out_dir, n_locations=12, chips_per_location=4, size=64, 
     """
     import tifffile
 
-    from foldnet.io.demo import dataset_dir
     from foldnet.core.errors import ConfigError
+    from foldnet.io.demo import dataset_dir
 
     if n_locations < 4 or chips_per_location < 1 or size < 16:
         raise ConfigError("need --n_places >= 4, --acquisitions >= 1 and --image_size >= 16")
@@ -245,3 +244,15 @@ def build_cloud_dataset(out_dir, n_locations=12, chips_per_location=4, size=64, 
             pd.DataFrame(r, columns=["chip_id", "location", "datetime"]).to_csv(
                 os.path.join(tmp, f"{split}_metadata.csv"), index=False)
     return out_dir
+
+
+def kelp_from_args(out_dir, a):
+    """``foldnet demo-data --kind kelp``: --n_places places x --acquisitions tiles of --image_size (64)."""
+    return build_kelp_dataset(out_dir, n_places=a.n_places, acquisitions=a.acquisitions, size=a.image_size or 64,
+                              seed=a.seed)
+
+
+def cloud_from_args(out_dir, a):
+    """``foldnet demo-data --kind cloud``: --n_places locations x --acquisitions chips of --image_size (64)."""
+    return build_cloud_dataset(out_dir, n_locations=a.n_places, chips_per_location=a.acquisitions,
+                               size=a.image_size or 64, seed=a.seed)

@@ -13,9 +13,9 @@ import sys
 import pandas as pd
 
 from foldnet.core import report
-from foldnet.tasks.segmentation import metrics as seg_metrics
-from foldnet.raster import submission as seg_submission
 from foldnet.core.errors import DataError
+from foldnet.raster import submission as seg_submission
+from foldnet.tasks.segmentation import metrics as seg_metrics
 
 
 def score_masks(pred, truth, locations=None):

@@ -28,17 +28,18 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from foldnet.io import tables
-from foldnet.io.tables import csv_paths
 from foldnet.core import report
 from foldnet.core.errors import DataError
+from foldnet.io import tables as csv_tables
+from foldnet.io.tables import csv_paths
 from foldnet.raster.tiff import Bands
+from foldnet.tasks.segmentation import settings
 
 KELP_METADATA = "metadata_fTq0l2T.csv"
 KELP_BANDS = Bands(names=("SWIR", "NIR", "R", "G", "B", "QA", "DEM"), missing_value=-32768,
                    valid_bands=(0, 1, 2, 3, 4), qa=5, dem=6, embed_bands=(6,))
 CLOUD_BANDS = Bands(names=("B02", "B03", "B04", "B08"), missing_value=0, valid_bands=(0, 1, 2, 3))
-LAYOUTS = ("kelp", "cloud", "seg")
+LAYOUTS = settings.LAYOUTS
 # Per layout: submission file naming (foldnet.raster.submission.NAMING), default grouping.
 NAMING = {"kelp": "kelp", "cloud": "cloud", "seg": "generic"}
 DEFAULT_GROUP_DUPLICATES = {"kelp": 0.97}
@@ -109,7 +110,7 @@ def read_kelp(data_dir):
     meta = os.path.join(data_dir, KELP_METADATA)
     csv_files = []
     if os.path.isfile(meta):
-        df = tables.read_tables({"meta": (meta, ["tile_id", "type", "filename", "in_train"])})["meta"]
+        df = csv_tables.read_tables({"meta": (meta, ["tile_id", "type", "filename", "in_train"])})["meta"]
         csv_files.append(meta)
         sat = df[df["type"].str.lower() == "satellite"]
         kelp = df[df["type"].str.lower() == "kelp"]
@@ -148,7 +149,7 @@ def read_cloud(data_dir):
     test_meta = os.path.join(data_dir, "test_metadata.csv")
     if os.path.isfile(test_meta):
         specs["test"] = (test_meta, ["chip_id"])
-    t = tables.read_tables(specs)
+    t = csv_tables.read_tables(specs)
 
     def files(split, chip):
         return tuple(os.path.join(data_dir, f"{split}_features", chip, f"{b}.tif") for b in CLOUD_BANDS.names)
@@ -185,7 +186,7 @@ def read_seg_generic(train_csv, test_csv=None, id_col="id", image_col="image", m
     specs = {"train": (train_csv, [id_col, image_col, mask_col] + ([group_col] if group_col else []))}
     if test_csv is not None:
         specs["test"] = (test_csv, [id_col, image_col])
-    t = tables.read_tables(specs)
+    t = csv_tables.read_tables(specs)
     patterned = any("{band}" in p for name in t for p in t[name][image_col])
     if patterned and not bands:
         raise DataError(f"{train_csv}: column {image_col} holds {{band}} patterns: give the band names (--bands)")

@@ -18,8 +18,7 @@ Conventions (shared by every function here):
 """
 import numpy as np
 
-from foldnet.core import fileio
-from foldnet.core import report
+from foldnet.core import fileio, report
 
 # Thresholds of the default Dice-vs-threshold table: 0.05, 0.06, ..., 0.95.
 DEFAULT_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)

@@ -44,14 +44,15 @@ import os
 import numpy as np
 
 from foldnet.core import fileio
-from foldnet.tasks.segmentation import metrics as seg_metrics
-from foldnet.tasks import base as tasks
 from foldnet.core.errors import ConfigError, DataError
 from foldnet.io.records import manifest_of_files
+from foldnet.raster.spectral import PAD_MULTIPLE
 from foldnet.raster.submission import read_test_ids, refuse_csv
+from foldnet.tasks import base as tasks
+from foldnet.tasks.segmentation import metrics as seg_metrics
+from foldnet.tasks.segmentation import settings
 
 SPEC_FILE = "seg_spec.json"
-PAD_MULTIPLE = 32
 INDEX_FIT_TILES = 64
 INDEX_RANGES_FILE = "index_ranges.json"  # in the run dir: the ranges training used
 DEFAULT_LOSS = "dice"
@@ -120,6 +121,9 @@ def augment_options(cfg):
 class SegmentationTask(tasks.Task):
     name = "segmentation"
     spec_file = SPEC_FILE
+    resume_keys = settings.RESUME_KEYS
+    layouts = settings.LAYOUTS
+    evaluate_module = settings.EVALUATE
     default_monitor = "val_dice"
     score_keys = ("dice", "iou", "location_iou", "dice_best", "threshold")
     default_fit_metric = "dice"
@@ -150,8 +154,8 @@ class SegmentationTask(tasks.Task):
 
     # -- features
     def features(self, manifest, cfg):
-        from foldnet.tasks.segmentation import data as seg_data
         from foldnet.raster import spectral
+        from foldnet.tasks.segmentation import data as seg_data
 
         indices = list(cfg["indices"] or [])
         key = (cfg["run_dir"], manifest["dir"], manifest.get("fingerprint"), tuple(indices), bool(cfg["mask_indices"]))
@@ -225,8 +229,8 @@ class SegmentationTask(tasks.Task):
                                      pad_multiple=PAD_MULTIPLE, group_index=self._group_index(manifest, cfg))
 
     def read_ids_targets(self, files):
-        from foldnet.tasks.segmentation import data as seg_data
         from foldnet.raster import spectral
+        from foldnet.tasks.segmentation import data as seg_data
 
         manifest = manifest_of_files(files)
         features = spectral.Features(manifest, jit_compile=False)
@@ -245,9 +249,9 @@ class SegmentationTask(tasks.Task):
 
     # -- model
     def check_config(self, cfg, spec):
-        from foldnet.tasks.segmentation import losses as seg_losses
-        from foldnet.raster import spectral
         from foldnet.models import unet
+        from foldnet.raster import spectral
+        from foldnet.tasks.segmentation import losses as seg_losses
 
         problems = unet.arch_problems(cfg["arch"])
         try:
@@ -274,13 +278,18 @@ class SegmentationTask(tasks.Task):
     def n_channels(self, cfg, spec):
         return len(cfg["seg_bands"] or spec.bands) + len(cfg["indices"] or [])
 
-    def build_model(self, cfg, spec, weights):
+    def input_shape(self, cfg, spec):
         from foldnet.raster import spectral
+
+        return (*spectral.padded_shape(spec.shape[:2]), self.n_channels(cfg, spec))
+
+    def build_model(self, cfg, spec, weights):
         from foldnet.models import unet
+        from foldnet.raster import spectral
 
         options = dict(cfg["arch_options"] or {})
         decoder = options.pop("decoder_filters", unet.DEFAULT_DECODER_FILTERS)
-        height, width = (h + sum(spectral.padding_for(h, PAD_MULTIPLE)) for h in spec.shape[:2])
+        height, width = spectral.padded_shape(spec.shape[:2])
         return unet.build_unet(cfg["arch"], self.n_channels(cfg, spec), (height, width), weights=weights or "none",
                                decoder_filters=decoder, options=options or None)
 
@@ -345,7 +354,7 @@ class SegmentationTask(tasks.Task):
             return np.ones(n, bool), f"mask shape {targets.shape[1:]} != map shape {outputs.shape[2:]}"
         return (targets.reshape(n, -1) > 1).any(axis=1), "mask values other than 0/1"
 
-    def fit_post(self, targets, outputs, spec):
+    def fit_post(self, targets, outputs, spec, folds=None, values=None):
         return SegScorer().add(targets, outputs).post()
 
     def report(self, stem, targets, outputs, title):
@@ -356,7 +365,7 @@ class SegmentationTask(tasks.Task):
     def test_ids(self, template_path):
         return read_test_ids(template_path)
 
-    def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
+    def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None, values=None):
         from foldnet.raster import submission as seg_submission
 
         refuse_csv(out_path, "segmentation")
@@ -369,7 +378,7 @@ class SegmentationTask(tasks.Task):
         return f"{len(ids)} tiles, threshold {threshold:.2f}, {'tar' if tar else 'directory'}"
 
 
-class SegScorer:
+class SegScorer(tasks.Scorer):
     """``Task.scorer`` of segmentation: ``seg_metrics.Scores`` fed block by block (memory: counters only).
 
     With ``groups`` ({tile id: location}) the scores include ``location_iou``
@@ -396,7 +405,7 @@ class SegScorer:
             raise ValueError(f"unknown segmentation fit metric {name!r}")
         return result[name]
 
-    def post(self):
+    def post(self, folds=None, values=None):
         return {"threshold": float(self.acc.result()["threshold"])}
 
     def report(self, stem, title):

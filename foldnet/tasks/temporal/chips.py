@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from foldnet.raster.tiff import BadTile, outcome, band_partials, read_tiff
+from foldnet.raster.tiff import BadTile, band_partials, outcome, read_tiff
 
 
 class Sensor(NamedTuple):

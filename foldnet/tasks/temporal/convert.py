@@ -24,17 +24,15 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from foldnet.core import fileio
+from foldnet.core import fileio, report
+from foldnet.core.errors import DataError
 from foldnet.io import folds as folds_mod
 from foldnet.io import images
-from foldnet.core import report
+from foldnet.io.convert import input_fingerprint, manifest_common, staging_dir, write_unless_current
 from foldnet.raster import tiff as seg_tiles
+from foldnet.raster.convert import BandStats, check_flags, write_shards
 from foldnet.tasks.temporal import chips as temporal_chips
 from foldnet.tasks.temporal import layouts as temporal_layouts
-from foldnet.io.convert import input_fingerprint, staging_dir, write_unless_current
-from foldnet.core.errors import DataError
-from foldnet.io.convert import manifest_common
-from foldnet.raster.convert import BandStats, check_flags, write_shards
 
 CHIPS_CSV = "chips.csv"
 TASK = "temporal_regression"
@@ -214,3 +212,16 @@ def create_temporal_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=
     fp = fingerprint(dataset, flags)
     return write_unless_current(out_dir, fp, overwrite,
                                 lambda: convert_temporal_dataset(dataset, out_dir, flags, fp, workers, progress))
+
+
+def convert_from_flags(layout, flags):
+    """create_tfrecords.py with a temporal layout: ``flags`` are its command line's (after the
+    dispatcher's checks); returns the manifest."""
+    bands = [b.strip() for b in flags["bands"].split(",") if b.strip()] if flags["bands"] else None
+    return create_temporal_tfrecords(
+        layout, flags["data_dir"], flags["out_dir"], train_csv=flags["train_csv"], test_csv=flags["test_csv"],
+        id_col=flags["id_col"] or "id", image_col=flags["image_col"] or "image",
+        target_col=flags["target_col"] or "target", bands=bands, missing_value=flags["missing_value"],
+        n_folds=flags["n_folds"], seed=flags["seed"], stratify_bins=flags["stratify_bins"],
+        shard_size=flags["shard_size"], workers=flags["workers"], skip_bad=flags["skip_bad"],
+        overwrite=flags["overwrite"], progress=flags["progress"])

@@ -35,14 +35,13 @@ padding: float32 ``[n_views, n, H, W]``.
 import numpy as np
 import tensorflow as tf
 
-from foldnet.io import tfdata
-from foldnet.raster import views
-from foldnet.raster import spectral
 from foldnet.core.errors import ConfigError
+from foldnet.io import tfdata
+from foldnet.raster import spectral, views
+from foldnet.raster.spectral import PAD_MULTIPLE
 from foldnet.tasks.temporal.records import NO_TARGET, parse_example, unpack_bits
 
 AUTOTUNE = tf.data.AUTOTUNE
-PAD_MULTIPLE = 32
 TEMPORAL_INPUTS = ("all", "mean", "month:K")
 DEFAULT_AUGMENT = {"flip": True, "rot90": True}
 

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from foldnet.tasks.temporal.layouts import BIOMASSTERS_MONTHS
+from foldnet.tasks.temporal.settings import TARGET_CAP
 
 N_MONTHS = 12
 # Leaf factor of deciduous trees and snow cover per month MM = 00 (September) .. 11 (August).
@@ -52,7 +53,7 @@ SOIL = np.array([0.05, 0.08, 0.10, 0.13, 0.16, 0.18, 0.20, 0.21, 0.28, 0.22])
 SNOWY = np.array([0.80, 0.78, 0.75, 0.72, 0.70, 0.68, 0.65, 0.63, 0.10, 0.08])
 CANOPY = np.array([0.02, 0.05, 0.03, 0.09, 0.25, 0.32, 0.36, 0.37, 0.16, 0.07])
 CLOUD = np.array([0.55, 0.55, 0.56, 0.57, 0.58, 0.58, 0.58, 0.58, 0.45, 0.35])
-CAP = 400.0
+CAP = TARGET_CAP
 
 
 def chip_id(i, seed):
@@ -130,8 +131,8 @@ def _write(path, array):
 def build_biomass_dataset(out_dir, n_train=240, n_test=40, size=32, seed=0):
     """Write the synthetic BioMassters dataset into ``out_dir`` (replaced atomically, and only if this
     tool built it: demo_data.dataset_dir); return its path."""
-    from foldnet.io.demo import dataset_dir
     from foldnet.core.errors import ConfigError
+    from foldnet.io.demo import dataset_dir
 
     if n_train < 10 or n_test < 1 or size < 8:
         raise ConfigError("need --n_train >= 10, --n_test >= 1 and --image_size >= 8")
@@ -160,3 +161,8 @@ def build_biomass_dataset(out_dir, n_train=240, n_test=40, size=32, seed=0):
         pd.DataFrame(agbm_rows, columns=["chip_id", "filename"]).to_csv(
             os.path.join(tmp, "train_agbm_metadata.csv"), index=False)
     return out_dir
+
+
+def biomass_from_args(out_dir, a):
+    """``foldnet demo-data --kind biomass``: --n_train and --n_test chips of --image_size (32)."""
+    return build_biomass_dataset(out_dir, n_train=a.n_train, n_test=a.n_test, size=a.image_size or 32, seed=a.seed)

@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 
+from foldnet.core.errors import DataError
 from foldnet.raster import submission as seg_submission
 from foldnet.tasks.temporal import metrics as temporal_metrics
 from foldnet.tasks.temporal import submission as temporal_submission
-from foldnet.core.errors import DataError
 
 
 def score_maps(pred, truth, cap=temporal_metrics.DEFAULT_CAP):

@@ -34,13 +34,14 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from foldnet.io import tables
 from foldnet.core import report
 from foldnet.core.errors import DataError
+from foldnet.io import tables as csv_tables
 from foldnet.io.tables import csv_paths
+from foldnet.tasks.temporal import settings
 from foldnet.tasks.temporal.chips import ChipSpec, Sensor
 
-LAYOUTS = ("biomassters", "temporal")
+LAYOUTS = settings.LAYOUTS
 NAMING = {"biomassters": "biomassters", "temporal": "generic"}
 
 S1 = Sensor("S1", ("VV_asc", "VH_asc", "VV_desc", "VH_desc"), -9999)
@@ -172,7 +173,7 @@ def read_biomassters(data_dir):
     listed = {"train": {}, "test": {}}
     sources = {}
     if meta:
-        df = tables.read_tables({"meta": (meta, ["filename", "chip_id", "split"])})["meta"]
+        df = csv_tables.read_tables({"meta": (meta, ["filename", "chip_id", "split"])})["meta"]
         csv_files.append(meta)
         for split in listed:
             rows = df[df["split"].str.lower() == split]
@@ -189,7 +190,7 @@ def read_biomassters(data_dir):
             listed[split] = _feature_files(names, problems, f"{split}_features")
     targets = {}
     if agbm_meta:
-        t = tables.read_tables({"agbm": (agbm_meta, ["chip_id", "filename"])})["agbm"]
+        t = csv_tables.read_tables({"agbm": (agbm_meta, ["chip_id", "filename"])})["agbm"]
         csv_files.append(agbm_meta)
         targets = {c: os.path.join(data_dir, "train_agbm", f) for c, f in zip(t["chip_id"], t["filename"])}
     if problems:
@@ -234,7 +235,7 @@ def read_temporal_generic(train_csv, test_csv=None, id_col="id", image_col="imag
     specs = {"train": (train_csv, [id_col, image_col, target_col])}
     if test_csv is not None:
         specs["test"] = (test_csv, [id_col, image_col])
-    t = tables.read_tables(specs)
+    t = csv_tables.read_tables(specs)
 
     def path(p):
         return None if p == "" else (p if os.path.isabs(p) else os.path.join(root, p))

@@ -14,7 +14,9 @@ sklearn's metrics: targets first, then predictions.
 """
 import numpy as np
 
-DEFAULT_CAP = 400.0
+from foldnet.tasks.temporal.settings import TARGET_CAP
+
+DEFAULT_CAP = TARGET_CAP
 
 
 def _valid(targets, cap):

@@ -48,13 +48,15 @@ import os
 
 import numpy as np
 
-from foldnet.tasks import base as tasks
 from foldnet.core.errors import ConfigError
 from foldnet.io.records import manifest_of_files
 from foldnet.raster.submission import read_test_ids, refuse_csv
+from foldnet.tasks import base as tasks
+from foldnet.tasks.temporal import settings
+from foldnet.tasks.temporal.settings import TARGET_CAP
 
 SPEC_FILE = "temporal_spec.json"
-SCORE_CAP = 400.0
+SCORE_CAP = TARGET_CAP
 MONITORS = ("val_loss", "val_chip_rmse", "val_pooled_rmse")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 MODEL_OPTIONS = ("decoder_filters", "attention_hidden", "output_scale")
@@ -98,6 +100,9 @@ def scores(targets, outputs, cap=SCORE_CAP):
 class TemporalRegressionTask(tasks.Task):
     name = "temporal_regression"
     spec_file = SPEC_FILE
+    resume_keys = settings.RESUME_KEYS
+    layouts = settings.LAYOUTS
+    evaluate_module = settings.EVALUATE
     default_monitor = "val_chip_rmse"
     score_keys = ("rmse", "pooled_rmse", "rmse_capped", "pooled_rmse_capped")
     default_fit_metric = "neg_rmse"
@@ -156,10 +161,9 @@ class TemporalRegressionTask(tasks.Task):
 
     # -- model
     def check_config(self, cfg, spec):
+        from foldnet.models import temporal_unet, unet
         from foldnet.tasks.temporal import data as temporal_data
         from foldnet.tasks.temporal import losses as temporal_losses
-        from foldnet.models import temporal_unet
-        from foldnet.models import unet
 
         problems = unet.arch_problems(cfg["arch"])
         checks = [lambda: temporal_losses.check_loss(cfg["loss"]),
@@ -183,13 +187,20 @@ class TemporalRegressionTask(tasks.Task):
             problems.append(f"arch_options: {e}")
         return problems
 
-    def build_model(self, cfg, spec, weights):
+    def input_shape(self, cfg, spec):
         from foldnet.raster import spectral
         from foldnet.tasks.temporal import data as temporal_data
+
+        n_months = temporal_data.n_input_months(cfg["temporal_input"], spec.n_months)
+        return (n_months, *spectral.padded_shape(spec.shape), spec.n_channels)
+
+    def build_model(self, cfg, spec, weights):
         from foldnet.models import temporal_unet
+        from foldnet.raster import spectral
+        from foldnet.tasks.temporal import data as temporal_data
 
         ours, backbone_options = model_options(cfg)
-        padded = [h + sum(spectral.padding_for(h, temporal_data.PAD_MULTIPLE)) for h in spec.shape]
+        padded = list(spectral.padded_shape(spec.shape))
         n_months = temporal_data.n_input_months(cfg["temporal_input"], spec.n_months)
         return temporal_unet.build_temporal_unet(cfg["arch"], n_months, padded, spec.n_channels,
                                                  weights=weights or "none", nonneg=cfg["nonneg"],
@@ -241,14 +252,14 @@ class TemporalRegressionTask(tasks.Task):
     def test_ids(self, template_path):
         return read_test_ids(template_path)
 
-    def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None):
+    def write_submission(self, ids, outputs, spec, template_path, out_path, k, post=None, values=None):
         from foldnet.tasks.temporal import submission as temporal_submission
 
         refuse_csv(out_path, "temporal regression")
         return temporal_submission.write_submission(out_path, ids, outputs, spec)
 
 
-class RMSEScorer:
+class RMSEScorer(tasks.Scorer):
     """``Task.scorer`` of temporal regression: per-chip sums of squared errors and valid pixel counts
     (uncapped and capped at ``SCORE_CAP``) fed block by block; memory: 4 numbers per chip. Its scores
     equal ``score`` on the concatenated rows."""
@@ -287,7 +298,7 @@ class RMSEScorer:
             raise ValueError(f"unknown temporal regression fit metric {name!r}")
         return -self.scores()[name[len("neg_"):]]
 
-    def post(self, folds=None):
+    def post(self, folds=None, values=None):
         return None
 
     def report(self, stem, title):

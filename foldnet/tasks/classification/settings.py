@@ -1,0 +1,26 @@
+"""Settings of the classification task (its section of run.py's config)."""
+from foldnet.core.settings import Bound, Setting, as_bool
+
+SETTINGS = (
+    Setting("label_smoothing", float, 0.0, "Label smoothing of the cross-entropy loss", Bound(0.0, 1.0, False)),
+    Setting("openset_features", as_bool, False,
+            "Classification: store per predicted image the cosine similarity of its features (the classifier's input) "
+            "to the nearest image its fold trained on (one more pass over the fold's training images); the open-set "
+            "rule then uses it instead of the largest probability (better on the photo stand-in)"),
+    Setting("images", list, None, "Image files for --job predict"),
+    Setting("checkpoints", list, None,
+            "Weight files for --job predict (default: every fold's best checkpoint in --run_dir)"),
+)
+# Settings a resumed fold must share with its interrupted run, beyond the shared ones.
+RESUME_KEYS: tuple[str, ...] = ()
+
+# -- what the shared command lines need to know, without importing the task (no TensorFlow)
+LAYOUTS = ("classification",)
+CONVERTER = "foldnet.tasks.classification.convert:convert_from_flags"
+LAYOUT_DETECTOR = None  # the default task: used when no other task recognises the data
+# demo kind -> ("module:function(out_dir, args)" building it from demo-data's arguments, default out_dir)
+DEMO_KINDS = {"digits": ("foldnet.tasks.classification.demo_data:digits_from_args", "data/demo"),
+              "photos": ("foldnet.tasks.classification.demo_data:photos_from_args", "data/photos")}
+EVALUATE = "foldnet.tasks.classification.evaluate"
+BASELINE = "foldnet.tasks.classification.baseline"
+REFUSED_FLAGS: dict = {}

@@ -1,0 +1,30 @@
+"""Settings of the segmentation task (its section of run.py's config)."""
+from foldnet.core.settings import Setting, as_bool
+
+NORMS = ("quantile", "minmax", "zscore")
+# The decision threshold of a probability map when none was fitted on out-of-fold maps.
+DEFAULT_THRESHOLD = 0.5
+
+SETTINGS = (
+    Setting("seg_bands", list, None, "Segmentation: raw bands kept as channels (default: all bands of the dataset)"),
+    Setting("indices", list, None,
+            "Segmentation: spectral indices added as channels (foldnet.raster.spectral.INDICES), e.g. NDVI NDWI"),
+    Setting("norm", str, "quantile", f"Segmentation: normalisation of raw bands: {', '.join(NORMS)}", choices=NORMS),
+    Setting("mask_indices", as_bool, True, "Segmentation: keep indices only on clear water (QA clear, DEM <= 0)"),
+    Setting("sampler", dict, None,
+            "Segmentation: weighted tile sampler terms of tiles.csv, e.g. '{has_positive: 2, cloud_share: -1}' "
+            "(default: every tile alike)"),
+)
+RESUME_KEYS = ("seg_bands", "indices")
+
+# -- what the shared command lines need to know, without importing the task (no TensorFlow)
+LAYOUTS = ("kelp", "cloud", "seg")
+CONVERTER = "foldnet.tasks.segmentation.convert:convert_from_flags"
+LAYOUT_DETECTOR = "foldnet.tasks.segmentation.layouts:detect_layout"
+# demo kind -> ("module:function(out_dir, args)" building it from demo-data's arguments, default out_dir)
+DEMO_KINDS = {"kelp": ("foldnet.tasks.segmentation.demo_data:kelp_from_args", "data/kelp_demo"),
+              "cloud": ("foldnet.tasks.segmentation.demo_data:cloud_from_args", "data/cloud_demo")}
+EVALUATE = "foldnet.tasks.segmentation.evaluate"
+BASELINE = "foldnet.tasks.segmentation.baseline"
+# create_tfrecords.py flags (with their defaults) this task refuses besides the classification ones
+REFUSED_FLAGS: dict = {"target_col": None}
