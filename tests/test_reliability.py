@@ -213,7 +213,7 @@ def test_run_dir_lock_names_the_holder_and_a_stale_lock_is_taken_over(tmp_path, 
     with runlock.run_dir_lock(run_dir):
         info = runlock.read_holder(os.path.join(run_dir, runlock.RUN_LOCK_NAME))
         assert info["pid"] == os.getpid() and info["host"] and info["started"]
-        code = ("import sys; from foldnet import runlock\n"
+        code = ("import sys; from foldnet.core import runlock\n"
                 "try:\n    runlock.run_dir_lock(sys.argv[1]).acquire()\n"
                 "except runlock.LockedError as e:\n    print(e); sys.exit(3)\n")
         out = subprocess.run([sys.executable, "-c", code, run_dir], capture_output=True, text=True, timeout=60)

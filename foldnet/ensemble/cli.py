@@ -182,8 +182,6 @@ def main(argv=None):
     return rc
 
 
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def check_ensemble(submission_path, template_path, data_dir, spec, k):
@@ -203,3 +201,7 @@ def check_ensemble(submission_path, template_path, data_dir, spec, k):
         raise DataError(f"a submission with {k} predictions per row is impossible: the label map gives "
                         f"{n} distinct labels", [f"original labels: {sorted(spec.original)}",
                                                  f"use --k {n} or fewer"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,13 +21,13 @@ Month dropout (``month_dropout`` p): each month with data is dropped with
 probability p (its image zeroed, months 0); if that drops all of them, the
 one with the largest draw is kept, so at least one month always remains.
 
-Augmentation (``augment``: ``views.paired_augment`` options: flips,
+Augmentation (``augment``: ``rviews.paired_augment`` options: flips,
 90-degree turns, a small rotation/zoom/shift): one transform per chip
 applied to every month and to the target (image bilinear, target nearest so
 no value is invented; pixels from outside mirrored).
 
 Prediction (``predict_dataset``) expands every chip to its TTA views
-(``views.TTA_VIEWS``, identity first) so one predict covers them; the
+(``rviews.TTA_VIEWS``, identity first) so one predict covers them; the
 returned ``merge`` maps predictions back to the identity frame and crops the
 padding: float32 ``[n_views, n, H, W]``.
 """
@@ -37,7 +37,8 @@ import tensorflow as tf
 
 from foldnet.core.errors import ConfigError
 from foldnet.io import tfdata
-from foldnet.raster import spectral, views
+from foldnet.raster import spectral
+from foldnet.raster import views as rviews
 from foldnet.raster.spectral import PAD_MULTIPLE
 from foldnet.tasks.temporal.records import NO_TARGET, parse_example, unpack_bits
 
@@ -158,7 +159,7 @@ def flip_turn_index(height, width, flip=True, rot90=True):
     """Random flips (each with probability 1/2) and 90-degree turn (k uniform in 0..3, square chips only)
     as one source-pixel index per output pixel: int32 [H * W] (``tf.gather`` of the flattened pixels
     applies it to every month and to the target alike; exact, no resampling)."""
-    matrix = views.random_flip_turn(height, width, flip, rot90 and height == width)
+    matrix = rviews.random_flip_turn(height, width, flip, rot90 and height == width)
     rows, cols = tf.meshgrid(tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij")
     src_x = matrix[0, 0] * cols + matrix[0, 1] * rows + matrix[0, 2]
     src_y = matrix[1, 0] * cols + matrix[1, 1] * rows + matrix[1, 2]
@@ -173,13 +174,13 @@ def move_pixels(x, index):
 
 
 def augment_pair(x, target, options):
-    """The same random ``views.paired_augment`` transform of every month of ``x`` [T, H, W, C] and of
+    """The same random ``rviews.paired_augment`` transform of every month of ``x`` [T, H, W, C] and of
     ``target`` [H, W] (image bilinear, target nearest; -1 stays -1). The training pipeline applies flips
     and 90-degree turns alone with ``flip_turn_index`` instead (inside the compiled normalisation)."""
     t, h, w, c = x.shape
     flat = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [h, w, t * c])
     known = tf.cast(target >= 0, tf.float32)
-    flat, target, known = views.paired_augment(flat, target, known, **options)
+    flat, target, known = rviews.paired_augment(flat, target, known, **options)
     x = tf.transpose(tf.reshape(flat, [h, w, t, c]), [2, 0, 1, 3])
     return x, tf.where(known > 0.5, target, NO_TARGET)
 
@@ -230,7 +231,7 @@ def train_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, m
                   pad_multiple=PAD_MULTIPLE):
     """Endless shuffled, augmented batches ``({"image", "months"}, target)`` for ``model.fit``.
 
-    ``augment``: ``views.paired_augment`` options (None: flips and 90-degree turns; {}: none).
+    ``augment``: ``rviews.paired_augment`` options (None: flips and 90-degree turns; {}: none).
     ``month_dropout``: probability of dropping each month with data (``drop_months``).
     """
     rate = float(month_dropout or 0.0)
@@ -274,11 +275,11 @@ def eval_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, ca
 
 
 def tta_names(tta_number):
-    """The first ``tta_number + 1`` views of ``views.TTA_VIEWS`` (identity first)."""
-    if not 0 <= tta_number < len(views.TTA_VIEWS):
-        raise ConfigError(f"tta_number {tta_number}: there are {len(views.TTA_VIEWS) - 1} views besides the "
-                          f"identity ({', '.join(views.TTA_VIEWS[1:])})")
-    return list(views.TTA_VIEWS[:tta_number + 1])
+    """The first ``tta_number + 1`` views of ``rviews.TTA_VIEWS`` (identity first)."""
+    if not 0 <= tta_number < len(rviews.TTA_VIEWS):
+        raise ConfigError(f"tta_number {tta_number}: there are {len(rviews.TTA_VIEWS) - 1} views besides the "
+                          f"identity ({', '.join(rviews.TTA_VIEWS[1:])})")
+    return list(rviews.TTA_VIEWS[:tta_number + 1])
 
 
 def predict_dataset(files, spec, batch_size, views=("identity",), *, temporal_input="all", norm=None,
@@ -287,13 +288,13 @@ def predict_dataset(files, spec, batch_size, views=("identity",), *, temporal_in
     chip i's V views at rows i*V .. i*V+V-1 (identity first); ``merge(predictions [n * V, Hp, Wp(, 1)])``
     -> float32 ``[V, n, H, W]``, every view mapped back to the identity frame, padding cropped."""
     height, width = spec.shape
-    views = views.check_views(views, height, width)
+    views = rviews.check_views(views, height, width)
     chip = _Chip(spec, temporal_input, norm)
 
     def make(serialized):
         x, months, _ = chip(serialized)
         x, _ = _pad(x, tf.zeros([height, width, 1]), pad_multiple)
-        return {"image": tf.stack([views.apply_view(x, v) for v in views]),
+        return {"image": tf.stack([rviews.apply_view(x, v) for v in views]),
                 "months": tf.tile(months[tf.newaxis], [len(views), 1])}
 
     def flatten(batch):
@@ -303,7 +304,7 @@ def predict_dataset(files, spec, batch_size, views=("identity",), *, temporal_in
     ds = ds.map(flatten).prefetch(AUTOTUNE)
 
     def merge(predictions):
-        return views.invert_tta(predictions, views, height, width, pad_multiple or 1).numpy()
+        return rviews.invert_tta(predictions, views, height, width, pad_multiple or 1).numpy()
 
     return ds, merge
 
