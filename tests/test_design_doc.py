@@ -2,7 +2,9 @@
 import importlib.util
 import os
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+from tests.paths import ROOT as ROOT_DIR
+
+ROOT = ROOT_DIR
 
 
 def _module_table():

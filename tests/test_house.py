@@ -2,8 +2,11 @@
 no import cycles, no private name of another module, a task never imports another task."""
 import ast
 import os
+import sys
 
-PKG = os.path.join(os.path.dirname(__file__), "..", "foldnet")
+from tests.paths import ROOT as ROOT_DIR
+
+PKG = os.path.join(ROOT_DIR, "foldnet")
 RANK = {"core": 0, "io": 1, "models": 2, "raster": 2, "tasks": 3, "engine": 4, "ensemble": 4, "commands": 5}
 
 
@@ -96,7 +99,7 @@ def test_the_checks_catch_what_they_look_for(tmp_path, monkeypatch):
     (pkg / "engine").mkdir()
     (pkg / "core" / "a.py").write_text("from foldnet.engine import b\n")
     (pkg / "engine" / "b.py").write_text("x = 1\n")
-    monkeypatch.setattr(__import__(__name__), "PKG", str(pkg))
+    monkeypatch.setattr(sys.modules[__name__], "PKG", str(pkg))
     try:
         test_layers_only_import_downwards_and_tasks_stay_apart()
     except AssertionError as e:

@@ -23,8 +23,9 @@ from foldnet.io import convert as io_convert
 from foldnet.io import demo as demo_io
 from foldnet.io import records, splits
 from foldnet.tasks.classification.labels import LabelMap
+from tests.paths import ROOT as ROOT_DIR
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+ROOT = ROOT_DIR
 
 
 def convert_to(data_dir, out_dir, **kw):

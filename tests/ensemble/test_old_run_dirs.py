@@ -18,8 +18,9 @@ from foldnet.ensemble import scores
 from foldnet.io import rundir
 from foldnet.tasks.classification.labels import LabelMap
 from foldnet.tasks.classification.task import TASK as CLASSIFICATION
+from tests.paths import FIXTURES
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "old_runs")
+FIXTURE = os.path.join(FIXTURES, "old_runs")
 
 
 @pytest.fixture

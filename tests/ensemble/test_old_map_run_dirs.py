@@ -32,8 +32,9 @@ from foldnet.ensemble import cli as ensemble
 from foldnet.ensemble import scores
 from foldnet.io import rundir
 from foldnet.tasks import base as tasks
+from tests.paths import FIXTURES
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+FIXTURES = FIXTURES
 CASES = {  # fixture: (task, spec file)
     "old_seg_runs": ("segmentation", "seg_spec.json"),
     "old_temporal_runs": ("temporal_regression", "temporal_spec.json"),

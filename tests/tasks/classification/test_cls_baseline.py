@@ -8,8 +8,9 @@ import pandas as pd
 
 from foldnet.tasks.classification import baseline as cls_baseline
 from foldnet.tasks.classification import evaluate
+from tests.paths import ROOT as ROOT_DIR
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = ROOT_DIR
 
 
 def test_fit_predict_separates_clusters_and_zeroes_unseen_classes():

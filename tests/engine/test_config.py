@@ -7,6 +7,7 @@ import pytest
 import foldnet  # noqa: F401
 from foldnet.core.errors import ConfigError
 from foldnet.engine import config
+from tests.paths import ROOT as ROOT_DIR
 
 
 def write(tmp_path, text, name="member.yaml"):
@@ -77,7 +78,7 @@ def test_committed_member_configs_are_valid():
     import glob
     import os
 
-    root = os.path.join(os.path.dirname(__file__), "..")
+    root = ROOT_DIR
     paths = sorted(glob.glob(os.path.join(root, "models", "*.yaml")))
     assert {os.path.basename(p) for p in paths} >= {"demo.yaml", "ef1b7.yaml", "beitl.yaml", "ef1l2.yaml",
                                                      "ef1l2_s2.yaml", "ef2l.yaml", "ef2xl.yaml"}

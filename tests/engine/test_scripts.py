@@ -9,8 +9,9 @@ import pandas as pd
 import foldnet  # noqa: F401
 from foldnet.tasks.classification import evaluate
 from foldnet.tasks.classification.labels import LabelMap
+from tests.paths import ROOT as ROOT_DIR
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+ROOT = ROOT_DIR
 MEMBER = """arch: tiny_cnn
 dim: 16
 batch_size: 8

@@ -10,8 +10,7 @@ import subprocess
 import sys
 
 import foldnet  # noqa: F401
-
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+from tests.paths import ROOT
 
 DRIVER = r"""
 import contextlib, io, json, sys, traceback

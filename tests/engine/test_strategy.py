@@ -10,9 +10,9 @@ import tensorflow as tf
 
 import foldnet  # noqa: F401  (before tensorflow)
 from foldnet.engine import strategy
+from tests.paths import ROOT
 
 keras = tf.keras
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Fresh TensorFlow: split_cpu must run before TF initialises its devices.
 MIRRORED_SCRIPT = r"""

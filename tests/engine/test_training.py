@@ -11,6 +11,7 @@ import foldnet  # noqa: F401
 from foldnet.engine import config, runner, train
 from foldnet.tasks.classification import metrics
 from foldnet.tasks.classification.labels import LabelMap
+from tests.paths import ROOT as ROOT_DIR
 
 N_FOLDS = 3
 
@@ -202,7 +203,7 @@ def test_notebook_runs_headless(tiny_turtle_dir, tiny_tfrec, tmp_path):
     run_dir = tmp_path / "member"
     runner.run(tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=1, job="train", folds="0"))
     image = sorted((p for p in os.listdir(os.path.join(tiny_turtle_dir, "images"))))[0]
-    nb_path = os.path.join(os.path.dirname(__file__), "..", "notebook", "demo.ipynb")
+    nb_path = os.path.join(ROOT_DIR, "notebook", "demo.ipynb")
     nb = nbformat.read(nb_path, as_version=4)
     env = {"FOLDNET_RUN_DIR": str(run_dir), "FOLDNET_FOLD": "0",
            "FOLDNET_IMAGE": os.path.join(tiny_turtle_dir, "images", image)}

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
-from test_training import KillAfterEpoch, Killer
 
 import foldnet  # noqa: F401
 from foldnet.core.errors import ConfigError
@@ -23,8 +22,10 @@ from foldnet.tasks import base as tasks
 from foldnet.tasks.segmentation import demo_data as seg_demo_data
 from foldnet.tasks.segmentation import evaluate as seg_evaluate
 from foldnet.tasks.segmentation import metrics as seg_metrics
+from tests.engine.test_training import KillAfterEpoch, Killer
+from tests.paths import ROOT as ROOT_DIR
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+ROOT = ROOT_DIR
 MEMBER = """arch: tiny
 weights: none
 arch_options: {decoder_filters: [32, 16, 8]}

@@ -17,8 +17,9 @@ import time
 import pytest
 
 import foldnet  # noqa: F401
+from tests.paths import ROOT as ROOT_DIR
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+ROOT = ROOT_DIR
 
 
 def free_ports(n):

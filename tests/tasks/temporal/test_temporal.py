@@ -9,8 +9,6 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
-from test_segmentation import convert_and_train, run
-from test_training import KillAfterEpoch, Killer
 
 import foldnet  # noqa: F401
 from foldnet.core.errors import ConfigError
@@ -19,6 +17,8 @@ from foldnet.io import rundir
 from foldnet.tasks import base as tasks
 from foldnet.tasks.temporal import demo_data as temporal_demo_data
 from foldnet.tasks.temporal import metrics as temporal_metrics
+from tests.engine.test_training import KillAfterEpoch, Killer
+from tests.tasks.segmentation.test_segmentation import convert_and_train, run
 
 MEMBER = """arch: tiny
 weights: none

@@ -7,8 +7,9 @@ import foldnet  # noqa: F401
 from foldnet.core import fileio
 from foldnet.engine import config, runner
 from foldnet.tasks.classification import demo_data
+from tests.paths import ROOT as ROOT_DIR
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = ROOT_DIR
 
 
 def test_small_photos_recipe_beats_chance_by_far(tmp_path):

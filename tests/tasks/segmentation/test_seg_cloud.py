@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
-from test_segmentation import ROOT, run
 
 import foldnet  # noqa: F401
 from foldnet.commands import demo_data
@@ -20,6 +19,7 @@ from foldnet.raster import submission as seg_submission
 from foldnet.tasks import base as tasks
 from foldnet.tasks.segmentation import evaluate as seg_evaluate
 from foldnet.tasks.segmentation import metrics as seg_metrics
+from tests.tasks.segmentation.test_segmentation import ROOT, run
 
 # models/cloud_unet.yaml with a tiny UNet from scratch and a few steps
 TINY = {"arch": "tiny", "weights": "none", "arch_options": {"decoder_filters": [32, 16, 8]}, "batch_size": 6,

@@ -16,8 +16,9 @@ from foldnet.io import images, records
 from foldnet.tasks.classification import convert as convert_mod
 from foldnet.tasks.classification.convert import create_tfrecords
 from foldnet.tasks.classification.labels import LabelMap, load_label_map
+from tests.paths import ROOT as ROOT_DIR
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = ROOT_DIR
 
 
 def read_records(files):

@@ -9,9 +9,9 @@ import tensorflow as tf
 
 import foldnet  # noqa: F401  (before tensorflow)
 from foldnet.models import backbones as models
+from tests.paths import ROOT
 
 keras = tf.keras
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 REQUIRED = ["tiny_cnn", "small_cnn", "efficientnet_b0", "efficientnet_b7", "efficientnet_v1_l2",
             "efficientnet_v2_l", "efficientnet_v2_xl", "beit_l16"]

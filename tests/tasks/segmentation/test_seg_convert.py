@@ -17,6 +17,7 @@ from foldnet.io import records
 from foldnet.tasks.segmentation import convert as seg_convert
 from foldnet.tasks.segmentation import layouts as seg_layouts
 from foldnet.tasks.segmentation import records as seg_records
+from tests.paths import ROOT as ROOT_DIR
 
 MISSING = -32768
 
@@ -164,7 +165,7 @@ def test_cloud_layout_via_command_line_groups_by_location(tmp_path):
     # layout recognised from the folders
     proc = subprocess.run([sys.executable, "create_tfrecords.py", "--data_dir", str(tmp_path / "cloud"),
                            "--out_dir", str(out), "--n_folds", "2", "--workers", "2", "--no_progress"],
-                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+                          capture_output=True, text=True, cwd=ROOT_DIR)
     assert proc.returncode == 0, proc.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["layout"] == "cloud" and m["image"]["shape"] == [8, 8, 4] and m["image"]["dtype"] == "uint16"
