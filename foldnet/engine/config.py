@@ -419,16 +419,15 @@ def main(argv=None):
         return 2
     i = argv.index("--print")
     name = argv[i + 1]
-    try:
+    from foldnet.core.cli import run_main
+
+    def show():
         cfg = parse_config(argv[:i] + argv[i + 2:])
+        if name not in cfg:
+            raise ConfigError(f"no setting {name!r}")
         print(cfg[name])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyError:
-        print(f"error: no setting {name!r}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_main(show)
 
 
 if __name__ == "__main__":

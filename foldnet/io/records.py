@@ -238,9 +238,20 @@ def test_files(manifest):
 test_files.__test__ = False  # not a pytest test when imported into a test module
 
 
+def manifest_at(tfrec_dir):
+    """The manifest of ``tfrec_dir`` with ``dir`` (json only, no TF, no check of the listed files),
+    or None if it has none. ``load_manifest`` is the checked reader for training."""
+    path = fileio.join(str(tfrec_dir), MANIFEST)
+    if not fileio.exists(path):
+        return None
+    manifest = fileio.read_json(path)
+    manifest["dir"] = str(tfrec_dir)
+    return manifest
+
+
 def manifest_of_files(files):
     """The manifest (with ``dir``) of the TFRecord directory holding ``files`` (json only, no TF)."""
-    tfrec_dir = os.path.dirname(str(files[0]))
-    manifest = fileio.read_json(fileio.join(tfrec_dir, "manifest.json"))
-    manifest["dir"] = tfrec_dir
+    manifest = manifest_at(os.path.dirname(str(files[0])))
+    if manifest is None:
+        raise DataError(f"{os.path.dirname(str(files[0]))}: no {MANIFEST} beside the records")
     return manifest

@@ -143,11 +143,17 @@ def _scalar_str(npz, key):
     return str(npz[key][()]) if key in npz.files else ""
 
 
+def _npy_header(f):
+    """(shape, fortran_order, dtype) of the .npy stream ``f`` positioned at its magic string; ``f`` is left
+    at the start of the array data."""
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(f)
+
+
 def _outputs_header(path):
     with zipfile.ZipFile(path) as z, z.open("outputs.npy") as f:
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(f)
+        shape, _, dtype = _npy_header(f)
     return tuple(shape), dtype
 
 
@@ -271,10 +277,7 @@ def open_array(path, key):
                     name_len, extra_len = struct.unpack("<HH", local[26:30])
                     start = info.header_offset + 30 + name_len + extra_len
                     f.seek(start)
-                    version = np.lib.format.read_magic(f)
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
-                    shape, fortran, dtype = read(f)
+                    shape, fortran, dtype = _npy_header(f)
                     offset = f.tell()
                 if not dtype.hasobject and not fortran:
                     if int(np.prod(shape, dtype=np.int64)) == 0:

@@ -242,14 +242,10 @@ class Task(abc.ABC):
         ``manifest.json`` sits beside it (TFRecord directories hold no spec file), else None."""
         if os.path.exists(path):
             return None
-        manifest_path = os.path.join(os.path.dirname(path), "manifest.json")
-        if not os.path.exists(manifest_path):
-            return None
-        from foldnet.core import fileio
+        from foldnet.io.records import manifest_at
 
-        manifest = fileio.read_json(manifest_path)
-        manifest["dir"] = os.path.dirname(path)
-        return self.load_spec(manifest)
+        manifest = manifest_at(os.path.dirname(path))
+        return None if manifest is None else self.load_spec(manifest)
 
     def spec_settings(self, spec: Any) -> dict:
         return {}

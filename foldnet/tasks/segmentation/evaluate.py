@@ -61,11 +61,14 @@ def main(argv=None):
     p.add_argument("--locations", help="CSV id,location: also report the location-weighted IoU")
     p.add_argument("--label", default="submission", help="name printed with the scores")
     a = p.parse_args(argv)
-    try:
-        s = score_submission(a.submission, a.answers, a.naming, a.answers_naming, a.locations)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from foldnet.core.cli import run_main
+
+    result = []
+    rc = run_main(lambda: result.append(score_submission(a.submission, a.answers, a.naming, a.answers_naming,
+                                                         a.locations)))
+    if rc:
+        return rc
+    s = result[0]
     extra = f", location-weighted IoU {s['location_iou']:.4f}" if "location_iou" in s else ""
     print(f"{a.label}: test set ({s['n']} tiles): Dice {s['dice']:.4f}, IoU {s['iou']:.4f}{extra}")
     return 0

@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from foldnet.core.errors import ConfigError
 from foldnet.models.ops import global_sum, safe_div
+from foldnet.tasks.segmentation.settings import DEFAULT_THRESHOLD
 
 keras = tf.keras
 
@@ -181,7 +182,7 @@ class PooledOverlap(keras.metrics.Metric):
     """Pooled Dice (``kind="dice"``) or IoU (``"iou"``) of ``p >= threshold`` over every valid
     pixel seen (all batches, all replicas); 1.0 when truth and prediction are both empty."""
 
-    def __init__(self, kind="dice", threshold=0.5, name=None, **kwargs):
+    def __init__(self, kind="dice", threshold=DEFAULT_THRESHOLD, name=None, **kwargs):
         if kind not in ("dice", "iou"):
             raise ValueError(f"kind must be dice or iou, got {kind!r}")
         super().__init__(name=name or kind, **kwargs)
@@ -218,7 +219,7 @@ class LocationIoU(keras.metrics.Metric):
     ``group_index``), in ``[0, n_groups)``.
     """
 
-    def __init__(self, n_groups, threshold=0.5, name="location_iou", **kwargs):
+    def __init__(self, n_groups, threshold=DEFAULT_THRESHOLD, name="location_iou", **kwargs):
         super().__init__(name=name, **kwargs)
         self.n_groups, self.threshold = int(n_groups), float(threshold)
         self.inter = self.add_weight("inter", shape=[self.n_groups], initializer="zeros")
@@ -248,7 +249,7 @@ class LocationIoU(keras.metrics.Metric):
         return {**super().get_config(), "n_groups": self.n_groups, "threshold": self.threshold}
 
 
-def make_metrics(names=("dice", "iou"), threshold=0.5, n_groups=None):
+def make_metrics(names=("dice", "iou"), threshold=DEFAULT_THRESHOLD, n_groups=None):
     """Keras metrics by name: dice, iou, location_iou (needs ``n_groups`` and a group channel)."""
     out = []
     for name in names:

@@ -19,6 +19,7 @@ Conventions (shared by every function here):
 import numpy as np
 
 from foldnet.core import fileio, report
+from foldnet.tasks.segmentation.settings import DEFAULT_THRESHOLD
 
 # Thresholds of the default Dice-vs-threshold table: 0.05, 0.06, ..., 0.95.
 DEFAULT_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.01), 2)
@@ -96,7 +97,7 @@ def location_iou(preds, truths, locations, valids=None):
         raise ValueError(f"{len(locations)} locations for {len(preds)} tiles")
     if not preds:
         raise ValueError("no tiles to score")
-    acc = Scores(thresholds=[0.5], locations={str(k): loc for k, loc in enumerate(locations)})
+    acc = Scores(thresholds=[DEFAULT_THRESHOLD], locations={str(k): loc for k, loc in enumerate(locations)})
     acc.add([np.asarray(p).astype(bool) for p in preds], truths, range(len(preds)), valids)
     return acc.location_iou()
 
@@ -196,7 +197,7 @@ class Scores:
     tiles in any blocks gives the same results as adding them all at once.
     """
 
-    def __init__(self, thresholds=DEFAULT_THRESHOLDS, threshold=0.5, locations=None):
+    def __init__(self, thresholds=DEFAULT_THRESHOLDS, threshold=DEFAULT_THRESHOLD, locations=None):
         self.curve = ThresholdCurve(thresholds)
         self.threshold = float(threshold)
         self.locations = locations

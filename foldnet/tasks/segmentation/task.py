@@ -45,7 +45,7 @@ import numpy as np
 
 from foldnet.core import fileio
 from foldnet.core.errors import ConfigError, DataError
-from foldnet.io.records import manifest_of_files
+from foldnet.io.records import manifest_at, manifest_of_files
 from foldnet.raster.spectral import PAD_MULTIPLE
 from foldnet.raster.submission import read_test_ids, refuse_csv
 from foldnet.tasks import base as tasks
@@ -304,7 +304,7 @@ class SegmentationTask(tasks.Task):
             n_groups = len(self._group_index(records.load_manifest(cfg["tfrec_dir"]), cfg))
             names.append("location_iou")
         model.compile(optimizer=optimizer, loss=seg_losses.make_loss(cfg["loss"] or DEFAULT_LOSS),
-                      metrics=seg_losses.make_metrics(names, 0.5, n_groups), jit_compile=bool(cfg["jit_compile"]))
+                      metrics=seg_losses.make_metrics(names, settings.DEFAULT_THRESHOLD, n_groups), jit_compile=bool(cfg["jit_compile"]))
         return model
 
     # -- prediction files
@@ -332,11 +332,9 @@ class SegmentationTask(tasks.Task):
         """{tile id: group} of ``tfrec_dir``'s tiles.csv when it names groups (locations), else None."""
         from foldnet.tasks.segmentation import data as seg_data
 
-        path = fileio.join(str(tfrec_dir), "manifest.json") if tfrec_dir else None
-        if not path or not fileio.exists(path):
+        manifest = manifest_at(tfrec_dir) if tfrec_dir else None
+        if manifest is None:
             return None
-        manifest = fileio.read_json(path)
-        manifest["dir"] = str(tfrec_dir)
         if not manifest.get("tiles_csv"):
             return None
         tiles = seg_data.read_tiles_csv(manifest)
@@ -369,7 +367,7 @@ class SegmentationTask(tasks.Task):
         from foldnet.raster import submission as seg_submission
 
         refuse_csv(out_path, "segmentation")
-        threshold = float((post or {}).get("threshold", 0.5))
+        threshold = float((post or {}).get("threshold", settings.DEFAULT_THRESHOLD))
         tar = str(out_path).endswith(".tar")
         with seg_submission.SubmissionWriter(out_path, ids, naming=spec.naming, shape=spec.shape[:2],
                                              tar=tar) as writer:

@@ -53,11 +53,13 @@ def main(argv=None):
                    help="also score only targets <= cap (default: %(default)s)")
     p.add_argument("--label", default="submission", help="name printed with the scores")
     a = p.parse_args(argv)
-    try:
-        s = score_submission(a.submission, a.answers, a.naming, a.answers_naming, a.cap)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from foldnet.core.cli import run_main
+
+    result = []
+    rc = run_main(lambda: result.append(score_submission(a.submission, a.answers, a.naming, a.answers_naming, a.cap)))
+    if rc:
+        return rc
+    s = result[0]
     print(f"{a.label}: test set ({s['n_chips']} chips): RMSE {s['rmse']:.4f} (per chip, averaged; pooled "
           f"{s['pooled_rmse']:.4f}); targets <= {s['cap']:g}: RMSE {s['rmse_capped']:.4f} (pooled "
           f"{s['pooled_rmse_capped']:.4f})")

@@ -54,18 +54,26 @@ def per_chip_rmse(targets, preds, cap=None):
     return out
 
 
+def rmse_of_errors(sse, n):
+    """(chip RMSE, pooled RMSE) from per-chip sums of squared errors and valid pixel counts
+    (``chip_errors``): the mean over the chips with a valid pixel of their RMSE, and the RMSE over
+    all valid pixels; NaN only when no chip has any valid pixel."""
+    sse, n = np.asarray(sse, np.float64), np.asarray(n)
+    has = n > 0
+    chip = float(np.mean(np.sqrt(sse[has] / n[has]))) if has.any() else float("nan")
+    pooled = float(np.sqrt(sse.sum() / n.sum())) if n.sum() else float("nan")
+    return chip, pooled
+
+
 def chip_rmse(targets, preds, cap=None):
     """Mean over the chips with a valid pixel of the per-chip RMSE (chips without one skipped); NaN only
     when no chip has any valid pixel."""
-    per = per_chip_rmse(targets, preds, cap)
-    per = per[np.isfinite(per)]
-    return float(per.mean()) if len(per) else float("nan")
+    return rmse_of_errors(*chip_errors(targets, preds, cap))[0]
 
 
 def pooled_rmse(targets, preds, cap=None):
     """RMSE over the valid pixels of all chips (NaN only when there is none)."""
-    sse, n = chip_errors(targets, preds, cap)
-    return float(np.sqrt(sse.sum() / n.sum())) if n.sum() else float("nan")
+    return rmse_of_errors(*chip_errors(targets, preds, cap))[1]
 
 
 def scores(targets, preds, cap=DEFAULT_CAP):

@@ -280,14 +280,12 @@ class RMSEScorer(tasks.Scorer):
         return self
 
     def _rmse(self, cap):
+        from foldnet.tasks.temporal import metrics as temporal_metrics
+
         if not self.parts[cap]:
             return float("nan"), float("nan")
-        sse = np.concatenate([p[0] for p in self.parts[cap]])
-        n = np.concatenate([p[1] for p in self.parts[cap]])
-        has = n > 0
-        chip = float(np.mean(np.sqrt(sse[has] / n[has]))) if has.any() else float("nan")
-        pooled = float(np.sqrt(sse.sum() / n.sum())) if n.sum() else float("nan")
-        return chip, pooled
+        return temporal_metrics.rmse_of_errors(np.concatenate([p[0] for p in self.parts[cap]]),
+                                               np.concatenate([p[1] for p in self.parts[cap]]))
 
     def scores(self):
         (rmse, pooled), (rmse_c, pooled_c) = self._rmse(None), self._rmse(SCORE_CAP)
