@@ -170,7 +170,7 @@ def test_a_fold_trained_on_another_split_is_refused_not_scored(tiny_turtle_dir, 
 
 
 def test_an_interrupted_fold_does_not_resume_on_another_split(tiny_turtle_dir, tiny_tfrec, tmp_path):
-    from test_training import KillAfterEpoch, Killer
+    from tests.engine.test_training import KillAfterEpoch, Killer
 
     run_dir = tmp_path / "run"
     with pytest.raises(KillAfterEpoch):
@@ -256,7 +256,7 @@ def test_conversion_locks_its_out_dir(turtle_copy, tmp_path):
 
 
 def test_known_labels_leaving_fewer_than_5_submission_labels_fail_at_conversion(tmp_path):
-    from test_layouts import write_generic
+    from tests.tasks.classification.test_layouts import write_generic
 
     root = write_generic(str(tmp_path))  # cat, dog known; owl maps to the new label: 3 submission labels
     with pytest.raises(DataError, match="top-5 predictions are impossible"):

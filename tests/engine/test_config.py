@@ -1,4 +1,5 @@
 """run.py settings: defaults < YAML < command line, validation, help."""
+import os
 import subprocess
 import sys
 
@@ -22,8 +23,8 @@ def test_yaml_then_flags_override(tmp_path):
     assert cfg["arch"] == "efficientnet_b0" and cfg["dim"] == 128 and cfg["monitor"] == "val_acc"
     assert cfg["lr"] == 0.01  # the flag wins over the YAML
     assert cfg["batch_size"] == config.DEFAULTS["batch_size"]  # neither: the default
-    # derived paths: run dir beside the config, named after it
-    assert cfg["run_dir"] == str(tmp_path / "member")
+    # derived paths: run dir runs/<config name> in the current folder
+    assert cfg["run_dir"] == os.path.join("runs", "member")
     assert cfg["tfrec_dir"] == "data/tfrec" and cfg["template"] is None  # the task's default (runner)
     assert config.parse_folds(cfg["folds"], 5) == [0, 2]
 
@@ -72,6 +73,16 @@ def test_cli_reports_bad_config_without_traceback(tmp_path):
     path = write(tmp_path, "optimizer: lion\n")
     out = subprocess.run([sys.executable, "run.py", "--config", path], capture_output=True, text=True)
     assert out.returncode == 2 and "optimizer='lion'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_run_dir_made_beside_the_config_by_earlier_versions_is_still_used(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg_path = write(tmp_path, "arch: small_cnn\n")
+    assert config.parse_config(["--config", cfg_path])["run_dir"] == os.path.join("runs", "member")
+    (tmp_path / "member" / "fold_0").mkdir(parents=True)  # an old run dir beside the config
+    assert config.parse_config(["--config", cfg_path])["run_dir"] == str(tmp_path / "member")
+    (tmp_path / "runs" / "member").mkdir(parents=True)  # once runs/<name> exists, it wins
+    assert config.parse_config(["--config", cfg_path])["run_dir"] == os.path.join("runs", "member")
 
 
 def test_committed_member_configs_are_valid():

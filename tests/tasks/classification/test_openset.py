@@ -165,7 +165,7 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
     import json
     import os
 
-    from test_training import tiny_cfg
+    from tests.engine.test_training import tiny_cfg
 
     from foldnet.engine import runner
     from foldnet.ensemble import cli as ensemble

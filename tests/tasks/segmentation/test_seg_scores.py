@@ -41,10 +41,10 @@ def _member(run_dir, seed, n_folds, quality):
 
 def test_score_job_streamed_in_blocks_equals_in_memory_scores(tmp_path):
     run = _member(tmp_path / "m", seed=1, n_folds=3, quality=0.6)
-    small = scores.score_run(run, SPEC, TASK, groups=LOCATIONS, block_elements=2 * 12 * 10 * 3)  # 3 tiles a block
+    small = scores.score_run(run, SPEC, task=TASK, groups=LOCATIONS, block_elements=2 * 12 * 10 * 3)  # 3 tiles a block
     assert max(len(s.ids) for s in rundir.open_oof(run)) > 3  # several blocks per fold
     md_small = (tmp_path / "m" / "oof.threshold.md").read_text()
-    big = scores.score_run(run, SPEC, TASK, groups=LOCATIONS)
+    big = scores.score_run(run, SPEC, task=TASK, groups=LOCATIONS)
     assert small == big and md_small == (tmp_path / "m" / "oof.threshold.md").read_text()
     assert json.loads((tmp_path / "m" / "scores.json").read_text())["rows"] == big
     # against the in-memory scores of the whole arrays
@@ -62,7 +62,7 @@ def test_score_job_streamed_in_blocks_equals_in_memory_scores(tmp_path):
         assert view["dice"] == seg_metrics.pooled_dice(f.outputs[1] >= 0.5, f.targets)
     assert "location_iou" in (tmp_path / "m" / "scores.md").read_text()
     # without groups: no location column value
-    assert "location_iou" not in scores.score_run(run, SPEC, TASK)[0]
+    assert "location_iou" not in scores.score_run(run, SPEC, task=TASK)[0]
 
 
 def test_ensemble_oof_blend_weight_fit_and_threshold_streamed_equal_in_memory(tmp_path):
@@ -122,7 +122,7 @@ def test_location_iou_in_oof_scores_hand_computed(tmp_path):
     os.makedirs(os.path.dirname(path))
     rundir.save_predictions(path, ["a", "b", "c", "d"], TASK.encode_outputs(probs[None]), truth, ["identity"],
                             SPEC.fingerprint(), "w")
-    rows = scores.score_run(str(tmp_path), SPEC, TASK, groups={"a": "A", "b": "A", "c": "B", "d": "B"},
+    rows = scores.score_run(str(tmp_path), SPEC, task=TASK, groups={"a": "A", "b": "A", "c": "B", "d": "B"},
                             block_elements=4)
     row = next(r for r in rows if r["fold"] == "all")
     assert row["location_iou"] == pytest.approx(0.55)
@@ -149,7 +149,7 @@ def test_folds_with_more_views_pool_the_shared_views_only(tmp_path):
     third = np.random.default_rng(9).integers(0, 256, d["outputs"].shape[1:], dtype=np.uint8)
     rundir.save_predictions(path, d["ids"], np.concatenate([d["outputs"], third[None]]), d["labels"],
                             ["identity", "flip_lr", "flip_ud"], SPEC.fingerprint(), "w")
-    rows = scores.score_run(run, SPEC, TASK, groups=LOCATIONS, block_elements=3 * 12 * 10 * 2)
+    rows = scores.score_run(run, SPEC, task=TASK, groups=LOCATIONS, block_elements=3 * 12 * 10 * 2)
     assert [r["tta"] for r in rows if r["fold"] == "1"] == ["identity", "flip_lr", "flip_ud", "mean"]
     folds = rundir.read_oof(run, TASK)
     truth = np.concatenate([f.targets for f in folds])
