@@ -109,13 +109,14 @@ def augment_options(cfg):
     """``views.paired_augment`` options from the shared augmentation settings:
     aug_number >= 1 flips, >= 3 also 90-degree turns (augment.TRANSFORMS order: identity,
     flip_lr, flip_ud, rot90, ...); aug_crop_scale: zoom 1/(1+x)..(1+x) and shift x/2;
-    aug_rotate: small rotation in degrees."""
+    aug_rotate: small rotation in degrees; map_aug: the paired affine / photometric /
+    elastic / cutout maps (``views.paired_augment``)."""
     aug = cfg.aug if hasattr(cfg, "aug") else None
     number = aug.number if aug else cfg["aug_number"]
     crop = aug.crop_scale if aug else cfg["aug_crop_scale"]
     rotate = aug.rotate if aug else cfg["aug_rotate"]
     return {"flip": number >= 1, "rot90": number >= 3, "scale": float(crop), "shift": float(crop) / 2,
-            "rotate": float(rotate)}
+            "rotate": float(rotate), "map_aug": dict(cfg["map_aug"] or {})}
 
 
 class SegmentationTask(tasks.Task):
@@ -161,7 +162,8 @@ class SegmentationTask(tasks.Task):
         key = (cfg["run_dir"], manifest["dir"], manifest.get("fingerprint"), tuple(indices), bool(cfg["mask_indices"]))
         ranges = self._index_ranges.get(key)
         build = lambda r: spectral.Features(manifest, bands=cfg["seg_bands"], indices=indices,  # noqa: E731
-                                            norm=cfg["norm"], index_ranges=r, mask_indices=cfg["mask_indices"])
+                                            norm=cfg["norm"], index_ranges=r, mask_indices=cfg["mask_indices"],
+                                            norm_max=cfg["norm_max"], norm_output=cfg["norm_output"])
         if ranges is None:
             ranges = self._stored_index_ranges(cfg["run_dir"], indices)
         if ranges is None:
@@ -262,6 +264,9 @@ class SegmentationTask(tasks.Task):
             spectral.check_indices(list(cfg["indices"] or []), spec.bands)
         except ValueError as e:
             problems.append(f"indices: {e}")
+        problems += spectral.norm_max_problems(cfg["norm"], cfg["norm_max"], cfg["seg_bands"] or spec.bands)
+        if cfg["norm_output"] == "symmetric" and cfg["norm"] == "zscore":
+            problems.append("norm_output: symmetric maps [0, 1] to [-1, 1]; norm zscore is not in [0, 1]")
         unknown = [b for b in (cfg["seg_bands"] or []) if b not in spec.bands]
         if unknown:
             problems.append(f"seg_bands {unknown} are not bands of the dataset ({', '.join(spec.bands)})")
