@@ -21,6 +21,10 @@ SETTINGS = (
     Setting("norm_output", str, "unit",
             "Segmentation: range of the normalised bands: unit = [0, 1]; symmetric = 2x - 1, in [-1, 1]",
             choices=NORM_OUTPUTS),
+    Setting("location_iou_empty", str, "one",
+            "Segmentation: the val_location_iou of a location without true or predicted pixels: one (foldnet) or "
+            "zero (the On Cloud N 3rd place's checkpoint metric); the score job reports both conventions",
+            choices=("one", "zero")),
     Setting("mask_indices", as_bool, True, "Segmentation: keep indices only on clear water (QA clear, DEM <= 0)"),
     Setting("sampler", dict, None,
             "Segmentation: weighted tile sampler terms of tiles.csv, e.g. '{has_positive: 2, cloud_share: -1}' "

@@ -56,6 +56,7 @@ SPEC_FILE = "seg_spec.json"
 INDEX_FIT_TILES = 64
 INDEX_RANGES_FILE = "index_ranges.json"  # in the run dir: the ranges training used
 DEFAULT_LOSS = "dice"
+EMPTY_LOCATION = {"one": 1.0, "zero": 0.0}  # setting location_iou_empty -> the IoU of an empty location
 
 
 class SegSpec:
@@ -126,12 +127,13 @@ class SegmentationTask(tasks.Task):
     layouts = settings.LAYOUTS
     evaluate_module = settings.EVALUATE
     default_monitor = "val_dice"
-    score_keys = ("dice", "iou", "location_iou", "dice_best", "threshold")
+    score_keys = ("dice", "iou", "location_iou", "location_iou_empty0", "dice_best", "threshold")
     default_fit_metric = "dice"
     submission_name = "submission"
     score_note = ("dice/iou: pooled over all pixels of all tiles at threshold 0.5; location_iou (when tiles.csv "
                   "names groups): per location sum of intersections / sum of unions at 0.5, then the mean over "
-                  "locations; dice_best: the best pooled Dice over thresholds 0.05..0.95, reached at threshold.")
+                  "locations, a location without true or predicted pixels counting 1 (location_iou_empty0: 0, "
+                  "the On Cloud N 3rd place's convention); dice_best: the best pooled Dice over thresholds 0.05..0.95, reached at threshold.")
 
     def __init__(self):
         self._index_ranges = {}
@@ -309,7 +311,8 @@ class SegmentationTask(tasks.Task):
             n_groups = len(self._group_index(records.load_manifest(cfg["tfrec_dir"]), cfg))
             names.append("location_iou")
         model.compile(optimizer=optimizer, loss=seg_losses.make_loss(cfg["loss"] or DEFAULT_LOSS),
-                      metrics=seg_losses.make_metrics(names, 0.5, n_groups), jit_compile=bool(cfg["jit_compile"]))
+                      metrics=seg_losses.make_metrics(names, 0.5, n_groups, EMPTY_LOCATION[cfg["location_iou_empty"]]),
+                      jit_compile=bool(cfg["jit_compile"]))
         return model
 
     # -- prediction files
