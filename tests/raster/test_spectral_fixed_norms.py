@@ -89,3 +89,25 @@ def test_bad_norm_max_is_named():
 def test_settings_tuples_match_the_spectral_ones():
     assert seg_settings.NORMS == spectral.NORMS
     assert seg_settings.NORM_OUTPUTS == spectral.NORM_OUTPUTS
+
+
+def test_settings_coerce_and_the_task_names_every_problem():
+    from foldnet.core.errors import ConfigError
+    from foldnet.engine import config
+    from foldnet.tasks.segmentation.task import SegmentationTask, SegSpec
+
+    assert config.make_config(norm="fixed", norm_max="20000")["norm_max"] == 20000.0
+    assert config.make_config(norm="band_max", norm_max="{B02: 22500}")["norm_max"] == {"B02": 22500}
+    with pytest.raises(ConfigError, match="bad value for norm_max"):
+        config.make_config(norm_max=True)
+    with pytest.raises(ConfigError, match="norm_output='half'"):
+        config.make_config(norm_output="half")
+    spec = SegSpec([8, 8, 4], CLOUD_BANDS, "cloud", "{id}.tif")
+    task = SegmentationTask()
+    problems = task.check_config(config.make_config(arch="tiny", norm="band_max", norm_max={"B02": 1},
+                                                    seg_bands=["B02", "B08"]), spec)
+    assert "norm_max has no value for band 'B08'" in problems
+    problems = task.check_config(config.make_config(arch="tiny", norm="zscore", norm_output="symmetric"), spec)
+    assert any("symmetric" in p for p in problems)
+    assert task.check_config(config.make_config(arch="tiny", norm="fixed", norm_max=30000, norm_output="symmetric"),
+                             spec) == []
