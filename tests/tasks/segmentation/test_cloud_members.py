@@ -144,3 +144,10 @@ def test_smoke_body_runs_with_the_data_side_only(chips):
     assert seg_task.EMPTY_LOCATION[values["location_iou_empty"]] == 0.0
     paths = rundir.fold_paths(str(fold.parent), 2)
     assert os.path.exists(paths["best"]) and os.path.exists(paths["done"])
+
+
+def test_fold_method_is_refused_outside_segmentation(tmp_path, capsys):
+    from foldnet.commands import convert
+
+    assert convert.main(["--data_dir", str(tmp_path), "--fold_method", "round_robin"]) == 2
+    assert "--fold_method apply to segmentation layouts only" in capsys.readouterr().err
