@@ -11,6 +11,8 @@
 # WEIGHTS      member weights, comma separated in MODELS order (default: equal)
 # FIT_WEIGHTS  1 to fit member weights on out-of-fold predictions (max OOF MAP@5)
 # RUN_ARGS     extra run.py flags for prediction, e.g. "--batch_size 16 --tta_number 3"
+# THRESHOLD    segmentation: write the masks at this threshold (e.g. 0.5, the On Cloud N 3rd
+#              place's) instead of the one fitted on the OOF blend; the scores file reports both
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/scripts/members.sh"
@@ -35,5 +37,6 @@ done
 args=(--runs "${run_dirs[@]}" --data_dir "$DATA_DIR" --tfrec_dir "$TFREC_DIR" --submission "$SUBMISSION")
 [ -n "${WEIGHTS:-}" ] && args+=(--weights "$WEIGHTS")
 [ "${FIT_WEIGHTS:-0}" = "1" ] && args+=(--fit_weights)
+[ -n "${THRESHOLD:-}" ] && args+=(--threshold "$THRESHOLD")
 echo "== ensembling ${#run_dirs[@]} member(s) -> $SUBMISSION"
 "$PYTHON" -m foldnet.ensemble.cli "${args[@]}" "$@"

@@ -10,6 +10,8 @@
 # RUNS_DIR   where each member's outputs go, as RUNS_DIR/<member>/
 #            (default: runs/<member>/)
 # JOB        run.py job (default: train_val_test_score)
+# CONVERT_ARGS  extra create_tfrecords.py flags when the TFRecords are made here, e.g. the
+#            On Cloud N 3rd place's folds: "--n_folds 4 --fold_method round_robin"
 # PYTHON     interpreter (default: .venv/bin/python if present, else python3)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,7 +23,8 @@ JOB=${JOB:-train_val_test_score}
 
 if [ ! -f "$TFREC_DIR/manifest.json" ]; then
   echo "== TFRecords: $TFREC_DIR not found, creating them from $DATA_DIR"
-  "$PYTHON" "$here/create_tfrecords.py" --data_dir "$DATA_DIR" --out_dir "$TFREC_DIR"
+  # shellcheck disable=SC2086
+  "$PYTHON" "$here/create_tfrecords.py" --data_dir "$DATA_DIR" --out_dir "$TFREC_DIR" ${CONVERT_ARGS:-}
 fi
 
 read -r -a members <<< "$(member_list)"  # split on white space, never globbed

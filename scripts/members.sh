@@ -12,10 +12,12 @@ member_list() {
   echo "${MODELS:-$DEFAULT_MEMBERS}"
 }
 
-# A member name (models/NAME.yaml) or a path to a YAML file -> the YAML path.
+# A member name (models/NAME.yaml, e.g. cloud/b0ns_4b_30000) or a path to a YAML file (from the
+# current directory or the repository root, e.g. models/cloud/b0ns_4b_30000.yaml) -> the YAML path.
 member_config() {
   local m=$1
   if [ -f "$m" ]; then echo "$m"; return; fi
+  if [ -f "$here/$m" ]; then echo "$here/$m"; return; fi
   if [ -f "$here/models/$m.yaml" ]; then echo "$here/models/$m.yaml"; return; fi
   echo "error: member '$m' is neither a YAML file nor models/$m.yaml" >&2
   exit 2

@@ -58,6 +58,10 @@ def build_parser():
     fo.add_argument("--group_duplicates", type=float, metavar="THRESHOLD",
                     help="keep near-identical images (cosine similarity of 16x16 grayscale thumbnails "
                          ">= THRESHOLD, e.g. 0.95) in one fold (default: off)")
+    fo.add_argument("--fold_method", choices=FOLD_METHODS, default="stratified",
+                    help="segmentation: stratified (group K-fold stratified on the tiles' properties) or "
+                    "round_robin (groups, most tiles first, dealt in blocks of --n_folds, each block a random "
+                    "permutation of the folds: the 3rd-place On Cloud N create_folds.py)")
     sh = p.add_argument_group("shards")
     sh.add_argument("--shard_size", default=DEFAULT_SHARD_SIZE,
                     help='per shard: a size ("150MB") or a number of examples ("1000")')
@@ -98,7 +102,10 @@ def build_parser():
 
 
 # flags of the map layouts (the rest are shared or classification's)
-MAP_FLAGS = ("image_col", "mask_col", "bands", "missing_value", "stratify_bins", "target_col")
+MAP_FLAGS = ("image_col", "mask_col", "bands", "missing_value", "stratify_bins", "target_col", "fold_method")
+FOLD_METHODS = ("stratified", "round_robin")
+# map flags with a default (not None) the classification layouts accept at that default
+MAP_DEFAULTS = {"stratify_bins": 3, "fold_method": "stratified"}
 
 
 
@@ -150,7 +157,8 @@ def main(argv=None):
         map_kwargs = {k: kwargs.pop(k) for k in MAP_FLAGS}
         task = task_of_layout(layout)
         if task == tasks.DEFAULT_TASK:
-            set_map = [f"--{k}" for k, v in map_kwargs.items() if v is not None and k != "stratify_bins"]
+            set_map = [f"--{k}" for k, v in map_kwargs.items() if v is not None and k not in MAP_DEFAULTS]
+            set_map += [f"--{k}" for k, v in MAP_DEFAULTS.items() if k != "stratify_bins" and map_kwargs[k] != v]
             if set_map:
                 raise ConfigError(f"{', '.join(set_map)} apply to segmentation layouts only (--layout)")
         else:

@@ -53,6 +53,21 @@ def str_or_mapping(s):
     return as_mapping(s) if str(s).strip().startswith("{") else str(s).strip()
 
 
+def number_or_mapping(s):
+    """A float, or a mapping (or its YAML text '{B02: 22500}'); None/'none' -> None."""
+    if s is None or isinstance(s, dict):
+        return s
+    if isinstance(s, bool):
+        raise ValueError("not a number")
+    if isinstance(s, (int, float)):
+        return float(s)
+    if none_or_str(s) is None:
+        return None
+    if str(s).strip().startswith("{"):
+        return as_mapping(s)
+    return float(s)
+
+
 class Bound(collections.namedtuple("Bound", "low high high_open")):
     """Allowed range of a numeric setting: low <= x <= high (x < high if high_open); None = unbounded."""
 

@@ -113,6 +113,11 @@ FLAGS = [
     ("aug_rotate", float, 0.0, "Train-time random rotation by up to this many degrees either way (photos: 10-20); 0 = off"),
     ("aug_photometric", float, 0.0,
      "Strength of train-time brightness/contrast/saturation/white-balance jitter (0.5 mild, 1 strong); 0 = off"),
+    ("map_aug", dict, None,
+     "Map tasks: paired image/mask augmentation after the flips and turns, a YAML mapping of "
+     "p (affine probability), rotate (degrees), rotate_p, scale_sd (zoom ~ N(1, sd)), scale_p, shift "
+     "(centre shift, fraction of the side), target_interp (nearest | bilinear), cutout_p, elastic_p, "
+     "photometric_p (see foldnet.raster.views.paired_augment); default: none of them"),
     ("aug_in_model", _bool, False,
      "Run the augmentation inside the model (first layer, training only) instead of in the input pipeline: "
      "for accelerators whose host has few CPU cores; same distribution"),
@@ -258,6 +263,11 @@ def _problems(values):
     for name, bound in BOUNDS.items():
         if values[name] is not None and not bound.contains(values[name]):
             problems.append(f"{name} must be {bound.text()}, got {values[name]}")
+    problems += transforms.map_aug_problems(values["map_aug"])
+    if values["map_aug"] and (values["aug_crop_scale"] or values["aug_rotate"]) and any(
+            values["map_aug"].get(k) for k in ("p", "rotate", "scale_sd", "shift")):
+        problems.append("map_aug's affine (p, rotate, scale_sd, shift) and aug_crop_scale / aug_rotate are both set: "
+                        "keep one of them")
     if not str(values["monitor"]).startswith("val_"):
         problems.append(f"monitor={values['monitor']!r}: must be a validation quantity such as val_loss or val_acc")
     for check in (lambda: job_words(values["job"]), lambda: _fold_spec(values["folds"])):

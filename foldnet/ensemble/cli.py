@@ -36,14 +36,16 @@ log = logging.getLogger("foldnet.ensemble.cli")
 
 
 def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=False, fit_metric=None,
-                  tta="mean", k=5, task=None):
+                  tta="mean", k=5, task=None, threshold=None):
     """Ensemble ``runs`` into the submission ``out_path``; returns the paths written.
 
     template: the submission template (classification: sample submission CSV
     whose first column lists the test ids). weights: member weights (None =
     equal). fit: fit the weights on OOF with ``fit_metric`` (default: the
     task's ``default_fit_metric``). DataError / ConfigError on bad input,
-    before anything is written.
+    before anything is written. threshold: write the submission at this fixed threshold instead of
+    the one fitted on the OOF blend (tasks whose post-processing is a threshold: segmentation); the
+    scores report names both and the OOF Dice at each.
     """
     runs = [str(r) for r in runs]
     task = task or tasks.get(rundir.runs_task(runs))
@@ -62,6 +64,9 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
 
     rows, notes, weights, post, oof = oof_report(runs, weights, spec, fit_metric, fit, tta, task=task,
                                                  groups=task.groups(tfrec_dir))
+    if threshold is not None:
+        post, line = fixed_threshold(post, float(threshold), oof)
+        notes = list(notes) + [line]
     outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task=task)
     values = None
     if post and task.row_value_key:  # the rule may use a per-row value the test files store
@@ -87,6 +92,24 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     scores_path = fileio.atomic_write_text(f"{stem}.scores.md", text)
     log.info(text)
     return out_path, probs_path, scores_path
+
+
+def fixed_threshold(post, threshold, oof):
+    """(post with ``threshold`` in place of the fitted one, a report line comparing the two on the OOF
+    blend's score-vs-threshold curve)."""
+    fitted = (post or {}).get("threshold")
+    curve = getattr(getattr(oof, "acc", None), "curve", None)
+    if fitted is None or curve is None:
+        return dict(post or {}, threshold=threshold), f"threshold: fixed {threshold:g} (--threshold)"
+    rows = curve.table()
+
+    def dice_at(t):
+        return min(rows, key=lambda r: abs(r["threshold"] - t))["dice"]
+
+    line = (f"threshold: fixed {threshold:g} (--threshold): OOF blend Dice {dice_at(threshold):.4f}; at the threshold "
+            f"fitted on the OOF blend, {fitted:g}: {dice_at(fitted):.4f} (difference "
+            f"{dice_at(fitted) - dice_at(threshold):+.4f})")
+    return dict(post, threshold=threshold), line
 
 
 def read_specs(runs, tfrec_dir=None, *, task):
@@ -146,6 +169,9 @@ def _parse_args(argv):
     p.add_argument("--submission", required=True,
                    help="output: CSV (classification); directory or .tar of TIFFs (segmentation)")
     p.add_argument("--k", type=int, default=5, help="predictions per row")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="segmentation: write the submission at this threshold (e.g. 0.5, the On Cloud N 3rd "
+                        "place's) instead of the one fitted on the OOF blend; both are reported")
     logs.add_flags(p)
     args = p.parse_args(argv)
     if not args.template and not args.data_dir:
@@ -174,7 +200,7 @@ def main(argv=None):
         template = args.template or task.default_template(args.data_dir, args.tfrec_dir)
         paths.extend(make_ensemble(args.runs, args.submission, template, args.tfrec_dir,
                                    parse_weights(args.weights), args.fit_weights, args.fit_metric,
-                                   args.tta, args.k, task=task))
+                                   args.tta, args.k, task=task, threshold=args.threshold))
 
     rc = run_main(work)
     if not rc:

@@ -34,10 +34,7 @@ def assign_folds(labels, n_folds, seed, groups=None):
     group in one fold. Every row is assigned, also those of tiny classes."""
     labels = np.asarray(labels)
     n = len(labels)
-    if n < n_folds:
-        raise ValueError(f"{n} training rows cannot be split into {n_folds} folds")
-    if groups is not None and len(np.unique(groups)) < n_folds:
-        raise ValueError(f"{len(np.unique(groups))} groups cannot be split into {n_folds} folds")
+    check_splittable(n, None if groups is None else len(np.unique(groups)), n_folds)
     folds = np.full(n, -1, dtype=np.int64)
     with warnings.catch_warnings():
         # sklearn warns about classes smaller than n_folds; convert reports them in one line.
@@ -46,6 +43,35 @@ def assign_folds(labels, n_folds, seed, groups=None):
             folds[val] = k
     assert (folds >= 0).all(), "a row was assigned to no fold"
     return folds
+
+
+def check_splittable(n_rows, n_groups, n_folds):
+    """ValueError when ``n_rows`` rows (or ``n_groups`` groups, when not None) cannot fill ``n_folds`` folds,
+    naming the fix (fewer folds with --n_folds)."""
+    count, what = (n_rows, "training rows") if n_groups is None or n_rows < n_folds else (n_groups, "groups")
+    if count < n_folds:
+        raise ValueError(f"{count} {what} cannot be split into {n_folds} folds: convert with --n_folds {count} "
+                         f"or fewer (at least 2)" if count >= 2 else
+                         f"{count} {what} cannot be split into {n_folds} folds: at least 2 are needed")
+
+
+def round_robin_folds(groups, n_folds, seed):
+    """Fold index of every row by groups dealt round-robin, as the 3rd-place On Cloud N solution's
+    ``create_folds.py``: the groups ordered by row count, most rows first (ties by name), go in
+    consecutive blocks of ``n_folds``; each block takes a random permutation of 0..n_folds-1 (seeded
+    here; the winner's ``random.shuffle`` is unseeded) and its j-th group gets the j-th fold."""
+    groups = np.asarray(groups).astype(str)
+    names, counts = np.unique(groups, return_counts=True)
+    check_splittable(len(groups), len(names), n_folds)
+    order = sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))
+    rng = np.random.default_rng(seed)
+    fold_of = {}
+    perm = np.arange(n_folds)
+    for rank, i in enumerate(order):
+        if rank % n_folds == 0:
+            perm = rng.permutation(n_folds)
+        fold_of[names[i]] = int(perm[rank % n_folds])
+    return np.array([fold_of[g] for g in groups], np.int64)
 
 
 def _splitter(labels, n_folds, seed, groups):

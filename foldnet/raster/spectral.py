@@ -36,6 +36,20 @@ Normalisation of raw bands (``norm``)
     zero (e.g. a QA band that is always 0 in the 1-99 % quantiles) maps to
     ``x - low`` clipped to [0, 1], i.e. it stays a 0/1-ish flag.
 
+Normalisations without statistics (the 3rd-place On Cloud N solution's, ``Dataset.py:59-67``)
+    ``fixed``: ``min(x / norm_max, 1)`` with one number ``norm_max`` for every band;
+    ``band_max``: ``min(x / norm_max[band], 1)`` with a mapping ``{band: value}``;
+    ``image_minmax``: per image and band ``(x - min) / (max - min)`` over all pixels of
+    the tile (missing ones included, as the winner), 0 for a constant band (the
+    winner divides by 0 there). No lower clip in any of them (the winner has none).
+    Missing pixels take 0, the value a 0 gets.
+
+Output range (``norm_output``)
+    ``unit``: the values above; ``symmetric``: ``2u - 1`` of every channel (the
+    winner's ``preprocess_inputs_float``, ``utils.py:128-132``), missing pixels too.
+    ``Features.value_range`` is the range the channels lie in ((0, 1), (-1, 1), or
+    None for z-score), used by the value augmentations (``views.photometric``).
+
 Padding
     ``pad_to_multiple`` pads H and W to a multiple of 32 (350 -> 352, one
     pixel before and one after), ``crop_padding`` crops back.
@@ -212,6 +226,44 @@ def band_affine(band_stats, norm):
     return out
 
 
+FIXED_NORMS = ("fixed", "band_max", "image_minmax")  # no band statistics needed
+NORMS = ("quantile", "minmax", "zscore", *FIXED_NORMS)
+NORM_OUTPUTS = ("unit", "symmetric")
+
+
+def norm_max_problems(norm, norm_max, bands):
+    """Every problem of ``norm_max`` for ``norm`` and the kept ``bands``, as lines."""
+    def bad_number(v):
+        return isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or float(v) <= 0
+
+    if norm == "fixed":
+        if norm_max is None or isinstance(norm_max, dict) or bad_number(norm_max):
+            return [f"norm: fixed needs norm_max, one positive finite number (e.g. 20000), got {norm_max!r}"]
+    elif norm == "band_max":
+        if not isinstance(norm_max, dict):
+            return [f"norm: band_max needs norm_max, a mapping {{band: positive number}} over bands {list(bands)}, "
+                    f"got {norm_max!r}"]
+        problems = [f"norm_max has no value for band {b!r}" for b in bands if b not in norm_max]
+        problems += [f"norm_max.{b} must be a positive finite number, got {v!r}" for b, v in norm_max.items()
+                     if bad_number(v)]
+        return problems
+    elif norm_max is not None:
+        return [f"norm_max is used by norm fixed or band_max only, not {norm}"]
+    return []
+
+
+def fixed_affine(norm, norm_max, bands):
+    """(scale, shift, low, high, fill) per band of the ``fixed`` / ``band_max`` / ``image_minmax``
+    normalisations (image_minmax: the identity; the tile's own range is applied in ``Features``)."""
+    problems = norm_max_problems(norm, norm_max, bands)
+    if problems:
+        raise ValueError("; ".join(problems))
+    if norm == "image_minmax":
+        return [(1.0, 0.0, -math.inf, math.inf, 0.0) for _ in bands]
+    divisors = [norm_max[b] if norm == "band_max" else norm_max for b in bands]
+    return [(1.0 / float(d), 0.0, -math.inf, 1.0, 0.0) for d in divisors]
+
+
 class Features:
     """Raw tile -> normalised features ``[H, W, F]`` float32 (see module doc).
 
@@ -225,7 +277,8 @@ class Features:
     """
 
     def __init__(self, manifest, bands=None, indices=(), norm="quantile", index_ranges=None, mask_indices=True,
-                 qa_clear=(0,), reflectance_scale=1.0, reflectance_offset=0.0, jit_compile=True):
+                 qa_clear=(0,), reflectance_scale=1.0, reflectance_offset=0.0, jit_compile=True, norm_max=None,
+                 norm_output="unit"):
         image = manifest["image"]
         self.all_bands = list(image["bands"])
         self.bands = list(self.all_bands if bands is None else bands)
@@ -234,12 +287,20 @@ class Features:
             raise ValueError(f"bands {unknown} are not in the dataset's bands {self.all_bands}")
         self.indices = list(indices)
         check_indices(self.indices, self.all_bands)
-        stats = {s["band"]: s for s in manifest["band_stats"]}
-        missing_stats = [b for b in self.bands if b not in stats]
-        if missing_stats:
-            raise ValueError(f"manifest band_stats has no statistics for band(s) {missing_stats}")
         self.norm = norm
-        self._affine = band_affine([stats[b] for b in self.bands], norm)
+        if norm_output not in NORM_OUTPUTS:
+            raise ValueError(f"unknown norm_output {norm_output!r}; use {' or '.join(NORM_OUTPUTS)}")
+        if norm_output == "symmetric" and norm == "zscore":
+            raise ValueError("norm_output: symmetric maps [0, 1] to [-1, 1]; z-scores are not in [0, 1]")
+        self.norm_output = norm_output
+        if norm in FIXED_NORMS:
+            self._affine = fixed_affine(norm, norm_max, self.bands)
+        else:
+            stats = {s["band"]: s for s in manifest["band_stats"]}
+            missing_stats = [b for b in self.bands if b not in stats]
+            if missing_stats:
+                raise ValueError(f"manifest band_stats has no statistics for band(s) {missing_stats}")
+            self._affine = band_affine([stats[b] for b in self.bands], norm)
         self._positions = [self.all_bands.index(b) for b in self.bands]
         self.index_ranges = {n: tuple(float(v) for v in (index_ranges or {}).get(n, INDICES[n].range))
                              for n in self.indices}
@@ -253,6 +314,13 @@ class Features:
         # indices) faster in tf.data on CPU (bench/bench_seg_pipeline.py)
         self._compiled = tf.function(self._compute, jit_compile=True) if jit_compile else None
         self._compiled_padded = {}  # pad multiple -> compiled features + reflect padding
+
+    @property
+    def value_range(self):
+        """(low, high) of every channel, or None when unbounded (z-score)."""
+        if self.norm == "zscore":
+            return None
+        return (-1.0, 1.0) if self.norm_output == "symmetric" else (0.0, 1.0)
 
     @property
     def names(self):
@@ -305,10 +373,17 @@ class Features:
         else:
             positions = tf.constant(self._positions, tf.int32, shape=[len(self._positions)])
             chosen, chosen_miss = tf.gather(x, positions, axis=-1), tf.gather(miss, positions, axis=-1)
+        if self.norm == "image_minmax":  # the tile's own range per band (all pixels), 0 for a constant band
+            lo = tf.reduce_min(chosen, axis=[-3, -2], keepdims=True)
+            span = tf.reduce_max(chosen, axis=[-3, -2], keepdims=True) - lo
+            shift, scale = lo, tf.where(span > 0, 1.0 / tf.where(span > 0, span, 1.0), 0.0)
         # minimum/maximum: clip_by_value costs twice as much here
         out = tf.where(chosen_miss, fill, tf.minimum(tf.maximum((chosen - shift) * scale, low), high))
-        if not self.indices:
-            return out
+        if self.indices:
+            out = self._with_indices(out, image, valid, miss)
+        return 2.0 * out - 1.0 if self.norm_output == "symmetric" else out
+
+    def _with_indices(self, out, image, valid, miss):
         values, oks = self.raw_indices(image, valid, miss)
         channels = []
         for name, value, ok in zip(self.indices, values, oks):

@@ -74,3 +74,16 @@ def test_unknown_member_is_refused(tmp_path, tiny_tfrec):
     out = subprocess.run(["bash", os.path.join(ROOT, "run_training.sh")], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, PYTHON=sys.executable, MODELS="no_such_member", TFREC_DIR=tiny_tfrec))
     assert out.returncode != 0 and "no_such_member" in out.stderr
+
+
+def test_member_config_takes_nested_names_and_repository_paths(tmp_path):
+    """MODELS entries: models/cloud/NAME.yaml from anywhere (repository-relative), cloud/NAME, or a file."""
+    script = ('here="$1"; source "$here/scripts/members.sh"; '
+              'member_config models/cloud/b0ns_4b_30000.yaml; member_config cloud/b3ns_4b; '
+              'RUNS_DIR=/r member_run_dir models/cloud/b3ns_4b.yaml; member_config nonexistent')
+    out = subprocess.run(["bash", "-c", script, "bash", ROOT], cwd=str(tmp_path), capture_output=True, text=True)
+    lines = out.stdout.split()
+    assert lines[0] == os.path.join(ROOT, "models/cloud/b0ns_4b_30000.yaml") and os.path.isfile(lines[0])
+    assert lines[1] == os.path.join(ROOT, "models/cloud/b3ns_4b.yaml")
+    assert lines[2] == "/r/b3ns_4b"
+    assert out.returncode == 2 and "member 'nonexistent' is neither a YAML file nor models/nonexistent.yaml" in out.stderr

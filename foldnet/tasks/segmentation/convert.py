@@ -191,11 +191,13 @@ def build_manifest(dataset, shape, dtype, files, counts, band_stats, exact, posi
 def create_seg_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=None, test_csv=None, id_col="id",
                          image_col="image", mask_col="mask", group_col=None, bands=None, missing_value=None,
                          n_folds=5, seed=42, group_duplicates="default", stratify_bins=3, shard_size="150MB",
-                         workers=None, skip_bad=False, overwrite=False, progress=True):
+                         workers=None, skip_bad=False, overwrite=False, progress=True, fold_method="stratified"):
     """Convert a segmentation layout into a TFRecord directory (seg_records format); return its manifest.
 
     ``group_duplicates``: cosine-similarity threshold of near-duplicate
     grouping ("default": 0.97 for kelp, off otherwise; None: off).
+    ``fold_method``: ``stratified`` (stratified group K-fold) or ``round_robin``
+    (``folds.round_robin_folds`` over the groups, e.g. On Cloud N's locations).
     ``out_dir`` defaults to ``<data dir>/tfrec``. A directory holding a
     manifest with the same input fingerprint is kept (unless ``overwrite``).
     """
@@ -211,6 +213,8 @@ def create_seg_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=None,
              "group_duplicates": group_duplicates, "group_col": group_col, "stratify_bins": stratify_bins,
              "id_col": id_col, "image_col": image_col, "mask_col": mask_col, "bands": list(dataset.bands.names),
              "missing_value": dataset.bands.missing_value}
+    if fold_method != "stratified":  # only then: directories converted before the option stay current
+        flags["fold_method"] = fold_method
     fp = fingerprint(dataset, flags)
     return write_unless_current(out_dir, fp, overwrite,
                                 lambda: convert_seg_dataset(dataset, out_dir, flags, fp, workers, progress))
@@ -229,7 +233,13 @@ def convert_seg_dataset(dataset, out_dir, flags, fp, workers, progress):
         say(f"near-duplicates: {n_grouped} tiles in clusters of 2 or more (threshold {flags['group_duplicates']})")
     strata = tile_strata([i.props for i in train_infos], flags["stratify_bins"])
     try:
-        fold = folds_mod.assign_folds(strata, flags["n_folds"], flags["seed"], groups)
+        if flags.get("fold_method") == "round_robin":
+            if groups is None:
+                raise ValueError("--fold_method round_robin deals groups to folds, and the tiles have no groups "
+                                 "(give --group_col, or a layout with locations such as cloud)")
+            fold = folds_mod.round_robin_folds(groups, flags["n_folds"], flags["seed"])
+        else:
+            fold = folds_mod.assign_folds(strata, flags["n_folds"], flags["seed"], groups)
     except ValueError as e:
         raise DataError(f"cannot assign folds: {e}") from e
     jobs = plan_jobs(dataset, fold, group_names, flags["seed"])
@@ -266,4 +276,5 @@ def convert_from_flags(layout, flags):
         missing_value=missing, n_folds=flags["n_folds"], seed=flags["seed"],
         group_duplicates="default" if flags["group_duplicates"] is None else flags["group_duplicates"],
         stratify_bins=flags["stratify_bins"], shard_size=flags["shard_size"], workers=flags["workers"],
-        skip_bad=flags["skip_bad"], overwrite=flags["overwrite"], progress=flags["progress"])
+        skip_bad=flags["skip_bad"], overwrite=flags["overwrite"], progress=flags["progress"],
+        fold_method=flags.get("fold_method") or "stratified")

@@ -172,7 +172,11 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
     # Flips and 90-degree turns move whole pixels and the features are per pixel: they
     # commute, so the raw bands are moved before the features (fewer, smaller channels).
     # A resampling (affine) map does not commute: it moves the features.
-    raw_first = not (augment.get("scale") or augment.get("rotate") or augment.get("shift"))
+    # So do the value maps of map_aug (photometric, elastic, cutout): they act on the features' range.
+    map_aug = augment.get("map_aug") or {}
+    raw_first = not (augment.get("scale") or augment.get("rotate") or augment.get("shift")
+                     or any(map_aug.get(k) for k in ("p", "photometric_p", "elastic_p", "cutout_p")))
+    binary = map_aug.get("target_interp") == "bilinear"
 
     def make(ex):
         image, mask, valid = ex["image"], ex["mask"], ex["valid"]
@@ -180,7 +184,9 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
             image, mask, valid = paired_augment(image, mask, valid, **augment)
             x = features(image, valid, pad_multiple)
         else:
-            x, mask, valid = paired_augment(features(image, valid), mask, valid, **augment)
+            x, mask, valid = paired_augment(features(image, valid), mask, valid, value_range=features.value_range,
+                                            **augment)
+            mask = tf.cast(mask > 0.5, tf.float32) if binary else mask  # a bilinear mask, binarised
             x = spectral.pad_to_multiple(x, pad_multiple, "REFLECT") if pad_multiple else x
         return x, _pad_target(_target(mask, valid, _group_of(ex, groups)), pad_multiple)
 

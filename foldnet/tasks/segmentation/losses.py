@@ -219,9 +219,9 @@ class LocationIoU(keras.metrics.Metric):
     ``group_index``), in ``[0, n_groups)``.
     """
 
-    def __init__(self, n_groups, threshold=DEFAULT_THRESHOLD, name="location_iou", **kwargs):
+    def __init__(self, n_groups, threshold=DEFAULT_THRESHOLD, name="location_iou", empty=1.0, **kwargs):
         super().__init__(name=name, **kwargs)
-        self.n_groups, self.threshold = int(n_groups), float(threshold)
+        self.n_groups, self.threshold, self.empty = int(n_groups), float(threshold), float(empty)
         self.inter = self.add_weight("inter", shape=[self.n_groups], initializer="zeros")
         self.union = self.add_weight("union", shape=[self.n_groups], initializer="zeros")
         self.tiles = self.add_weight("tiles", shape=[self.n_groups], initializer="zeros")
@@ -237,7 +237,7 @@ class LocationIoU(keras.metrics.Metric):
 
     def result(self):
         seen = self.tiles > 0
-        iou = tf.where(self.union > 0, self.inter / tf.maximum(self.union, 1.0), 1.0)
+        iou = tf.where(self.union > 0, self.inter / tf.maximum(self.union, 1.0), self.empty)
         n_seen = tf.reduce_sum(tf.cast(seen, tf.float32))
         return tf.where(n_seen > 0, tf.reduce_sum(tf.where(seen, iou, 0.0)) / tf.maximum(n_seen, 1.0), 1.0)
 
@@ -246,11 +246,12 @@ class LocationIoU(keras.metrics.Metric):
             v.assign(tf.zeros_like(v))
 
     def get_config(self):
-        return {**super().get_config(), "n_groups": self.n_groups, "threshold": self.threshold}
+        return {**super().get_config(), "n_groups": self.n_groups, "threshold": self.threshold, "empty": self.empty}
 
 
-def make_metrics(names=("dice", "iou"), threshold=DEFAULT_THRESHOLD, n_groups=None):
-    """Keras metrics by name: dice, iou, location_iou (needs ``n_groups`` and a group channel)."""
+def make_metrics(names=("dice", "iou"), threshold=DEFAULT_THRESHOLD, n_groups=None, empty_location=1.0):
+    """Keras metrics by name: dice, iou, location_iou (needs ``n_groups`` and a group channel; a location
+    without true or predicted pixels scores ``empty_location``)."""
     out = []
     for name in names:
         if name in ("dice", "iou"):
@@ -258,7 +259,7 @@ def make_metrics(names=("dice", "iou"), threshold=DEFAULT_THRESHOLD, n_groups=No
         elif name == "location_iou":
             if not n_groups:
                 raise ConfigError("metric location_iou needs the number of groups (locations) of the dataset")
-            out.append(LocationIoU(n_groups, threshold))
+            out.append(LocationIoU(n_groups, threshold, empty=empty_location))
         else:
             raise ConfigError(f"unknown segmentation metric {name!r} (dice, iou, location_iou)")
     return out

@@ -14,7 +14,8 @@ Conventions (shared by every function here):
   (On Cloud N). When there is nothing positive in the truth and nothing
   predicted (denominator 0) the score is 1.0: nothing to find, nothing found.
 * Location-weighted IoU: per location sum(I) / sum(U) over its tiles, then
-  the unweighted mean over locations (a location with U = 0 counts 1.0).
+  the unweighted mean over locations (a location with U = 0 counts 1.0; ``location_iou_empty0``
+  counts it 0, as the 3rd-place On Cloud N solution's validation metric).
 """
 import numpy as np
 
@@ -234,21 +235,26 @@ class Scores:
             self.per_location[loc] = (inter + i, union + u)
         return self
 
-    def location_iou(self):
-        """(mean over locations of sum I / sum U, {location: iou}); (None, {}) without locations."""
+    def location_iou(self, empty=1.0):
+        """(mean over locations of sum I / sum U, {location: iou}); (None, {}) without locations.
+
+        empty: the IoU of a location with no predicted and no true pixel (sum U = 0): 1.0, foldnet's
+        convention, or 0.0, the 3rd-place On Cloud N solution's (``train.py:160-162``)."""
         if not self.per_location:
             return None, {}
-        ious = {loc: (1.0 if u == 0 else i / u) for loc, (i, u) in sorted(self.per_location.items())}
+        ious = {loc: (float(empty) if u == 0 else i / u) for loc, (i, u) in sorted(self.per_location.items())}
         return float(np.mean(list(ious.values()))), ious
 
     def result(self, metric="dice"):
-        """{dice, iou[, location_iou], dice_best, threshold}: pooled at ``threshold`` and the best of the curve."""
+        """{dice, iou[, location_iou, location_iou_empty0], dice_best, threshold}: pooled at ``threshold``
+        and the best of the curve; location_iou_empty0 scores an empty location 0 (``location_iou``)."""
         rows = self.curve.table()
         best = best_threshold(rows, metric)
         out = {"dice": dice_from(self.tp, self.fp, self.fn), "iou": iou_from(self.tp, self.fp, self.fn)}
         loc, _ = self.location_iou()
         if loc is not None:
             out["location_iou"] = loc
+            out["location_iou_empty0"] = self.location_iou(empty=0.0)[0]
         out.update({"dice_best": best["dice"], "threshold": best["threshold"]})
         return out
 

@@ -1,7 +1,9 @@
 """Settings of the segmentation task (its section of run.py's config)."""
-from foldnet.core.settings import Setting, as_bool
+from foldnet.core.settings import Setting, as_bool, number_or_mapping
 
-NORMS = ("quantile", "minmax", "zscore")
+# The same tuples as raster.spectral.NORMS / NORM_OUTPUTS (that module needs TensorFlow; a test keeps them equal).
+NORMS = ("quantile", "minmax", "zscore", "fixed", "band_max", "image_minmax")
+NORM_OUTPUTS = ("unit", "symmetric")
 # The decision threshold of a probability map when none was fitted on out-of-fold maps.
 DEFAULT_THRESHOLD = 0.5
 
@@ -9,7 +11,20 @@ SETTINGS = (
     Setting("seg_bands", list, None, "Segmentation: raw bands kept as channels (default: all bands of the dataset)"),
     Setting("indices", list, None,
             "Segmentation: spectral indices added as channels (foldnet.raster.spectral.INDICES), e.g. NDVI NDWI"),
-    Setting("norm", str, "quantile", f"Segmentation: normalisation of raw bands: {', '.join(NORMS)}", choices=NORMS),
+    Setting("norm", str, "quantile",
+            f"Segmentation: normalisation of raw bands: {', '.join(NORMS)} (quantile/minmax/zscore from the "
+            "manifest's band_stats; fixed: min(x / norm_max, 1); band_max: min(x / norm_max[band], 1); "
+            "image_minmax: per tile and band (x - min) / (max - min))", choices=NORMS),
+    Setting("norm_max", number_or_mapping, None,
+            "Segmentation: the divisor of norm fixed (a number, e.g. 20000) or band_max (a mapping, e.g. "
+            "'{B02: 22500, B03: 21000}')"),
+    Setting("norm_output", str, "unit",
+            "Segmentation: range of the normalised bands: unit = [0, 1]; symmetric = 2x - 1, in [-1, 1]",
+            choices=NORM_OUTPUTS),
+    Setting("location_iou_empty", str, "one",
+            "Segmentation: the val_location_iou of a location without true or predicted pixels: one (foldnet) or "
+            "zero (the On Cloud N 3rd place's checkpoint metric); the score job reports both conventions",
+            choices=("one", "zero")),
     Setting("mask_indices", as_bool, True, "Segmentation: keep indices only on clear water (QA clear, DEM <= 0)"),
     Setting("sampler", dict, None,
             "Segmentation: weighted tile sampler terms of tiles.csv, e.g. '{has_positive: 2, cloud_share: -1}' "

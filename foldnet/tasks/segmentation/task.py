@@ -56,6 +56,7 @@ SPEC_FILE = "seg_spec.json"
 INDEX_FIT_TILES = 64
 INDEX_RANGES_FILE = "index_ranges.json"  # in the run dir: the ranges training used
 DEFAULT_LOSS = "dice"
+EMPTY_LOCATION = {"one": 1.0, "zero": 0.0}  # setting location_iou_empty -> the IoU of an empty location
 
 
 class SegSpec:
@@ -109,13 +110,14 @@ def augment_options(cfg):
     """``views.paired_augment`` options from the shared augmentation settings:
     aug_number >= 1 flips, >= 3 also 90-degree turns (augment.TRANSFORMS order: identity,
     flip_lr, flip_ud, rot90, ...); aug_crop_scale: zoom 1/(1+x)..(1+x) and shift x/2;
-    aug_rotate: small rotation in degrees."""
+    aug_rotate: small rotation in degrees; map_aug: the paired affine / photometric /
+    elastic / cutout maps (``views.paired_augment``)."""
     aug = cfg.aug if hasattr(cfg, "aug") else None
     number = aug.number if aug else cfg["aug_number"]
     crop = aug.crop_scale if aug else cfg["aug_crop_scale"]
     rotate = aug.rotate if aug else cfg["aug_rotate"]
     return {"flip": number >= 1, "rot90": number >= 3, "scale": float(crop), "shift": float(crop) / 2,
-            "rotate": float(rotate)}
+            "rotate": float(rotate), "map_aug": dict(cfg["map_aug"] or {})}
 
 
 class SegmentationTask(tasks.Task):
@@ -125,12 +127,13 @@ class SegmentationTask(tasks.Task):
     layouts = settings.LAYOUTS
     evaluate_module = settings.EVALUATE
     default_monitor = "val_dice"
-    score_keys = ("dice", "iou", "location_iou", "dice_best", "threshold")
+    score_keys = ("dice", "iou", "location_iou", "location_iou_empty0", "dice_best", "threshold")
     default_fit_metric = "dice"
     submission_name = "submission"
     score_note = ("dice/iou: pooled over all pixels of all tiles at threshold 0.5; location_iou (when tiles.csv "
                   "names groups): per location sum of intersections / sum of unions at 0.5, then the mean over "
-                  "locations; dice_best: the best pooled Dice over thresholds 0.05..0.95, reached at threshold.")
+                  "locations, a location without true or predicted pixels counting 1 (location_iou_empty0: 0, "
+                  "the On Cloud N 3rd place's convention); dice_best: the best pooled Dice over thresholds 0.05..0.95, reached at threshold.")
 
     def __init__(self):
         self._index_ranges = {}
@@ -161,7 +164,8 @@ class SegmentationTask(tasks.Task):
         key = (cfg["run_dir"], manifest["dir"], manifest.get("fingerprint"), tuple(indices), bool(cfg["mask_indices"]))
         ranges = self._index_ranges.get(key)
         build = lambda r: spectral.Features(manifest, bands=cfg["seg_bands"], indices=indices,  # noqa: E731
-                                            norm=cfg["norm"], index_ranges=r, mask_indices=cfg["mask_indices"])
+                                            norm=cfg["norm"], index_ranges=r, mask_indices=cfg["mask_indices"],
+                                            norm_max=cfg["norm_max"], norm_output=cfg["norm_output"])
         if ranges is None:
             ranges = self._stored_index_ranges(cfg["run_dir"], indices)
         if ranges is None:
@@ -262,6 +266,9 @@ class SegmentationTask(tasks.Task):
             spectral.check_indices(list(cfg["indices"] or []), spec.bands)
         except ValueError as e:
             problems.append(f"indices: {e}")
+        problems += spectral.norm_max_problems(cfg["norm"], cfg["norm_max"], cfg["seg_bands"] or spec.bands)
+        if cfg["norm_output"] == "symmetric" and cfg["norm"] == "zscore":
+            problems.append("norm_output: symmetric maps [0, 1] to [-1, 1]; norm zscore is not in [0, 1]")
         unknown = [b for b in (cfg["seg_bands"] or []) if b not in spec.bands]
         if unknown:
             problems.append(f"seg_bands {unknown} are not bands of the dataset ({', '.join(spec.bands)})")
@@ -304,7 +311,8 @@ class SegmentationTask(tasks.Task):
             n_groups = len(self._group_index(records.load_manifest(cfg["tfrec_dir"]), cfg))
             names.append("location_iou")
         model.compile(optimizer=optimizer, loss=seg_losses.make_loss(cfg["loss"] or DEFAULT_LOSS),
-                      metrics=seg_losses.make_metrics(names, settings.DEFAULT_THRESHOLD, n_groups), jit_compile=bool(cfg["jit_compile"]))
+                      metrics=seg_losses.make_metrics(names, settings.DEFAULT_THRESHOLD, n_groups, EMPTY_LOCATION[cfg["location_iou_empty"]]),
+                      jit_compile=bool(cfg["jit_compile"]))
         return model
 
     # -- prediction files

@@ -81,7 +81,8 @@ def _opt(cfg, key, default):
 def options(cfg):
     """Keyword arguments of the pipelines from run settings (a config.Config or a dict): temporal_input,
     month_dropout (train), augment (train: aug_number >= 1 flips, >= 3 also 90-degree turns; aug_rotate
-    degrees; aug_crop_scale zoom and shift), norm (``band_norm``: {band: [lo, hi]} overriding the manifest)."""
+    degrees; aug_crop_scale zoom and shift; map_aug the paired affine / photometric / elastic / cutout maps on
+    the [0, 1] bands), norm (``band_norm``: {band: [lo, hi]} overriding the manifest)."""
     aug = cfg.aug if hasattr(cfg, "aug") else None
     number = aug.number if aug else _opt(cfg, "aug_number", 3)
     crop = aug.crop_scale if aug else _opt(cfg, "aug_crop_scale", 0.0)
@@ -89,7 +90,7 @@ def options(cfg):
     return {"temporal_input": _opt(cfg, "temporal_input", "all"), "norm": _opt(cfg, "band_norm", None),
             "month_dropout": float(_opt(cfg, "month_dropout", 0.0)),
             "augment": {"flip": number >= 1, "rot90": number >= 3, "rotate": float(rotate), "scale": float(crop),
-                        "shift": float(crop) / 2}}
+                        "shift": float(crop) / 2, "map_aug": dict(_opt(cfg, "map_aug", None) or {})}}
 
 
 # ---------------------------------------------------------------- per chip
@@ -243,7 +244,9 @@ def train_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, m
         ds = ds.cache()
     ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
 
-    affine = any(aug.get(k) for k in ("rotate", "scale", "shift"))
+    map_aug = aug.get("map_aug") or {}
+    affine = any(aug.get(k) for k in ("rotate", "scale", "shift")) or any(
+        map_aug.get(k) for k in ("p", "photometric_p", "elastic_p", "cutout_p"))
     turns = not affine and bool(aug.get("flip") or aug.get("rot90"))
 
     def make(serialized):

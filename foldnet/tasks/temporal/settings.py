@@ -31,4 +31,4 @@ DEMO_KINDS = {"biomass": ("foldnet.tasks.temporal.demo_data:biomass_from_args", 
 EVALUATE = "foldnet.tasks.temporal.evaluate"
 BASELINE = None
 # create_tfrecords.py flags (with their defaults) this task refuses besides the classification ones
-REFUSED_FLAGS: dict = {"mask_col": None, "group_col": None, "group_duplicates": None}
+REFUSED_FLAGS: dict = {"mask_col": None, "group_col": None, "group_duplicates": None, "fold_method": "stratified"}

@@ -164,7 +164,7 @@ def test_options_from_settings():
     o = td.options({"temporal_input": "mean", "month_dropout": 0.2, "aug_number": 3, "aug_rotate": 10.0,
                     "aug_crop_scale": 0.0, "band_norm": None})
     assert o["temporal_input"] == "mean" and o["month_dropout"] == 0.2 and o["norm"] is None
-    assert o["augment"] == {"flip": True, "rot90": True, "rotate": 10.0, "scale": 0.0, "shift": 0.0}
+    assert o["augment"] == {"flip": True, "rot90": True, "rotate": 10.0, "scale": 0.0, "shift": 0.0, "map_aug": {}}
 
 
 def test_flip_turn_index_is_one_of_the_eight_square_symmetries():
@@ -180,3 +180,21 @@ def test_flip_turn_index_is_one_of_the_eight_square_symmetries():
     assert len(seen) == 8  # every symmetry drawn
     only_flips = {td.move_pixels(x, td.flip_turn_index(5, 5, rot90=False)).numpy().tobytes() for _ in range(40)}
     assert only_flips == {views[k] for k in ("identity", "flip_lr", "flip_ud", "rot180")}
+
+
+def test_map_aug_reaches_the_temporal_pair():
+    # the shared map_aug setting: cutout zeroes every month and the target in one box; the affine moves
+    # months and target together (target drawn from the image stays the image's)
+    o = td.options({"aug_number": 0, "map_aug": {"cutout_p": 1.0}})
+    assert o["augment"]["map_aug"] == {"cutout_p": 1.0}
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0.1, 1.0, [3, 16, 16, 2]).astype(np.float32))
+    target = tf.constant(rng.uniform(1.0, 5.0, [16, 16]).astype(np.float32))
+    out, t = td.augment_pair(x, target, o["augment"])
+    cut = (out.numpy() == 0).all(axis=(0, 3))
+    assert cut.any() and (t.numpy()[cut] == 0).all() and (t.numpy()[~cut] > 0).all()
+    ramp = np.tile(np.arange(16, dtype=np.float32), [16, 1])
+    x = tf.constant(np.repeat(ramp[None, ..., None], 3, 0))
+    out, t = td.augment_pair(x, tf.constant(ramp), {"flip": True, "rot90": True, "map_aug": {"p": 1.0, "rotate": 30}})
+    np.testing.assert_allclose(out.numpy()[1, ..., 0], t.numpy(), atol=1.01)  # nearest vs bilinear only
+    assert np.abs(t.numpy() - ramp).max() > 1
