@@ -165,8 +165,6 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
     import json
     import os
 
-    from tests.engine.test_training import tiny_cfg
-
     from foldnet.engine import runner
     from foldnet.ensemble import cli as ensemble
     from foldnet.ensemble.averaging import average_test
@@ -174,6 +172,7 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
     from foldnet.tasks import base as tasks
     from foldnet.tasks.classification import data
     from foldnet.tasks.classification.convert import create_tfrecords
+    from tests.engine.test_training import tiny_cfg
 
     tfrec = str(tmp_path / "tfrec")
     manifest = create_tfrecords(data_dir=tiny_turtle_dir, out_dir=tfrec, n_folds=3, workers=1, progress=False,
