@@ -10,6 +10,8 @@
 #              (averaged probabilities with ids) and <stem>.scores.md (OOF scores)
 # WEIGHTS      member weights, comma separated in MODELS order (default: equal)
 # FIT_WEIGHTS  1 to fit member weights on out-of-fold predictions (max OOF MAP@5)
+# OPENSET      fitted (default): the open-set rule fitted on OOF puts the new label first for
+#              images that look unseen; natural: the plain new_turtle rule of the original solution
 # RUN_ARGS     extra run.py flags for prediction, e.g. "--batch_size 16 --tta_number 3"
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,5 +37,6 @@ done
 args=(--runs "${run_dirs[@]}" --data_dir "$DATA_DIR" --tfrec_dir "$TFREC_DIR" --submission "$SUBMISSION")
 [ -n "${WEIGHTS:-}" ] && args+=(--weights "$WEIGHTS")
 [ "${FIT_WEIGHTS:-0}" = "1" ] && args+=(--fit_weights)
+[ -n "${OPENSET:-}" ] && args+=(--openset "$OPENSET")
 echo "== ensembling ${#run_dirs[@]} member(s) -> $SUBMISSION"
 "$PYTHON" -m foldnet.ensemble.cli "${args[@]}" "$@"

@@ -11,7 +11,7 @@ Command line::
 
     python -m foldnet.ensemble.cli --runs RUN_DIR [RUN_DIR ...] --data_dir DIR
         [--tfrec_dir DIR] [--template CSV] [--weights 1,2,...] [--fit_weights]
-        --submission PATH [--k 5]
+        --submission PATH [--k 5] [--openset fitted|natural]
 
 No TensorFlow here: this module runs in light processes. Local paths only.
 """
@@ -33,21 +33,30 @@ from foldnet.tasks import base as tasks
 
 # By name, not __name__: run as ``python -m foldnet.ensemble.cli`` this module is __main__, outside "foldnet".
 log = logging.getLogger("foldnet.ensemble.cli")
+OPENSET_CHOICES = ("fitted", "natural")
 
 
 def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=False, fit_metric=None,
-                  tta="mean", k=5, task=None):
+                  tta="mean", k=5, task=None, openset="fitted"):
     """Ensemble ``runs`` into the submission ``out_path``; returns the paths written.
 
     template: the submission template (classification: sample submission CSV
     whose first column lists the test ids). weights: member weights (None =
     equal). fit: fit the weights on OOF with ``fit_metric`` (default: the
-    task's ``default_fit_metric``). DataError / ConfigError on bad input,
-    before anything is written.
+    task's ``default_fit_metric``). openset (classification): ``fitted``
+    = the open-set rule refitted on the OOF blend (``openset``), ``natural``
+    = only the plain new-label rule (``ranking.top_k_labels``: the new label
+    at the rank of the first non-original class), as the Turtle Recall
+    original's ensemble.py did. DataError / ConfigError on bad input, before
+    anything is written.
     """
     runs = [str(r) for r in runs]
     task = task or tasks.get(rundir.runs_task(runs))
     fit_metric = fit_metric or task.default_fit_metric
+    if openset not in OPENSET_CHOICES:
+        raise ConfigError(f"--openset {openset!r}: choose one of {', '.join(OPENSET_CHOICES)}")
+    if openset == "natural" and task.row_value_key is None:
+        raise ConfigError(f"--openset natural applies to classification members, not {task.name}")
     if fit and fit_metric not in task.fit_metrics:
         raise ConfigError(f"--fit_metric {fit_metric!r}: choose one of {', '.join(sorted(task.fit_metrics))}")
     spec = read_specs(runs, tfrec_dir, task=task)
@@ -62,6 +71,10 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
 
     rows, notes, weights, post, oof = oof_report(runs, weights, spec, fit_metric, fit, tta, task=task,
                                                  groups=task.groups(tfrec_dir))
+    if openset == "natural" and post:
+        notes.append("--openset natural: the open-set rule fitted on the OOF blend is not applied "
+                     f"({task.describe_post(post)}); the plain new-label rule is")
+        post = None
     outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task=task)
     values = None
     if post and task.row_value_key:  # the rule may use a per-row value the test files store
@@ -70,6 +83,8 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     what = task.write_submission(ids, outputs, spec, template, out_path, k, post, values=values)
 
     stem = _stem(out_path)
+    if post and task.post_plot_name:
+        task.post_plot(post, f"{stem}.{task.post_plot_name}")
     if oof is not None:  # e.g. segmentation: Dice vs threshold of the blend the threshold was fitted on
         oof.report(stem, f"Ensemble of {len(runs)} member(s): out-of-fold blend")
     probs_path = save_probs(f"{stem}.probs.npz", ids, task.encode_outputs(outputs[None]), spec.fingerprint(),
@@ -146,6 +161,10 @@ def _parse_args(argv):
     p.add_argument("--submission", required=True,
                    help="output: CSV (classification); directory or .tar of TIFFs (segmentation)")
     p.add_argument("--k", type=int, default=5, help="predictions per row")
+    p.add_argument("--openset", default="fitted", choices=OPENSET_CHOICES,
+                   help="classification: fitted = the open-set rule fitted on the OOF blend (new label first "
+                        "for rows that look unseen); natural = the plain rule only (new label at the rank of "
+                        "the first non-original class), as the Turtle Recall original")
     logs.add_flags(p)
     args = p.parse_args(argv)
     if not args.template and not args.data_dir:
@@ -174,7 +193,7 @@ def main(argv=None):
         template = args.template or task.default_template(args.data_dir, args.tfrec_dir)
         paths.extend(make_ensemble(args.runs, args.submission, template, args.tfrec_dir,
                                    parse_weights(args.weights), args.fit_weights, args.fit_metric,
-                                   args.tta, args.k, task=task))
+                                   args.tta, args.k, task=task, openset=args.openset))
 
     rc = run_main(work)
     if not rc:

@@ -285,9 +285,16 @@ def check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_dupl
         raise ConfigError("; ".join(problems))
 
 
+# The original Turtle Recall solution split its folds with StratifiedKFold(n_splits=5, shuffle=True,
+# random_state=33) over train.csv then extra_images.csv (vecxoz/turtle-recall lib/vecxoz_utils.py
+# create_cv_split): the Turtle layout's default seed, so the default folds are the original's.
+TURTLE_FOLD_SEED = 33
+GENERIC_FOLD_SEED = 42
+
+
 def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=None, images_dir=None,
                      id_col="image_id", label_col="label", path_col=None, path_pattern=None, group_col=None,
-                     known_labels_csv=None, new_label=DEFAULT_NEW_LABEL, n_folds=5, seed=42,
+                     known_labels_csv=None, new_label=DEFAULT_NEW_LABEL, n_folds=5, seed=None,
                      group_duplicates=None, shard_size=DEFAULT_SHARD_SIZE, workers=None, max_side=None,
                      jpeg_quality=95, skip_bad=False, overwrite=False, progress=True,
                      max_pixels=images.DEFAULT_MAX_PIXELS, allow_outside=False, holdout_individuals=0.0):
@@ -300,6 +307,8 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
     a manifest with the same input fingerprint nothing is rewritten (unless
     ``overwrite``). Images must lie inside the data folder unless
     ``allow_outside``, and have at most ``max_pixels`` pixels.
+    ``seed`` (fold split and shard order) None: ``TURTLE_FOLD_SEED`` for the
+    Turtle Recall layout, ``GENERIC_FOLD_SEED`` for the generic one.
     ``holdout_individuals``: fraction of the individuals kept in one fold
     each (``folds.held_out_individuals``; 0: off). A local
     ``out_dir`` is locked for the conversion (runlock). Raises DataError (bad
@@ -318,6 +327,8 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
     except DataError as e:
         raise with_corrupt_images(e, max_pixels, workers, progress) from None
     out_dir = out_dir or os.path.join(base_dir(data_dir, train_csv), "tfrec")
+    if seed is None:
+        seed = GENERIC_FOLD_SEED if train_csv else TURTLE_FOLD_SEED
     flags = {"layout": "generic" if train_csv else "turtle", "n_folds": n_folds, "seed": seed,
              "shard_size": str(shard_size), "max_side": max_side, "jpeg_quality": jpeg_quality,
              "group_duplicates": group_duplicates, "group_col": group_col, "skip_bad": skip_bad,
