@@ -341,6 +341,24 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
                                 lambda: convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress))
 
 
+def openset_plan(label_map, n_held_out=0):
+    """One line: which new-label rule the data will get (said by create_tfrecords)."""
+    from foldnet.tasks.classification import openset
+
+    new = label_map.new_label
+    if not (~openset.keep_mask(label_map)).any():
+        return (f"open-set rule: none (every label is original: no class answers {new!r}; submissions rank "
+                "the labels as they are)")
+    held = (f"; the {n_held_out} held-out individuals' out-of-fold images count as unseen too" if n_held_out
+            else "")
+    return (f"open-set rule: fitted out of fold without re-split folds: run.py's openset_features (auto: on for "
+            f"this data) stores each image's similarity to the nearest training image, and to the nearest one of "
+            f"another individual, which simulates an unseen individual{held}; {new!r} goes first below the fitted "
+            f"threshold, at most {openset.MAX_KNOWN_LOSS} OOF MAP@5 lost on known individuals "
+            f"(openset_features false: only held-out individuals can fit it, else the plain rule; "
+            f"run_inference.sh OPENSET=natural: the plain rule)")
+
+
 def check_submission_labels(label_map, k=5):
     """DataError if some labels map to the new label and fewer than ``k`` distinct submission
     labels remain (top-``k`` impossible); found here, before any image is written or model trained.
@@ -382,6 +400,7 @@ def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
     if held_out:
         say(f"held-out individuals: {len(held_out)} of {train['label'].nunique()} stay in one fold each, "
             "so their out-of-fold images simulate unseen individuals (fits the open-set rule)")
+    say(openset_plan(label_map, len(held_out)))
     groups = fold_groups(train, flags["group_col"], clusters, held_out)
     warn_small_classes(train["label"], flags["n_folds"])
     try:

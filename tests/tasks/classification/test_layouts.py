@@ -11,7 +11,7 @@ from foldnet.commands.convert import main
 from foldnet.core.errors import DataError
 from foldnet.tasks.classification import layouts
 from foldnet.tasks.classification.convert import create_tfrecords
-from foldnet.tasks.classification.labels import load_label_map
+from foldnet.tasks.classification.labels import LabelMap, load_label_map
 
 
 def csv_path(root, name):
@@ -290,3 +290,17 @@ def test_turtle_layout_folds_default_to_the_original_solutions_seed(tiny_turtle_
                  "--workers", "1", "--no_progress"]) == 0
     got42 = pd.read_csv(tmp_path / "t42" / "folds.csv", dtype=str).set_index("id")["fold"].astype(int)
     assert (got42.loc[rows["image_id"]].to_numpy() != want).any()
+
+
+def test_conversion_says_which_open_set_rule_the_data_gets(tiny_turtle_dir, tmp_path, capsys):
+    from foldnet.tasks.classification.convert import openset_plan
+
+    create_tfrecords(data_dir=tiny_turtle_dir, out_dir=str(tmp_path / "tfrec"), n_folds=3, workers=1, progress=False)
+    out = capsys.readouterr().err  # (create_tfrecords says its notes on stderr)
+    assert "open-set rule: fitted out of fold without re-split folds" in out and "0.005" in out
+    # every label original (a closed set): no rule
+    closed = LabelMap(["a", "b", "c", "d", "e", "f"])
+    assert openset_plan(closed).startswith("open-set rule: none")
+    opened = LabelMap(["a", "b", "c", "d", "e", "x"], original=["a", "b", "c", "d", "e"])
+    assert "3 held-out individuals" in openset_plan(opened, 3) and "held-out individuals' out-of-fold" not in \
+        openset_plan(opened, 0)
