@@ -15,12 +15,17 @@ SETTINGS = (
             "over the fold's training images); the open-set rule is then fitted on it without held-out folds and "
             "uses it instead of the largest probability (better on the photo stand-in). auto (default): on when "
             "the data has a new label (some class answers it, e.g. Turtle Recall's extra-only individuals)"),
+    Setting("head", str, "softmax",
+            "Classification head: softmax (global average pooling + Dense, as the Turtle Recall members) or cosine "
+            "(an embedding head: GeM pooling + cosine classifier, head_scale x cosine of the features and the class "
+            "weights)", choices=("softmax", "cosine")),
+    Setting("head_scale", float, 16.0, "Scale of the cosine head's logits (head: cosine)", Bound(0.001, 1000.0, False)),
     Setting("images", list, None, "Image files for --job predict"),
     Setting("checkpoints", list, None,
             "Weight files for --job predict (default: every fold's best checkpoint in --run_dir)"),
 )
 # Settings a resumed fold must share with its interrupted run, beyond the shared ones.
-RESUME_KEYS: tuple[str, ...] = ()
+RESUME_KEYS: tuple[str, ...] = ("head", "head_scale")
 
 # -- what the shared command lines need to know, without importing the task (no TensorFlow)
 LAYOUTS = ("classification",)

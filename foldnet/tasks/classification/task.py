@@ -99,7 +99,8 @@ class ClassificationTask(tasks.Task):
 
         return models.build_model(cfg["arch"], n_classes=spec.n_classes, dim=cfg["dim"], weights=weights,
                                   dropout=cfg["dropout"], options=cfg["arch_options"],
-                                  augment_layer=augment_layer(cfg.aug) if cfg["aug_in_model"] else None)
+                                  augment_layer=augment_layer(cfg.aug) if cfg["aug_in_model"] else None,
+                                  head=cfg["head"], head_scale=cfg["head_scale"])
 
     def compile_model(self, model, cfg, spec, optimizer):
         return compile_classifier(model, spec.n_classes, optimizer, cfg["label_smoothing"], cfg["jit_compile"])
