@@ -21,16 +21,24 @@ Max logit and energy scored below max_prob on the photo stand-in
 (BENCHMARKS.md) and are not offered.
 
 Fitting (``fit_rule``) needs rows that behave like unseen individuals
-(``simulate``): OOF rows whose class has no row in the other folds (the
-model of their fold never trained on that individual: convert with
-``--holdout_individuals``). Without them the natural rule stays. Proxies
-(``proxies=True``: copies of the OOF rows of extra-only classes with their
-own class's probability removed and renormalised) predicted the test set
-worse on the photo stand-in and cost known individuals on the digits demo,
-which has no unseen individual (``bench/bench_openset.py``), so they are
-not used by default. The rule maximises MAP@5 on the simulated rows plus the
-ordinary OOF rows. ``RULE_FILE`` in a run directory holds a member's fitted rule and
-its OOF MAP@5 known / new / all; the ensemble refits it on its OOF blend.
+(``simulate``). By default (``openset_features: auto`` stores
+``OTHER_SCORE`` for data with a new label) every OOF row of a trained
+individual is used twice: as itself (known) and as an unseen individual
+("embedding": its similarity to the nearest training image of another
+individual, its probabilities without its own class), so no fold has to be
+re-split. OOF rows whose class has no row in the other folds (the model of
+their fold never trained on that individual: ``--holdout_individuals``)
+count as unseen too; with them only ("holdout") the rule is fitted as before
+when the features are off. Without either, the natural rule stays. Proxies
+(``proxies=True``: copies of the OOF rows of extra-only classes only)
+predicted the test set worse on the photo stand-in and are not used by
+default. The rule maximises MAP@5 on the simulated rows plus the ordinary
+OOF rows, among the rules that cost known individuals at most
+``MAX_KNOWN_LOSS`` OOF MAP@5 against the natural rule; ``curve`` holds the
+known / new trade-off as the threshold moves (scores.md, openset_curve.png).
+``RULE_FILE`` in a run directory holds a member's fitted rule and its OOF
+MAP@5 known / new / all; the ensemble refits it on its OOF blend
+(``--openset natural``: the plain rule instead).
 
 No TensorFlow here: this module runs in light processes.
 """

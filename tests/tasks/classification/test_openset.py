@@ -358,3 +358,22 @@ def test_nearest_cosine_of_another_individual():
                                [0.8, 0.6, 1.0], rtol=1e-6)
     # only its own individual in the reference: -1
     assert classification.nearest_cosine(feats[:1], ref[:1], np.array([0]), np.array([0]))[0] == -1.0
+
+
+def test_openset_features_auto_follows_the_new_label():
+    import argparse
+
+    from foldnet.engine import config
+    from foldnet.engine.runner import row_values_on
+    from foldnet.tasks.classification.settings import auto_or_bool
+
+    closed = LabelMap(["a", "b", "c", "d", "e", "f"])  # every label original: no new label
+    assert row_values_on({"openset_features": "auto"}, CLASSIFICATION, LM)
+    assert not row_values_on({"openset_features": "auto"}, CLASSIFICATION, closed)
+    assert row_values_on({"openset_features": True}, CLASSIFICATION, closed)
+    assert not row_values_on({"openset_features": False}, CLASSIFICATION, LM)
+    assert auto_or_bool(" AUTO ") == "auto" and auto_or_bool("yes") is True and auto_or_bool(False) is False
+    with pytest.raises(argparse.ArgumentTypeError):
+        auto_or_bool("maybe")
+    assert config.make_config()["openset_features"] == "auto"
+    assert config.make_config(openset_features="false")["openset_features"] is False
