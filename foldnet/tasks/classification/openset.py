@@ -202,8 +202,9 @@ def simulate(targets, probs, label_map, folds=None, proxies=False, values=None, 
     method: ``"embedding"`` (with ``others``, the stored similarity to the
     nearest training image of another individual: every OOF row of a trained
     individual is appended once more as an unseen one, its score ``others``,
-    its probabilities without its own class; OOF rows of held-out individuals,
-    if any, count as unseen too), ``"holdout"`` (OOF rows of individuals held
+    its probabilities without its own class; only when some class answers
+    the new label, so a closed set keeps the natural rule; OOF rows of
+    held-out individuals, if any, count as unseen too), ``"holdout"`` (OOF rows of individuals held
     out of their fold's training are taken as new), ``"proxy"`` (only with
     ``proxies``: extra-only rows, copied with their own class removed, are
     appended as unseen), or None (no way to simulate: nothing to fit).
@@ -214,7 +215,7 @@ def simulate(targets, probs, label_map, folds=None, proxies=False, values=None, 
     keeps = keep_mask(label_map)
     is_new = ~keeps[targets]
     unseen = unseen_rows(targets, folds) if folds is not None else np.zeros(len(targets), bool)
-    if others is not None:
+    if others is not None and is_new.any():  # (a closed set, where no class answers the new label: no copies)
         trained = np.flatnonzero(~unseen)
         ext = (None if values is None else
                np.concatenate([np.asarray(values, np.float64), np.asarray(others, np.float64)[trained]]))

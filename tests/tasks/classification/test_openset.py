@@ -327,6 +327,8 @@ def test_embedding_simulation_fits_without_held_out_folds():
     values = rng.uniform(0.85, 0.95, n)
     others = rng.uniform(0.45, 0.55, n)
     assert openset.fit_best_rule(targets, probs, LM, fold, values=values)["simulation"] is None  # before
+    closed = LabelMap(["a", "b", "c", "d", "e", "x"])  # no class answers the new label: nothing to simulate
+    assert openset.fit_best_rule(targets, probs, closed, fold, values=values, others=others)["simulation"] is None
     rule = openset.fit_best_rule(targets, probs, LM, fold, values=values, others=others)
     assert rule["simulation"] == "embedding" and rule["score"] == openset.STORED_SCORE
     assert rule["n_simulated_new"] == n and rule["n_rows"] == 2 * n
