@@ -10,6 +10,8 @@
 #              (averaged probabilities with ids) and <stem>.scores.md (OOF scores)
 # WEIGHTS      member weights, comma separated in MODELS order (default: equal)
 # FIT_WEIGHTS  1 to fit member weights on out-of-fold predictions (max OOF MAP@5)
+# OPENSET      fitted (default): the open-set rule fitted on OOF puts the new label first for
+#              images that look unseen; natural: the plain new_turtle rule of the original solution
 # RUN_ARGS     extra run.py flags for prediction, e.g. "--batch_size 16 --tta_number 3"
 # THRESHOLD    segmentation: write the masks at this threshold (e.g. 0.5, the On Cloud N 3rd
 #              place's) instead of the one fitted on the OOF blend; the scores file reports both
@@ -38,5 +40,6 @@ args=(--runs "${run_dirs[@]}" --data_dir "$DATA_DIR" --tfrec_dir "$TFREC_DIR" --
 [ -n "${WEIGHTS:-}" ] && args+=(--weights "$WEIGHTS")
 [ "${FIT_WEIGHTS:-0}" = "1" ] && args+=(--fit_weights)
 [ -n "${THRESHOLD:-}" ] && args+=(--threshold "$THRESHOLD")
+[ -n "${OPENSET:-}" ] && args+=(--openset "$OPENSET")
 echo "== ensembling ${#run_dirs[@]} member(s) -> $SUBMISSION"
 "$PYTHON" -m foldnet.ensemble.cli "${args[@]}" "$@"

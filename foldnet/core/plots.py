@@ -1,4 +1,4 @@
-"""Pictures of results: learning curves."""
+"""Pictures of results: learning curves, known vs new trade-off of the open-set rule."""
 
 from foldnet.core import fileio
 
@@ -38,5 +38,41 @@ def plot_history(history, path, title="", monitor="val_loss"):
     fig.tight_layout()
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(curve, path, title="", chosen=None, floor=None):
+    """Write a PNG of a known vs new trade-off: MAP@5 of known and of new rows (and all) against the
+    threshold (``curve``: rows {threshold, known, new, all}); ``chosen``: the fitted threshold (vertical
+    line); ``floor``: the lowest known MAP@5 allowed (horizontal line)."""
+    if not curve:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = [c["threshold"] for c in curve]
+    for key in ("known", "new", "all"):
+        axes[0].plot(x, [float("nan") if c[key] is None else c[key] for c in curve], marker="o", ms=3, label=key)
+    axes[0].set_xlabel("threshold (new label first below it)")
+    axes[0].set_ylabel("MAP@5")
+    if chosen is not None:
+        axes[0].axvline(chosen, color="grey", ls="--", lw=1, label=f"fitted {chosen:.4f}")
+    if floor is not None:
+        axes[0].axhline(floor, color="red", ls=":", lw=1, label=f"known floor {floor:.4f}")
+    axes[0].legend(fontsize=8)
+    axes[1].plot([c["new"] for c in curve], [c["known"] for c in curve], marker="o", ms=3)
+    axes[1].set_xlabel("MAP@5 new")
+    axes[1].set_ylabel("MAP@5 known")
+    axes[1].set_title("known vs new as the threshold moves")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path

@@ -82,11 +82,12 @@ def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=()):
             weights_fp = rundir.weights_fingerprint(p["best"])
             # --openset_features: per-row similarity to the fold's training images (task.row_values)
             reference = (records.fold_files(manifest, [f for f in range(manifest["n_folds"]) if f != fold])
-                         if cfg["openset_features"] and task.row_value_key else None)
+                         if row_values_on(cfg, task, spec) else None)
+            keys = [k for k in (task.row_value_key, task.sim_value_key) if k]
             cache = {}
             for name, files, n_rows in splits:
                 if rundir.is_current(p[name], weights_fp, spec_fp, cfg["tta_number"] + 1, n_rows) and \
-                        (reference is None or rundir.has_key(p[name], task.row_value_key)):
+                        (reference is None or all(rundir.has_key(p[name], k) for k in keys)):
                     log.info(f"  {p[name]} is current; not predicted again")
                     continue
                 if model is None:
@@ -94,6 +95,15 @@ def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=()):
                 predict.predict_split(model, files, p[name], cfg, spec_fp, weights_fp, n_rows, task=task,
                                       reference_files=reference, cache=cache)
         log.info(f"fold {fold}: {time.time() - t0:.1f} s")
+
+
+def row_values_on(cfg, task, spec):
+    """Whether prediction files store the task's per-row values: ``openset_features`` true, or ``auto``
+    (the default) and the task wants them for this spec (classification: a dataset with a new label)."""
+    if not task.row_value_key:
+        return False
+    want = cfg["openset_features"]
+    return task.row_values_default(spec) if want == "auto" else bool(want)
 
 
 def run_predict(cfg):

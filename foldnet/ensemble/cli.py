@@ -11,7 +11,7 @@ Command line::
 
     python -m foldnet.ensemble.cli --runs RUN_DIR [RUN_DIR ...] --data_dir DIR
         [--tfrec_dir DIR] [--template CSV] [--weights 1,2,...] [--fit_weights]
-        --submission PATH [--k 5]
+        --submission PATH [--k 5] [--openset fitted|natural]
 
 No TensorFlow here: this module runs in light processes. Local paths only.
 """
@@ -33,10 +33,11 @@ from foldnet.tasks import base as tasks
 
 # By name, not __name__: run as ``python -m foldnet.ensemble.cli`` this module is __main__, outside "foldnet".
 log = logging.getLogger("foldnet.ensemble.cli")
+OPENSET_CHOICES = ("fitted", "natural")
 
 
 def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=False, fit_metric=None,
-                  tta="mean", k=5, task=None, threshold=None):
+                  tta="mean", k=5, task=None, threshold=None, openset="fitted"):
     """Ensemble ``runs`` into the submission ``out_path``; returns the paths written.
 
     template: the submission template (classification: sample submission CSV
@@ -45,11 +46,19 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     task's ``default_fit_metric``). DataError / ConfigError on bad input,
     before anything is written. threshold: write the submission at this fixed threshold instead of
     the one fitted on the OOF blend (tasks whose post-processing is a threshold: segmentation); the
-    scores report names both and the OOF Dice at each.
+    scores report names both and the OOF Dice at each. openset (classification): ``fitted``
+    = the open-set rule refitted on the OOF blend (``openset``), ``natural``
+    = only the plain new-label rule (``ranking.top_k_labels``: the new label
+    at the rank of the first non-original class), as the Turtle Recall
+    original's ensemble.py did.
     """
     runs = [str(r) for r in runs]
     task = task or tasks.get(rundir.runs_task(runs))
     fit_metric = fit_metric or task.default_fit_metric
+    if openset not in OPENSET_CHOICES:
+        raise ConfigError(f"--openset {openset!r}: choose one of {', '.join(OPENSET_CHOICES)}")
+    if openset == "natural" and task.row_value_key is None:
+        raise ConfigError(f"--openset natural applies to classification members, not {task.name}")
     if fit and fit_metric not in task.fit_metrics:
         raise ConfigError(f"--fit_metric {fit_metric!r}: choose one of {', '.join(sorted(task.fit_metrics))}")
     spec = read_specs(runs, tfrec_dir, task=task)
@@ -67,6 +76,10 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     if threshold is not None:
         post, line = fixed_threshold(post, float(threshold), oof)
         notes = list(notes) + [line]
+    if openset == "natural" and post:
+        notes.append("--openset natural: the open-set rule fitted on the OOF blend is not applied "
+                     f"({task.describe_post(post)}); the plain new-label rule is")
+        post = None
     outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task=task)
     values = None
     if post and task.row_value_key:  # the rule may use a per-row value the test files store
@@ -75,6 +88,8 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     what = task.write_submission(ids, outputs, spec, template, out_path, k, post, values=values)
 
     stem = _stem(out_path)
+    if post and task.post_plot_name:
+        task.post_plot(post, f"{stem}.{task.post_plot_name}")
     if oof is not None:  # e.g. segmentation: Dice vs threshold of the blend the threshold was fitted on
         oof.report(stem, f"Ensemble of {len(runs)} member(s): out-of-fold blend")
     probs_path = save_probs(f"{stem}.probs.npz", ids, task.encode_outputs(outputs[None]), spec.fingerprint(),
@@ -172,6 +187,10 @@ def _parse_args(argv):
     p.add_argument("--threshold", type=float, default=None,
                    help="segmentation: write the submission at this threshold (e.g. 0.5, the On Cloud N 3rd "
                         "place's) instead of the one fitted on the OOF blend; both are reported")
+    p.add_argument("--openset", default="fitted", choices=OPENSET_CHOICES,
+                   help="classification: fitted = the open-set rule fitted on the OOF blend (new label first "
+                        "for rows that look unseen); natural = the plain rule only (new label at the rank of "
+                        "the first non-original class), as the Turtle Recall original")
     logs.add_flags(p)
     args = p.parse_args(argv)
     if not args.template and not args.data_dir:
@@ -200,7 +219,7 @@ def main(argv=None):
         template = args.template or task.default_template(args.data_dir, args.tfrec_dir)
         paths.extend(make_ensemble(args.runs, args.submission, template, args.tfrec_dir,
                                    parse_weights(args.weights), args.fit_weights, args.fit_metric,
-                                   args.tta, args.k, task=task, threshold=args.threshold))
+                                   args.tta, args.k, task=task, threshold=args.threshold, openset=args.openset))
 
     rc = run_main(work)
     if not rc:

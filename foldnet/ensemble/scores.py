@@ -98,8 +98,10 @@ def save_post(run_dir, task, scorer, folds):
     ``RUN_DIR/<task.post_file>`` (atomic); returns it (None if the task saves none). folds: {id: fold}."""
     if not task.post_file:
         return None
-    values = (rundir.row_values([run_dir], [1.0], "oof", list(folds), task.row_value_key)
-              if task.row_value_key else None)
-    post = scorer.post(folds=folds, values=values)
+    values, others = (rundir.row_values([run_dir], [1.0], "oof", list(folds), key) if key else None
+                      for key in (task.row_value_key, task.sim_value_key))
+    post = scorer.post(folds=folds, values=values, others=others)
     fileio.atomic_write_json(os.path.join(run_dir, task.post_file), post)
+    if task.post_plot_name:
+        task.post_plot(post, os.path.join(run_dir, task.post_plot_name))
     return post

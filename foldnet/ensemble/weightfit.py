@@ -208,9 +208,9 @@ def oof_report(runs, weights, label_map, fit_metric, fit, tta="mean", *, task, g
         elif all(os.path.exists(os.path.join(m.run, task.post_file)) for m in members):
             # (members scored before the task saved its post-processing keep their old submissions)
             runs_scored = [m.run for m in members]
-            values = (rundir.row_values(runs_scored, final[scored], "oof", ids, task.row_value_key)
-                      if task.row_value_key else None)
-            post = oof.post(folds=oof_fold_keys(runs_scored, ids), values=values)
+            values, others = (rundir.row_values(runs_scored, final[scored], "oof", ids, key) if key else None
+                              for key in (task.row_value_key, task.sim_value_key))
+            post = oof.post(folds=oof_fold_keys(runs_scored, ids), values=values, others=others)
         if post:
             notes.append("fitted on the ensemble's OOF: " + task.describe_post(post))
     if fit and (len(members) < 2 or share == 0):

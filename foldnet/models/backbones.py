@@ -163,6 +163,53 @@ class PixelAffine(layers.Layer):
         return {**super().get_config(), "matrix": self.matrix, "bias": self.bias}
 
 
+class GeMPool(layers.Layer):
+    """Generalised-mean pooling over the spatial axes of [batch, h, w, c]: (mean x^p)^(1/p), p trained
+    (starts at ``p``; p = 1 is average pooling, large p tends to max pooling); inputs clipped at ``eps``."""
+
+    def __init__(self, p=3.0, eps=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.p_init, self.eps = float(p), float(eps)
+
+    def build(self, input_shape):
+        self.p = self.add_weight(name="p", shape=(), initializer=keras.initializers.Constant(self.p_init),
+                                 trainable=True)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        p = tf.cast(self.p, inputs.dtype)
+        x = tf.pow(tf.maximum(inputs, tf.cast(self.eps, inputs.dtype)), p)
+        return tf.pow(tf.reduce_mean(x, axis=[1, 2]), 1.0 / p)
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p_init, "eps": self.eps}
+
+
+class CosineLogits(layers.Layer):
+    """``scale * cos(feature, class weight)``: the features and every class's weight vector L2-normalised
+    (a cosine classifier, NormFace; no bias). Its input stays the un-normalised features."""
+
+    def __init__(self, units, scale=16.0, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.scale = int(units), float(scale)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), self.units),
+                                      initializer="glorot_uniform", trainable=True)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x = tf.math.l2_normalize(inputs, axis=-1)
+        w = tf.math.l2_normalize(tf.cast(self.kernel, inputs.dtype), axis=0)
+        return tf.cast(self.scale, inputs.dtype) * tf.matmul(x, w)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "scale": self.scale}
+
+
+HEADS = ("softmax", "cosine")
+
+
 # ---------------------------------------------------------------- backbones
 
 
@@ -444,7 +491,7 @@ def _pool(features):
 
 
 def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0, name=None,
-                normalize=True, options=None, augment_layer=None):
+                normalize=True, options=None, augment_layer=None, head="softmax", head_scale=16.0):
     """Build a classifier: [batch, dim, dim, n_channels] in [0, 1] -> float32 softmax.
 
     arch: a registered name (``list_architectures()``), ``kecam:<module>.<Class>``
@@ -460,12 +507,21 @@ def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0,
     augment_layer: a weightless layer applied to the input first (e.g.
         ``augment.GeometricAugment``: active in training only); checkpoints
         load into the model with or without it.
+    head: ``softmax`` (global average pooling, Dense, softmax) or ``cosine``
+        (an embedding head: GeM pooling, then ``CosineLogits``: ``head_scale``
+        x cosine of the features with each class's weights, softmax). The
+        classifier layer is named ``logits`` either way (its input: the
+        features used by the open-set rule).
     """
     spec = get_architecture(arch)
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
         raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    if not (np.isfinite(head_scale) and head_scale > 0):
+        raise ValueError(f"head_scale must be a positive finite number, got {head_scale!r}")
     named, path = parse_weights(spec, weights, n_channels)
     input_shape = (dim, dim, n_channels)
     try:
@@ -479,10 +535,12 @@ def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0,
     x = inputs if augment_layer is None else augment_layer(inputs)
     if normalize and affine is not None and n_channels == 3:
         x = PixelAffine(*affine, name="input_norm")(x)
-    x = _pool(backbone(x))
+    features = backbone(x)
+    x = GeMPool(name="pool")(features) if head == "cosine" and features.shape.rank == 4 else _pool(features)
     if dropout > 0:
         x = layers.Dropout(float(dropout), name="head_dropout")(x)
-    x = layers.Dense(n_classes, name="logits")(x)
+    x = (CosineLogits(n_classes, head_scale, name="logits") if head == "cosine" else
+         layers.Dense(n_classes, name="logits"))(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name=name or re.sub(r"[^A-Za-z0-9_]", "_", spec.name))
     if path is not None:

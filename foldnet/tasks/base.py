@@ -117,6 +117,10 @@ Scoring (no TensorFlow; light processes)
   scored member has that file (run directories written before it keep
   their old submissions).
 - ``post_markdown(post)``: a Markdown section about ``post`` (default: none).
+- ``post_plot(post, path, title)``: a PNG about ``post`` at ``path`` (the
+  score job: ``RUN_DIR/<post_plot_name>``; the ensemble: beside its
+  submission), or None (default: none; classification: the known vs new
+  trade-off curve of the open-set rule).
 - ``describe_post(post)``: one line about ``post`` (default: ``key = value``
   pairs).
 - ``row_value_key`` / ``row_values(model, files, reference_files, cfg,
@@ -126,6 +130,11 @@ Scoring (no TensorFlow; light processes)
   dict per fold). The score job and the ensemble average it like the outputs
   (``rundir.row_values``) and pass it to ``fit_post(..., values=)`` and
   ``write_submission(..., values=)`` (default key None: nothing stored).
+  ``sim_value_key``: a second per-row array ``row_values`` returns, for
+  fitting only (classification: the same similarity with the row's own
+  individual left out); passed to ``fit_post(..., others=)``.
+  ``row_values_default(spec)``: whether ``openset_features: auto`` stores
+  them (classification: when some class answers the new label).
 
 Streaming scores (the score job and the ensemble never hold all OOF outputs)
 
@@ -229,6 +238,8 @@ class Task(abc.ABC):
     evaluate_module: str = ""
     post_file: str | None = None
     row_value_key: str | None = None
+    sim_value_key: str | None = None
+    post_plot_name: str | None = None
 
     # -- spec
     @abc.abstractmethod
@@ -322,11 +333,18 @@ class Task(abc.ABC):
     def row_values(self, model: Any, files: list[str], reference_files: list[str], cfg: Any, cache: Any) -> dict:
         return {}
 
-    def fit_post(self, targets: Any, outputs: Any, spec: Any, folds: Any = None, values: Any = None) -> dict | None:
+    def row_values_default(self, spec: Any) -> bool:
+        return False
+
+    def fit_post(self, targets: Any, outputs: Any, spec: Any, folds: Any = None, values: Any = None,
+                 others: Any = None) -> dict | None:
         return None
 
     def post_markdown(self, post: dict) -> str:
         return ""
+
+    def post_plot(self, post: dict, path: str, title: str = "") -> str | None:
+        return None
 
     def describe_post(self, post: dict) -> str:
         return ", ".join(f"{k} = {v}" for k, v in post.items())
@@ -383,15 +401,18 @@ class CollectScorer(Scorer):
     def metric(self, name):
         return self.task.fit_metrics[name](*self._all(), self.spec)
 
-    def post(self, folds=None, values=None):
-        """``fit_post``; with ``folds`` ({id: fold}, tasks with a ``post_file``) each row's fold too, and
-        with ``values`` ({id: value}, tasks with a ``row_value_key``) each row's stored value."""
+    def post(self, folds=None, values=None, others=None):
+        """``fit_post``; with ``folds`` ({id: fold}, tasks with a ``post_file``) each row's fold too, with
+        ``values`` ({id: value}, tasks with a ``row_value_key``) each row's stored value, and with
+        ``others`` ({id: value}, tasks with a ``sim_value_key``) its stored simulation value."""
         if folds is None:
             return self.task.fit_post(*self._all(), self.spec)
         ids = [i for block in self._ids for i in block]
         kw = {"folds": np.array([folds[i] for i in ids])}
         if values is not None:
             kw["values"] = np.array([values[i] for i in ids])
+        if others is not None:
+            kw["others"] = np.array([others[i] for i in ids])
         return self.task.fit_post(*self._all(), self.spec, **kw)
 
     def report(self, stem, title):

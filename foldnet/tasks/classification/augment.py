@@ -29,9 +29,10 @@ flip_ud      mirror top-bottom (``np.flipud``)
 rot90/180/270  rotate by k*90 degrees counter-clockwise as displayed (row 0
              at the top), exactly ``np.rot90(image, k)`` / ``tf.image.rot90``
 rot45/135/225/315  rotate counter-clockwise by that angle about the centre
-             and zoom in to the central square of side ``n - 2 * ceil(0.15 n)``
-             (about 0.7 n, never more: it lies inside the rotated image,
-             whose inscribed square is ``n / sqrt(2)``)
+             and zoom in to the central square ``tf.image.central_crop(.., 0.7)``
+             keeps: side ``n - 2 * int((n - 0.7 n) / 2)`` (360 for n = 512,
+             as the original), narrowed by 2 px for the few small n where
+             that square would reach outside the rotated image
 ===========  ==============================================================
 
 ``aug_number`` / ``tta_number`` n select the first n transforms after
@@ -143,8 +144,16 @@ def transform_matrix(name, side):
 
 
 def _crop_start(side):
-    """First row/column of the central crop of the 45-degree transforms (symmetric margin: it stays centred)."""
-    return math.ceil(side * (1.0 - CROP_FRACTION) / 2.0)
+    """First row/column of the central crop of the 45-degree transforms (symmetric margin: it stays centred).
+
+    ``tf.image.central_crop(image, 0.7)``'s start, ``int((side - side * 0.7) / 2)`` truncated, as in the
+    original Turtle Recall pipeline (76 for 512: a 360 px crop), unless that crop's corners would reach
+    outside the rotated image (crop side >= 1 + side / sqrt(2), only some sides below ~150 px): then one
+    pixel more per margin until they do not, so the fill is never sampled."""
+    start = int((side - side * CROP_FRACTION) / 2.0)
+    while side - 2 * start >= 1 + side / math.sqrt(2.0):
+        start += 1
+    return start
 
 
 def crop_matrix(name, side):
@@ -337,8 +346,8 @@ def _diagonal_crop(source, index, dim):
     image = _preshrink(source, fy, fx)
     matrix = _shrink_matrix(fy, fx) @ resize_matrix(shape[0], shape[1], dim) @ tf.constant(
         crop_matrix("rot45", dim), tf.float32)
-    # every point lies inside the image (the crop's corners are 0.7 / sqrt(2) of
-    # the side from the centre), so the fill is never used
+    # every point lies inside the image (_crop_start: at 512 px the crop's corners map to ~254 px
+    # from the centre along an axis, inside the 256 px half side), so the fill is never used
     crop = tf.raw_ops.ImageProjectiveTransformV3(
         images=image[tf.newaxis], transforms=tf.reshape(matrix, [1, 9])[:, :8],
         output_shape=tf.constant([side, side], tf.int32), fill_value=tf.constant(0.0, tf.float32),

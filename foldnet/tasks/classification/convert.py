@@ -285,9 +285,16 @@ def check_flags(data_dir, train_csv, n_folds, jpeg_quality, max_side, group_dupl
         raise ConfigError("; ".join(problems))
 
 
+# The original Turtle Recall solution split its folds with StratifiedKFold(n_splits=5, shuffle=True,
+# random_state=33) over train.csv then extra_images.csv (vecxoz/turtle-recall lib/vecxoz_utils.py
+# create_cv_split): the Turtle layout's default seed, so the default folds are the original's.
+TURTLE_FOLD_SEED = 33
+GENERIC_FOLD_SEED = 42
+
+
 def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=None, images_dir=None,
                      id_col="image_id", label_col="label", path_col=None, path_pattern=None, group_col=None,
-                     known_labels_csv=None, new_label=DEFAULT_NEW_LABEL, n_folds=5, seed=42,
+                     known_labels_csv=None, new_label=DEFAULT_NEW_LABEL, n_folds=5, seed=None,
                      group_duplicates=None, shard_size=DEFAULT_SHARD_SIZE, workers=None, max_side=None,
                      jpeg_quality=95, skip_bad=False, overwrite=False, progress=True,
                      max_pixels=images.DEFAULT_MAX_PIXELS, allow_outside=False, holdout_individuals=0.0):
@@ -300,6 +307,8 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
     a manifest with the same input fingerprint nothing is rewritten (unless
     ``overwrite``). Images must lie inside the data folder unless
     ``allow_outside``, and have at most ``max_pixels`` pixels.
+    ``seed`` (fold split and shard order) None: ``TURTLE_FOLD_SEED`` for the
+    Turtle Recall layout, ``GENERIC_FOLD_SEED`` for the generic one.
     ``holdout_individuals``: fraction of the individuals kept in one fold
     each (``folds.held_out_individuals``; 0: off). A local
     ``out_dir`` is locked for the conversion (runlock). Raises DataError (bad
@@ -318,6 +327,8 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
     except DataError as e:
         raise with_corrupt_images(e, max_pixels, workers, progress) from None
     out_dir = out_dir or os.path.join(base_dir(data_dir, train_csv), "tfrec")
+    if seed is None:
+        seed = GENERIC_FOLD_SEED if train_csv else TURTLE_FOLD_SEED
     flags = {"layout": "generic" if train_csv else "turtle", "n_folds": n_folds, "seed": seed,
              "shard_size": str(shard_size), "max_side": max_side, "jpeg_quality": jpeg_quality,
              "group_duplicates": group_duplicates, "group_col": group_col, "skip_bad": skip_bad,
@@ -328,6 +339,24 @@ def create_tfrecords(data_dir=None, out_dir=None, *, train_csv=None, test_csv=No
     fingerprint = input_fingerprint(dataset, flags)
     return write_unless_current(out_dir, fingerprint, overwrite,
                                 lambda: convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress))
+
+
+def openset_plan(label_map, n_held_out=0):
+    """One line: which new-label rule the data will get (said by create_tfrecords)."""
+    from foldnet.tasks.classification import openset
+
+    new = label_map.new_label
+    if not (~openset.keep_mask(label_map)).any():
+        return (f"open-set rule: none (every label is original: no class answers {new!r}; submissions rank "
+                "the labels as they are)")
+    held = (f"; the {n_held_out} held-out individuals' out-of-fold images count as unseen too" if n_held_out
+            else "")
+    return (f"open-set rule: fitted out of fold without re-split folds: run.py's openset_features (auto: on for "
+            f"this data) stores each image's similarity to the nearest training image, and to the nearest one of "
+            f"another individual, which simulates an unseen individual{held}; {new!r} goes first below the fitted "
+            f"threshold, at most {openset.MAX_KNOWN_LOSS} OOF MAP@5 lost on known individuals "
+            f"(openset_features false: only held-out individuals can fit it, else the plain rule; "
+            f"run_inference.sh OPENSET=natural: the plain rule)")
 
 
 def check_submission_labels(label_map, k=5):
@@ -371,6 +400,7 @@ def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
     if held_out:
         say(f"held-out individuals: {len(held_out)} of {train['label'].nunique()} stay in one fold each, "
             "so their out-of-fold images simulate unseen individuals (fits the open-set rule)")
+    say(openset_plan(label_map, len(held_out)))
     groups = fold_groups(train, flags["group_col"], clusters, held_out)
     warn_small_classes(train["label"], flags["n_folds"])
     try:

@@ -21,16 +21,24 @@ Max logit and energy scored below max_prob on the photo stand-in
 (BENCHMARKS.md) and are not offered.
 
 Fitting (``fit_rule``) needs rows that behave like unseen individuals
-(``simulate``): OOF rows whose class has no row in the other folds (the
-model of their fold never trained on that individual: convert with
-``--holdout_individuals``). Without them the natural rule stays. Proxies
-(``proxies=True``: copies of the OOF rows of extra-only classes with their
-own class's probability removed and renormalised) predicted the test set
-worse on the photo stand-in and cost known individuals on the digits demo,
-which has no unseen individual (``bench/bench_openset.py``), so they are
-not used by default. The rule maximises MAP@5 on the simulated rows plus the
-ordinary OOF rows. ``RULE_FILE`` in a run directory holds a member's fitted rule and
-its OOF MAP@5 known / new / all; the ensemble refits it on its OOF blend.
+(``simulate``). By default (``openset_features: auto`` stores
+``OTHER_SCORE`` for data with a new label) every OOF row of a trained
+individual is used twice: as itself (known) and as an unseen individual
+("embedding": its similarity to the nearest training image of another
+individual, its probabilities without its own class), so no fold has to be
+re-split. OOF rows whose class has no row in the other folds (the model of
+their fold never trained on that individual: ``--holdout_individuals``)
+count as unseen too; with them only ("holdout") the rule is fitted as before
+when the features are off. Without either, the natural rule stays. Proxies
+(``proxies=True``: copies of the OOF rows of extra-only classes only)
+predicted the test set worse on the photo stand-in and are not used by
+default. The rule maximises MAP@5 on the simulated rows plus the ordinary
+OOF rows, among the rules that cost known individuals at most
+``MAX_KNOWN_LOSS`` OOF MAP@5 against the natural rule; ``curve`` holds the
+known / new trade-off as the threshold moves (scores.md, openset_curve.png).
+``RULE_FILE`` in a run directory holds a member's fitted rule and its OOF
+MAP@5 known / new / all; the ensemble refits it on its OOF blend
+(``--openset natural``: the plain rule instead).
 
 No TensorFlow here: this module runs in light processes.
 """
@@ -47,7 +55,14 @@ SCORES = ("max_prob", "max_original_prob", "neg_entropy")
 # A score stored per row in prediction files (--openset_features), not computed from probabilities: the
 # cosine similarity of an image's features to the nearest image its fold trained on (test: mean over folds).
 STORED_SCORE = "nearest_train_cosine"
+# Stored beside it for OOF rows: the same similarity with the row's own individual's training images left
+# out, i.e. what the fold's model would have measured had it never seen that individual.
+OTHER_SCORE = "nearest_other_cosine"
 DEFAULT_SCORE = "max_prob"
+# The fitted rule may cost known individuals at most this much OOF MAP@5 against the natural rule.
+MAX_KNOWN_LOSS = 0.005
+# Points of the known / new trade-off curve kept in a rule (thresholds spread over the fitted score).
+CURVE_POINTS = 41
 NEW_RANKS = (None, 2, 3, 4, 5)
 # At most this many candidate thresholds (quantiles of the scores) are tried.
 _MAX_THRESHOLDS = 400
@@ -173,85 +188,140 @@ def unseen_rows(targets, folds):
     return out
 
 
-def simulate(targets, probs, label_map, folds=None, proxies=False):
-    """Rows to fit the rule on: ``(probs, targets, truth_is_new, method, n_simulated)`` (see module doc).
+def without_own_class(probs, targets):
+    """Rows of ``probs`` with the probability of their own class (``targets``) set to 0 and renormalised:
+    an unseen individual's mass can only go to trained classes."""
+    out = np.array(probs, dtype=np.float64, copy=True)
+    out[np.arange(len(out)), targets] = 0.0
+    return out / np.maximum(out.sum(axis=1, keepdims=True), 1e-12)
 
-    method: ``"holdout"`` (OOF rows of individuals held out of their fold's
-    training are taken as new), ``"proxy"`` (only with ``proxies``: extra-only
-    rows, copied with their own class removed, are appended as unseen), or
-    None (no way to simulate: nothing to fit).
+
+def simulate(targets, probs, label_map, folds=None, proxies=False, values=None, others=None):
+    """Rows to fit the rule on: ``(probs, targets, truth_is_new, method, n_simulated, values)`` (module doc).
+
+    method: ``"embedding"`` (with ``others``, the stored similarity to the
+    nearest training image of another individual: every OOF row of a trained
+    individual is appended once more as an unseen one, its score ``others``,
+    its probabilities without its own class; only when some class answers
+    the new label, so a closed set keeps the natural rule; OOF rows of
+    held-out individuals, if any, count as unseen too), ``"holdout"`` (OOF rows of individuals held
+    out of their fold's training are taken as new), ``"proxy"`` (only with
+    ``proxies``: extra-only rows, copied with their own class removed, are
+    appended as unseen), or None (no way to simulate: nothing to fit).
+    values: the rows' stored score (returned extended to the appended rows).
     """
     targets = np.asarray(targets, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     keeps = keep_mask(label_map)
     is_new = ~keeps[targets]
     unseen = unseen_rows(targets, folds) if folds is not None else np.zeros(len(targets), bool)
+    if others is not None and is_new.any():  # (a closed set, where no class answers the new label: no copies)
+        trained = np.flatnonzero(~unseen)
+        ext = (None if values is None else
+               np.concatenate([np.asarray(values, np.float64), np.asarray(others, np.float64)[trained]]))
+        return (np.concatenate([probs, without_own_class(probs[trained], targets[trained])]),
+                np.concatenate([targets, targets[trained]]),
+                np.concatenate([is_new | unseen, np.ones(len(trained), bool)]), "embedding",
+                int(unseen.sum()) + len(trained), ext)
     if unseen.any():
-        return probs, targets, is_new | unseen, "holdout", int(unseen.sum())
+        return probs, targets, is_new | unseen, "holdout", int(unseen.sum()), values
     proxy = np.flatnonzero(is_new)
     if not proxies or not len(proxy):
-        return probs, targets, is_new, None, 0
-    copies = probs[proxy].copy()
-    copies[np.arange(len(proxy)), targets[proxy]] = 0.0
-    # The model must put an unseen individual's mass on trained classes: renormalise.
-    copies /= np.maximum(copies.sum(axis=1, keepdims=True), 1e-12)
+        return probs, targets, is_new, None, 0, values
+    copies = without_own_class(probs[proxy], targets[proxy])
     return (np.concatenate([probs, copies]), np.concatenate([targets, targets[proxy]]),
-            np.concatenate([is_new, np.ones(len(proxy), bool)]), "proxy", len(proxy))
+            np.concatenate([is_new, np.ones(len(proxy), bool)]), "proxy", len(proxy), None)
 
 
-def fit_rule(targets, probs, label_map, folds=None, score=DEFAULT_SCORE, k=5, values=None, proxies=False):
+def fit_rule(targets, probs, label_map, folds=None, score=DEFAULT_SCORE, k=5, values=None, proxies=False,
+             others=None, max_known_loss=MAX_KNOWN_LOSS):
     """The open-set rule with the best MAP@k on the simulated OOF rows, with its scores.
 
     Returns a dict: ``score``, ``threshold`` (None: never new first),
-    ``new_rank`` (None: natural), ``simulation``, ``n_simulated_new`` and
+    ``new_rank`` (None: natural), ``simulation``, ``n_simulated_new``,
     ``oof`` = {"natural": split, "rule": split} (``split_map`` of MAP@k on
-    the simulated rows). Ties go to the simpler rule (no threshold, natural
-    rank, lower threshold). When nothing can be simulated (no held-out
-    individuals, and ``proxies`` off or no non-original rows): the natural
-    rule (threshold and new_rank None), today's behaviour.
-    values: per-row scores computed elsewhere (experiments with scores the
-    prediction files do not hold; held-out simulation only).
+    the simulated rows) and ``curve`` (known / new / all MAP@k as the
+    threshold moves, at the fitted ``new_rank``). Only rules whose MAP@k on
+    known rows is at most ``max_known_loss`` below the natural rule's are
+    candidates (known individuals protected). Ties go to the simpler rule
+    (no threshold, natural rank, lower threshold). When nothing can be
+    simulated (no held-out individuals, no ``others``, and ``proxies`` off or
+    no non-original rows): the natural rule (threshold and new_rank None).
+    values: per-row scores computed elsewhere (the stored score); others: the
+    stored score with each row's own individual left out (``OTHER_SCORE``:
+    the ``"embedding"`` simulation, needs ``values``).
     """
-    probs, targets, truth_is_new, method, n_sim = simulate(targets, probs, label_map, folds, proxies)
+    probs, targets, truth_is_new, method, n_sim, values = simulate(targets, probs, label_map, folds, proxies,
+                                                                   values, others)
     natural, orig_rank = _positions(probs, label_map, targets, truth_is_new, k)
     split_natural = split_map(truth_is_new, _row_map(natural, truth_is_new, orig_rank, k))
     if method is None:  # nothing looks new: keep the natural rule
         return {"score": score, "threshold": None, "new_rank": None, "simulation": None, "n_rows": len(targets),
                 "n_simulated_new": 0, "oof": {"natural": split_natural}}
     if values is not None:
-        if method != "holdout":
-            raise ValueError("values need the held-out simulation (rows are copied otherwise)")
+        if method == "proxy":
+            raise ValueError("values need the held-out or embedding simulation (rows are copied otherwise)")
         s = np.asarray(values, dtype=np.float64)
     else:
         s = open_set_score(probs, label_map, score)
     order = np.argsort(s, kind="stable")
     s_sorted = s[order]
+    known = (~truth_is_new)[order]
+    n, n_known = len(s), int(known.sum())
     low = _row_map(np.ones_like(natural), truth_is_new, orig_rank, k)[order]
-    cum_low = np.concatenate([[0.0], np.cumsum(low)])
     uniq = np.unique(s_sorted)
     cuts = (uniq[1:] + uniq[:-1]) / 2 if len(uniq) > 1 else np.zeros(0)
     if len(cuts) > _MAX_THRESHOLDS:
         cuts = np.unique(np.quantile(cuts, np.linspace(0, 1, _MAX_THRESHOLDS)))
     cuts = np.concatenate([cuts, [uniq[-1] + 1e-9]])  # last: every row new first
     n_low = np.searchsorted(s_sorted, cuts, side="left")  # rows with score < cut
+    known_floor = (split_natural["known"] - max_known_loss - 1e-12) if n_known else -np.inf
     best = None
-    n = len(s)
     for new_rank in NEW_RANKS:
         j = natural if new_rank is None else np.minimum(natural, new_rank)
         high = _row_map(j, truth_is_new, orig_rank, k)[order]
-        cum_high = np.concatenate([[0.0], np.cumsum(high)])
-        base = cum_high[-1] / n
-        candidates = [(base, None)] + [((cum_low[m] + cum_high[-1] - cum_high[m]) / n, float(c))
-                                       for m, c in zip(n_low, cuts)]
-        for value, threshold in candidates:
+        all_, known_ = _threshold_sweep(low, high, n_low), _threshold_sweep(low * known, high * known, n_low)
+        candidates = [(all_[0] / n, known_[0], None)] + [(a / n, kn, float(c))
+                                                          for a, kn, c in zip(all_[1:], known_[1:], cuts)]
+        for value, known_sum, threshold in candidates:
+            if n_known and known_sum / n_known < known_floor:
+                continue
             if best is None or value > best[0] + 1e-12:
                 best = (value, threshold, new_rank)
+    if best is None:  # new_rank None without a threshold is the natural rule: always allowed
+        best = (0.0, None, None)
     _, threshold, new_rank = best
     rule = {"score": score, "threshold": threshold, "new_rank": new_rank}
     j = np.minimum(natural, new_ranks(probs, label_map, rule, k, values=s))
     split_rule = split_map(truth_is_new, _row_map(j, truth_is_new, orig_rank, k))
+    j = natural if new_rank is None else np.minimum(natural, new_rank)
+    high = _row_map(j, truth_is_new, orig_rank, k)[order]
     return {**rule, "simulation": method, "n_rows": int(n), "n_simulated_new": n_sim,
-            "oof": {"natural": split_natural, "rule": split_rule}}
+            "oof": {"natural": split_natural, "rule": split_rule},
+            "curve": tradeoff_curve(s_sorted, low, high, ~known)}
+
+
+def _threshold_sweep(low, high, n_low):
+    """Sums of per-row MAP (rows sorted by score) with no threshold, then with rows below each cut new
+    first: [len(n_low) + 1]."""
+    cum_low = np.concatenate([[0.0], np.cumsum(low)])
+    cum_high = np.concatenate([[0.0], np.cumsum(high)])
+    return np.concatenate([[cum_high[-1]], cum_low[n_low] + cum_high[-1] - cum_high[n_low]])
+
+
+def tradeoff_curve(s_sorted, low, high, is_new, points=CURVE_POINTS):
+    """Known / new / all MAP@k as the threshold moves over the scores (rows sorted by score; ``low`` /
+    ``high``: per-row MAP with / without new label first): list of {threshold, known, new, all}, lowest
+    threshold (no row new first) first."""
+    cuts = np.quantile(s_sorted, np.linspace(0, 1, points)) if len(s_sorted) else np.zeros(0)
+    cuts = np.unique(np.concatenate([[s_sorted[0] - 1e-9], cuts, [s_sorted[-1] + 1e-9]])) if len(s_sorted) else cuts
+    n_low = np.searchsorted(s_sorted, cuts, side="left")
+    out = []
+    for m, c in zip(n_low, cuts):
+        row = np.concatenate([low[:m], high[m:]])
+        part = split_map(is_new, row)
+        out.append({"threshold": float(c), "known": part["known"], "new": part["new"], "all": part["all"]})
+    return out
 
 
 def describe(rule):
@@ -266,12 +336,19 @@ def describe(rule):
     return ", ".join(parts)
 
 
-def fit_best_rule(targets, probs, label_map, folds=None, values=None, k=5):
+def fit_best_rule(targets, probs, label_map, folds=None, values=None, k=5, others=None):
     """``fit_rule`` with ``DEFAULT_SCORE``; when ``values`` (the stored score per row, ``--openset_features``)
     are given, the rule on the stored score instead, carrying the probability rule as its ``fallback``
     (for rows without stored values). The stored score is not chosen by OOF MAP: on the photo stand-in
     both rules tied out of fold (0.956 vs 0.958) while on the test set the stored score was far better
-    (new individuals 0.983 vs 0.897), since the test score averages the folds' models (BENCHMARKS.md)."""
+    (new individuals 0.983 vs 0.897), since the test score averages the folds' models (BENCHMARKS.md).
+
+    others: the stored score with each row's own individual left out (``OTHER_SCORE``): the rule is then
+    fitted without held-out folds (``simulate``'s ``"embedding"``), and its max_prob fallback on the same
+    copies (probabilities without their own class)."""
+    if values is not None and others is not None:
+        stored = fit_rule(targets, probs, label_map, folds, score=STORED_SCORE, k=k, values=values, others=others)
+        return {**stored, "fallback": fit_rule(targets, probs, label_map, folds, k=k, others=others)}
     rule = fit_rule(targets, probs, label_map, folds, k=k)
     if values is None or rule["simulation"] is None:
         return rule
@@ -284,6 +361,8 @@ def rule_markdown(rule, title="Open-set rule (new individuals)"):
     if not rule:
         return ""
     how = {"holdout": "individuals held out of their fold's training",
+           "embedding": "every OOF row again with its own individual's training images left out of the "
+                        "nearest-image similarity (and its own class out of the probabilities)",
            "proxy": "extra-only rows without their own class (proxies)",
            None: "none: no row could stand for an unseen individual"}[rule["simulation"]]
     text = (f"## {title}\n\n{describe(rule)}. Fitted on {rule['n_rows']} OOF rows; simulated unseen "
@@ -291,7 +370,18 @@ def rule_markdown(rule, title="Open-set rule (new individuals)"):
             f"original individual, new = the new label (extra-only or unseen individual).\n\n")
     rows = [{"rule": name, "map5_all": part["all"], "map5_known": part["known"], "map5_new": part["new"],
              "n_known": part["n_known"], "n_new": part["n_new"]} for name, part in rule["oof"].items()]
-    return text + report.markdown_table(rows, ["rule", "map5_all", "map5_known", "map5_new", "n_known", "n_new"])
+    text += report.markdown_table(rows, ["rule", "map5_all", "map5_known", "map5_new", "n_known", "n_new"])
+    curve = rule.get("curve")
+    if curve:
+        step = max(1, len(curve) // 12)
+        picked = curve[::step] + ([curve[-1]] if (len(curve) - 1) % step else [])
+        text += (f"\nKnown vs new MAP@5 on the same rows as the threshold on {rule['score']} moves (new label "
+                 f"first below it; otherwise at rank {rule.get('new_rank') or 'natural'} at the latest); "
+                 f"the fitted rule keeps known individuals within {MAX_KNOWN_LOSS} of the natural rule:\n\n")
+        text += report.markdown_table([{"threshold": c["threshold"], "map5_known": c["known"], "map5_new": c["new"],
+                                        "map5_all": c["all"]} for c in picked],
+                                      ["threshold", "map5_known", "map5_new", "map5_all"])
+    return text
 
 
 # ---------------------------------------------------------------- run directory

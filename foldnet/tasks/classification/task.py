@@ -99,7 +99,8 @@ class ClassificationTask(tasks.Task):
 
         return models.build_model(cfg["arch"], n_classes=spec.n_classes, dim=cfg["dim"], weights=weights,
                                   dropout=cfg["dropout"], options=cfg["arch_options"],
-                                  augment_layer=augment_layer(cfg.aug) if cfg["aug_in_model"] else None)
+                                  augment_layer=augment_layer(cfg.aug) if cfg["aug_in_model"] else None,
+                                  head=cfg["head"], head_scale=cfg["head_scale"])
 
     def compile_model(self, model, cfg, spec, optimizer):
         return compile_classifier(model, spec.n_classes, optimizer, cfg["label_smoothing"], cfg["jit_compile"])
@@ -125,19 +126,46 @@ class ClassificationTask(tasks.Task):
     post_file = openset.RULE_FILE
 
     row_value_key = openset.STORED_SCORE
+    sim_value_key = openset.OTHER_SCORE
 
-    def fit_post(self, targets, outputs, spec, folds=None, values=None):
-        return openset.fit_best_rule(targets, outputs, spec, folds, values)
+    def row_values_default(self, spec):
+        """``openset_features: auto``: on when some class answers the new label (a dataset with new
+        individuals), so the open-set rule can be fitted without held-out folds."""
+        return bool((~openset.keep_mask(spec)).any())
+
+    def fit_post(self, targets, outputs, spec, folds=None, values=None, others=None):
+        return openset.fit_best_rule(targets, outputs, spec, folds, values, others=others)
 
     def row_values(self, model, files, reference_files, cfg, cache):
-        """{row_value_key: [n]}: cosine similarity of each record's features (the classifier's input) to
-        the nearest record of ``reference_files`` (the fold's training images; computed once per ``cache``)."""
+        """{row_value_key: [n], sim_value_key: [n]}: cosine similarity of each record's features (the
+        classifier's input) to the nearest record of ``reference_files`` (the fold's training images;
+        computed once per ``cache``), and to the nearest one of another class than the record's own (an
+        unseen individual simulated in embedding space; records without a label: the same value)."""
+        from foldnet.tasks.classification import data
+
         if "reference" not in cache:
             cache["reference"] = unit_features(model, reference_files, cfg)
-        return {self.row_value_key: nearest_cosine(unit_features(model, files, cfg), cache["reference"])}
+            cache["reference_labels"] = data.read_ids_labels(reference_files)[1]
+        feats = unit_features(model, files, cfg)
+        labels = data.read_ids_labels(files)[1]
+        return {self.row_value_key: nearest_cosine(feats, cache["reference"]),
+                self.sim_value_key: nearest_cosine(feats, cache["reference"], labels, cache["reference_labels"])}
 
     def post_markdown(self, post):
         return openset.rule_markdown(post)
+
+    post_plot_name = "openset_curve.png"
+
+    def post_plot(self, post, path, title=""):
+        """The known vs new trade-off of the fitted rule (``plots.plot_tradeoff``), None without a curve."""
+        from foldnet.core import plots
+
+        if not post or not post.get("curve"):
+            return None
+        floor = post["oof"]["natural"]["known"]
+        floor = None if floor is None else floor - openset.MAX_KNOWN_LOSS
+        return plots.plot_tradeoff(post["curve"], path, title or f"open-set rule: {openset.describe(post)}",
+                                   chosen=post.get("threshold"), floor=floor)
 
     def describe_post(self, post):
         return openset.describe(post)
@@ -175,11 +203,17 @@ def unit_features(model, files, cfg):
     return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
 
-def nearest_cosine(feats, reference, block=1024):
-    """Per row of ``feats``, the largest dot product with a row of ``reference`` (both unit rows)."""
+def nearest_cosine(feats, reference, labels=None, reference_labels=None, block=1024):
+    """Per row of ``feats``, the largest dot product with a row of ``reference`` (both unit rows); with
+    ``labels`` / ``reference_labels``, only with reference rows of another label than the row's own
+    (-1 when none is left)."""
     out = np.empty(len(feats), np.float32)
     for start in range(0, len(feats), block):
-        out[start:start + block] = (feats[start:start + block] @ reference.T).max(axis=1)
+        sims = feats[start:start + block] @ reference.T
+        if labels is not None:
+            sims = np.where(np.asarray(labels)[start:start + block, None] == np.asarray(reference_labels)[None, :],
+                            -1.0, sims)
+        out[start:start + block] = sims.max(axis=1) if sims.shape[1] else -1.0
     return out
 
 

@@ -360,7 +360,7 @@ class SegmentationTask(tasks.Task):
             return np.ones(n, bool), f"mask shape {targets.shape[1:]} != map shape {outputs.shape[2:]}"
         return (targets.reshape(n, -1) > 1).any(axis=1), "mask values other than 0/1"
 
-    def fit_post(self, targets, outputs, spec, folds=None, values=None):
+    def fit_post(self, targets, outputs, spec, folds=None, values=None, others=None):
         return SegScorer().add(targets, outputs).post()
 
     def report(self, stem, targets, outputs, title):

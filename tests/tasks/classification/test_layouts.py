@@ -11,7 +11,7 @@ from foldnet.commands.convert import main
 from foldnet.core.errors import DataError
 from foldnet.tasks.classification import layouts
 from foldnet.tasks.classification.convert import create_tfrecords
-from foldnet.tasks.classification.labels import load_label_map
+from foldnet.tasks.classification.labels import LabelMap, load_label_map
 
 
 def csv_path(root, name):
@@ -264,3 +264,43 @@ def test_skip_bad_writes_the_good_rows_and_lists_the_skipped(turtle_copy, capsys
     assert len(folds) == 58 and not {"ID_000003", train["image_id"][0]} & set(folds["id"])
     err = capsys.readouterr().err
     assert "skipped 4" in err and "ID_000070" in err
+
+
+def test_turtle_layout_folds_default_to_the_original_solutions_seed(tiny_turtle_dir, tmp_path):
+    # vecxoz/turtle-recall create_cv_split: StratifiedKFold(shuffle=True, random_state=33) on the
+    # LabelEncoder codes of train.csv then extra_images.csv: the Turtle layout's default folds.
+    from sklearn.model_selection import StratifiedKFold
+
+    from foldnet.tasks.classification.convert import GENERIC_FOLD_SEED, TURTLE_FOLD_SEED
+
+    assert (TURTLE_FOLD_SEED, GENERIC_FOLD_SEED) == (33, 42)
+    manifest = create_tfrecords(data_dir=tiny_turtle_dir, out_dir=str(tmp_path / "tfrec"), n_folds=3, workers=1,
+                                progress=False)
+    assert manifest["flags"]["seed"] == 33
+    rows = pd.concat([pd.read_csv(csv_path(tiny_turtle_dir, name), dtype=str)
+                      for name in ("train.csv", "extra_images.csv")], ignore_index=True)
+    codes = np.unique(rows["turtle_id"], return_inverse=True)[1]
+    want = np.zeros(len(rows), np.int64)
+    for fold, (_, val) in enumerate(StratifiedKFold(n_splits=3, shuffle=True, random_state=33).split(rows, codes)):
+        want[val] = fold
+    got = pd.read_csv(tmp_path / "tfrec" / "folds.csv", dtype=str).set_index("id")["fold"].astype(int)
+    np.testing.assert_array_equal(got.loc[rows["image_id"]].to_numpy(), want)
+    # an explicit --seed wins; the generic layout keeps 42
+    assert main(["--data_dir", tiny_turtle_dir, "--out_dir", str(tmp_path / "t42"), "--n_folds", "3", "--seed", "42",
+                 "--workers", "1", "--no_progress"]) == 0
+    got42 = pd.read_csv(tmp_path / "t42" / "folds.csv", dtype=str).set_index("id")["fold"].astype(int)
+    assert (got42.loc[rows["image_id"]].to_numpy() != want).any()
+
+
+def test_conversion_says_which_open_set_rule_the_data_gets(tiny_turtle_dir, tmp_path, capsys):
+    from foldnet.tasks.classification.convert import openset_plan
+
+    create_tfrecords(data_dir=tiny_turtle_dir, out_dir=str(tmp_path / "tfrec"), n_folds=3, workers=1, progress=False)
+    out = capsys.readouterr().err  # (create_tfrecords says its notes on stderr)
+    assert "open-set rule: fitted out of fold without re-split folds" in out and "0.005" in out
+    # every label original (a closed set): no rule
+    closed = LabelMap(["a", "b", "c", "d", "e", "f"])
+    assert openset_plan(closed).startswith("open-set rule: none")
+    opened = LabelMap(["a", "b", "c", "d", "e", "x"], original=["a", "b", "c", "d", "e"])
+    assert "3 held-out individuals" in openset_plan(opened, 3) and "held-out individuals' out-of-fold" not in \
+        openset_plan(opened, 0)

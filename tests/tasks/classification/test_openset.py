@@ -79,12 +79,15 @@ def test_unseen_rows_are_classes_of_one_fold():
     assert not openset.unseen_rows(targets, np.zeros(8)).any()  # a single fold simulates nothing
 
 
-def _brute_force(probs, targets, is_new, rule_grid):
+def _brute_force(probs, targets, is_new, rule_grid, known_floor=-1.0):
+    """Best MAP@5 over ``rule_grid`` among the rules whose known rows keep MAP@5 >= ``known_floor``."""
     truth = [LM.new_label if n else LM.labels[t] for t, n in zip(targets, is_new)]
     best = None
     for rule in rule_grid:
-        value = openset.label_row_scores(truth, openset.top_k_labels(probs, LM, rule)).mean()
-        best = value if best is None else max(best, value)
+        row = openset.label_row_scores(truth, openset.top_k_labels(probs, LM, rule))
+        if row[~is_new].mean() < known_floor - 1e-12:
+            continue
+        best = row.mean() if best is None else max(best, row.mean())
     return best
 
 
@@ -97,7 +100,7 @@ def test_fit_finds_the_best_rule_and_reports_its_split():
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     fold = rng.integers(0, 3, n)
     fold[targets == 2] = 1  # individual c held out of folds 0 and 2: unseen in fold 1
-    rule = openset.fit_rule(targets, probs, LM, fold)
+    rule = openset.fit_rule(targets, probs, LM, fold, max_known_loss=1.0)  # known individuals unprotected
     assert rule["simulation"] == "holdout" and rule["n_simulated_new"] == int((targets == 2).sum())
     is_new = (targets == 2) | (targets == 5)
     s = openset.open_set_score(probs, LM)
@@ -105,12 +108,24 @@ def test_fit_finds_the_best_rule_and_reports_its_split():
             for t, r in itertools.product([None] + sorted(s + 1e-9), openset.NEW_RANKS)]
     best = _brute_force(probs, targets, is_new, grid)
     assert rule["oof"]["rule"]["all"] == pytest.approx(best)
-    assert rule["oof"]["rule"]["all"] >= rule["oof"]["natural"]["all"]
-    # the reported split is what the ranking gives under the fitted rule
+    # protected (the default): the best rule that costs known rows at most 0.005 MAP@5
+    natural_known = rule["oof"]["natural"]["known"]
+    assert rule["oof"]["rule"]["known"] < natural_known - openset.MAX_KNOWN_LOSS  # the free fit costs them here
+    kept = openset.fit_rule(targets, probs, LM, fold)
+    assert kept["oof"]["rule"]["known"] >= natural_known - openset.MAX_KNOWN_LOSS
+    assert kept["oof"]["rule"]["all"] == pytest.approx(
+        _brute_force(probs, targets, is_new, grid, natural_known - openset.MAX_KNOWN_LOSS))
+    assert kept["oof"]["natural"]["all"] <= kept["oof"]["rule"]["all"] < rule["oof"]["rule"]["all"]
+    # the curve: no row new first at its lowest threshold, every row at its highest; each point is the
+    # ranking's MAP@5 with that threshold
     truth = [LM.new_label if m else LM.labels[t] for t, m in zip(targets, is_new)]
-    row = openset.label_row_scores(truth, openset.top_k_labels(probs, LM, rule))
-    assert openset.split_map(is_new, row) == pytest.approx(rule["oof"]["rule"])
-    assert rule["oof"]["rule"]["n_new"] == int(is_new.sum())
+    for point in (kept["curve"][0], kept["curve"][len(kept["curve"]) // 2], kept["curve"][-1]):
+        row = openset.label_row_scores(truth, openset.top_k_labels(probs, LM, {**kept, "threshold": point["threshold"]}))
+        assert openset.split_map(is_new, row)["known"] == pytest.approx(point["known"])
+        assert openset.split_map(is_new, row)["new"] == pytest.approx(point["new"])
+    assert kept["curve"][-1]["new"] == 1.0 and kept["curve"][0]["known"] == pytest.approx(
+        kept["oof"]["natural"]["known"] if kept["new_rank"] is None else kept["curve"][0]["known"])
+    assert [c["threshold"] for c in kept["curve"]] == sorted(c["threshold"] for c in kept["curve"])
 
 
 def test_proxy_simulation_without_held_out_individuals():
@@ -119,7 +134,7 @@ def test_proxy_simulation_without_held_out_individuals():
                      [[0.1, 0.05, 0.05, 0.0, 0.0, 0.8], [0.0, 0.1, 0.1, 0.0, 0.0, 0.8]])
     fold = np.array([0, 1, 0, 1, 0, 1])  # every class in both folds: nothing held out
     assert openset.simulate(targets, probs, LM, folds=fold)[3] is None  # proxies are opt-in
-    p, t, new, method, n_sim = openset.simulate(targets, probs, LM, folds=fold, proxies=True)
+    p, t, new, method, n_sim, _ = openset.simulate(targets, probs, LM, folds=fold, proxies=True)
     assert method == "proxy" and n_sim == 2 and len(p) == 8
     assert new.tolist() == [False] * 4 + [True] * 4 and t.tolist() == [0, 0, 1, 1, 5, 5, 5, 5]
     # the copies lost their own class (x) and were renormalised: [0.1, .05, .05] / 0.2
@@ -179,7 +194,7 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
                                 holdout_individuals=0.34)
     assert manifest["flags"]["holdout_individuals"] == 0.34
     table = pd.read_csv(os.path.join(tfrec, "folds.csv"), dtype=str)
-    held = folds.held_out_individuals(table["label"], 0.34, 3, 42)
+    held = folds.held_out_individuals(table["label"], 0.34, 3, manifest["flags"]["seed"])  # 33: Turtle layout
     assert len(held) == 2
     for lab in held:  # each held-out individual sits in one fold and no other fold's shards hold it
         (k,) = set(table.loc[table["label"] == lab, "fold"].astype(int))
@@ -189,7 +204,8 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
         assert lm.encode([lab])[0] not in set(trained.tolist())
 
     run_dir = tmp_path / "member"
-    cfg = tiny_cfg(tiny_turtle_dir, tfrec, run_dir, n_epochs=2, tta_number=0, job="train_val_test_score_subm")
+    cfg = tiny_cfg(tiny_turtle_dir, tfrec, run_dir, n_epochs=2, tta_number=0, job="train_val_test_score_subm",
+                   openset_features=False)  # (auto: on, since this data has extra-only individuals)
     assert runner.run(cfg) == 0
     rule = json.load(open(run_dir / openset.RULE_FILE))
     assert rule["simulation"] == "holdout"
@@ -227,21 +243,31 @@ def test_held_out_run_fits_saves_and_reuses_the_rule(tiny_turtle_dir, tmp_path, 
     firsts = [line.split()[1] for line in log_lines if line.strip().startswith("1.")]
     assert firsts == [lm.new_label] * 2 and "new label first when max_prob < 2.0000" in log_lines[0]
 
-    # --openset_features: val/test predicted again, each row with its similarity to the fold's training images;
-    # the score job fits the rule on it (max_prob rule as fallback) and the submission applies it
-    assert runner.run(dict(cfg, job="val_test_score_subm", openset_features=True)) == 0
+    # --openset_features (auto, the default, on this data): val/test predicted again, each row with its similarity
+    # to the fold's training images, and to those of other individuals; the score job fits the rule on them
+    # (the embedding simulation: no held-out fold needed; max_prob rule as fallback) and the submission applies it
+    assert runner.run(dict(cfg, job="val_test_score_subm", openset_features="auto")) == 0
     key = openset.STORED_SCORE
     for fold in range(3):
         for split in ("oof", "test"):
             with np.load(run_dir / f"fold_{fold}" / f"{split}.npz") as z:
-                v = z[key]
+                v, other = z[key], z[openset.OTHER_SCORE]
                 assert v.shape == z["ids"].shape and (v <= 1 + 1e-5).all() and (v >= -1 - 1e-5).all()
+                assert (other <= v + 1e-6).all()  # leaving images out never brings the nearest one closer
+                if split == "oof":
+                    assert (other < v - 1e-6).any()
     rule = json.load(open(run_dir / openset.RULE_FILE))
     values = rundir.row_values([str(run_dir)], [1.0], "test", ids, key)
     expected = openset.top_k_labels(average_test([str(run_dir)], ids, task=CLASSIFICATION), lm, rule, values=np.array([values[i] for i in ids]))
     assert pd.read_csv(run_dir / "submission.csv", dtype=str).iloc[:, 1:].values.tolist() == expected
-    if rule["simulation"] == "holdout":
-        assert rule["score"] == key and rule["fallback"]["score"] == "max_prob"
+    assert rule["simulation"] == "embedding" and rule["score"] == key and rule["fallback"]["score"] == "max_prob"
+    assert rule["oof"]["rule"]["known"] >= rule["oof"]["natural"]["known"] - openset.MAX_KNOWN_LOSS
+    assert (run_dir / "openset_curve.png").stat().st_size > 1000
+    # --openset natural: the ensemble keeps the plain new-label rule even though a rule was fitted
+    assert ensemble.main(["--runs", str(run_dir), "--template", template, "--submission", str(out),
+                          "--openset", "natural"]) == 0
+    assert pd.read_csv(out, dtype=str).iloc[:, 1:].values.tolist() == natural
+    assert "--openset natural" in (tmp_path / "ens" / "submission.scores.md").read_text()
 
 def test_best_rule_takes_the_stored_score_when_stored():
     rng = np.random.default_rng(1)
@@ -286,3 +312,70 @@ def test_nearest_cosine_and_stored_row_values(tmp_path):
     assert got == pytest.approx({"a": 0.55, "b": 0.55})
     assert rundir.row_values(runs, [1, 1], "test", ["a"], "missing_key") is None
     assert rundir.row_values(runs, [1, 1], "test", ["zzz"], "nearest_train_cosine") is None
+
+
+def test_embedding_simulation_fits_without_held_out_folds():
+    # Every class in every fold (no held-out individual). Known rows sit close to a training image of their
+    # own individual (0.9); with that individual's images left out, the nearest image is another's (0.5):
+    # the fit learns a threshold between, from copies of the rows standing for unseen individuals.
+    rng = np.random.default_rng(3)
+    n = 90
+    targets = np.repeat([0, 1, 2, 3, 4, 5], 15)
+    probs = np.full((n, 6), 0.02)
+    probs[np.arange(n), targets] = 0.9
+    fold = np.tile([0, 1, 2], 30)
+    values = rng.uniform(0.85, 0.95, n)
+    others = rng.uniform(0.45, 0.55, n)
+    assert openset.fit_best_rule(targets, probs, LM, fold, values=values)["simulation"] is None  # before
+    closed = LabelMap(["a", "b", "c", "d", "e", "x"])  # no class answers the new label: nothing to simulate
+    assert openset.fit_best_rule(targets, probs, closed, fold, values=values, others=others)["simulation"] is None
+    rule = openset.fit_best_rule(targets, probs, LM, fold, values=values, others=others)
+    assert rule["simulation"] == "embedding" and rule["score"] == openset.STORED_SCORE
+    assert rule["n_simulated_new"] == n and rule["n_rows"] == 2 * n
+    assert 0.55 < rule["threshold"] < 0.85
+    assert rule["oof"]["rule"]["known"] == rule["oof"]["natural"]["known"] == 1.0
+    assert rule["oof"]["rule"]["new"] == 1.0 and rule["oof"]["natural"]["new"] < 1.0
+    assert rule["fallback"]["score"] == "max_prob" and rule["fallback"]["simulation"] == "embedding"
+    # the copies: probabilities without their own class, renormalised; the fallback may not cost known rows
+    p, t, new, method, n_sim, s = openset.simulate(targets, probs, LM, fold, values=values, others=others)
+    np.testing.assert_allclose(p[n], [0.0, 0.2, 0.2, 0.2, 0.2, 0.2])
+    np.testing.assert_allclose(s, np.concatenate([values, others]))
+    assert new.tolist() == [False] * 75 + [True] * 15 + [True] * n and t.tolist() == targets.tolist() * 2
+    assert rule["fallback"]["oof"]["rule"]["known"] >= rule["fallback"]["oof"]["natural"]["known"] - 0.005
+    # applied: a test row far from every training image gets the new label first
+    rows = openset.top_k_labels(probs[:2], LM, rule, values=np.array([0.9, 0.5]))
+    assert rows[0][0] == "a" and rows[1][0] == "new_turtle"
+    assert "every OOF row again" in openset.rule_markdown(rule) and "Known vs new MAP@5" in openset.rule_markdown(rule)
+
+
+def test_nearest_cosine_of_another_individual():
+    from foldnet.tasks.classification import task as classification
+
+    feats = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], np.float32)
+    ref = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], np.float32)
+    ref_labels = np.array([0, 1, 1])
+    # row 0 (label 0): own image 1.0 left out -> 0.8; row 1 (label 1): 0.6 (label 0's image);
+    # row 2 (label 2, not in the reference): nothing left out -> 1.0
+    np.testing.assert_allclose(classification.nearest_cosine(feats, ref, np.array([0, 1, 2]), ref_labels, block=2),
+                               [0.8, 0.6, 1.0], rtol=1e-6)
+    # only its own individual in the reference: -1
+    assert classification.nearest_cosine(feats[:1], ref[:1], np.array([0]), np.array([0]))[0] == -1.0
+
+
+def test_openset_features_auto_follows_the_new_label():
+    import argparse
+
+    from foldnet.engine import config
+    from foldnet.engine.runner import row_values_on
+    from foldnet.tasks.classification.settings import auto_or_bool
+
+    closed = LabelMap(["a", "b", "c", "d", "e", "f"])  # every label original: no new label
+    assert row_values_on({"openset_features": "auto"}, CLASSIFICATION, LM)
+    assert not row_values_on({"openset_features": "auto"}, CLASSIFICATION, closed)
+    assert row_values_on({"openset_features": True}, CLASSIFICATION, closed)
+    assert not row_values_on({"openset_features": False}, CLASSIFICATION, LM)
+    assert auto_or_bool(" AUTO ") == "auto" and auto_or_bool("yes") is True and auto_or_bool(False) is False
+    with pytest.raises(argparse.ArgumentTypeError):
+        auto_or_bool("maybe")
+    assert config.make_config()["openset_features"] == "auto"
+    assert config.make_config(openset_features="false")["openset_features"] is False
