@@ -89,3 +89,14 @@ def test_auto_selection_is_smoothed_after_a_quarter_for_map_tasks():
     assert train.selection(cfg, tasks.get("temporal_regression")) == ("smoothed", 4, 3)
     assert train.selection(cfg, tasks.get("classification")) == ("best", 0, 3)
     assert train.selection(dict(cfg, select="last", min_epochs=2), tasks.get("segmentation")) == ("last", 2, 3)
+
+
+def test_selection_settings_are_checked_with_the_others():
+    from foldnet.core.errors import ConfigError
+    from foldnet.engine import config
+
+    cfg = config.parse_config(["--select", "smoothed", "--select_window", "5", "--min_epochs", "2"])
+    assert (cfg["select"], cfg["select_window"], cfg["min_epochs"]) == ("smoothed", 5, 2)
+    with pytest.raises(ConfigError) as e:
+        config.parse_config(["--select", "median", "--select_window", "0", "--min_epochs", "-2"])
+    assert all(name in str(e.value) for name in ("select", "select_window", "min_epochs"))
