@@ -1,6 +1,7 @@
 # `make demo`: set-up + the whole pipeline on the bundled demo data.
 # `make demo-seg`: the same for segmentation on synthetic Kelp Wanted tiles, then the Dice
-#   of foldnet's submission and of the NDVI-threshold baseline on the same test tiles.
+#   of foldnet's submission, of the NDVI-threshold baseline and, last, of the per-pixel
+#   gradient-boosting baseline (foldnet baseline --method gbm) on the same test tiles.
 # `make test`: set-up + the test suite.   `make bench`: the benchmarks.
 PY ?= python3
 VENV ?= .venv
@@ -52,11 +53,16 @@ demo-seg: install
 	DATA_DIR=$(SEG_DEMO_DIR) MODELS=seg_demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python \
 	  SUBMISSION=$(SEG_DEMO_DIR)/submission.tar bash run_inference.sh; \
 	$(BIN)/python -m foldnet baseline --data_dir $(SEG_DEMO_DIR) --out $(SEG_DEMO_DIR)/baseline.tar; \
+	$(BIN)/python -m foldnet baseline --method gbm --data_dir $(SEG_DEMO_DIR) --run_dir $(DEMO_RUNS)/seg_gbm; \
+	$(BIN)/python -m foldnet ensemble --runs $(DEMO_RUNS)/seg_gbm --data_dir $(SEG_DEMO_DIR) \
+	  --tfrec_dir $(SEG_DEMO_DIR)/tfrec --submission $(SEG_DEMO_DIR)/gbm.tar --quiet; \
 	echo "== demo test tiles vs $(SEG_DEMO_DIR)/answers (pooled Dice over all pixels)"; \
 	printf "foldnet (seg_demo, 5 folds): "; \
 	$(BIN)/python -m foldnet evaluate --submission $(SEG_DEMO_DIR)/submission.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
 	printf "NDVI-threshold baseline:     "; \
 	$(BIN)/python -m foldnet evaluate --submission $(SEG_DEMO_DIR)/baseline.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
+	printf "per-pixel gradient boosting: "; \
+	$(BIN)/python -m foldnet evaluate --submission $(SEG_DEMO_DIR)/gbm.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
 	echo "== demo-seg finished in $$(( $$(date +%s) - start )) s"
 
 # The temporal model and its two baselines (same network on one month, on the mean of the
@@ -70,6 +76,9 @@ demo-biomass: install
 	  DATA_DIR=$(BIO_DEMO_DIR) MODELS=$$m RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python \
 	    SUBMISSION=$(BIO_DEMO_DIR)/$$m.tar bash run_inference.sh; \
 	done; \
+	$(BIN)/python -m foldnet baseline --data_dir $(BIO_DEMO_DIR) --run_dir $(DEMO_RUNS)/biomass_gbm; \
+	$(BIN)/python -m foldnet ensemble --runs $(DEMO_RUNS)/biomass_gbm --data_dir $(BIO_DEMO_DIR) \
+	  --tfrec_dir $(BIO_DEMO_DIR)/tfrec --submission $(BIO_DEMO_DIR)/biomass_gbm.tar --quiet; \
 	echo "== demo test chips vs $(BIO_DEMO_DIR)/answers (RMSE per chip, mean over chips; lower is better)"; \
 	$(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/biomass_demo.tar \
 	  --answers $(BIO_DEMO_DIR)/answers --label "foldnet temporal UNet, 12 months"; \
@@ -77,6 +86,8 @@ demo-biomass: install
 	  --answers $(BIO_DEMO_DIR)/answers --label "same network, one month (July)  "; \
 	$(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/biomass_mean.tar \
 	  --answers $(BIO_DEMO_DIR)/answers --label "same network, mean of the months"; \
+	$(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/biomass_gbm.tar \
+	  --answers $(BIO_DEMO_DIR)/answers --label "per-pixel gradient boosting     "; \
 	echo "== demo-biomass finished in $$(( $$(date +%s) - start )) s"
 
 bench: install

@@ -8,8 +8,11 @@
 # DATA_DIR, TFREC_DIR, MODELS, RUNS_DIR, PYTHON: as in run_training.sh
 # SUBMISSION   output CSV (default: submission.csv); beside it <stem>.probs.npz
 #              (averaged probabilities with ids) and <stem>.scores.md (OOF scores)
-# WEIGHTS      member weights, comma separated in MODELS order (default: equal)
-# FIT_WEIGHTS  1 to fit member weights on out-of-fold predictions (max OOF MAP@5)
+# EXTRA_RUNS   run directories already predicted that join the ensemble as members, e.g. the per-pixel
+#              gradient-boosting member of a map task (foldnet baseline --method gbm --run_dir R)
+# WEIGHTS      member weights, comma separated in MODELS then EXTRA_RUNS order (default: equal)
+# FIT_WEIGHTS  1 to fit member weights on out-of-fold predictions (the task's fit metric; never worse
+#              on OOF than the best member alone)
 # OPENSET      fitted (default): the open-set rule fitted on OOF puts the new label first for
 #              images that look unseen; natural: the plain new_turtle rule of the original solution
 # RUN_ARGS     extra run.py flags for prediction, e.g. "--batch_size 16 --tta_number 3"
@@ -35,6 +38,11 @@ for member in "${members[@]}"; do
     --run_dir "$run_dir" --job test $RUN_ARGS
   run_dirs+=("$run_dir")
 done
+
+if [ -n "${EXTRA_RUNS:-}" ]; then
+  read -r -a extra <<< "$EXTRA_RUNS"
+  run_dirs+=("${extra[@]}")
+fi
 
 args=(--runs "${run_dirs[@]}" --data_dir "$DATA_DIR" --tfrec_dir "$TFREC_DIR" --submission "$SUBMISSION")
 [ -n "${WEIGHTS:-}" ] && args+=(--weights "$WEIGHTS")

@@ -8,6 +8,7 @@ every task. The root scripts (``create_tfrecords.py``, ``run.py``, ``run_trainin
     foldnet ensemble --runs runs/a runs/b ...          (= run_inference.sh's averaging)
     foldnet evaluate --submission S --answers A        (the task chosen from what it is given)
     foldnet baseline --data_dir D --out O              (the task chosen from the layout of D)
+    foldnet baseline --method gbm --data_dir D --run_dir R   (map tasks: a per-pixel GBM member)
 """
 import os
 import sys

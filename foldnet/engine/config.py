@@ -32,6 +32,7 @@ MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("plateau", "cosine")
 CACHE_MODES = ("auto", "decoded", "encoded", "none")
+SELECTIONS = ("auto", "best", "smoothed", "last")
 
 
 _bool, _none_or_str, _mapping, _str_or_mapping = as_bool, none_or_str, as_mapping, str_or_mapping
@@ -59,6 +60,8 @@ BOUNDS = {
     "cache_budget_mb": Bound(0, None, False),
     "shuffle_buffer": Bound(1, None, False),
     "tiles_per_epoch": Bound(0, None, False),
+    "min_epochs": Bound(-1, None, False),
+    "select_window": Bound(1, None, False),
 }
 
 
@@ -103,6 +106,15 @@ FLAGS = [
     ("early_stop_patience", int, 8, "EarlyStopping patience in epochs (0 = no early stopping)"),
     ("min_delta", float, 1e-4, "Smallest change of --monitor that counts as an improvement"),
     ("monitor", str, "val_loss", "Quantity that selects the best checkpoint: val_loss, val_acc or val_top5"),
+    ("select", str, "auto",
+     "Which epoch's weights a fold keeps: best (best --monitor value), smoothed (best mean of --monitor over the "
+     "last select_window epochs: one lucky or unlucky epoch on an unrepresentative validation fold does not "
+     "decide), last (the last epoch of the schedule), auto (the task's: best for classification, smoothed for "
+     "the map tasks)"),
+    ("select_window", int, 3, "Epochs averaged by --select smoothed"),
+    ("min_epochs", int, -1,
+     "Epochs a fold trains before an epoch may be kept (and before early stopping); -1 = the task's "
+     "(classification 0, map tasks a quarter of n_epochs)"),
     # data
     ("aug_number", int, 9,
      "Train-time transforms to draw from (flips, 90- and 45-degree rotations, in that order); 0 = none"),
@@ -369,6 +381,7 @@ Config.__doc__ = "The settings of one run.py call (see the module doc); frozen, 
 SETTING_NAMES = ("config", *FLAG_NAMES)
 
 CHOICES = {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "cache": CACHE_MODES,
+           "select": SELECTIONS,
            **{st.name: st.choices for st in TASK_SETTINGS if st.choices}}
 
 

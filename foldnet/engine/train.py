@@ -14,6 +14,19 @@ forgets its best value after BackupAndRestore) cannot happen here.
 ReduceLROnPlateau and EarlyStopping are implemented in the same callback with
 the same semantics as the Keras ones (patience, factor, min_delta, min_lr) so
 that their counters are part of the saved state.
+
+Which epoch is kept (``select``, ``min_epochs``, ``select_window``; see
+``selection``): ``best`` compares each epoch's monitored value; ``smoothed``
+compares the mean of the last ``select_window`` finite values (read from the
+saved history, so a resumed fold smooths the same way; epochs before a full
+window are not kept) and keeps the weights of the epoch where that mean is best; ``last`` keeps every epoch in turn, so
+the file ends with the last one. No epoch before ``min_epochs`` is kept
+unless the schedule ends first, and early stopping waits for it too. The
+value stored in the best file is the compared one (smoothed or raw). The
+plateau and early-stopping counters follow the same compared value (``last``:
+the raw value). ``finish_fold`` warns when the kept epoch lies in the first
+or the last tenth of the schedule (picked before the model learnt, or still
+improving when it stopped).
 """
 import json
 import logging
@@ -103,12 +116,49 @@ class FoldState:
         self.dir = state_dir
         self.path = os.path.join(state_dir, "state.json")
         self.d = {"epochs_done": 0, "checkpoint": None, "plateau_wait": 0, "stop_wait": 0,
-                  "best": None, "best_epoch": None, "stopped": False, "lr": None, "history": []}
+                  "best": None, "best_epoch": None, "track": None, "stopped": False, "lr": None, "history": []}
         if os.path.exists(self.path):
             self.d.update(fileio.read_json(self.path))
 
     def save(self):
         fileio.atomic_write_json(self.path, self.d)
+
+
+SELECTIONS = ("best", "smoothed", "last")
+
+
+def selection(cfg, task):
+    """(select, min_epochs, window) of the run settings, ``auto`` / -1 resolved with the task's defaults."""
+    select = cfg["select"]
+    if select in (None, "auto"):
+        select = task.default_select
+    min_epochs = int(cfg["min_epochs"])
+    if min_epochs < 0:
+        min_epochs = int(math.ceil(task.default_min_epochs_share * cfg["n_epochs"]))
+    return select, min(min_epochs, int(cfg["n_epochs"])), int(cfg["select_window"])
+
+
+def smoothed_value(history, monitor, epoch, value, window):
+    """Mean of ``value`` (epoch ``epoch``, 0-based) and the finite ``monitor`` values of the ``window - 1``
+    epochs before it in ``history``."""
+    earlier = [float(r[monitor]) for r in history if r["epoch"] < epoch + 1 and monitor in r
+               and math.isfinite(float(r[monitor]))]
+    values = (earlier[-(window - 1):] if window > 1 else []) + [value]
+    return float(np.mean(values))
+
+
+def edge_warning(best_epoch, n_epochs, select):
+    """A warning text when the kept epoch (1-based) is in the first or last tenth of ``n_epochs``, else None."""
+    tenth = max(1, n_epochs // 10)
+    if n_epochs < 10 or select == "last":
+        return None
+    if best_epoch <= tenth:
+        return (f"the kept epoch {best_epoch} of {n_epochs} is in the first tenth of the schedule: the validation "
+                "fold may be unrepresentative (try --select smoothed, --min_epochs, or folds by group)")
+    if best_epoch > n_epochs - tenth:
+        return (f"the kept epoch {best_epoch} of {n_epochs} is in the last tenth of the schedule: the model was "
+                "still improving (try more --n_epochs)")
+    return None
 
 
 class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
@@ -122,8 +172,12 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
     """
 
     def __init__(self, fold_dir, state, manager, monitor, mode, schedule, lr_patience, lr_factor, min_lr,
-                 early_stop_patience, min_delta):
+                 early_stop_patience, min_delta, select="best", min_epochs=0, select_window=3, n_epochs=None):
         super().__init__()
+        if select not in SELECTIONS:
+            raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+        self.select, self.min_epochs, self.select_window = select, int(min_epochs), int(select_window)
+        self.n_epochs = n_epochs
         self.fold_dir = fold_dir
         self.state = state
         self.manager = manager
@@ -138,8 +192,8 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
         self.best_path = os.path.join(fold_dir, rundir.BEST)
         self._t0 = None
 
-    def improved(self, value):
-        best = self.state.d["best"]
+    def improved(self, value, key="best"):
+        best = self.state.d.get(key)
         if best is None:
             return True
         if self.mode == "min":
@@ -153,14 +207,23 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
         logs = dict(logs or {})
         if self.monitor not in logs:
             raise KeyError(f"--monitor {self.monitor!r} is not among the logged values {sorted(logs)}")
-        value = float(logs[self.monitor])
+        raw = float(logs[self.monitor])
         d = self.state.d
         lr = _current_lr(self.model.optimizer)
-        if not math.isfinite(value):
-            log.info(f"  epoch {epoch + 1}: {self.monitor} is {value}; not a candidate for the best checkpoint")
-        elif self.improved(value):
+        value = raw
+        if self.select == "smoothed" and math.isfinite(raw):
+            value = smoothed_value(d["history"], self.monitor, epoch, raw, self.select_window)
+        last_epoch = self.n_epochs is not None and epoch + 1 >= self.n_epochs
+        full = self.select != "smoothed" or epoch + 1 >= self.select_window  # a smoothed value needs its window
+        candidate = (epoch + 1 >= self.min_epochs and full) or (last_epoch and d["best"] is None)
+        if math.isfinite(value) and candidate and (self.select == "last" or self.improved(value)):
             save_best(self.model, self.best_path, epoch, self.monitor, value)
             d["best"], d["best_epoch"] = value, epoch
+        # the counters follow the compared value over every epoch (min_epochs only gates what is kept)
+        if not math.isfinite(value):
+            log.info(f"  epoch {epoch + 1}: {self.monitor} is {value}; not a candidate for the best checkpoint")
+        elif self.improved(value, "track"):
+            d["track"] = value
             d["plateau_wait"] = d["stop_wait"] = 0
         else:
             d["plateau_wait"] += 1
@@ -171,7 +234,8 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
                 log.info(f"  epoch {epoch + 1}: {self.monitor} did not improve for {d['plateau_wait']} epochs; "
                          f"learning rate {lr:.3g} -> {new_lr:.3g}")
                 d["plateau_wait"] = 0
-            if self.early_stop_patience and d["stop_wait"] >= self.early_stop_patience:
+            if (self.early_stop_patience and d["stop_wait"] >= self.early_stop_patience
+                    and epoch + 1 >= self.min_epochs and d["best"] is not None):
                 d["stopped"] = True
                 self.model.stop_training = True
                 log.info(f"  epoch {epoch + 1}: early stop, no improvement of {self.monitor} "
@@ -295,6 +359,8 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
     if best is not None and initial_epoch > 0:
         # The best file is the truth about the best value (it may be newer than state.json).
         state.d["best_epoch"], state.d["best"] = best
+        if state.d.get("track") is None:  # a state written before the counters had their own value
+            state.d["track"] = state.d["best"]
     elif initial_epoch == 0 and os.path.exists(p["best"]):
         os.remove(p["best"])
 
@@ -304,9 +370,11 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
                                   drop_remainder=is_tpu, n_workers=_num_workers(strategy))
     val_ds = task.eval_dataset(val_files, spec, cfg)
 
+    select, min_epochs, window = selection(cfg, task)
     controller = FoldCallback(p["dir"], state, manager, cfg["monitor"], task.monitor_mode(cfg["monitor"]),
                               cfg["schedule"], cfg["lr_patience"],
-                              cfg["lr_factor"], cfg["min_lr"], cfg["early_stop_patience"], cfg["min_delta"])
+                              cfg["lr_factor"], cfg["min_lr"], cfg["early_stop_patience"], cfg["min_delta"],
+                              select=select, min_epochs=min_epochs, select_window=window, n_epochs=cfg["n_epochs"])
     callbacks = [controller, keras.callbacks.TensorBoard(os.path.join(p["dir"], "tb"), profile_batch=0),
                  *extra_callbacks]
     log.info(f"fold {fold}: {n_train} training images ({len(train_files)} shards, cache={cache}), "
@@ -317,10 +385,10 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
     else:
         model.fit(train_ds, steps_per_epoch=steps, epochs=cfg["n_epochs"], initial_epoch=initial_epoch,
                   validation_data=val_ds, callbacks=callbacks, verbose=_keras_verbose(cfg["verbose"]))
-    return finish_fold(model, p, state, cfg["monitor"], fold)
+    return finish_fold(model, p, state, cfg["monitor"], fold, n_epochs=cfg["n_epochs"], select=select)
 
 
-def finish_fold(model, p, state, monitor, fold):
+def finish_fold(model, p, state, monitor, fold, n_epochs=None, select="best"):
     best = read_best(p["best"])
     if best is None:
         raise RuntimeError(f"fold {fold}: no best checkpoint was saved ({monitor} was never finite)")
@@ -328,10 +396,14 @@ def finish_fold(model, p, state, monitor, fold):
     history = state.d["history"]
     write_history(p["dir"], history)
     plots.plot_history(history, p["curves"], title=f"fold {fold}", monitor=monitor)
+    warning = edge_warning(best[0] + 1, n_epochs, select) if n_epochs else None
+    if warning:
+        log.warning(f"fold {fold}: warning: {warning}")
     fileio.atomic_write_json(p["done"], {
         "fold": fold, "epochs": state.d["epochs_done"], "best_epoch": best[0] + 1,
         "best_value": best[1], "monitor": monitor, "stopped_early": bool(state.d["stopped"]),
-        "settings": state.d.get("settings"),
+        "settings": state.d.get("settings"), "select": select,
+        **({"warning": warning} if warning else {}),
     })
     shutil.rmtree(p["state"], ignore_errors=True)
     log.info(f"fold {fold}: done, best {monitor} = {best[1]:.4f} at epoch {best[0] + 1}")

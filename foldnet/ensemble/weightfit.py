@@ -1,7 +1,8 @@
 """Member weights fitted on out-of-fold predictions, and the OOF score table of an ensemble.
 
 ``fit_weights``: pattern search on the simplex grid with step 1 /
-(resolution * n_members), starting from equal weights. Each step tries
+(resolution * n_members), starting from the best of equal weights and each
+member alone. Each step tries
 moving ``s`` grid units from one member to another for every ordered pair and
 takes the best move if it strictly improves the OOF metric; when no move
 improves, ``s`` is halved (resolution/2, ..., 1). The result is never worse
@@ -72,7 +73,13 @@ def pattern_search(score_many, n, metric, resolution=8, max_steps=200):
         return [cache[tuple(c)] for c in cands]
 
     counts = [resolution] * n
-    before = best = scores([counts])[0]
+    # start from the best of equal weights and each member alone (equal wins ties), so the result is never
+    # worse on OOF than equal weights nor than the best single member
+    starts = [counts] + ([[units if k == i else 0 for k in range(n)] for i in range(n)] if n > 1 else [])
+    start_scores = scores(starts)
+    before = start_scores[0]
+    pick = int(np.argmax(start_scores))
+    counts, best = list(starts[pick]), start_scores[pick]
     step, accepted = max(1, resolution // 2), 0
     while n > 1 and step >= 1 and accepted < max_steps:
         cands = []

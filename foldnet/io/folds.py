@@ -5,7 +5,14 @@ whose small grayscale thumbnails are almost identical (cosine similarity of
 mean-centred 16x16 thumbnails above a threshold) are linked, and each connected
 component stays in one fold, so a near-copy of a validation image never leaks
 into training.
+
+Tiles cut from larger scenes (``scene_groups``): ids of the form
+``<scene><sep><tile coordinates>`` (``s1_r0_c1``, ``s1_x64_y128``, ``s1-3-4``,
+``s1_tile7``) share their scene, and a scene stays in one fold, so a
+validation tile's neighbours are not in training. ``group_report`` says how
+many groups a split has and warns when every fold is one group.
 """
+import re
 import warnings
 
 import numpy as np
@@ -170,3 +177,39 @@ def combined_strata(parts):
     for p in parts[1:]:
         out = np.char.add(np.char.add(out, "-"), p)
     return out
+
+
+# "<scene><sep><tile coordinates>": row/column, x/y, two numbers, or a tile/patch number
+TILE_SUFFIX = re.compile(r"^(?P<scene>.+?)[_\-.](?:r\d+[_\-.]?c\d+|x\d+[_\-.]?y\d+|\d+[_\-.x]\d+"
+                         r"|(?:tile|patch|sub|t|p)?\d+)$", re.IGNORECASE)
+
+
+def scene_of(tile_id):
+    """The scene an id names as ``<scene><sep><tile coordinates>`` (``TILE_SUFFIX``), or None."""
+    m = TILE_SUFFIX.match(str(tile_id))
+    return m.group("scene") if m else None
+
+
+def scene_groups(ids):
+    """Scene name per id when the ids name tiles of shared scenes (every id parses and some scene has
+    two tiles or more), else None."""
+    scenes = [scene_of(i) for i in ids]
+    if not scenes or any(s is None for s in scenes):
+        return None
+    names = np.asarray(scenes, dtype=object).astype(str)
+    return names if len(np.unique(names)) < len(names) else None
+
+
+def group_report(groups, n_folds, source):
+    """(info line, warning or None) of a grouped fold split: how many groups ``source`` gave; a warning
+    when there are no more groups than folds, i.e. every validation fold is one group (leave one group
+    out): checkpoint selection and OOF-fitted thresholds then measure transfer to an unseen scene or
+    sensor, and a fold's scores can be far from the test set's."""
+    values, counts = np.unique(np.asarray(groups).astype(str), return_counts=True)
+    info = (f"folds keep groups together: {len(values)} groups from {source} "
+            f"(largest {counts.max()} tiles, {int((counts == 1).sum())} single-tile groups)")
+    if len(values) > n_folds:
+        return info, None
+    return info, (f"only {len(values)} groups for {n_folds} folds: each fold is one group (leave-one-group-out "
+                  "validation); validation scores measure transfer to an unseen group, so model selection and "
+                  "OOF thresholds may not match the test set (more, smaller groups, or fewer folds, help)")

@@ -79,6 +79,8 @@ Model
   checkpoint is loaded afterwards).
 - ``compile_model(model, cfg, spec, optimizer)``: loss and Keras metrics.
 - ``default_monitor``: the ``--monitor`` a recipe of this task would use.
+- ``default_select`` / ``default_min_epochs_share``: what ``--select auto`` and
+  ``--min_epochs -1`` mean for the task (engine.train.selection).
 - ``monitor_mode(monitor)``: ``"min"`` or ``"max"``.
 
 Prediction files (``rundir`` writes and reads them; the task says how its
@@ -224,6 +226,8 @@ class Task(abc.ABC):
     name: str = ""
     spec_file: str = ""
     default_monitor = "val_loss"
+    default_select = "best"
+    default_min_epochs_share = 0.0
     score_keys: tuple[str, ...] = ()
     default_fit_metric: str | None = None
     score_note = ""

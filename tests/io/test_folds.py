@@ -152,3 +152,18 @@ def test_unreadable_image_during_grouping(tmp_path):
     m = create_tfrecords(skip_bad=True, **kw)
     assert sorted(s["id"] for s in m["skipped"]) == ["b20", "b3"] and m["n_examples"] == 28
     assert m["n_grouped"] == 10  # c3 lost its twin
+
+
+def test_scene_groups_read_tile_coordinates_from_ids():
+    from foldnet.io.folds import group_report, scene_groups, scene_of
+
+    for tile, scene in [("s1_r0_c1", "s1"), ("s1_x64_y128", "s1"), ("a-b-3-4", "a-b"), ("scene_a_tile7", "scene_a"),
+                        ("S2A_12", "S2A"), ("AB123456", None), ("0003d2eb", None), ("chip", None)]:
+        assert scene_of(tile) == scene, tile
+    assert list(scene_groups(["a_r0_c0", "a_r0_c1", "b_r0_c0"])) == ["a", "a", "b"]
+    assert scene_groups(["a_1", "b_1", "c_1"]) is None  # one tile per "scene": nothing to keep together
+    assert scene_groups(["a_r0_c0", "a_r0_c1", "plain"]) is None  # not every id is a tile of a scene
+    info, warning = group_report(["a", "a", "b", "c"], 2, "ids")
+    assert info.startswith("folds keep groups together: 3 groups from ids (largest 2 tiles, 2 single-tile groups)")
+    assert warning is None
+    assert "leave-one-group-out" in group_report(["a", "b", "c"], 3, "ids")[1]

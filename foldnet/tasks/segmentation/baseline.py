@@ -1,6 +1,21 @@
-"""A simple per-pixel baseline for kelp: an NDVI threshold over clear sea, fitted on the training tiles.
+"""Per-pixel baselines of segmentation: an NDVI threshold (kelp), and gradient boosting (any layout).
 
     python -m foldnet.tasks.segmentation.baseline --data_dir data/kelp_demo --out data/kelp_demo/baseline.tar
+    foldnet baseline --method gbm --data_dir data/cloud_demo --run_dir runs/seg_gbm
+
+``--method gbm`` (``raster.pixelgbm``): one HistGradientBoostingClassifier
+per fold of the TFRecord directory (``--tfrec_dir``, default
+DATA_DIR/tfrec: the folds the UNet members use), fitted on at most ``--cap``
+sampled pixels of the other folds whose valid flag is set. Features per
+pixel: every raw band (a missing value is NaN) and the spectral indices
+``--indices`` (default: every normalised difference the bands allow, on
+unmasked pixels; NaN where one of its bands is missing). Writes a run
+directory like a trained member (task.json, seg_spec.json, fold_K/oof.npz
+with the held-out fold's probability maps, fold_K/test.npz), so ``foldnet
+ensemble --runs RUN_DIR [UNET_RUN ...]`` scores it, fits its decision
+threshold on OOF, weights it and writes its submission. No spatial context.
+
+``--method ndvi`` (the default with ``--out``; Kelp Wanted layouts):
 
 A pixel is kelp when NDVI = (NIR - R) / (NIR + R) >= t, the pixel is not
 missing, QA says clear and the DEM says sea (DEM <= 0, or no DEM); t is the
@@ -10,6 +25,7 @@ both are scored by foldnet.tasks.segmentation.evaluate on the same test tiles. N
 with NIR and R bands (Kelp Wanted); no TensorFlow.
 """
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -22,6 +38,7 @@ from foldnet.tasks.segmentation import layouts as seg_layouts
 from foldnet.tasks.segmentation import metrics as seg_metrics
 
 NDVI_GRID = np.round(np.arange(-0.5, 0.951, 0.01), 2)
+BLOCK_TILES = 64
 
 
 def ndvi_score(image, bands):
@@ -74,12 +91,105 @@ def predict_submission(dataset, threshold, out, tar=False, workers=1, progress=F
     return w.out
 
 
+# ---------------------------------------------------------------- gradient boosting
+
+
+def default_indices(bands):
+    """The normalised differences (natural range, no reflectance constants) the bands allow."""
+    from foldnet.raster import spectral
+
+    roles = spectral.band_roles(bands)
+    return [n for n, i in spectral.INDICES.items()
+            if i.natural and not i.reflectance and all(b in roles for b in i.bands)]
+
+
+def pixel_features(image, valid, bands, indices, missing_value=None):
+    """float32 ``[b, H, W, len(bands) + len(indices)]`` of raw tiles ``[b, H, W, C]``: raw bands, then
+    raw indices; NaN where a band is missing (``missing_value`` or the pixel not valid) and where an
+    index's band is."""
+    from foldnet.raster import spectral
+
+    image = np.asarray(image)
+    miss = np.zeros(image.shape, bool) if missing_value is None else image == missing_value
+    miss |= (np.asarray(valid) == 0)[..., None]
+    x = np.where(miss, np.nan, image.astype(np.float32))
+    if not indices:
+        return x.astype(np.float32)
+    values = np.array(spectral.compute_indices(image.astype(np.float32), list(bands), list(indices)))
+    roles = spectral.band_roles(bands)
+    for k, name in enumerate(indices):
+        gone = np.any(np.stack([miss[..., roles[b]] for b in spectral.INDICES[name].bands]), 0)
+        values[..., k] = np.where(gone, np.nan, values[..., k])
+    return np.concatenate([x, values.astype(np.float32)], -1)
+
+
+def pixel_source(manifest, indices, task):
+    """``pixelgbm.PixelSource`` of a segmentation TFRecord directory (``pixel_features`` per block)."""
+    from foldnet.io import tfdata
+    from foldnet.raster import pixelgbm
+    from foldnet.tasks.segmentation import records as seg_records
+
+    image = manifest["image"]
+    bands, shape, dtype = list(image["bands"]), image["shape"], image["dtype"]
+
+    def blocks(files):
+        ds = tfdata.read_records(files, deterministic=True).map(
+            lambda s: seg_records.parse_example(s, shape, dtype)).batch(BLOCK_TILES)
+        for batch in ds.as_numpy_iterator():
+            x = pixel_features(batch["image"], batch["valid"], bands, indices, image.get("missing_value"))
+            yield ([i.decode("utf-8") for i in batch["id"]], x, batch["mask"],
+                   (batch["valid"] > 0) & (batch["has_mask"] > 0)[:, None, None])
+
+    return pixelgbm.PixelSource(blocks, bands + list(indices), "classifier", task.encode_outputs,
+                                task.encode_targets)
+
+
+def fit_gbm(tfrec_dir, run_dir, indices=None, cap=None, seed=0):
+    """Fit the per-pixel GBM member of ``tfrec_dir`` into ``run_dir`` (module doc); returns its OOF scores."""
+    from foldnet.io import records, rundir
+    from foldnet.raster import pixelgbm, spectral
+    from foldnet.tasks.segmentation.task import TASK
+
+    manifest = records.load_manifest(tfrec_dir)
+    if manifest.get("task") != "segmentation":
+        raise DataError(f"{tfrec_dir}: task {manifest.get('task')!r} is not segmentation")
+    spec = TASK.load_spec(manifest)
+    bands = list(manifest["image"]["bands"])
+    indices = default_indices(bands) if indices is None else list(indices)
+    try:
+        spectral.check_indices(indices, bands)
+    except ValueError as e:
+        raise ConfigError(f"--indices: {e}") from e
+    os.makedirs(run_dir, exist_ok=True)
+    spec.save(os.path.join(run_dir, TASK.spec_file))
+    rundir.write_task(run_dir, TASK.name)
+    result = pixelgbm.fit_run(manifest, pixel_source(manifest, indices, TASK), run_dir, spec.fingerprint(),
+                              cap=cap or pixelgbm.DEFAULT_CAP, seed=seed)
+    _, targets, maps = result["oof"]
+    return TASK.score(targets, maps, spec)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_dir", required=True, help="a Kelp Wanted layout")
-    p.add_argument("--out", required=True, help="submission directory, or a .tar file")
-    p.add_argument("--workers", type=int, default=1, help="tile reading processes")
+    p.add_argument("--data_dir", required=True, help="the dataset (ndvi: a Kelp Wanted layout)")
+    p.add_argument("--method", choices=("ndvi", "gbm"), default=None,
+                   help="ndvi threshold (needs --out) or per-pixel gradient boosting (needs --run_dir); "
+                        "default: gbm with --run_dir, else ndvi")
+    p.add_argument("--out", help="ndvi: submission directory, or a .tar file")
+    p.add_argument("--workers", type=int, default=1, help="ndvi: tile reading processes")
+    p.add_argument("--run_dir", help="gbm: the run directory to write (a member for foldnet ensemble)")
+    p.add_argument("--tfrec_dir", help="gbm: TFRecord directory (default: DATA_DIR/tfrec)")
+    p.add_argument("--indices", nargs="*", default=None,
+                   help="gbm: spectral indices added to the bands (default: every normalised difference "
+                        "the bands allow)")
+    p.add_argument("--cap", type=int, default=None, help="gbm: training pixels per fold (default 60000)")
+    p.add_argument("--seed", type=int, default=0, help="gbm: random seed")
     a = p.parse_args(argv)
+    method = a.method or ("gbm" if a.run_dir else "ndvi")
+    if method == "gbm":
+        return main_gbm(a, p)
+    if not a.out:
+        p.error("--method ndvi needs --out")
     try:
         dataset = seg_layouts.read_kelp(a.data_dir)
         threshold, dice, _ = fit(dataset, a.workers, progress=False)
@@ -88,6 +198,24 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"NDVI baseline: threshold {threshold:.2f} (training Dice {dice:.4f}); wrote {out}")
+    return 0
+
+
+def main_gbm(a, parser):
+    from foldnet.core import logs
+
+    if not a.run_dir:
+        parser.error("--method gbm needs --run_dir")
+    if a.cap is not None and a.cap < 1:
+        parser.error(f"--cap {a.cap}: must be >= 1")
+    logs.setup(0)
+    try:
+        scores = fit_gbm(a.tfrec_dir or os.path.join(a.data_dir, "tfrec"), a.run_dir, a.indices, a.cap, a.seed)
+    except (DataError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"per-pixel GBM: OOF Dice {scores['dice']:.4f}, IoU {scores['iou']:.4f} at 0.5, best Dice "
+          f"{scores['dice_best']:.4f} at {scores['threshold']:.2f}; wrote {a.run_dir}")
     return 0
 
 

@@ -89,7 +89,10 @@ def inspect_tiles(dataset, workers, progress):
 
 
 def fold_groups(dataset, infos, group_duplicates):
-    """(groups for the fold split or None, group name per training tile, n near-duplicate-grouped tiles)."""
+    """(groups for the fold split or None, group name per training tile, n near-duplicate-grouped tiles).
+
+    Groups: the layout's group column (location, AOI); else the scenes the tile ids name
+    (``folds.scene_groups``: tiles cut from larger scenes); joined with near-duplicate clusters."""
     named = dataset.train["group"].astype(str).to_numpy()
     has_named = bool((named != "").any())
     clusters, n_grouped = None, 0
@@ -101,6 +104,11 @@ def fold_groups(dataset, infos, group_duplicates):
         return merged, named, n_grouped
     if has_named:
         return named, named, 0
+    scenes = folds_mod.scene_groups(dataset.train["id"].astype(str).tolist())
+    if scenes is not None and clusters is not None:
+        return folds_mod.merge_groups(scenes, clusters), scenes, n_grouped
+    if scenes is not None:
+        return scenes, scenes, 0
     if clusters is not None:
         names = np.array([f"aoi{c}" for c in np.unique(clusters, return_inverse=True)[1]])
         return clusters, names, n_grouped
@@ -231,6 +239,15 @@ def convert_seg_dataset(dataset, out_dir, flags, fp, workers, progress):
     groups, group_names, n_grouped = fold_groups(dataset, train_infos, flags["group_duplicates"])
     if flags["group_duplicates"] is not None:
         say(f"near-duplicates: {n_grouped} tiles in clusters of 2 or more (threshold {flags['group_duplicates']})")
+    if groups is not None:
+        named = bool((dataset.train["group"].astype(str) != "").any())
+        source = ("the group column" if named else "tile ids naming their scene"
+                  if folds_mod.scene_groups(dataset.train["id"].astype(str).tolist()) is not None
+                  else "near-duplicate clusters")
+        info, warning = folds_mod.group_report(groups, flags["n_folds"], source)
+        say(info)
+        if warning:
+            say("warning: " + warning)
     strata = tile_strata([i.props for i in train_infos], flags["stratify_bins"])
     try:
         if flags.get("fold_method") == "round_robin":

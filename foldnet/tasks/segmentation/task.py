@@ -127,6 +127,9 @@ class SegmentationTask(tasks.Task):
     layouts = settings.LAYOUTS
     evaluate_module = settings.EVALUATE
     default_monitor = "val_dice"
+    # small map sets validate on few, unrepresentative locations: a smoothed curve, never the first quarter
+    default_select = "smoothed"
+    default_min_epochs_share = 0.25
     score_keys = ("dice", "iou", "location_iou", "location_iou_empty0", "dice_best", "threshold")
     default_fit_metric = "dice"
     submission_name = "submission"

@@ -117,11 +117,13 @@ def _encode(job, value):
     return temporal_records.make_example(job.spec.id, image, valid, months, target)
 
 
-def chips_table(dataset, train_infos, test_infos, fold):
-    rows = [{"id": cid, "split": "train", "fold": int(fold[r]), "group": "", **train_infos[r].props}
-            for r, cid in enumerate(dataset.train["id"])]
-    rows += [{"id": cid, "split": "test", "fold": -1, "group": "", **test_infos[r].props}
-             for r, cid in enumerate(dataset.test["id"])]
+def chips_table(dataset, train_infos, test_infos, fold, groups=None):
+    """chips.csv: id, split, fold (-1 for test), group (the scene a sub-chip id names, else empty), props."""
+    test_groups = folds_mod.scene_groups(dataset.test["id"].astype(str).tolist()) if groups is not None else None
+    rows = [{"id": cid, "split": "train", "fold": int(fold[r]), "group": "" if groups is None else str(groups[r]),
+             **train_infos[r].props} for r, cid in enumerate(dataset.train["id"])]
+    rows += [{"id": cid, "split": "test", "fold": -1, "group": "" if test_groups is None else str(test_groups[r]),
+              **test_infos[r].props} for r, cid in enumerate(dataset.test["id"])]
     return pd.DataFrame(rows)
 
 
@@ -166,12 +168,20 @@ def convert_temporal_dataset(dataset, out_dir, flags, fp, workers, progress):
     for info in train_infos:
         stats.add(info.stats, "float32")
         target_stats.add(info.target_stats, "float32")
+    # sub-chips cut from larger chips ("<chip>_r0_c1"): neighbours stay in one fold
+    groups = folds_mod.scene_groups(dataset.train["id"].astype(str).tolist())
+    if groups is not None:
+        info, warning = folds_mod.group_report(groups, flags["n_folds"], "chip ids naming their scene")
+        print(info)
+        if warning:
+            print("warning: " + warning)
     try:
-        fold = folds_mod.assign_folds(chip_strata(train_infos, flags["stratify_bins"]), flags["n_folds"], flags["seed"])
+        fold = folds_mod.assign_folds(chip_strata(train_infos, flags["stratify_bins"]), flags["n_folds"], flags["seed"],
+                                      groups)
     except ValueError as e:
         raise DataError(f"cannot assign folds: {e}") from e
     jobs = plan_jobs(dataset, fold, flags["seed"])
-    chips = chips_table(dataset, train_infos, test_infos, fold)
+    chips = chips_table(dataset, train_infos, test_infos, fold, groups)
     target = target_summary(dataset, target_stats)
     target["stats"]["above_400"] = int(sum(i.target_stats[0]["above_400"] for i in train_infos))
     with staging_dir(out_dir) as tmp:

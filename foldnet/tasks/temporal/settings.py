@@ -29,6 +29,6 @@ LAYOUT_DETECTOR = "foldnet.tasks.temporal.layouts:detect_layout"
 # demo kind -> ("module:function(out_dir, args)" building it from demo-data's arguments, default out_dir)
 DEMO_KINDS = {"biomass": ("foldnet.tasks.temporal.demo_data:biomass_from_args", "data/biomass_demo")}
 EVALUATE = "foldnet.tasks.temporal.evaluate"
-BASELINE = None
+BASELINE = "foldnet.tasks.temporal.baseline"
 # create_tfrecords.py flags (with their defaults) this task refuses besides the classification ones
 REFUSED_FLAGS: dict = {"mask_col": None, "group_col": None, "group_duplicates": None, "fold_method": "stratified"}

@@ -104,6 +104,9 @@ class TemporalRegressionTask(tasks.Task):
     layouts = settings.LAYOUTS
     evaluate_module = settings.EVALUATE
     default_monitor = "val_chip_rmse"
+    # small map sets validate on few, unrepresentative locations: a smoothed curve, never the first quarter
+    default_select = "smoothed"
+    default_min_epochs_share = 0.25
     score_keys = ("rmse", "pooled_rmse", "rmse_capped", "pooled_rmse_capped")
     default_fit_metric = "neg_rmse"
     submission_name = "submission"

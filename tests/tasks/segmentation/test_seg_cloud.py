@@ -83,3 +83,22 @@ def test_submission_one_uint8_tif_per_test_chip(cloud):
     assert scores["iou"] == pytest.approx(seg_metrics.pooled_iou([masks[c] for c in test_chips],
                                                                  [answers[c] for c in test_chips]))
     assert "location_iou" in (root / "submission.scores.md").read_text()
+
+
+def test_gbm_member_joins_the_unet_through_run_inference(cloud):
+    root, data, run_dir, _, cfg, _ = cloud
+    gbm = root / "runs" / "cloud_gbm"
+    run([sys.executable, "-m", "foldnet", "baseline", "--method", "gbm", "--data_dir", str(data),
+         "--run_dir", str(gbm), "--cap", "4000"])
+    env = {"DATA_DIR": str(data), "MODELS": str(root / "cloud_tiny.yaml"), "RUNS_DIR": str(root / "runs"),
+           "EXTRA_RUNS": str(gbm), "FIT_WEIGHTS": "1"}
+    sub = root / "with_gbm"
+    out = run(["bash", "run_inference.sh"], dict(env, SUBMISSION=str(sub)))
+    assert "ensembling 2 member(s)" in out
+    assert len(os.listdir(sub)) == len(pd.read_csv(data / "test_metadata.csv"))
+    text = (root / "with_gbm.scores.md").read_text()
+    oof = text.split("## Out-of-fold scores")[1]
+    dice = {line.split("|")[1].strip(): float(line.split("|")[4]) for line in oof.splitlines()
+            if line.startswith("| ") and not line.startswith("| model")}
+    assert set(dice) >= {str(run_dir), str(gbm), "ensemble (fitted weights)"}
+    assert dice["ensemble (fitted weights)"] >= max(dice[str(run_dir)], dice[str(gbm)]) - 1e-9

@@ -209,3 +209,24 @@ def test_demo_is_realistic_and_deterministic(tmp_path):
     targets = np.stack([tifffile.imread(os.path.join(a, "train_agbm", n))
                         for n in os.listdir(os.path.join(a, "train_agbm"))])
     assert targets.dtype == np.float32 and targets.min() >= 0 and (targets > 400).any()
+
+
+def test_sub_chips_of_one_chip_stay_in_one_fold(tmp_path, capsys):
+    root = write_generic(str(tmp_path / "gen"), n=12)
+    train = pd.read_csv(os.path.join(root, "train.csv"))
+    train["id"] = [f"scene{i // 3}_r{i % 3}_c0" for i in range(12)]  # 4 scenes of 3 neighbouring sub-chips
+    train.to_csv(os.path.join(root, "train.csv"), index=False)
+    out = str(tmp_path / "tfrec")
+    argv = ["--layout", "temporal", "--data_dir", root, "--train_csv", "train.csv", "--test_csv", "test.csv",
+            "--bands", "red,nir", "--missing_value", "-1", "--workers", "1", "--no_progress"]
+    assert convert.main(argv + ["--out_dir", out, "--n_folds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "folds keep groups together: 4 groups from chip ids naming their scene" in printed
+    assert "warning" not in printed
+    chips = pd.read_csv(os.path.join(out, "chips.csv"), dtype={"group": str})
+    train_rows = chips[chips["split"] == "train"]
+    assert sorted(train_rows["group"].unique()) == [f"scene{k}" for k in range(4)]
+    assert train_rows.groupby("group")["fold"].nunique().max() == 1  # a scene's sub-chips share a fold
+    # 4 scenes in 4 folds: every validation fold is one scene, and the converter says so
+    assert convert.main(argv + ["--out_dir", str(tmp_path / "tfrec4"), "--n_folds", "4"]) == 0
+    assert "warning: only 4 groups for 4 folds: each fold is one group (leave-one-group-out" in capsys.readouterr().out
