@@ -340,12 +340,13 @@ def local_weights_path(arch, weights):
 
 
 def _torch_conv(x, filters, kernel, strides, name):
-    """A bias-free conv padded as PyTorch pads (kernel // 2 on every side), then BN (eps 1e-5)."""
+    """A bias-free conv padded as PyTorch pads (kernel // 2 on every side; Keras "same" pads a
+    strided conv on the bottom / right only), then BN (eps 1e-5 as torch)."""
     pad = kernel // 2
-    if pad:
+    if pad and strides > 1:
         x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-    x = layers.Conv2D(filters, kernel, strides=strides, use_bias=False, kernel_initializer="he_normal",
-                      name=f"{name}_conv")(x)
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same" if strides == 1 else "valid", use_bias=False,
+                      kernel_initializer="he_normal", name=f"{name}_conv")(x)
     return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
 
 

@@ -73,10 +73,12 @@ def _tiny_encoder(input_shape, widths=(16, 32, 64), bn_momentum=0.9):
 
 
 def skip_layers(backbone, height):
-    """{stride: layer name}: for strides 2, 4, ... the last layer of ``backbone`` whose output
-    has ``height / stride`` rows; the deepest stride is the backbone's output."""
+    """{stride: layer name}: for strides 2, 4, ... the last layer of ``backbone`` (zero paddings
+    aside) whose output has ``height / stride`` rows; the deepest stride is the backbone's output."""
     found = {}
     for layer in backbone.layers:
+        if isinstance(layer, layers.ZeroPadding2D):  # a padded map is not a feature (2x2 + 1 = 4x4)
+            continue
         try:
             shape = layer.output.shape
         except AttributeError:  # a layer used at several places has no single output
