@@ -367,7 +367,8 @@ def _resnet(name):
     ``stem_relu``, stride 2), 3x3/2 max-pool, then four stages of basic blocks (64, 128, 256,
     512 channels; strides 4, 8, 16, 32; block outputs ``layerN_blockM_out``). Built from layers,
     no download. ``imagenet``: read from ``local_weights_path(name, "imagenet")`` (a Keras .h5 of
-    this architecture, by layer name) when it exists, else a WeightsError."""
+    this architecture, by layer name; ``resnet_weights_from_torch`` makes one from torchvision's
+    or timm's weights) when it exists, else a WeightsError."""
 
     def build(input_shape, weights):
         inputs = keras.Input(input_shape)
@@ -390,6 +391,41 @@ def _resnet(name):
         return backbone, mean_std_affine(IMAGENET_MEAN, IMAGENET_STD)
 
     return build
+
+
+def resnet_weights_from_torch(arch, state_dict, path):
+    """Write ``local_weights_path``-style Keras weights (``path``, .h5) for ``arch`` (resnet18 /
+    resnet34) from a torchvision / timm ResNet ``state_dict``: a mapping (or an .npz file) of
+    numpy arrays under PyTorch's names (``conv1.weight``, ``bn1.running_mean``,
+    ``layer2.0.downsample.0.weight``, ...; the ``fc.*`` head is ignored). Conv kernels
+    ``[out, in, kh, kw]`` become ``[kh, kw, in, out]``. Raises ValueError naming missing keys.
+    E.g. where PyTorch is installed: ``np.savez("r34.npz", **{k: v.numpy() for k, v in
+    torch.load("resnet34.pth").items()})``, then this function on "r34.npz"."""
+    if arch not in RESNET_BLOCKS:
+        raise ValueError(f"{arch!r} is not one of {', '.join(RESNET_BLOCKS)}")
+    if isinstance(state_dict, (str, os.PathLike)):
+        with np.load(state_dict) as npz:
+            state_dict = {k: npz[k] for k in npz.files}
+    backbone, _ = get_architecture(arch).build((64, 64, 3), None)
+    pairs = [("stem", "conv1", "bn1")]
+    for stage, n_blocks in enumerate(RESNET_BLOCKS[arch], 1):
+        for block in range(n_blocks):
+            ours, theirs = f"layer{stage}_block{block}", f"layer{stage}.{block}"
+            pairs += [(f"{ours}_1", f"{theirs}.conv1", f"{theirs}.bn1"), (f"{ours}_2", f"{theirs}.conv2", f"{theirs}.bn2")]
+            if stage > 1 and block == 0:
+                pairs.append((f"{ours}_downsample", f"{theirs}.downsample.0", f"{theirs}.downsample.1"))
+    needed = [f"{conv}.weight" for _, conv, _ in pairs] + [
+        f"{bn}.{k}" for _, _, bn in pairs for k in ("weight", "bias", "running_mean", "running_var")]
+    missing = [k for k in needed if k not in state_dict]
+    if missing:
+        raise ValueError(f"state dict of {arch} lacks {len(missing)} keys: {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''}")
+    for ours, conv, bn in pairs:
+        backbone.get_layer(f"{ours}_conv").set_weights([np.transpose(np.asarray(state_dict[f"{conv}.weight"]), (2, 3, 1, 0))])
+        backbone.get_layer(f"{ours}_bn").set_weights([np.asarray(state_dict[f"{bn}.{k}"])
+                                                     for k in ("weight", "bias", "running_mean", "running_var")])
+    backbone.save_weights(os.fspath(path))
+    return path
 
 
 for _name, _params in (("resnet18", 11), ("resnet34", 21)):

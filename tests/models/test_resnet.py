@@ -59,3 +59,32 @@ def test_resnet_imagenet_weights_from_a_local_file(tmp_path, monkeypatch):
     for name in ("stem_conv", "layer4_block1_2_bn"):
         for a, b in zip(source.get_layer(name).get_weights(), loaded.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_weights_from_a_torch_state_dict(tmp_path):
+    """PyTorch-named arrays (conv [out, in, kh, kw]) -> the Keras layers, through an .npz file."""
+    tf.keras.utils.set_random_seed(4)
+    source, _ = models.get_architecture("resnet18").build((32, 32, 3), None)
+    state = {}
+    names = [("stem", "conv1", "bn1")] + [
+        (f"layer{s}_block{b}_{i}", f"layer{s}.{b}.conv{i}", f"layer{s}.{b}.bn{i}")
+        for s in range(1, 5) for b in range(2) for i in (1, 2)] + [
+        (f"layer{s}_block0_downsample", f"layer{s}.0.downsample.0", f"layer{s}.0.downsample.1") for s in (2, 3, 4)]
+    rng = np.random.default_rng(0)
+    for ours, conv, bn in names:
+        state[f"{conv}.weight"] = np.transpose(source.get_layer(f"{ours}_conv").get_weights()[0], (3, 2, 0, 1))
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            state[f"{bn}.{key}"] = rng.uniform(0.5, 1.5, source.get_layer(f"{ours}_bn").get_weights()[0].shape)
+    state["fc.weight"] = np.zeros((1000, 512))
+    np.savez(tmp_path / "r18.npz", **state)
+    path = models.resnet_weights_from_torch("resnet18", str(tmp_path / "r18.npz"), tmp_path / "resnet18_imagenet.h5")
+    tf.keras.utils.set_random_seed(5)
+    loaded, _ = models.get_architecture("resnet18").build((32, 32, 3), None)
+    loaded.load_weights(str(path))
+    np.testing.assert_array_equal(loaded.get_layer("layer3_block1_2_conv").get_weights()[0],
+                                  source.get_layer("layer3_block1_2_conv").get_weights()[0])
+    np.testing.assert_allclose(loaded.get_layer("layer2_block0_downsample_bn").get_weights()[2],
+                               state["layer2.0.downsample.1.running_mean"], rtol=1e-6)
+    del state["layer4.1.bn2.bias"]
+    with pytest.raises(ValueError, match="lacks 1 keys: layer4.1.bn2.bias"):
+        models.resnet_weights_from_torch("resnet18", state, tmp_path / "x.h5")
