@@ -1,7 +1,10 @@
 """Optimiser settings: onecycle / constant schedules, Nesterov, global-norm clipping, weight-decay
 exclusions, gradient accumulation, their validation; offline pretrained weights refused up front."""
+import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -161,3 +164,43 @@ def test_offline_imagenet_weights_are_one_clear_error_before_anything_is_written
     assert rc == 2
     assert "--weights none" in err and "URL fetch failure" in err and "Traceback" not in err
     assert not os.path.exists(run_dir)
+
+
+MIRRORED = r"""
+import json
+import numpy as np
+import foldnet
+from foldnet.engine import strategy
+devices = strategy.split_cpu(2)
+import tensorflow as tf
+from foldnet.engine import train
+rng = np.random.default_rng(0)
+x = rng.normal(size=(8, 3)).astype("float32")
+y = rng.normal(size=(8, 1)).astype("float32")
+out = {}
+for name, accum, strat in (("whole", 1, tf.distribute.get_strategy()),
+                           ("mirrored_accum", 2, strategy.get_strategy(devices=devices))):
+    with strat.scope():
+        tf.keras.utils.set_random_seed(0)
+        model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(1, bias_initializer="ones")])
+        opt = train.make_optimizer("sgd", 0.1, weight_decay=0.5, nesterov=False, clip_norm=0.5)
+        train.exclude_vectors_from_decay(opt, model)
+        model.compile(optimizer=opt, loss="mse")
+        if accum > 1:
+            model.train_step = train.accumulating_train_step(model, accum)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    out[name] = [w.tolist() for w in model.get_weights()] + [strat.num_replicas_in_sync]
+print(json.dumps(out))
+"""
+
+
+def test_accumulation_clipping_and_decay_exclusions_under_two_replicas():
+    """2 replicas x 2 micro-batches of 2 = one update of 8, with clipping and decay exclusions
+    (no control flow in the step, so MirroredStrategy can aggregate)."""
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0")  # as tests/engine/test_distributed.py
+    out = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["whole"][-1] == 1 and got["mirrored_accum"][-1] == 2
+    for a, b in zip(got["whole"][:-1], got["mirrored_accum"][:-1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
