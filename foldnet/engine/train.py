@@ -25,7 +25,8 @@ rank <= 1: biases, norm scales and offsets; ``exclude_from_weight_decay``);
 ``accum_steps`` (``accumulating_train_step``: each batch of accum_steps x
 batch_size examples is split into accum_steps micro-batches whose gradients
 are averaged before one update). None of them changes the checkpoint's
-structure, so none is a resume key beyond ``schedule``.
+structure, so none is a resume key beyond ``schedule``; ``input_norm`` is one
+(a checkpoint's weights expect the inputs they were trained on).
 """
 import json
 import logging
@@ -304,9 +305,10 @@ def is_done(run_dir, fold):
     return read_best(p["best"]) is not None
 
 
-# Settings every task's resumed fold must share with its interrupted run (the checkpoint's structure);
-# each task adds its own (``Task.resume_keys``).
-RESUME_KEYS = ("arch", "dim", "weights", "dropout", "optimizer", "schedule", "arch_options")
+# Settings every task's resumed fold must share with its interrupted run (the checkpoint's structure, or
+# what its weights mean: input_norm changes the inputs the backbone learnt on); each task adds its own
+# (``Task.resume_keys``). Runs made before a key existed did not record it and still resume.
+RESUME_KEYS = ("arch", "dim", "weights", "dropout", "optimizer", "schedule", "arch_options", "input_norm")
 
 
 def model_settings(cfg, task, spec):

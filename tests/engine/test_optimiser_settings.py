@@ -204,3 +204,10 @@ def test_accumulation_clipping_and_decay_exclusions_under_two_replicas():
     assert got["whole"][-1] == 1 and got["mirrored_accum"][-1] == 2
     for a, b in zip(got["whole"][:-1], got["mirrored_accum"][:-1]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_input_norm_is_a_resume_key_and_old_runs_still_resume():
+    assert "input_norm" in train.RESUME_KEYS
+    with pytest.raises(ConfigError, match="input_norm: 'none' then, 'backbone' now"):
+        train.check_same_settings({"arch": "tiny", "input_norm": "none"}, {"arch": "tiny", "input_norm": "backbone"}, 0)
+    train.check_same_settings({"arch": "tiny"}, {"arch": "tiny", "input_norm": "backbone"}, 0)  # recorded before it
