@@ -96,14 +96,15 @@ def writable_problem(directory):
     return None
 
 
-def pretrained_problem(arch, weights):
+def pretrained_problem(arch, weights, dim=96):
     """Why the named pretrained set ``weights`` of ``arch`` cannot be loaded (e.g. no network and
-    not cached), or None. Builds the 3-channel backbone once (``backbones.fetch_pretrained``)."""
+    not cached), or None. Builds the 3-channel backbone once at ``dim`` px
+    (``backbones.fetch_pretrained``; the weights land in the Keras cache for the real build)."""
     from foldnet.core.errors import DataError
     from foldnet.models import backbones
 
     try:
-        backbones.fetch_pretrained(arch, weights)
+        backbones.fetch_pretrained(arch, weights, size=dim)
     except DataError as e:
         return e.format()
     except ValueError as e:
@@ -125,7 +126,7 @@ def check_run(cfg, jobs, input_shape=None):
         if problem:
             problems.append(problem)
     elif "train" in jobs and cfg.get("weights") and str(cfg["weights"]).lower() != "none":
-        problem = pretrained_problem(cfg["arch"], cfg["weights"])
+        problem = pretrained_problem(cfg["arch"], cfg["weights"], max(int(cfg["dim"]), 32))
         if problem:
             problems.append(problem)
     for path in (cfg.get("checkpoints") or []) if "predict" in jobs else []:
