@@ -159,15 +159,22 @@ def accumulating_train_step(model, accum_steps):
 
     def train_step(data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        n = tf.shape(tf.nest.flatten(x)[0])[0]
+        first = tf.nest.flatten(x)[0]
+        static = first.shape[0] is not None  # a static batch (TPU, drop_remainder): slices of fixed size for XLA
+        n = first.shape[0] if static else tf.shape(first)[0]
         size = (n + accum_steps - 1) // accum_steps
         variables = model.trainable_variables
         total = [tf.zeros_like(v) for v in variables]
         for i in range(accum_steps):
-            start = tf.minimum(i * size, n)
-            stop = tf.minimum(start + size, n)
-            share = tf.cast(stop - start, tf.float32) / tf.cast(tf.maximum(n, 1), tf.float32)
-            start, stop = tf.where(stop > start, start, 0), tf.where(stop > start, stop, 1)
+            if static:
+                start, stop = min(i * size, n), min(i * size + size, n)
+                share = (stop - start) / max(n, 1)
+                start, stop = (start, stop) if stop > start else (0, 1)
+            else:
+                start = tf.minimum(i * size, n)
+                stop = tf.minimum(start + size, n)
+                share = tf.cast(stop - start, tf.float32) / tf.cast(tf.maximum(n, 1), tf.float32)
+                start, stop = tf.where(stop > start, start, 0), tf.where(stop > start, stop, 1)
 
             def part(t, start=start, stop=stop):
                 return t[start:stop]

@@ -108,6 +108,12 @@ def test_accum_steps_2_of_batch_4_is_one_update_of_batch_8():
     assert accumulated.optimizer.iterations.numpy() == whole.optimizer.iterations.numpy() == 1
     for a, b in zip(accumulated.get_weights(), whole.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # a static batch size (drop_remainder, as on TPU) takes fixed-size slices: the same update
+    static = linear_model()
+    static.train_step = train.accumulating_train_step(static, 2)
+    static.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8, drop_remainder=True), epochs=1, verbose=0)
+    for a, b in zip(static.get_weights(), whole.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # two separate updates of batch 4 land elsewhere: the accumulation is not a no-op
     twice = linear_model()
     twice.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)

@@ -23,13 +23,18 @@ def tap_shapes(model):
 
 def test_stage_taps_of_efficientnet_b0_are_the_block_outputs():
     # timm efficientnet_b0 features_only: 16, 24, 40, 112, 320 channels at strides 2..32
-    model = unet.build_unet("efficientnet_b0", 4, 64, options={"encoder_taps": "stages"})
-    assert tap_shapes(model) == [(2, 2, 320), (4, 4, 112), (8, 8, 40), (16, 16, 24), (32, 32, 16)]
-    names = [t.name.split("/")[0] for t in extractor_of(model).outputs]
-    assert names == ["block7a_project_bn", "block5c_add", "block3b_add", "block2b_add", "block1a_project_bn"]
+    backbone, _ = models.get_architecture("efficientnet_b0").build((64, 64, 4), None)
+
+    def shapes(taps):
+        return {s: tuple(backbone.get_layer(n).output.shape[1:]) for s, n in taps.items()}
+
+    stages = unet.stage_layers(backbone, 64)
+    assert stages == {2: "block1a_project_bn", 4: "block2b_add", 8: "block3b_add", 16: "block5c_add",
+                      32: "block7a_project_bn"}
+    assert shapes(stages) == {2: (32, 32, 16), 4: (16, 16, 24), 8: (8, 8, 40), 16: (4, 4, 112), 32: (2, 2, 320)}
     # the default stays today's taps (expand activations and the 1280-channel head), so old runs load
-    default = unet.build_unet("efficientnet_b0", 4, 64)
-    assert tap_shapes(default) == [(2, 2, 1280), (4, 4, 672), (8, 8, 240), (16, 16, 144), (32, 32, 96)]
+    assert shapes(unet.skip_layers(backbone, 64)) == {2: (32, 32, 96), 4: (16, 16, 144), 8: (8, 8, 240),
+                                                      16: (4, 4, 672), 32: (2, 2, 1280)}
 
 
 def test_stage_taps_of_kecam_efficientnet_v2_b0():
