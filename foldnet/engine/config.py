@@ -18,6 +18,7 @@ Light module: no TensorFlow (``run.py --help`` stays fast).
 """
 import argparse
 import dataclasses
+import math
 import os
 
 import yaml
@@ -25,12 +26,18 @@ import yaml
 from foldnet.core import transforms
 from foldnet.core.errors import ConfigError
 from foldnet.core.settings import Bound, as_bool, as_mapping, none_or_str, str_or_mapping
+from foldnet.models import unet_options
 from foldnet.tasks import base as tasks
 
 JOB_WORDS = ("train", "val", "test", "score", "subm", "predict")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("plateau", "cosine")
+SCHEDULES = ("plateau", "cosine", "constant", "onecycle")
+INPUT_NORMS = ("backbone", "none")
+# schedule onecycle: PyTorch OneCycleLR's keys, its defaults, and their bounds (low, high, high open)
+ONECYCLE_DEFAULTS = {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4}
+ONECYCLE_BOUNDS = {"pct_start": Bound(1e-12, 1.0, True), "div_factor": Bound(1e-12, None, False),
+                   "final_div_factor": Bound(1e-12, None, False)}
 CACHE_MODES = ("auto", "decoded", "encoded", "none")
 SELECTIONS = ("auto", "best", "smoothed", "last")
 
@@ -62,6 +69,8 @@ BOUNDS = {
     "tiles_per_epoch": Bound(0, None, False),
     "min_epochs": Bound(-1, None, False),
     "select_window": Bound(1, None, False),
+    "clip_norm": Bound(0.0, None, False),
+    "accum_steps": Bound(1, None, False),
 }
 
 
@@ -88,6 +97,9 @@ FLAGS = [
      "none, or a path to a local .h5 file"),
     ("dim", int, 64, "Side of the square model input in pixels"),
     ("dropout", float, 0.0, "Dropout before the classifier"),
+    ("input_norm", str, "backbone",
+     "Input normalisation: backbone (the pixel normalisation the backbone's pretrained weights expect) or none "
+     "(the inputs go straight into the backbone)"),
     # optimisation
     ("batch_size", int, 32, "Global batch size (split across replicas)"),
     ("lr", float, 1e-3, "Learning rate (peak learning rate for the cosine schedule)"),
@@ -97,8 +109,19 @@ FLAGS = [
      "training examples"),
     ("optimizer", str, "adam", f"Optimizer: {', '.join(OPTIMIZERS)}"),
     ("weight_decay", float, 0.0, "Decoupled weight decay (adamw) or L2-free decay for sgd"),
+    ("decay_all", _bool, True,
+     "Weight decay on every variable; false: not on biases and other 1-D variables (norm scales and offsets)"),
+    ("nesterov", _bool, True, "Nesterov momentum for --optimizer sgd (momentum 0.9)"),
+    ("clip_norm", float, 0.0, "Clip the gradients to this global L2 norm before each update; 0 = off"),
+    ("accum_steps", int, 1,
+     "Gradient accumulation: each update averages the gradients of this many batches of --batch_size "
+     "(one update per accum_steps x batch_size examples; the steps of an epoch count updates)"),
     ("schedule", str, "plateau",
-     "Learning-rate schedule: plateau (ReduceLROnPlateau on --monitor) or cosine (cosine decay after warm-up)"),
+     "Learning-rate schedule: plateau (ReduceLROnPlateau on --monitor), cosine (cosine decay after warm-up), "
+     "constant, or onecycle (PyTorch OneCycleLR by update: --lr is max_lr; see --schedule_options)"),
+    ("schedule_options", dict, None,
+     "onecycle: a YAML mapping of pct_start (0.3), div_factor (25), final_div_factor (1e4): starts at "
+     "lr/div_factor, cosine up to lr over pct_start of the updates, cosine down to lr/div_factor/final_div_factor"),
     ("warmup_epochs", float, 0.0, "Linear warm-up epochs (cosine schedule)"),
     ("lr_patience", int, 4, "ReduceLROnPlateau patience in epochs"),
     ("lr_factor", float, 0.5, "ReduceLROnPlateau factor"),
@@ -148,7 +171,8 @@ FLAGS = [
     ("quiet", _bool, False, "Log warnings and errors only (foldnet's own lines; Keras progress follows --verbose)"),
     ("arch_options", dict, None,
      "Options of the architecture's builder as a YAML mapping, e.g. '{width: 48, depth: 4}' "
-     "(small_cnn: width, depth, blocks; kecam: drop_connect_rate, ...)"),
+     "(small_cnn: width, depth, blocks; kecam: drop_connect_rate, ...; UNets: decoder_filters, encoder_taps, "
+     "decoder_attention, decoder_norm, head_kernel, stem: see foldnet.models.unet_options)"),
     # map tasks (ignored by classification)
     ("loss", _str_or_mapping, None,
      "Segmentation loss: a term (dice, jaccard, focal, bce) or a YAML mapping of weights, e.g. "
@@ -266,14 +290,33 @@ def parse_folds(folds, n_folds):
     return list(spec)
 
 
+def schedule_options(values):
+    """The onecycle keys of ``values["schedule_options"]`` with PyTorch's defaults filled in."""
+    return {**ONECYCLE_DEFAULTS, **{k: float(v) for k, v in (values["schedule_options"] or {}).items()}}
+
+
+def _schedule_option_problems(options):
+    problems = []
+    for key, value in (options or {}).items():
+        if key not in ONECYCLE_BOUNDS:
+            problems.append(f"schedule_options.{key}: unknown; known: {', '.join(ONECYCLE_BOUNDS)}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not ONECYCLE_BOUNDS[key].contains(value):
+            text = "in (0, 1)" if key == "pct_start" else "a finite number > 0"
+            problems.append(f"schedule_options.{key} must be {text}, got {value!r}")
+    return problems
+
+
 def _problems(values):
     """Every problem of a dict of coerced settings, as lines."""
-    problems = []
+    problems = [f"{name} must be a finite number, got {values[name]}" for name, typ, _, _ in FLAGS
+                if typ is float and values[name] is not None and not math.isfinite(values[name])]
     for name, allowed in CHOICES.items():
         if values[name] not in allowed:
             problems.append(f"{name}={values[name]!r}: choose one of {', '.join(allowed)}")
     for name, bound in BOUNDS.items():
-        if values[name] is not None and not bound.contains(values[name]):
+        if values[name] is not None and not (isinstance(values[name], float) and not math.isfinite(values[name])) \
+                and not bound.contains(values[name]):
             problems.append(f"{name} must be {bound.text()}, got {values[name]}")
     problems += transforms.map_aug_problems(values["map_aug"])
     if values["map_aug"] and (values["aug_crop_scale"] or values["aug_rotate"]) and any(
@@ -282,6 +325,10 @@ def _problems(values):
                         "keep one of them")
     if not str(values["monitor"]).startswith("val_"):
         problems.append(f"monitor={values['monitor']!r}: must be a validation quantity such as val_loss or val_acc")
+    problems += _schedule_option_problems(values["schedule_options"])
+    if values["schedule_options"] and values["schedule"] != "onecycle":
+        problems.append(f"schedule_options is for schedule onecycle, not {values['schedule']}")
+    problems += unet_options.problems(values["arch_options"])
     for check in (lambda: job_words(values["job"]), lambda: _fold_spec(values["folds"])):
         try:
             check()
@@ -382,6 +429,7 @@ SETTING_NAMES = ("config", *FLAG_NAMES)
 
 CHOICES = {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "cache": CACHE_MODES,
            "select": SELECTIONS,
+           "input_norm": INPUT_NORMS,
            **{st.name: st.choices for st in TASK_SETTINGS if st.choices}}
 
 
@@ -427,8 +475,9 @@ def make_config(**overrides):
 
 def to_yaml(cfg):
     keep = {k: cfg[k] for k in FLAG_NAMES if k not in ("images", "checkpoints", "quiet")}
-    if keep.get("arch_options") is None:
-        keep.pop("arch_options", None)
+    for key in ("arch_options", "schedule_options"):
+        if keep.get(key) is None:
+            keep.pop(key, None)
     return yaml.safe_dump(keep, sort_keys=False)
 
 

@@ -3,8 +3,10 @@
 Everything a user can get wrong and that can be known up front is checked
 here, so a run fails in its first second with one clear error (exit 2) rather
 than after hours of training (value ranges such as transform counts are
-config's): a batch that cannot fit in memory, a weights file that is missing or not HDF5, an output directory that
-cannot be written, an ensemble output that would replace an input.
+config's): a batch that cannot fit in memory, a weights file that is missing or not HDF5, named
+pretrained weights that cannot be loaded (offline, not cached), an output directory that
+cannot be written, an ensemble output that would replace an input. A run directory that the
+checks created is removed again when they fail, so a refused run leaves nothing behind.
 """
 import math
 import os
@@ -94,6 +96,22 @@ def writable_problem(directory):
     return None
 
 
+def pretrained_problem(arch, weights, dim=96):
+    """Why the named pretrained set ``weights`` of ``arch`` cannot be loaded (e.g. no network and
+    not cached), or None. Builds the 3-channel backbone once at ``dim`` px
+    (``backbones.fetch_pretrained``; the weights land in the Keras cache for the real build)."""
+    from foldnet.core.errors import DataError
+    from foldnet.models import backbones
+
+    try:
+        backbones.fetch_pretrained(arch, weights, size=dim)
+    except DataError as e:
+        return e.format()
+    except ValueError as e:
+        return f"--weights {weights}: {e}"
+    return None
+
+
 def check_run(cfg, jobs, input_shape=None):
     """One ConfigError listing every problem of a run.py config, beyond its values' ranges (config),
     found before a model is built. ``input_shape``: one example as the task's model gets it
@@ -107,15 +125,23 @@ def check_run(cfg, jobs, input_shape=None):
         problem = weights_file_problem(cfg["weights"], "--weights")
         if problem:
             problems.append(problem)
+    elif "train" in jobs and cfg.get("weights") and str(cfg["weights"]).lower() != "none":
+        problem = pretrained_problem(cfg["arch"], cfg["weights"], max(int(cfg["dim"]), 32))
+        if problem:
+            problems.append(problem)
     for path in (cfg.get("checkpoints") or []) if "predict" in jobs else []:
         problem = weights_file_problem(path, "--checkpoints")
         if problem:
             problems.append(problem)
+    made = None
     if jobs - {"predict"}:
+        made = None if fileio.is_remote(cfg["run_dir"]) or os.path.exists(cfg["run_dir"]) else cfg["run_dir"]
         problem = writable_problem(cfg["run_dir"])
         if problem:
             problems.append(problem)
     if problems:
+        if made is not None and os.path.isdir(made) and not os.listdir(made):
+            os.rmdir(made)  # the writability probe made it; a refused run leaves no run directory
         raise ConfigError("cannot start:\n  - " + "\n  - ".join(problems))
 
 

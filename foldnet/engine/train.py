@@ -27,6 +27,19 @@ plateau and early-stopping counters follow the same compared value (``last``:
 the raw value). ``finish_fold`` warns when the kept epoch lies in the first
 or the last tenth of the schedule (picked before the model learnt, or still
 improving when it stopped).
+
+Optimiser settings (``build_compiled_model``): ``schedule`` plateau | cosine
+(``CosineWarmup``, floor ``min_lr``) | constant | onecycle (``OneCycle``,
+PyTorch OneCycleLR's learning rate; its momentum / beta_1 cycling is *not*
+reproduced: momentum stays 0.9); ``nesterov`` (sgd); ``clip_norm`` (global
+L2 norm of the gradients, ``global_clipnorm``, after loss-scale unscaling and
+after accumulation); ``decay_all: false`` (no weight decay on variables of
+rank <= 1: biases, norm scales and offsets; ``exclude_from_weight_decay``);
+``accum_steps`` (``accumulating_train_step``: each batch of accum_steps x
+batch_size examples is split into accum_steps micro-batches whose gradients
+are averaged before one update). None of them changes the checkpoint's
+structure, so none is a resume key beyond ``schedule``; ``input_norm`` is one
+(a checkpoint's weights expect the inputs they were trained on).
 """
 import json
 import logging
@@ -92,14 +105,108 @@ class CosineWarmup(keras.optimizers.schedules.LearningRateSchedule):  # type: ig
                 "warmup_steps": self.warmup_steps, "floor": self.floor}
 
 
-def make_optimizer(name, lr, weight_decay=0.0):
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[name-defined]
+    """PyTorch ``OneCycleLR`` (anneal_strategy cos, two phases) by optimizer step: starts at
+    ``max_lr / div_factor``, rises by a cosine to ``max_lr`` at step ``pct_start * total - 1``,
+    then falls by a cosine to ``max_lr / div_factor / final_div_factor`` at step ``total - 1``
+    (and stays there). cos(a -> b, f) = b + (a - b) (1 + cos(pi f)) / 2."""
+
+    def __init__(self, max_lr, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4):
+        self.max_lr = float(max_lr)
+        self.total_steps = max(int(total_steps), 1)
+        self.pct_start = float(pct_start)
+        self.div_factor = float(div_factor)
+        self.final_div_factor = float(final_div_factor)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        initial = self.max_lr / self.div_factor
+        final = initial / self.final_div_factor
+        up_end = self.pct_start * self.total_steps - 1.0
+        down_end = self.total_steps - 1.0
+
+        def anneal(start, end, fraction):
+            return end + (start - end) / 2.0 * (tf.cos(math.pi * tf.clip_by_value(fraction, 0.0, 1.0)) + 1.0)
+
+        up = anneal(initial, self.max_lr, tf.math.divide_no_nan(step, up_end))
+        down = anneal(self.max_lr, final, tf.math.divide_no_nan(step - up_end, down_end - up_end))
+        return tf.where(step <= up_end, up, down)
+
+    def get_config(self):
+        return {"max_lr": self.max_lr, "total_steps": self.total_steps, "pct_start": self.pct_start,
+                "div_factor": self.div_factor, "final_div_factor": self.final_div_factor}
+
+
+def make_optimizer(name, lr, weight_decay=0.0, nesterov=True, clip_norm=0.0):
+    """The optimizer ``name`` (adam, adamw, sgd with momentum 0.9); ``clip_norm`` > 0 clips the
+    gradients to that global L2 norm before each update."""
+    clip = {"global_clipnorm": float(clip_norm)} if clip_norm else {}
     if name == "adam":
-        return keras.optimizers.Adam(lr)
+        return keras.optimizers.Adam(lr, **clip)
     if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay)
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay, **clip)
     if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=weight_decay or None)
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=bool(nesterov), weight_decay=weight_decay or None,
+                                    **clip)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def exclude_vectors_from_decay(optimizer, model):
+    """No weight decay on ``model``'s trainable variables of rank <= 1 (biases, norm scales and
+    offsets); returns them. Must run before the optimizer's first update."""
+    vectors = [v for v in model.trainable_variables if v.shape.rank is not None and v.shape.rank <= 1]
+    if vectors:
+        optimizer.exclude_from_weight_decay(var_list=vectors)
+    return vectors
+
+
+def accumulating_train_step(model, accum_steps):
+    """A ``train_step`` for ``model`` that splits each batch into ``accum_steps`` consecutive
+    micro-batches, runs forward and backward on one after the other (each waits for the previous
+    one's gradients, so only one micro-batch's activations are alive), averages their gradients
+    weighted by size and applies them once: the update of the whole batch, with the activation
+    memory of a micro-batch. BatchNorm sees micro-batch statistics (as PyTorch accumulation does).
+    No control flow, so it runs under any distribution strategy. A micro-batch that would be empty
+    (a batch smaller than accum_steps) reruns the first example with gradient weight 0."""
+    accum_steps = int(accum_steps)
+
+    def train_step(data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        first = tf.nest.flatten(x)[0]
+        static = first.shape[0] is not None  # a static batch (TPU, drop_remainder): slices of fixed size for XLA
+        n = first.shape[0] if static else tf.shape(first)[0]
+        size = (n + accum_steps - 1) // accum_steps
+        variables = model.trainable_variables
+        total = [tf.zeros_like(v) for v in variables]
+        for i in range(accum_steps):
+            if static:
+                start, stop = min(i * size, n), min(i * size + size, n)
+                share = (stop - start) / max(n, 1)
+                start, stop = (start, stop) if stop > start else (0, 1)
+            else:
+                start = tf.minimum(i * size, n)
+                stop = tf.minimum(start + size, n)
+                share = tf.cast(stop - start, tf.float32) / tf.cast(tf.maximum(n, 1), tf.float32)
+                start, stop = tf.where(stop > start, start, 0), tf.where(stop > start, stop, 1)
+
+            def part(t, start=start, stop=stop):
+                return t[start:stop]
+
+            xi = tf.nest.map_structure(part, x)
+            yi = None if y is None else tf.nest.map_structure(part, y)
+            wi = None if sample_weight is None else tf.nest.map_structure(part, sample_weight)
+            with tf.control_dependencies(total if i else []):
+                with tf.GradientTape() as tape:
+                    y_pred = model(xi, training=True)
+                    loss = model.compute_loss(xi, yi, y_pred, wi)
+            pairs = model.optimizer.compute_gradients(loss, variables, tape)
+            total = [t if g is None else t + tf.cast(share, t.dtype) * tf.cast(tf.convert_to_tensor(g), t.dtype)
+                     for t, (g, _) in zip(total, pairs)]
+            model.compute_metrics(xi, yi, y_pred, wi)
+        model.optimizer.apply_gradients(zip(total, variables))
+        return model.get_metrics_result()
+
+    return train_step
 
 
 def _current_lr(optimizer):
@@ -269,9 +376,10 @@ def is_done(run_dir, fold):
     return read_best(p["best"]) is not None
 
 
-# Settings every task's resumed fold must share with its interrupted run (the checkpoint's structure);
-# each task adds its own (``Task.resume_keys``).
-RESUME_KEYS = ("arch", "dim", "weights", "dropout", "optimizer", "schedule", "arch_options")
+# Settings every task's resumed fold must share with its interrupted run (the checkpoint's structure, or
+# what its weights mean: input_norm changes the inputs the backbone learnt on); each task adds its own
+# (``Task.resume_keys``). Runs made before a key existed did not record it and still resume.
+RESUME_KEYS = ("arch", "dim", "weights", "dropout", "optimizer", "schedule", "arch_options", "input_norm")
 
 
 def model_settings(cfg, task, spec):
@@ -292,14 +400,29 @@ def check_same_settings(saved, current, fold):
                           "rerun with the same settings to resume, or use --overwrite to start the fold again")
 
 
+def learning_rate(cfg, steps_per_epoch):
+    """The learning rate (a float, or a schedule by optimizer step) of ``cfg``'s ``schedule``."""
+    total = steps_per_epoch * cfg["n_epochs"]
+    if cfg["schedule"] == "cosine":
+        return CosineWarmup(cfg["lr"], total_steps=total, warmup_steps=int(cfg["warmup_epochs"] * steps_per_epoch),
+                            floor=cfg["min_lr"])
+    if cfg["schedule"] == "onecycle":
+        from foldnet.engine import config
+
+        return OneCycle(cfg["lr"], total, **config.schedule_options(cfg))
+    return cfg["lr"]  # plateau (FoldCallback lowers it) or constant
+
+
 def build_compiled_model(cfg, task, spec, steps_per_epoch, strategy):
     with strategy.scope():
         model = task.build_model(cfg, spec, cfg["weights"])
-        lr = cfg["lr"]
-        if cfg["schedule"] == "cosine":
-            lr = CosineWarmup(cfg["lr"], total_steps=steps_per_epoch * cfg["n_epochs"],
-                              warmup_steps=int(cfg["warmup_epochs"] * steps_per_epoch), floor=cfg["min_lr"])
-        task.compile_model(model, cfg, spec, make_optimizer(cfg["optimizer"], lr, cfg["weight_decay"]))
+        optimizer = make_optimizer(cfg["optimizer"], learning_rate(cfg, steps_per_epoch), cfg["weight_decay"],
+                                   nesterov=cfg["nesterov"], clip_norm=cfg["clip_norm"])
+        if not cfg["decay_all"]:
+            exclude_vectors_from_decay(optimizer, model)
+        task.compile_model(model, cfg, spec, optimizer)
+        if cfg["accum_steps"] > 1:
+            model.train_step = accumulating_train_step(model, cfg["accum_steps"])
     return model
 
 
@@ -331,7 +454,7 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
     train_files = records.fold_files(manifest, train_folds)
     val_files = records.fold_files(manifest, [fold])
     n_train = sum(manifest["folds"][f]["n_examples"] for f in train_folds)
-    batch_size = cfg["batch_size"]
+    batch_size = cfg["batch_size"] * cfg["accum_steps"]  # examples per update (accum_steps micro-batches)
     steps = cfg["steps_per_epoch"] or max((cfg["tiles_per_epoch"] or n_train) // batch_size, 1)
     is_tpu = "TPU" in type(strategy).__name__
     os.makedirs(p["dir"], exist_ok=True)
@@ -366,7 +489,8 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
 
     encoded_mb = sum(tf.io.gfile.stat(f).length for f in train_files) / 2**20
     cache = task.cache_mode(cfg, n_train, encoded_mb)
-    train_ds = task.train_dataset(train_files, spec, cfg, seed=cfg["seed"] + fold, cache=cache,
+    data_cfg = cfg if cfg["accum_steps"] == 1 else cfg.replace(batch_size=batch_size)
+    train_ds = task.train_dataset(train_files, spec, data_cfg, seed=cfg["seed"] + fold, cache=cache,
                                   drop_remainder=is_tpu, n_workers=_num_workers(strategy))
     val_ds = task.eval_dataset(val_files, spec, cfg)
 

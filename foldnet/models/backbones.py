@@ -41,6 +41,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -54,6 +55,12 @@ layers = keras.layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Printed by tf.keras.applications / keras_applications for every input channel count but 1 and 3
+# (once per fold); foldnet builds n-channel backbones on purpose, so it is silenced where they are built.
+CHANNELS_WARNING = "This model usually expects 1 or 3 input channels"
+# Where named pretrained sets that no library downloads (resnet18 / resnet34 ``imagenet``) are looked
+# for: $FOLDNET_WEIGHTS_DIR, else the Keras cache ~/.keras/models.
+WEIGHTS_DIR_ENV = "FOLDNET_WEIGHTS_DIR"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +373,114 @@ register("beit_l16", "BEiT-L/16 (kecam BeitLargePatch16), mean-pooled token feat
          weights=("imagenet21k-ft1k",), input_norm="inception", build=_kecam("beit.BeitLargePatch16", patch=16))
 
 
+# ---------------------------------------------------------------- ResNet-18 / 34
+
+
+def weights_dir():
+    """Directory of local named weight sets: $FOLDNET_WEIGHTS_DIR or ~/.keras/models."""
+    return os.environ.get(WEIGHTS_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".keras", "models")
+
+
+def local_weights_path(arch, weights):
+    """The file a named weight set of a foldnet-built backbone is read from (``<arch>_<weights>.h5``)."""
+    return os.path.join(weights_dir(), f"{arch}_{weights}.h5")
+
+
+def _torch_conv(x, filters, kernel, strides, name):
+    """A bias-free conv padded as PyTorch pads (kernel // 2 on every side; Keras "same" pads a
+    strided conv on the bottom / right only), then BN (eps 1e-5 as torch)."""
+    pad = kernel // 2
+    if pad and strides > 1:
+        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same" if strides == 1 else "valid", use_bias=False,
+                      kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+
+
+def _basic_block(x, filters, strides, name):
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = _torch_conv(x, filters, 1, strides, f"{name}_downsample")
+    y = layers.ReLU(name=f"{name}_relu1")(_torch_conv(x, filters, 3, strides, f"{name}_1"))
+    y = _torch_conv(y, filters, 3, 1, f"{name}_2")
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
+
+
+RESNET_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+def _resnet(name):
+    """ResNet-18 / 34 (He et al. 2016; torchvision / timm layout): 7x7/2 conv-BN-ReLU (64 channels,
+    ``stem_relu``, stride 2), 3x3/2 max-pool, then four stages of basic blocks (64, 128, 256,
+    512 channels; strides 4, 8, 16, 32; block outputs ``layerN_blockM_out``). Built from layers,
+    no download. ``imagenet``: read from ``local_weights_path(name, "imagenet")`` (a Keras .h5 of
+    this architecture, by layer name; ``resnet_weights_from_torch`` makes one from torchvision's
+    or timm's weights) when it exists, else a WeightsError."""
+
+    def build(input_shape, weights):
+        inputs = keras.Input(input_shape)
+        x = layers.ReLU(name="stem_relu")(_torch_conv(inputs, 64, 7, 2, "stem"))
+        x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+        x = layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+        for stage, (n_blocks, filters) in enumerate(zip(RESNET_BLOCKS[name], (64, 128, 256, 512)), 1):
+            for block in range(n_blocks):
+                strides = 2 if stage > 1 and block == 0 else 1
+                x = _basic_block(x, filters, strides, f"layer{stage}_block{block}")
+        backbone = keras.Model(inputs, x, name=f"{name}_features")
+        if weights is not None:
+            path = local_weights_path(name, weights)
+            if not os.path.isfile(path):
+                raise WeightsError(f"{name} {weights!r} weights are not available offline: {path} does not exist",
+                                   [f"put a Keras .h5 of {name} (layer names as foldnet builds it) at {path} "
+                                    f"(or set ${WEIGHTS_DIR_ENV}), pass a local file with --weights FILE.h5, "
+                                    "or train from scratch with --weights none"])
+            backbone.load_weights(path, by_name=True)
+        return backbone, mean_std_affine(IMAGENET_MEAN, IMAGENET_STD)
+
+    return build
+
+
+def resnet_weights_from_torch(arch, state_dict, path):
+    """Write ``local_weights_path``-style Keras weights (``path``, .h5) for ``arch`` (resnet18 /
+    resnet34) from a torchvision / timm ResNet ``state_dict``: a mapping (or an .npz file) of
+    numpy arrays under PyTorch's names (``conv1.weight``, ``bn1.running_mean``,
+    ``layer2.0.downsample.0.weight``, ...; the ``fc.*`` head is ignored). Conv kernels
+    ``[out, in, kh, kw]`` become ``[kh, kw, in, out]``. Raises ValueError naming missing keys.
+    E.g. where PyTorch is installed: ``np.savez("r34.npz", **{k: v.numpy() for k, v in
+    torch.load("resnet34.pth").items()})``, then this function on "r34.npz"."""
+    if arch not in RESNET_BLOCKS:
+        raise ValueError(f"{arch!r} is not one of {', '.join(RESNET_BLOCKS)}")
+    if isinstance(state_dict, (str, os.PathLike)):
+        with np.load(state_dict) as npz:
+            state_dict = {k: npz[k] for k in npz.files}
+    backbone, _ = get_architecture(arch).build((64, 64, 3), None)
+    pairs = [("stem", "conv1", "bn1")]
+    for stage, n_blocks in enumerate(RESNET_BLOCKS[arch], 1):
+        for block in range(n_blocks):
+            ours, theirs = f"layer{stage}_block{block}", f"layer{stage}.{block}"
+            pairs += [(f"{ours}_1", f"{theirs}.conv1", f"{theirs}.bn1"), (f"{ours}_2", f"{theirs}.conv2", f"{theirs}.bn2")]
+            if stage > 1 and block == 0:
+                pairs.append((f"{ours}_downsample", f"{theirs}.downsample.0", f"{theirs}.downsample.1"))
+    needed = [f"{conv}.weight" for _, conv, _ in pairs] + [
+        f"{bn}.{k}" for _, _, bn in pairs for k in ("weight", "bias", "running_mean", "running_var")]
+    missing = [k for k in needed if k not in state_dict]
+    if missing:
+        raise ValueError(f"state dict of {arch} lacks {len(missing)} keys: {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''}")
+    for ours, conv, bn in pairs:
+        backbone.get_layer(f"{ours}_conv").set_weights([np.transpose(np.asarray(state_dict[f"{conv}.weight"]), (2, 3, 1, 0))])
+        backbone.get_layer(f"{ours}_bn").set_weights([np.asarray(state_dict[f"{bn}.{k}"])
+                                                     for k in ("weight", "bias", "running_mean", "running_var")])
+    backbone.save_weights(os.fspath(path))
+    return path
+
+
+for _name, _params in (("resnet18", 11), ("resnet34", 21)):
+    register(_name, f"{'ResNet-18' if _name == 'resnet18' else 'ResNet-34'} (basic blocks "
+             f"{list(RESNET_BLOCKS[_name])}, foldnet-built), {_params}M params; imagenet from a local file",
+             weights=("imagenet",), input_norm="imagenet", build=_resnet(_name))
+
+
 # ---------------------------------------------------------------- weights files
 
 
@@ -479,6 +594,42 @@ def parse_weights(spec, weights, n_channels):
     return weights, None
 
 
+# What a failed download of pretrained weights looks like: tf.keras get_file raises a plain
+# Exception "URL fetch failure on ..."; kecam prints "will not load weights" (an error in ``_kecam``).
+_DOWNLOAD_FAILED = ("URL fetch failure", "will not load weights", "No pretrained available")
+
+
+def fetch_pretrained(arch, weights, size=96):
+    """Make sure the named weight set ``weights`` of ``arch`` can be loaded (downloading it into the
+    Keras cache if need be) by building the 3-channel backbone once at ``size`` px. A set that
+    cannot be had (no network, no cached or local file) is a WeightsError naming the fixes
+    (``--weights none`` or a local .h5 file), raised before a run writes anything. Does nothing
+    for none, a weights file, or an architecture outside the registry (``tiny``)."""
+    try:
+        spec = get_architecture(arch)
+    except ValueError:
+        return
+    named, _ = parse_weights(spec, weights, 3)
+    if named is None:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=CHANNELS_WARNING)
+            spec.build((size, size, 3), named)
+    except WeightsError:
+        raise
+    except Exception as error:  # tf.keras get_file raises a plain Exception on a failed download
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not (isinstance(error, OSError) or any(m in str(error) for m in _DOWNLOAD_FAILED)):
+            raise
+        raise WeightsError(f"pretrained weights {weights!r} of {arch} could not be loaded (no network and "
+                           "not in the Keras cache ~/.keras/models?)",
+                           [text[:300], "train from scratch with --weights none, or pass a local Keras .h5 "
+                            "weights file with --weights PATH.h5"]) from error
+    finally:
+        keras.backend.clear_session()
+
+
 def _pool(features):
     rank = features.shape.rank
     if rank == 4:
@@ -525,7 +676,9 @@ def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0,
     named, path = parse_weights(spec, weights, n_channels)
     input_shape = (dim, dim, n_channels)
     try:
-        backbone, affine = spec.build(input_shape, named, **(options or {}))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=CHANNELS_WARNING)
+            backbone, affine = spec.build(input_shape, named, **(options or {}))
     except TypeError as error:
         if "unexpected keyword" in str(error):
             raise ValueError(f"architecture {spec.name!r} does not take option(s) {sorted(options or {})}: {error}") from error

@@ -27,7 +27,10 @@ Decoder and head
     shallow), a 3x3 conv to one channel, times ``output_scale`` (the target's
     typical size, so that a fresh network starts on the right scale), then
     the non-negativity ``nonneg``: ``softplus`` (default), ``relu`` or
-    ``none``; computed in float32.
+    ``none``; computed in float32. The UNet-level ``arch_options`` of
+    ``unet_options`` (encoder_taps, decoder_attention, decoder_norm,
+    head_kernel, stem) apply as in ``unet``: with ``encoder_taps: stages``
+    the attention pooling runs on the stage outputs.
 
 ``n_months`` may be 1 (the single-month and mean-of-months baselines).
 """
@@ -36,7 +39,7 @@ import re
 import tensorflow as tf
 
 from foldnet.models import backbones as models
-from foldnet.models import unet
+from foldnet.models import unet, unet_options
 
 keras = tf.keras
 layers = keras.layers
@@ -98,7 +101,8 @@ def build_temporal_unet(arch, n_months, shape_hw_padded, n_channels, weights="no
     arch: ``tiny`` or a backbone of ``models``; weights: "none", a named
     pretrained set (adapted to ``n_channels``) or a .h5 file (a checkpoint of
     this model, or backbone weights by layer name); shape_hw_padded: (Hp, Wp),
-    multiples of the encoder's stride; options: backbone builder options.
+    multiples of the encoder's stride; options: the UNet-level keys of ``unet_options``, the rest
+    backbone builder options; normalize: False feeds the input straight into the backbone.
     """
     if isinstance(n_months, bool) or not isinstance(n_months, int) or n_months < 1:
         raise ValueError(f"n_months must be a positive int, got {n_months!r}")
@@ -107,8 +111,10 @@ def build_temporal_unet(arch, n_months, shape_hw_padded, n_channels, weights="no
     unet.check_channels(n_channels)
     height, width = (int(s) for s in shape_hw_padded)
     input_shape = (height, width, n_channels)
+    ours, options = unet_options.split(options)
     extractor, backbone, affine, path, filters = unet.feature_extractor(arch, input_shape, weights, options,
-                                                                        decoder_filters)
+                                                                        decoder_filters, ours["encoder_taps"],
+                                                                        ours["stem"])
     image = keras.Input((n_months, *input_shape), dtype="float32", name="image")
     months = keras.Input((n_months,), dtype="float32", name="months")
     x = FoldMonths(name="fold_months")([image, months])
@@ -118,8 +124,8 @@ def build_temporal_unet(arch, n_months, shape_hw_padded, n_channels, weights="no
     features = features if isinstance(features, (list, tuple)) else [features]
     pooled = [MonthAttention(n_months, attention_hidden, name=f"month_attention{k}")([f, months])
               for k, f in enumerate(features)]
-    x = unet.decode(pooled, filters)
-    x = layers.Conv2D(1, 3, padding="same", name="regression")(x)
+    x = unet.decode(pooled, filters, ours["decoder_attention"], ours["decoder_norm"])
+    x = unet.head_conv(ours["head_kernel"], "regression")(x)
     x = layers.Activation("linear", dtype="float32", name="regression_float32")(x)
     if float(output_scale) != 1.0:
         x = layers.Rescaling(float(output_scale), dtype="float32", name="output_scale")(x)

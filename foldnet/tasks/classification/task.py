@@ -99,6 +99,7 @@ class ClassificationTask(tasks.Task):
 
         return models.build_model(cfg["arch"], n_classes=spec.n_classes, dim=cfg["dim"], weights=weights,
                                   dropout=cfg["dropout"], options=cfg["arch_options"],
+                                  normalize=cfg["input_norm"] != "none",
                                   augment_layer=augment_layer(cfg.aug) if cfg["aug_in_model"] else None,
                                   head=cfg["head"], head_scale=cfg["head_scale"])
 

@@ -301,7 +301,8 @@ class SegmentationTask(tasks.Task):
         decoder = options.pop("decoder_filters", unet.DEFAULT_DECODER_FILTERS)
         height, width = spectral.padded_shape(spec.shape[:2])
         return unet.build_unet(cfg["arch"], self.n_channels(cfg, spec), (height, width), weights=weights or "none",
-                               decoder_filters=decoder, options=options or None)
+                               decoder_filters=decoder, options=options or None,
+                               normalize=cfg["input_norm"] != "none")
 
     def compile_model(self, model, cfg, spec, optimizer):
         from foldnet.tasks.segmentation import losses as seg_losses

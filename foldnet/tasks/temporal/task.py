@@ -207,7 +207,8 @@ class TemporalRegressionTask(tasks.Task):
         n_months = temporal_data.n_input_months(cfg["temporal_input"], spec.n_months)
         return temporal_unet.build_temporal_unet(cfg["arch"], n_months, padded, spec.n_channels,
                                                  weights=weights or "none", nonneg=cfg["nonneg"],
-                                                 options=backbone_options, **ours)
+                                                 options=backbone_options, normalize=cfg["input_norm"] != "none",
+                                                 **ours)
 
     def compile_model(self, model, cfg, spec, optimizer):
         from foldnet.tasks.temporal import losses as temporal_losses
