@@ -90,7 +90,7 @@ def test_committed_member_configs_are_valid():
     import os
 
     root = ROOT_DIR
-    paths = sorted(glob.glob(os.path.join(root, "models", "*.yaml")))
+    paths = sorted(glob.glob(os.path.join(root, "models", "**", "*.yaml"), recursive=True))
     assert {os.path.basename(p) for p in paths} >= {"demo.yaml", "ef1b7.yaml", "beitl.yaml", "ef1l2.yaml",
                                                      "ef1l2_s2.yaml", "ef2l.yaml", "ef2xl.yaml"}
     from foldnet.models import backbones as models
@@ -111,7 +111,9 @@ def test_committed_member_configs_are_valid():
     assert {os.path.basename(p) for p in paths} >= temporal_recipes
     for p in paths:
         cfg = config.parse_config(["--config", p])
-        if os.path.basename(p) in seg:  # segmentation recipes: the task's own check
+        if os.path.basename(os.path.dirname(p)) == "cloud":  # the On Cloud N members: the segmentation check
+            assert segmentation.TASK.check_config(cfg, cloud) == [], p
+        elif os.path.basename(p) in seg:  # segmentation recipes: the task's own check
             assert segmentation.TASK.check_config(cfg, seg[os.path.basename(p)]) == [], p
         elif os.path.basename(p) in temporal_recipes:  # temporal regression recipes: that task's check
             assert temporal.TASK.check_config(cfg, biomass) == [], p
