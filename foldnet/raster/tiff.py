@@ -242,6 +242,10 @@ def inspect_tile(spec):
         dem, dem_missing = image[:, :, bands.dem], missing[:, :, bands.dem]
         props["water_share"] = float(np.count_nonzero((dem <= 0) & ~dem_missing)) / n_pix
         props["dem_missing_share"] = float(np.count_nonzero(dem_missing)) / n_pix
+        # the Kelp Wanted winner's DEM shares (its eda.py, raw comparisons: -32768 counts as < 0)
+        props["dem_nonpositive_share"] = float(np.count_nonzero((dem <= 0) | dem_missing)) / n_pix
+        props["dem_negative_share"] = float(np.count_nonzero((dem < 0) | dem_missing)) / n_pix
+        props["dem_zero_share"] = float(np.count_nonzero((dem == 0) & ~dem_missing)) / n_pix
     if mask is None:  # test tile: band statistics and grouping use training tiles only
         return TileInfo(problems, image.shape, str(image.dtype), props, [], None)
     rng = np.random.default_rng(spec.seed)

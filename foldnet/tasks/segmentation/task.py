@@ -1,9 +1,11 @@
 """The segmentation task (Kelp Wanted, On Cloud N): the implementation of ``tasks.Task`` for it.
 
 Records: ``seg_records`` (raw bands, mask, valid mask, group), manifest with
-``image`` and ``band_stats``, ``tiles.csv``. Inputs: ``spectral.Features``
-(settings ``seg_bands``, ``indices``, ``norm``, ``mask_indices``; index ranges
-without a natural range fitted once on the first 64 training tiles in file
+``image``, ``band_stats`` and ``index_stats``, ``tiles.csv``. Inputs: ``spectral.Features``
+(settings ``seg_bands``, ``indices``, ``norm``, ``mask_indices``; an index with
+statistics in the manifest (computed by the converter over every training tile)
+is scaled by them as the Kelp Wanted winner; for an older manifest, index ranges
+without a natural range are fitted once on the first 64 training tiles in file
 order, unsupervised like the manifest's band statistics, and stored in the run
 dir as ``index_ranges.json`` so prediction uses the training values) padded to a multiple
 of 32. Training: ``seg_data.train_dataset`` with paired augmentation (see
@@ -160,10 +162,12 @@ class SegmentationTask(tasks.Task):
         indices = list(cfg["indices"] or [])
         key = (cfg["run_dir"], manifest["dir"], manifest.get("fingerprint"), tuple(indices), bool(cfg["mask_indices"]))
         ranges = self._index_ranges.get(key)
+        stats = seg_data.manifest_index_stats(manifest, indices, cfg["mask_indices"])
         build = lambda r: spectral.Features(manifest, bands=cfg["seg_bands"], indices=indices,  # noqa: E731
-                                            norm=cfg["norm"], index_ranges=r, mask_indices=cfg["mask_indices"])
+                                            norm=cfg["norm"], index_ranges=r, mask_indices=cfg["mask_indices"],
+                                            index_stats=stats)
         if ranges is None:
-            ranges = self._stored_index_ranges(cfg["run_dir"], indices)
+            ranges = self._stored_index_ranges(cfg["run_dir"], [n for n in indices if n not in stats])
         if ranges is None:
             from foldnet.io import records
 

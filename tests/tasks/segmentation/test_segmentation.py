@@ -209,7 +209,13 @@ def test_index_ranges_fitted_for_training_are_the_ones_prediction_uses(kelp, tmp
 
     _, data, run_dir, _, _ = kelp
     manifest = dict(json.loads((data / "tfrec" / "manifest.json").read_text()), dir=str(data / "tfrec"))
-    assert set(json.loads((run_dir / "index_ranges.json").read_text())) == {"CIG"}  # written by training
+    # the converter's statistics (every training tile) scale CIG: nothing was fitted for training
+    assert json.loads((run_dir / "index_ranges.json").read_text()) == {}
+    features = segmentation.SegmentationTask().features(manifest, _member_cfg(data, tmp_path / "s"))
+    assert set(features.index_stats) == {"NDVI", "NDWI", "CIG"}
+    assert features.index_stats["CIG"]["q99"] == manifest["index_stats"]["stats"]["ClGreen"]["q99"]
+    # an older manifest (no index_stats): ranges are fitted on the first tiles and stored
+    manifest.pop("index_stats")
     monkeypatch.setattr(segmentation, "INDEX_FIT_TILES", 1)  # so that the tile fitted on matters
     cfg = _member_cfg(data, tmp_path / "r")
     trained = segmentation.SegmentationTask().features(manifest, cfg).index_ranges
