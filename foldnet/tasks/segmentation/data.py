@@ -10,8 +10,12 @@ Endless: an epoch is ``steps_per_epoch(tiles_per_epoch, batch_size)`` steps.
 Weighted tile sampler: tile i is drawn with probability proportional to
 ``w_i = max(1 + sum_k coef_k * x_ik, floor)``, ``x_ik`` the tile's value of
 property k in ``tiles.csv`` (``positive_share``, ``cloud_share``,
-``water_share``, ``missing_share``, ... and the derived ``has_positive``);
-e.g. ``{has_positive: 2, positive_share: 5, cloud_share: -1}``. It is
+``water_share``, ``missing_share``, ... and the derived ``has_positive`` and
+``qa_ok``), or ``1 - x_ik`` for a term ``1-<property>``;
+e.g. ``{has_positive: 2, positive_share: 5, cloud_share: -1}``. With
+``minmax: true`` (the Kelp Wanted winner's form) ``w_i = sum_k coef_k x_ik``
+min-max scaled to [0, 1] over all training tiles. Tiles above
+``max_positive_share`` get weight 0. It is
 streaming rejection sampling: the shuffled, repeated stream keeps tile i
 with probability ``w_i / max(w)``, so draws follow the weights (with
 replacement across passes) at a memory cost independent of the dataset;
@@ -44,27 +48,48 @@ AUTOTUNE = tf.data.AUTOTUNE
 # ---------------------------------------------------------------- sampler
 
 
+SAMPLER_OPTIONS = ("minmax",)
+# 1e-10: the winner's guard in the min-max of its weights (datamodule._calculate_image_weights)
+MINMAX_EPS = 1e-10
+
+
 def tile_weights(tiles, terms, floor=0.01):
     """Sampling weight of every row of ``tiles`` (a tiles.csv DataFrame): see module doc.
 
+    A term ``1-name`` takes ``1 - name``. ``minmax: true`` gives the Kelp Wanted winner's form:
+    ``w = sum_k coef_k x_k`` min-max scaled over the rows, ``(w - min) / (max - min + 1e-10)``
+    (no intercept, no floor: the lowest row gets 0 and is never drawn).
     Raises ConfigError naming unknown terms, DataError naming tiles with a missing value.
     """
+    terms = dict(terms)
+    minmax = terms.pop("minmax", False)
+    if not isinstance(minmax, bool):
+        raise ConfigError(f"sampler option minmax must be true or false, got {minmax!r}")
     derived = {"has_positive": lambda t: (t["positive_share"] > 0).astype(float)}
-    unknown = [k for k in terms if k not in tiles.columns and k not in derived]
+    if "cloud_share" in tiles.columns:
+        derived["qa_ok"] = lambda t: (t["cloud_share"] == 0).astype(float)
+    names = {k: k[2:] if k.startswith("1-") else k for k in terms}
+    unknown = [k for k, n in names.items() if n not in tiles.columns and n not in derived]
     if unknown:
-        known = sorted(set(tiles.columns) - {"id", "fold", "group"}) + sorted(derived)
-        raise ConfigError(f"sampler terms {unknown} are not tile properties; known: {', '.join(known)}")
-    weights = np.ones(len(tiles))
+        known = sorted(set(tiles.columns) - {"id", "fold", "group", "split"}) + sorted(derived)
+        raise ConfigError(f"sampler terms {unknown} are not tile properties (or 1-<property>); known: "
+                          f"{', '.join(known)}; options: {', '.join(SAMPLER_OPTIONS)}")
+    weights = np.zeros(len(tiles)) if minmax else np.ones(len(tiles))
     problems = []
     for term, coef in terms.items():
-        if isinstance(coef, bool) or not isinstance(coef, (int, float)):
-            raise ConfigError(f"sampler term {term}: coefficient must be a number, got {coef!r}")
-        values = np.asarray(tiles[term] if term in tiles.columns else derived[term](tiles), np.float64)
+        if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not np.isfinite(coef):
+            raise ConfigError(f"sampler term {term}: coefficient must be a finite number, got {coef!r}")
+        name = names[term]
+        values = np.asarray(tiles[name] if name in tiles.columns else derived[name](tiles), np.float64)
         bad = ~np.isfinite(values)
-        problems += [f"tile {tid}: no value of {term}" for tid in tiles["id"][bad]]
-        weights += float(coef) * np.where(bad, 0.0, values)
+        problems += [f"tile {tid}: no value of {name}" for tid in tiles["id"][bad]]
+        values = np.where(bad, 0.0, values)
+        weights += float(coef) * (1.0 - values if term.startswith("1-") else values)
     if problems:
         raise DataError("tiles.csv has tiles without a sampler property", problems)
+    if minmax:
+        low = weights.min() if len(weights) else 0.0
+        return (weights - low) / ((weights.max() - low if len(weights) else 0.0) + MINMAX_EPS)
     return np.maximum(weights, float(floor))
 
 
@@ -86,10 +111,25 @@ def read_tiles_csv(manifest):
     return tiles
 
 
-def sampler_weights(tiles, folds, terms, floor=0.01):
-    """(ids, weights) of the tiles of ``folds`` for ``train_dataset``'s sampler (``tile_weights``)."""
-    part = tiles[tiles["fold"].isin(list(folds))].reset_index(drop=True)
-    return part["id"].astype(str).tolist(), tile_weights(part, terms, floor)
+def sampler_weights(tiles, folds, terms, floor=0.01, max_positive_share=1.0):
+    """(ids, weights) of the tiles of ``folds`` for ``train_dataset``'s sampler (``tile_weights``).
+
+    The weights are computed over every training tile of tiles.csv (all folds: the min-max of
+    ``minmax`` spans them, as the winner's spans its whole metadata table), then the tiles of
+    ``folds`` are picked. Tiles whose positive_share exceeds ``max_positive_share`` are left out
+    before (weight 0: never drawn; the winner drops tiles with more than 40 % kelp).
+    Raises ConfigError when no tile of ``folds`` can be drawn.
+    """
+    train = tiles[tiles["fold"] >= 0].reset_index(drop=True)
+    kept = ~(train["positive_share"].to_numpy(np.float64) > float(max_positive_share))
+    weights = np.zeros(len(train))
+    weights[kept] = tile_weights(train[kept].reset_index(drop=True), terms or {}, floor)
+    pick = train["fold"].isin(list(folds)).to_numpy()
+    if not (weights[pick] > 0).any():
+        raise ConfigError(f"the sampler gives every training tile of folds {sorted(folds)} weight 0 "
+                          f"({int((~kept[pick]).sum())} of {int(pick.sum())} above max_positive_share "
+                          f"{max_positive_share})")
+    return train["id"][pick].astype(str).tolist(), weights[pick]
 
 
 def group_index(tiles):

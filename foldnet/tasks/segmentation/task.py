@@ -41,6 +41,7 @@ Template (the test tiles a submission must cover): ``TFREC_DIR/tiles.csv``
 (rows with split ``test``), or any CSV whose first column lists tile ids.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -215,11 +216,12 @@ class SegmentationTask(tasks.Task):
         manifest = manifest_of_files(files)
         features = self.features(manifest, cfg)
         ids = weights = None
-        if cfg["sampler"]:
+        if cfg["sampler"] or cfg["max_positive_share"] < 1.0:
             tiles = seg_data.read_tiles_csv(manifest)
             names = {os.path.basename(f) for f in files}
             folds = [p["fold"] for p in manifest["folds"] if names & set(p["files"])]
-            ids, weights = seg_data.sampler_weights(tiles, folds, cfg["sampler"])
+            ids, weights = seg_data.sampler_weights(tiles, folds, cfg["sampler"] or {},
+                                                    max_positive_share=cfg["max_positive_share"])
         return seg_data.train_dataset(files, features, cfg["batch_size"], tile_ids=ids, weights=weights,
                                       augment=augment_options(cfg), cache=cache != "none",
                                       shuffle_buffer=cfg["shuffle_buffer"], pad_multiple=PAD_MULTIPLE,
@@ -266,6 +268,8 @@ class SegmentationTask(tasks.Task):
             spectral.check_indices(list(cfg["indices"] or []), spec.bands)
         except ValueError as e:
             problems.append(f"indices: {e}")
+        if not math.isfinite(cfg["max_positive_share"]):
+            problems.append(f"max_positive_share must be a finite number, got {cfg['max_positive_share']}")
         unknown = [b for b in (cfg["seg_bands"] or []) if b not in spec.bands]
         if unknown:
             problems.append(f"seg_bands {unknown} are not bands of the dataset ({', '.join(spec.bands)})")
