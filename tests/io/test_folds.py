@@ -152,3 +152,12 @@ def test_unreadable_image_during_grouping(tmp_path):
     m = create_tfrecords(skip_bad=True, **kw)
     assert sorted(s["id"] for s in m["skipped"]) == ["b20", "b3"] and m["n_examples"] == 28
     assert m["n_grouped"] == 10  # c3 lost its twin
+
+
+def test_duplicate_groups_larger_than_max_size_become_singletons():
+    # rows 0-3 identical, rows 4-5 identical, row 6 alone
+    v = np.array([[1, 0, 0]] * 4 + [[0, 1, 0]] * 2 + [[0, 0, 1]], np.float32)
+    comp = folds.duplicate_groups(v, 0.97, max_size=3)
+    assert len(set(comp[:4])) == 4  # the cluster of 4 > 3 is exploded
+    assert comp[4] == comp[5] and len(set(comp)) == 6
+    assert len(set(folds.duplicate_groups(v, 0.97))) == 3  # no cap

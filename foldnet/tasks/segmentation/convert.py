@@ -94,7 +94,8 @@ def fold_groups(dataset, infos, group_duplicates):
     has_named = bool((named != "").any())
     clusters, n_grouped = None, 0
     if group_duplicates is not None:
-        clusters = folds_mod.duplicate_groups(np.stack([i.embedding for i in infos]), group_duplicates)
+        clusters = folds_mod.duplicate_groups(np.stack([i.embedding for i in infos]), group_duplicates,
+                                              seg_layouts.MAX_GROUP_SIZE.get(dataset.layout))
         n_grouped = folds_mod.n_grouped(clusters)
     if has_named and clusters is not None:
         merged = folds_mod.merge_groups(named, clusters)
