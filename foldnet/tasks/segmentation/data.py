@@ -181,6 +181,25 @@ def record_parser(features):
     return lambda s: seg_records.parse_example(s, features.shape, features.dtype)
 
 
+# Host memory bounds of one training pipeline (bench/bench_seg_memory.py): the shuffle buffer holds
+# serialized raw tiles up to SHUFFLE_BUDGET_MB, one finished batch is prefetched, and tf.data's
+# autotuner may buffer up to AUTOTUNE_RAM_MB.
+SHUFFLE_BUDGET_MB = 256
+PREFETCH_BATCHES = 1
+AUTOTUNE_RAM_MB = 1024
+
+
+def tile_mb(features):
+    """MB of one serialized tile (raw bands + mask + valid), what the shuffle buffer holds."""
+    height, width, channels = features.shape
+    return height * width * (channels * np.dtype(features.dtype).itemsize + 2) / 2 ** 20
+
+
+def shuffle_tiles(requested, features, budget_mb=SHUFFLE_BUDGET_MB):
+    """The shuffle buffer in tiles: ``requested``, at most ``budget_mb`` of serialized tiles (at least 16)."""
+    return int(max(min(int(requested), budget_mb // tile_mb(features)), min(int(requested), 16)))
+
+
 def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augment=None, cache=False,
                   shuffle_buffer=256, pad_multiple=spectral.PAD_MULTIPLE, group_index=None, seed=None, n_workers=1):
     """Endless batches of (features [B, Hp, Wp, F], target [B, Hp, Wp, 2|3]) for training.
@@ -189,6 +208,7 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
     (``tile_weights`` of the training tiles; None: every tile alike).
     augment: keyword arguments of ``paired_augment`` (None: flips and rot90).
     group_index: {group: index} adds the group channel to the target.
+    shuffle_buffer: tiles, capped at SHUFFLE_BUDGET_MB of serialized tiles (``shuffle_tiles``).
     """
     augment = {"flip": True, "rot90": True} if augment is None else dict(augment)
     files = list(files)
@@ -197,7 +217,7 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
     ds = tfdata.read_records(files, deterministic=False)
     if cache:
         ds = ds.cache()
-    ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
+    ds = ds.shuffle(shuffle_tiles(shuffle_buffer, features), seed=seed).repeat()
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=False)
     if weights is not None:
         table = _acceptance_table(tile_ids, weights)
@@ -225,7 +245,11 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
         return x, _pad_target(_target(mask, valid, _group_of(ex, groups)), pad_multiple)
 
     ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES)
+    if AUTOTUNE_RAM_MB:
+        opts = tf.data.Options()
+        opts.autotune.ram_budget = int(AUTOTUNE_RAM_MB * 2 ** 20)
+        ds = ds.with_options(opts)
     return tfdata.with_options(ds, shard_by_data=len(files) < n_workers)
 
 

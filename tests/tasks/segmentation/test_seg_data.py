@@ -340,3 +340,21 @@ def test_winner_sampler_minmax_over_all_training_tiles_and_kelp_share_filter(tmp
         seg_data.tile_weights(tiles, {"minmax": "yes"})
     with pytest.raises(ConfigError, match=r"\['1-nope'\]"):
         seg_data.tile_weights(tiles, {"1-nope": 1.0})
+
+
+def test_shuffle_buffer_is_bounded_in_megabytes():
+    """At Kelp size a serialized tile is 350 * 350 * (7 * 2 + 2) B = 1.87 MiB: the 2048-tile default
+    would hold 3.7 GiB; the buffer is capped at SHUFFLE_BUDGET_MB (256 -> 136 tiles)."""
+    bands = ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"]
+    stats = [{"band": b, "min": 0.0, "max": 1.0, "q01": 0.0, "q99": 1.0} for b in bands]
+
+    def features(side):
+        return spectral.Features({"image": {"shape": [side, side, 7], "dtype": "int16", "missing_value": -32768,
+                                            "bands": bands}, "band_stats": stats}, jit_compile=False)
+
+    kelp = features(350)
+    assert seg_data.tile_mb(kelp) == pytest.approx(350 * 350 * 16 / 2 ** 20)
+    assert seg_data.SHUFFLE_BUDGET_MB == 256 and seg_data.shuffle_tiles(2048, kelp) == 136
+    assert seg_data.shuffle_tiles(64, kelp) == 64  # a smaller request stands
+    assert seg_data.shuffle_tiles(2048, features(32)) == 2048  # small tiles: the request
+    assert seg_data.shuffle_tiles(2048, kelp, budget_mb=1) == 16  # never below 16 tiles
