@@ -195,8 +195,10 @@ def tile_mb(features):
     return height * width * (channels * np.dtype(features.dtype).itemsize + 2) / 2 ** 20
 
 
-def shuffle_tiles(requested, features, budget_mb=SHUFFLE_BUDGET_MB):
-    """The shuffle buffer in tiles: ``requested``, at most ``budget_mb`` of serialized tiles (at least 16)."""
+def shuffle_tiles(requested, features, budget_mb=None):
+    """The shuffle buffer in tiles: ``requested``, at most ``budget_mb`` (default SHUFFLE_BUDGET_MB) of
+    serialized tiles, at least 16."""
+    budget_mb = SHUFFLE_BUDGET_MB if budget_mb is None else budget_mb
     return int(max(min(int(requested), budget_mb // tile_mb(features)), min(int(requested), 16)))
 
 
