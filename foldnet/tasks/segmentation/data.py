@@ -184,7 +184,7 @@ def record_parser(features):
 # Host memory bounds of one training pipeline (bench/bench_seg_memory.py): the shuffle buffer holds
 # serialized raw tiles up to SHUFFLE_BUDGET_MB, one finished batch is prefetched, and tf.data's
 # autotuner may buffer up to AUTOTUNE_RAM_MB.
-SHUFFLE_BUDGET_MB = 256
+SHUFFLE_BUDGET_MB = 128
 PREFETCH_BATCHES = 1
 AUTOTUNE_RAM_MB = 1024
 

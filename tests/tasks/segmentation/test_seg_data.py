@@ -344,7 +344,7 @@ def test_winner_sampler_minmax_over_all_training_tiles_and_kelp_share_filter(tmp
 
 def test_shuffle_buffer_is_bounded_in_megabytes():
     """At Kelp size a serialized tile is 350 * 350 * (7 * 2 + 2) B = 1.87 MiB: the 2048-tile default
-    would hold 3.7 GiB; the buffer is capped at SHUFFLE_BUDGET_MB (256 -> 136 tiles)."""
+    would hold 3.7 GiB; the buffer is capped at SHUFFLE_BUDGET_MB (128 -> 68 tiles)."""
     bands = ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"]
     stats = [{"band": b, "min": 0.0, "max": 1.0, "q01": 0.0, "q99": 1.0} for b in bands]
 
@@ -354,7 +354,7 @@ def test_shuffle_buffer_is_bounded_in_megabytes():
 
     kelp = features(350)
     assert seg_data.tile_mb(kelp) == pytest.approx(350 * 350 * 16 / 2 ** 20)
-    assert seg_data.SHUFFLE_BUDGET_MB == 256 and seg_data.shuffle_tiles(2048, kelp) == 136
+    assert seg_data.SHUFFLE_BUDGET_MB == 128 and seg_data.shuffle_tiles(2048, kelp) == 68
     assert seg_data.shuffle_tiles(64, kelp) == 64  # a smaller request stands
     assert seg_data.shuffle_tiles(2048, features(32)) == 2048  # small tiles: the request
     assert seg_data.shuffle_tiles(2048, kelp, budget_mb=1) == 16  # never below 16 tiles
