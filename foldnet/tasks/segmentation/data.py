@@ -33,6 +33,8 @@ order. ``tta_dataset`` expands every tile to its TTA views in one pass
 (identity first); ``merge_tta`` applies each view's inverse transform to its
 predicted map, averages, and crops the padding away.
 """
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -345,25 +347,39 @@ def index_stats(files, features, quantiles=INDEX_QUANTILES):
     finite values. An index with ``fixed`` statistics (DEMWM) gets its range (the winner forces 0..1).
     An index no tile keeps a value of is left out.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     names = list(features.indices)
     parse = record_parser(features)
 
+    @tf.function(jit_compile=True)
+    def planes_of(image, valid):
+        planes, oks = features.raw_indices(image, valid)
+        return tf.stack(planes, 0), tf.stack(oks, 0)
+
     def raw(serialized):
         ex = parse(serialized)
-        planes, oks = features.raw_indices(ex["image"], ex["valid"])
-        return tf.stack(planes, -1), tf.stack(oks, -1)
+        return planes_of(ex["image"], ex["valid"])
+
+    def tile_stats(values, oks):
+        """[(q01, q99, min, max) or None] per index of one tile (numpy releases the GIL: threads)."""
+        out = []
+        for k in range(len(names)):
+            v = values[k][oks[k]]
+            v = v[np.isfinite(v)]
+            out.append((*np.quantile(v, quantiles), float(v.min()), float(v.max())) if v.size else None)
+        return out
 
     qs = {n: [] for n in names}
     low = dict.fromkeys(names, np.inf)
     high = dict.fromkeys(names, -np.inf)
     ds = tfdata.read_records(files, deterministic=True).map(raw, num_parallel_calls=AUTOTUNE).prefetch(2)
-    for values, oks in ds.as_numpy_iterator():
-        for k, n in enumerate(names):
-            v = values[..., k][oks[..., k]]
-            v = v[np.isfinite(v)].astype(np.float64)
-            if v.size:
-                qs[n].append(np.quantile(v, quantiles))
-                low[n], high[n] = min(low[n], float(v.min())), max(high[n], float(v.max()))
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        for per_tile in pool.map(lambda t: tile_stats(*t), ds.as_numpy_iterator()):
+            for n, st in zip(names, per_tile):
+                if st is not None:
+                    qs[n].append(st[:2])
+                    low[n], high[n] = min(low[n], st[2]), max(high[n], st[3])
     out = {}
     for n in names:
         index = spectral.INDICES[n]
