@@ -111,10 +111,18 @@ def components(n, pairs):
     return connected_components(graph, directed=False)[1]
 
 
-def duplicate_groups(thumbs, threshold):
+def duplicate_groups(thumbs, threshold, max_size=None):
     """Near-duplicate cluster id per row: connected components of the pairs with
-    similarity >= ``threshold``."""
-    return components(len(thumbs), similar_pairs(thumbs, threshold))
+    similarity >= ``threshold``. A cluster of more than ``max_size`` rows is split into
+    singletons (the Kelp Wanted winner's aoi_grouping.py explodes groups of more than 100)."""
+    clusters = np.asarray(components(len(thumbs), similar_pairs(thumbs, threshold)))
+    if max_size is None or not len(clusters):
+        return clusters
+    _, inverse, counts = np.unique(clusters, return_inverse=True, return_counts=True)
+    big = counts[inverse] > int(max_size)
+    out = clusters.copy()
+    out[big] = clusters.max() + 1 + np.arange(int(big.sum()))
+    return out
 
 
 def held_out_individuals(labels, fraction, n_folds, seed):

@@ -17,11 +17,28 @@ Spectral indices (``INDICES``, each defined once here)
     fitted on training tiles (``seg_data.fit_index_ranges``) or, failing
     that, the nominal range listed here.
 
+    The 17 indices of the Kelp Wanted 2nd-place solution (DEMWM, NDVI, ATSAVI,
+    AVI, CI, ClGreen, GBNDVI, GVMI, IPVI, KIVU, MCARI, MVI, NormNIR, PNDVI,
+    SABI, WDRVI, mCRIG) follow its ``kelp/core/indices.py`` literally: raw
+    values, ``+ 1e-10`` in the denominators where it has one, IEEE division
+    otherwise (mCRIG's ``1/B`` may be inf; ``Features`` replaces NaN and -inf by
+    the index's minimum, +inf by its maximum). CIG is another name of ClGreen.
+
 Masking (``mask_indices``)
     An index is kept only on clear water: where the QA band is clear (0, or
-    any of ``qa_clear``) and DEM <= 0. Elsewhere, like wherever one of its
-    bands is missing, it takes its channel minimum (0 after normalisation).
+    any of ``qa_clear``), the DEM is not missing and DEM <= 0 (the winner's
+    ``QA == 0 and DEMWM == 0``, DEMWM being NaN where the DEM is missing).
+    DEMWM itself is never masked. Elsewhere, like wherever one of its bands
+    is missing, an index takes its channel minimum (0 after normalisation).
     Tiles without QA or DEM bands are not masked on that band.
+
+Index statistics (``index_stats``)
+    When the manifest holds statistics of an index (``data.index_stats``,
+    written by the converter over every training tile), the index is scaled
+    as the winner does: masked or missing pixels, NaN and -inf take the
+    index's ``min``, +inf its ``max``, then ``(clip(x, q01, q99) - q01) /
+    (q99 - q01 + 1e-10)``. Otherwise: min-max over its natural or fitted
+    range, masked or missing pixels 0.
 
 Missing values
     A band value equal to the manifest's ``missing_value``, or any pixel whose
@@ -74,6 +91,8 @@ BAND_ALIASES = {
 WAVELENGTH = {"red": 660.0, "nir": 835.0, "swir": 1650.0}
 
 _EPS = 1e-6
+# The Kelp Wanted 2nd-place index guard (its consts/data.py EPS) and normalisation guard.
+KELP_EPS = 1e-10
 
 
 def _ratio(num, den):
@@ -106,6 +125,71 @@ class Index:
     natural: bool  # range is the index's own (True) or a nominal one, replaced by a fitted range
     range: Tuple[float, float]
     reflectance: bool  # needs reflectance (has additive constants)
+    masked: bool = True  # False: never masked to clear water (DEMWM)
+    fixed: bool = False  # True: its statistics are its range, never fitted (DEMWM: the winner forces 0..1)
+
+
+def _kelp_indices():
+    """The indices of the Kelp Wanted 2nd-place solution as its kelp/core/indices.py defines them
+    (raw values, e = KELP_EPS); nominal ranges, replaced by fitted statistics."""
+    e = KELP_EPS
+
+    def demwm(r):
+        return tf.maximum(r["dem"], 0.0)
+
+    def atsavi(r):
+        n, red = r["nir"], r["red"]
+        return 1.22 * (n - 1.22 * red - 0.03) / (1.22 * n + red - 1.22 * 0.03 + 0.08 * (1.0 + 1.22 ** 2) + e)
+
+    def ipvi(r):
+        n, red, g = r["nir"], r["red"], r["green"]
+        return (n / (n + red + e) / 2.0) * (((red - g) / (red + e) + g) + 1.0 + e)
+
+    def mcari(r):
+        n, red, g = r["nir"], r["red"], r["green"]
+        return ((n - red) - 0.2 * (n - g)) * (n / (red + e))
+
+    def gvmi(r):
+        n, sw = r["nir"], r["swir"]
+        return ((n + 0.1) - (sw + 0.02)) / ((n + 0.1) + (sw + 0.02) + e)
+
+    def mcrig(r):
+        return (1.0 / r["blue"] - 1.0 / r["green"]) * r["nir"]
+
+    def k(name, formula, bands, fn, rng=(-1.0, 1.0), **kw):
+        return Index(name, formula, bands, fn, False, rng, False, **kw)
+
+    return [
+        Index("DEMWM", "max(DEM, 0) (DEM water mask: 0 on water; never masked)", ("dem",), demwm, True, (0.0, 1.0),
+              False, masked=False, fixed=True),
+        k("ATSAVI", "1.22 (NIR - 1.22 R - 0.03) / (1.22 NIR + R - 1.22 * 0.03 + 0.08 (1 + 1.22^2) + e)",
+          ("nir", "red"), atsavi),
+        k("AVI", "2 NIR - R", ("nir", "red"), lambda r: 2.0 * r["nir"] - r["red"], (0.0, 20000.0)),
+        k("CI", "(R - B) / (R + e) (coloration index)", ("red", "blue"),
+          lambda r: (r["red"] - r["blue"]) / (r["red"] + e)),
+        k("ClGreen", "NIR / (G + e) - 1 (chlorophyll index green)", ("nir", "green"),
+          lambda r: r["nir"] / (r["green"] + e) - 1.0, (-1.0, 5.0)),
+        k("GBNDVI", "(NIR - (G + B)) / (NIR + G + B + e)", ("nir", "green", "blue"),
+          lambda r: (r["nir"] - (r["green"] + r["blue"])) / (r["nir"] + r["green"] + r["blue"] + e)),
+        k("GVMI", "((NIR + 0.1) - (SWIR + 0.02)) / ((NIR + 0.1) + (SWIR + 0.02) + e)", ("nir", "swir"), gvmi),
+        k("IPVI", "(NIR / (NIR + R + e) / 2) ((R - G) / (R + e) + G + 1 + e) (as the winner writes it)",
+          ("nir", "red", "green"), ipvi, (0.0, 20000.0)),
+        k("KIVU", "(B - R) / (G + e)", ("blue", "red", "green"), lambda r: (r["blue"] - r["red"]) / (r["green"] + e)),
+        k("MCARI", "((NIR - R) - 0.2 (NIR - G)) (NIR / (R + e))", ("nir", "red", "green"), mcari, (-1e4, 1e4)),
+        k("MVI", "NIR / (SWIR + e) (mid-infrared vegetation index)", ("nir", "swir"),
+          lambda r: r["nir"] / (r["swir"] + e), (0.0, 5.0)),
+        k("NormNIR", "NIR / (NIR + R + G + e)", ("nir", "red", "green"),
+          lambda r: r["nir"] / (r["nir"] + r["red"] + r["green"] + e), (0.0, 1.0)),
+        k("PNDVI", "(NIR - (R + G + B)) / (NIR + R + G + B + e)", ("nir", "red", "green", "blue"),
+          lambda r: (r["nir"] - (r["red"] + r["green"] + r["blue"]))
+          / (r["nir"] + r["red"] + r["green"] + r["blue"] + e)),
+        k("SABI", "(NIR - R) / (G + B + e) (surface algal bloom index)", ("nir", "red", "green", "blue"),
+          lambda r: (r["nir"] - r["red"]) / (r["green"] + r["blue"] + e)),
+        k("WDRVI", "(0.1 NIR - R) / (0.1 NIR + R + e)", ("nir", "red"),
+          lambda r: (0.1 * r["nir"] - r["red"]) / (0.1 * r["nir"] + r["red"] + e)),
+        k("mCRIG", "(1 / B - 1 / G) NIR (no guard: inf where B or G is 0)", ("blue", "green", "nir"), mcrig,
+          (-1.0, 1.0)),
+    ]
 
 
 INDICES = {i.name: i for i in [
@@ -125,14 +209,19 @@ INDICES = {i.name: i for i in [
           lambda r: 1.5 * _ratio(r["nir"] - r["red"], r["nir"] + r["red"] + 0.5), True, (-1.5, 1.5), True),
     Index("MSAVI", "(2 NIR + 1 - sqrt((2 NIR + 1)^2 - 8 (NIR - R))) / 2", ("nir", "red"), _msavi, True,
           (-1.0, 1.0), True),
-    Index("CIG", "NIR / G - 1 (chlorophyll index green)", ("nir", "green"),
-          lambda r: _ratio(r["nir"], r["green"]) - 1.0, False, (-1.0, 5.0), False),
     Index("SR", "NIR / R (simple ratio)", ("nir", "red"), lambda r: _ratio(r["nir"], r["red"]), False, (0.0, 8.0), False),
     Index("VARI", "(G - R) / (G + R - B)", ("green", "red", "blue"),
           lambda r: _ratio(r["green"] - r["red"], r["green"] + r["red"] - r["blue"]), False, (-1.0, 1.0), False),
     Index("FAI", "NIR - (R + (SWIR - R) (835 - 660) / (1650 - 660)) (floating algae)", ("nir", "red", "swir"),
           _fai, False, (-0.05, 0.1), True),
+    *_kelp_indices(),
 ]}
+# Other names of an index (one definition): CIG is ClGreen.
+INDEX_ALIASES = {"CIG": "ClGreen"}
+INDICES.update({alias: INDICES[name] for alias, name in INDEX_ALIASES.items()})
+# The Kelp Wanted 2nd-place solution's indices, in its order (Makefile `train`, --spectral_indices).
+KELP_WINNER_INDICES = ("DEMWM", "NDVI", "ATSAVI", "AVI", "CI", "ClGreen", "GBNDVI", "GVMI", "IPVI", "KIVU", "MCARI",
+                       "MVI", "NormNIR", "PNDVI", "SABI", "WDRVI", "mCRIG")
 
 
 def band_roles(bands):
@@ -272,13 +361,15 @@ class Features:
         drop QA/DEM). indices: names from ``INDICES``.
     norm: quantile | minmax | zscore (raw bands; indices always min-max).
     index_ranges: {name: (low, high)} overriding an index's range (fitted).
-    mask_indices: keep indices only on clear water (QA clear, DEM <= 0).
+    index_stats: {name: {min, max, q01, q99}} of indices scaled as the Kelp Wanted
+        winner (see module doc); they take precedence over index_ranges.
+    mask_indices: keep indices only on clear water (QA clear, DEM present and <= 0).
     jit_compile: compute through one XLA-compiled function (one compile per input shape).
     """
 
     def __init__(self, manifest, bands=None, indices=(), norm="quantile", index_ranges=None, mask_indices=True,
                  qa_clear=(0,), reflectance_scale=1.0, reflectance_offset=0.0, jit_compile=True, norm_max=None,
-                 norm_output="unit"):
+                 norm_output="unit", index_stats=None):
         image = manifest["image"]
         self.all_bands = list(image["bands"])
         self.bands = list(self.all_bands if bands is None else bands)
@@ -304,6 +395,8 @@ class Features:
         self._positions = [self.all_bands.index(b) for b in self.bands]
         self.index_ranges = {n: tuple(float(v) for v in (index_ranges or {}).get(n, INDICES[n].range))
                              for n in self.indices}
+        self.index_stats = {n: check_index_stats(n, (index_stats or {})[n]) for n in self.indices
+                            if n in (index_stats or {})}
         self.missing_value = image.get("missing_value")
         self.mask_indices = bool(mask_indices)
         self.qa_clear = tuple(qa_clear)
@@ -387,7 +480,12 @@ class Features:
         values, oks = self.raw_indices(image, valid, miss)
         channels = []
         for name, value, ok in zip(self.indices, values, oks):
+            if name in self.index_stats:
+                st = self.index_stats[name]
+                channels.append(scale_index(value, ok, st["min"], st["max"], st["q01"], st["q99"]))
+                continue
             lo, hi = self.index_ranges[name]
+            value = fill_nonfinite(value, lo, hi)
             value = tf.minimum(tf.maximum((value - lo) * (1.0 / max(hi - lo, _EPS)), 0.0), 1.0)
             channels.append(tf.where(ok, value, 0.0))
         return tf.concat([out, tf.experimental.numpy.moveaxis(tf.stack(channels), 0, -1)], -1)
@@ -399,13 +497,42 @@ class Features:
         miss_planes = tf.experimental.numpy.moveaxis(miss, -1, 0)
         raw = role_planes(image, self.all_bands)
         roles = band_roles(self.all_bands)
-        keep = clear_water_plane(raw, self.qa_clear) if self.mask_indices else None
+        keep = None
+        if self.mask_indices:
+            keep = clear_water_plane(raw, self.qa_clear)
+            for role in ("qa", "dem"):  # a missing QA or DEM value is not clear water
+                if role in roles:
+                    keep &= tf.logical_not(miss_planes[roles[role]])
         values = index_planes(raw, self.indices, *self.reflectance)
         oks = []
         for name in self.indices:
             ok = tf.logical_not(tf.reduce_any(tf.stack([miss_planes[roles[b]] for b in INDICES[name].bands]), 0))
-            oks.append(ok if keep is None else ok & keep)
+            oks.append(ok if keep is None or not INDICES[name].masked else ok & keep)
         return values, oks
+
+
+def check_index_stats(name, stats):
+    """{min, max, q01, q99} as floats; ValueError naming the index when one is absent or not finite."""
+    out = {}
+    for key in ("min", "max", "q01", "q99"):
+        value = stats.get(key) if isinstance(stats, dict) else None
+        if value is None or not math.isfinite(float(value)):
+            raise ValueError(f"index_stats of {name!r} has no finite {key!r}")
+        out[key] = float(value)
+    return out
+
+
+def fill_nonfinite(value, low, high):
+    """NaN and -inf -> ``low``, +inf -> ``high``."""
+    value = tf.where(tf.math.is_nan(value) | tf.equal(value, -math.inf), tf.cast(low, value.dtype), value)
+    return tf.where(tf.equal(value, math.inf), tf.cast(high, value.dtype), value)
+
+
+def scale_index(value, ok, low, high, q01, q99):
+    """The winner's scaling of an index: not ``ok`` (masked, missing), NaN and -inf -> ``low`` (its
+    minimum), +inf -> ``high`` (its maximum), then (clip(x, q01, q99) - q01) / (q99 - q01 + 1e-10)."""
+    value = fill_nonfinite(tf.where(ok, value, tf.cast(low, value.dtype)), low, high)
+    return (tf.minimum(tf.maximum(value, q01), q99) - q01) * (1.0 / (q99 - q01 + KELP_EPS))
 
 
 # ---------------------------------------------------------------- padding

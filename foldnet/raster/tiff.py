@@ -191,9 +191,21 @@ def band_partials(image, missing, bands, rng):
     return out
 
 
+def flat_signature(value, size):
+    """A fixed pseudo-random vector of ``size`` values with standard deviation 1, the same for the
+    same ``value`` (seeded by its float64 bytes): the embedding part of a flat (constant) thumbnail,
+    so that two flat tiles of the same constant (e.g. all-water DEMs of 0) have cosine 1 and flat
+    tiles of different constants, or a flat and a textured tile, are almost orthogonal."""
+    seed = int.from_bytes(np.float64(round(float(value), 6)).tobytes(), "little")
+    v = np.random.default_rng(seed).standard_normal(size)
+    v -= v.mean()
+    return v / v.std()
+
+
 def embedding(image, missing, bands):
     """Unit-norm float32 vector: each embedding band block-averaged to EMBED_SIZE^2 (missing pixels
-    take the band's mean), mean-centred per band. Zeros when there is no variation to compare."""
+    take the band's mean), mean-centred and scaled to standard deviation 1 per band; a flat band
+    (constant thumbnail) is ``flat_signature`` of its constant. Zeros where a band is all missing."""
     chosen = list(bands.embed_bands or bands.valid_bands)
     h, w = image.shape[:2]
     ys = np.linspace(0, h, EMBED_SIZE + 1).astype(int)
@@ -211,9 +223,10 @@ def embedding(image, missing, bands):
         sums = cs[ys[1:]][:, xs[1:]] - cs[ys[:-1]][:, xs[1:]] - cs[ys[1:]][:, xs[:-1]] + cs[ys[:-1]][:, xs[:-1]]
         area = np.maximum(np.outer(np.diff(ys), np.diff(xs)), 1)
         small = (sums / area).ravel()
-        small -= small.mean()
+        small_mean = float(small.mean())
+        small -= small_mean
         std = small.std()
-        parts.append(small / std if std > 0 else np.zeros_like(small))
+        parts.append(small / std if std > 1e-9 * max(1.0, abs(small_mean)) else flat_signature(small_mean, small.size))
     v = np.concatenate(parts).astype(np.float32)
     norm = float(np.linalg.norm(v))
     return v / norm if norm > 0 else v
@@ -242,6 +255,10 @@ def inspect_tile(spec):
         dem, dem_missing = image[:, :, bands.dem], missing[:, :, bands.dem]
         props["water_share"] = float(np.count_nonzero((dem <= 0) & ~dem_missing)) / n_pix
         props["dem_missing_share"] = float(np.count_nonzero(dem_missing)) / n_pix
+        # the Kelp Wanted winner's DEM shares (its eda.py, raw comparisons: -32768 counts as < 0)
+        props["dem_nonpositive_share"] = float(np.count_nonzero((dem <= 0) | dem_missing)) / n_pix
+        props["dem_negative_share"] = float(np.count_nonzero((dem < 0) | dem_missing)) / n_pix
+        props["dem_zero_share"] = float(np.count_nonzero((dem == 0) & ~dem_missing)) / n_pix
     if mask is None:  # test tile: band statistics and grouping use training tiles only
         return TileInfo(problems, image.shape, str(image.dtype), props, [], None)
     rng = np.random.default_rng(spec.seed)

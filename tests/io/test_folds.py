@@ -167,3 +167,12 @@ def test_scene_groups_read_tile_coordinates_from_ids():
     assert info.startswith("folds keep groups together: 3 groups from ids (largest 2 tiles, 2 single-tile groups)")
     assert warning is None
     assert "leave-one-group-out" in group_report(["a", "b", "c"], 3, "ids")[1]
+
+
+def test_duplicate_groups_larger_than_max_size_become_singletons():
+    # rows 0-3 identical, rows 4-5 identical, row 6 alone
+    v = np.array([[1, 0, 0]] * 4 + [[0, 1, 0]] * 2 + [[0, 0, 1]], np.float32)
+    comp = folds.duplicate_groups(v, 0.97, max_size=3)
+    assert len(set(comp[:4])) == 4  # the cluster of 4 > 3 is exploded
+    assert comp[4] == comp[5] and len(set(comp)) == 6
+    assert len(set(folds.duplicate_groups(v, 0.97))) == 3  # no cap

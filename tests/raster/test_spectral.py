@@ -126,3 +126,71 @@ def test_indices_only_features():
     out = spectral.Features(m, bands=[], indices=["NDVI"])(image).numpy()
     assert out.shape == (2, 2, 1)
     np.testing.assert_allclose(out[..., 0], (20 / 120 + 1) / 2, rtol=1e-6)
+
+
+def test_kelp_winner_indices_by_hand():
+    """The 17 indices of the Kelp Wanted 2nd-place solution on raw DN, worked by hand from its
+    kelp/core/indices.py formulas (e = 1e-10 is below the tolerance here)."""
+    # SWIR 100, NIR 400, R 100, G 200, B 50, QA 0, DEM 7
+    pixel = np.array([[[100, 400, 100, 200, 50, 0, 7]]], np.float32)
+    want = {
+        "DEMWM": 7.0,  # max(7, 0)
+        "NDVI": 300 / 500,  # (400 - 100) / (400 + 100)
+        "ATSAVI": 1.22 * 277.97 / 588.162472,  # 1.22 (400 - 122 - 0.03) / (488 + 100 - 0.0366 + 0.08 * 2.4884)
+        "AVI": 700.0,  # 2 * 400 - 100
+        "CI": 0.5,  # (100 - 50) / 100
+        "ClGreen": 1.0,  # 400 / 200 - 1
+        "GBNDVI": 150 / 650,  # (400 - 250) / (400 + 250)
+        "GVMI": 300.08 / 500.12,  # (400.1 - 100.02) / (400.1 + 100.02)
+        "IPVI": 80.0,  # (400 / 500 / 2) * ((100 - 200) / 100 + 200 + 1) = 0.4 * 200
+        "KIVU": -0.25,  # (50 - 100) / 200
+        "MCARI": 1040.0,  # (300 - 0.2 * 200) * (400 / 100)
+        "MVI": 4.0,  # 400 / 100
+        "NormNIR": 400 / 700,  # 400 / (400 + 100 + 200)
+        "PNDVI": 50 / 750,  # (400 - 350) / (400 + 350)
+        "SABI": 1.2,  # 300 / (200 + 50)
+        "WDRVI": -60 / 140,  # (40 - 100) / (40 + 100)
+        "mCRIG": 6.0,  # (1/50 - 1/200) * 400
+    }
+    names = list(spectral.KELP_WINNER_INDICES)
+    assert sorted(names) == sorted(want)
+    got = spectral.compute_indices(pixel, KELP_BANDS, names).numpy()[0, 0]
+    np.testing.assert_allclose(got, [want[n] for n in names], rtol=1e-5)
+    # DEMWM is 0 on water; CIG is ClGreen (one definition)
+    water = pixel.copy()
+    water[..., 6] = -5
+    assert spectral.compute_indices(water, KELP_BANDS, ["DEMWM"]).numpy()[0, 0, 0] == 0.0
+    assert spectral.INDICES["CIG"] is spectral.INDICES["ClGreen"]
+    # no guard on mCRIG: B = 0 gives inf, B = G = 0 gives inf - inf = NaN; ClGreen's e makes G = 0 huge
+    dark = np.array([[[100, 400, 100, 200, 0, 0, 0], [100, 400, 100, 0, 0, 0, 0]]], np.float32)
+    mcrig, clgreen = np.moveaxis(spectral.compute_indices(dark, KELP_BANDS, ["mCRIG", "ClGreen"]).numpy()[0], -1, 0)
+    assert mcrig[0] == np.inf and np.isnan(mcrig[1])
+    assert clgreen[1] == pytest.approx(400 / 1e-10, rel=1e-5)
+
+
+def test_winner_index_scaling_with_stats_masking_and_nonfinite_fill():
+    """index_stats: masked / missing / NaN / -inf -> min, +inf -> max, then min-max over q01..q99
+    (+1e-10); DEMWM is never masked and its stats are 0..1; a missing DEM masks the other indices."""
+    m = kelp_manifest()
+    stats = {"NDVI": {"min": -0.5, "max": 0.9, "q01": -0.2, "q99": 0.8},
+             "mCRIG": {"min": -3.0, "max": 50.0, "q01": 0.0, "q99": 10.0},
+             "DEMWM": {"min": 0.0, "max": 1.0, "q01": 0.0, "q99": 1.0}}
+    # pixels: clear water / land (DEM 7) / DEM missing / B = 0 (mCRIG inf) / B = G = 0 (mCRIG NaN) / cloud
+    image = np.array([[
+        [100, 400, 100, 200, 50, 0, 0], [100, 400, 100, 200, 50, 0, 7], [100, 400, 100, 200, 50, 0, -32768],
+        [100, 400, 100, 200, 0, 0, 0], [100, 400, 100, 0, 0, 0, 0], [100, 400, 100, 200, 50, 1, 0],
+    ]], np.int16)
+    f = spectral.Features(m, bands=[], indices=["DEMWM", "NDVI", "mCRIG"], index_stats=stats)
+    out = f(tf.constant(image)).numpy()[0]
+    ndvi = (0.6 + 0.2) / (1.0 + 1e-10)  # NDVI 0.6 over q01 -0.2 .. q99 0.8
+    min_ndvi = 0.0  # min -0.5 clipped to q01 -> 0
+    np.testing.assert_allclose(out[:, 0], [0, 1, 0, 0, 0, 0], atol=1e-6)  # DEMWM: clip(max(DEM, 0), 0, 1); missing -> 0
+    np.testing.assert_allclose(out[:, 1], [ndvi, min_ndvi, min_ndvi, ndvi, ndvi, min_ndvi],
+                               atol=1e-6)
+    np.testing.assert_allclose(out[:, 2], [0.6, 0, 0, 1.0, 0.0, 0], atol=1e-6)  # 6/10; inf -> max 50 -> 1; NaN -> 0
+    # without stats: the same pixels take 0 when masked and the fitted/nominal range otherwise; never NaN
+    plain = spectral.Features(m, bands=[], indices=["DEMWM", "NDVI", "mCRIG", "ClGreen"])(tf.constant(image)).numpy()
+    assert np.isfinite(plain).all()
+    assert plain[0, 3, 2] == 1.0 and plain[0, 4, 2] == 0.0  # +inf -> top of the range, NaN -> bottom
+    with pytest.raises(ValueError, match="index_stats of 'NDVI' has no finite 'q99'"):
+        spectral.Features(m, indices=["NDVI"], index_stats={"NDVI": {"min": 0, "max": 1, "q01": 0}})

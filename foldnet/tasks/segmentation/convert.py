@@ -97,7 +97,8 @@ def fold_groups(dataset, infos, group_duplicates):
     has_named = bool((named != "").any())
     clusters, n_grouped = None, 0
     if group_duplicates is not None:
-        clusters = folds_mod.duplicate_groups(np.stack([i.embedding for i in infos]), group_duplicates)
+        clusters = folds_mod.duplicate_groups(np.stack([i.embedding for i in infos]), group_duplicates,
+                                              seg_layouts.MAX_GROUP_SIZE.get(dataset.layout))
         n_grouped = folds_mod.n_grouped(clusters)
     if has_named and clusters is not None:
         merged = folds_mod.merge_groups(named, clusters)
@@ -220,7 +221,7 @@ def create_seg_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=None,
     flags = {"layout": layout, "n_folds": n_folds, "seed": seed, "shard_size": str(shard_size),
              "group_duplicates": group_duplicates, "group_col": group_col, "stratify_bins": stratify_bins,
              "id_col": id_col, "image_col": image_col, "mask_col": mask_col, "bands": list(dataset.bands.names),
-             "missing_value": dataset.bands.missing_value}
+             "missing_value": dataset.bands.missing_value, "index_stats": 1}  # 1: the manifest has index_stats
     if fold_method != "stratified":  # only then: directories converted before the option stay current
         flags["fold_method"] = fold_method
     fp = fingerprint(dataset, flags)
@@ -270,6 +271,9 @@ def convert_seg_dataset(dataset, out_dir, flags, fp, workers, progress):
         fileio.atomic_write_text(os.path.join(tmp, records.FOLDS_CSV), folds_csv.to_csv(index=False))
         manifest = build_manifest(dataset, shape, dtype, files, counts, stats.table(), stats.exact, positive, flags,
                                   fp, n_grouped)
+        train_files = [os.path.join(tmp, name) for split, names in sorted(files.items()) if split != "test"
+                       for name in names]
+        manifest["index_stats"] = spectral_index_stats(manifest, train_files)
         fileio.atomic_write_json(os.path.join(tmp, records.MANIFEST), manifest)
     manifest["dir"] = out_dir
     n_files = sum(len(p["files"]) for p in manifest["folds"]) + len(manifest["test"]["files"])
@@ -277,6 +281,23 @@ def convert_seg_dataset(dataset, out_dir, flags, fp, workers, progress):
           f"{100 * positive:.2f}% positive pixels) and {manifest['test']['n_examples']} test tiles "
           f"{list(shape)} {dtype} in {n_files} shards to {out_dir}")
     return manifest
+
+
+def spectral_index_stats(manifest, train_files):
+    """The manifest's ``index_stats``: every index the bands allow, over every training tile, masked
+    to clear water (QA clear, DEM present and <= 0) as the Kelp Wanted winner's statistics are
+    (``seg_data.index_stats``). {} when the bands allow no index."""
+    from foldnet.raster import spectral
+    from foldnet.tasks.segmentation import data as seg_data
+
+    names = seg_data.stats_indices(manifest["image"]["bands"])
+    if not names:
+        return {}
+    features = spectral.Features(manifest, bands=[], indices=names, mask_indices=True, jit_compile=False)
+    say(f"index statistics: {len(names)} indices over {manifest['n_examples']} training tiles")
+    return {"mask_indices": True, "qa_clear": list(features.qa_clear),
+            "quantiles": "mean over tiles of each tile's linear 1% / 99% quantiles; min / max over all tiles",
+            "stats": seg_data.index_stats(train_files, features)}
 
 
 def convert_from_flags(layout, flags):

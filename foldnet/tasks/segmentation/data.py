@@ -10,8 +10,12 @@ Endless: an epoch is ``steps_per_epoch(tiles_per_epoch, batch_size)`` steps.
 Weighted tile sampler: tile i is drawn with probability proportional to
 ``w_i = max(1 + sum_k coef_k * x_ik, floor)``, ``x_ik`` the tile's value of
 property k in ``tiles.csv`` (``positive_share``, ``cloud_share``,
-``water_share``, ``missing_share``, ... and the derived ``has_positive``);
-e.g. ``{has_positive: 2, positive_share: 5, cloud_share: -1}``. It is
+``water_share``, ``missing_share``, ... and the derived ``has_positive`` and
+``qa_ok``), or ``1 - x_ik`` for a term ``1-<property>``;
+e.g. ``{has_positive: 2, positive_share: 5, cloud_share: -1}``. With
+``minmax: true`` (the Kelp Wanted winner's form) ``w_i = sum_k coef_k x_ik``
+min-max scaled to [0, 1] over all training tiles. Tiles above
+``max_positive_share`` get weight 0. It is
 streaming rejection sampling: the shuffled, repeated stream keeps tile i
 with probability ``w_i / max(w)``, so draws follow the weights (with
 replacement across passes) at a memory cost independent of the dataset;
@@ -29,6 +33,8 @@ order. ``tta_dataset`` expands every tile to its TTA views in one pass
 (identity first); ``merge_tta`` applies each view's inverse transform to its
 predicted map, averages, and crops the padding away.
 """
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -44,27 +50,48 @@ AUTOTUNE = tf.data.AUTOTUNE
 # ---------------------------------------------------------------- sampler
 
 
+SAMPLER_OPTIONS = ("minmax",)
+# 1e-10: the winner's guard in the min-max of its weights (datamodule._calculate_image_weights)
+MINMAX_EPS = 1e-10
+
+
 def tile_weights(tiles, terms, floor=0.01):
     """Sampling weight of every row of ``tiles`` (a tiles.csv DataFrame): see module doc.
 
+    A term ``1-name`` takes ``1 - name``. ``minmax: true`` gives the Kelp Wanted winner's form:
+    ``w = sum_k coef_k x_k`` min-max scaled over the rows, ``(w - min) / (max - min + 1e-10)``
+    (no intercept, no floor: the lowest row gets 0 and is never drawn).
     Raises ConfigError naming unknown terms, DataError naming tiles with a missing value.
     """
+    terms = dict(terms)
+    minmax = terms.pop("minmax", False)
+    if not isinstance(minmax, bool):
+        raise ConfigError(f"sampler option minmax must be true or false, got {minmax!r}")
     derived = {"has_positive": lambda t: (t["positive_share"] > 0).astype(float)}
-    unknown = [k for k in terms if k not in tiles.columns and k not in derived]
+    if "cloud_share" in tiles.columns:
+        derived["qa_ok"] = lambda t: (t["cloud_share"] == 0).astype(float)
+    names = {k: k[2:] if k.startswith("1-") else k for k in terms}
+    unknown = [k for k, n in names.items() if n not in tiles.columns and n not in derived]
     if unknown:
-        known = sorted(set(tiles.columns) - {"id", "fold", "group"}) + sorted(derived)
-        raise ConfigError(f"sampler terms {unknown} are not tile properties; known: {', '.join(known)}")
-    weights = np.ones(len(tiles))
+        known = sorted(set(tiles.columns) - {"id", "fold", "group", "split"}) + sorted(derived)
+        raise ConfigError(f"sampler terms {unknown} are not tile properties (or 1-<property>); known: "
+                          f"{', '.join(known)}; options: {', '.join(SAMPLER_OPTIONS)}")
+    weights = np.zeros(len(tiles)) if minmax else np.ones(len(tiles))
     problems = []
     for term, coef in terms.items():
-        if isinstance(coef, bool) or not isinstance(coef, (int, float)):
-            raise ConfigError(f"sampler term {term}: coefficient must be a number, got {coef!r}")
-        values = np.asarray(tiles[term] if term in tiles.columns else derived[term](tiles), np.float64)
+        if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not np.isfinite(coef):
+            raise ConfigError(f"sampler term {term}: coefficient must be a finite number, got {coef!r}")
+        name = names[term]
+        values = np.asarray(tiles[name] if name in tiles.columns else derived[name](tiles), np.float64)
         bad = ~np.isfinite(values)
-        problems += [f"tile {tid}: no value of {term}" for tid in tiles["id"][bad]]
-        weights += float(coef) * np.where(bad, 0.0, values)
+        problems += [f"tile {tid}: no value of {name}" for tid in tiles["id"][bad]]
+        values = np.where(bad, 0.0, values)
+        weights += float(coef) * (1.0 - values if term.startswith("1-") else values)
     if problems:
         raise DataError("tiles.csv has tiles without a sampler property", problems)
+    if minmax:
+        low = weights.min() if len(weights) else 0.0
+        return (weights - low) / ((weights.max() - low if len(weights) else 0.0) + MINMAX_EPS)
     return np.maximum(weights, float(floor))
 
 
@@ -86,10 +113,25 @@ def read_tiles_csv(manifest):
     return tiles
 
 
-def sampler_weights(tiles, folds, terms, floor=0.01):
-    """(ids, weights) of the tiles of ``folds`` for ``train_dataset``'s sampler (``tile_weights``)."""
-    part = tiles[tiles["fold"].isin(list(folds))].reset_index(drop=True)
-    return part["id"].astype(str).tolist(), tile_weights(part, terms, floor)
+def sampler_weights(tiles, folds, terms, floor=0.01, max_positive_share=1.0):
+    """(ids, weights) of the tiles of ``folds`` for ``train_dataset``'s sampler (``tile_weights``).
+
+    The weights are computed over every training tile of tiles.csv (all folds: the min-max of
+    ``minmax`` spans them, as the winner's spans its whole metadata table), then the tiles of
+    ``folds`` are picked. Tiles whose positive_share exceeds ``max_positive_share`` are left out
+    before (weight 0: never drawn; the winner drops tiles with more than 40 % kelp).
+    Raises ConfigError when no tile of ``folds`` can be drawn.
+    """
+    train = tiles[tiles["fold"] >= 0].reset_index(drop=True)
+    kept = ~(train["positive_share"].to_numpy(np.float64) > float(max_positive_share))
+    weights = np.zeros(len(train))
+    weights[kept] = tile_weights(train[kept].reset_index(drop=True), terms or {}, floor)
+    pick = train["fold"].isin(list(folds)).to_numpy()
+    if not (weights[pick] > 0).any():
+        raise ConfigError(f"the sampler gives every training tile of folds {sorted(folds)} weight 0 "
+                          f"({int((~kept[pick]).sum())} of {int(pick.sum())} above max_positive_share "
+                          f"{max_positive_share})")
+    return train["id"][pick].astype(str).tolist(), weights[pick]
 
 
 def group_index(tiles):
@@ -141,6 +183,27 @@ def record_parser(features):
     return lambda s: seg_records.parse_example(s, features.shape, features.dtype)
 
 
+# Host memory bounds of one training pipeline (bench/bench_seg_memory.py): the shuffle buffer holds
+# serialized raw tiles up to SHUFFLE_BUDGET_MB, one finished batch is prefetched, and tf.data's
+# autotuner may buffer up to AUTOTUNE_RAM_MB.
+SHUFFLE_BUDGET_MB = 128
+PREFETCH_BATCHES = 1
+AUTOTUNE_RAM_MB = 1024
+
+
+def tile_mb(features):
+    """MB of one serialized tile (raw bands + mask + valid), what the shuffle buffer holds."""
+    height, width, channels = features.shape
+    return height * width * (channels * np.dtype(features.dtype).itemsize + 2) / 2 ** 20
+
+
+def shuffle_tiles(requested, features, budget_mb=None):
+    """The shuffle buffer in tiles: ``requested``, at most ``budget_mb`` (default SHUFFLE_BUDGET_MB) of
+    serialized tiles, at least 16."""
+    budget_mb = SHUFFLE_BUDGET_MB if budget_mb is None else budget_mb
+    return int(max(min(int(requested), budget_mb // tile_mb(features)), min(int(requested), 16)))
+
+
 def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augment=None, cache=False,
                   shuffle_buffer=256, pad_multiple=spectral.PAD_MULTIPLE, group_index=None, seed=None, n_workers=1):
     """Endless batches of (features [B, Hp, Wp, F], target [B, Hp, Wp, 2|3]) for training.
@@ -149,6 +212,7 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
     (``tile_weights`` of the training tiles; None: every tile alike).
     augment: keyword arguments of ``paired_augment`` (None: flips and rot90).
     group_index: {group: index} adds the group channel to the target.
+    shuffle_buffer: tiles, capped at SHUFFLE_BUDGET_MB of serialized tiles (``shuffle_tiles``).
     """
     augment = {"flip": True, "rot90": True} if augment is None else dict(augment)
     files = list(files)
@@ -157,7 +221,7 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
     ds = tfdata.read_records(files, deterministic=False)
     if cache:
         ds = ds.cache()
-    ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
+    ds = ds.shuffle(shuffle_tiles(shuffle_buffer, features), seed=seed).repeat()
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=False)
     if weights is not None:
         table = _acceptance_table(tile_ids, weights)
@@ -191,7 +255,11 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
         return x, _pad_target(_target(mask, valid, _group_of(ex, groups)), pad_multiple)
 
     ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES)
+    if AUTOTUNE_RAM_MB:
+        opts = tf.data.Options()
+        opts.autotune.ram_budget = int(AUTOTUNE_RAM_MB * 2 ** 20)
+        ds = ds.with_options(opts)
     return tfdata.with_options(ds, shard_by_data=len(files) < n_workers)
 
 
@@ -265,13 +333,89 @@ def read_tiles(files, features, with_maps=True):
     return ids, (np.concatenate(masks) if masks else empty), (np.concatenate(valids) if valids else empty), groups
 
 
+# ---------------------------------------------------------------- index statistics
+
+
+INDEX_QUANTILES = (0.01, 0.99)
+
+
+def stats_indices(bands):
+    """The distinct indices (canonical names, no aliases) computable from ``bands``."""
+    roles = spectral.band_roles(bands)
+    return [n for n, i in spectral.INDICES.items() if n == i.name and all(b in roles for b in i.bands)]
+
+
+def index_stats(files, features, quantiles=INDEX_QUANTILES):
+    """{index: {min, max, q01, q99, n_tiles}} of ``features.indices`` over EVERY tile of ``files``,
+    as the Kelp Wanted 2nd-place solution computes them (its calculate_band_stats.py) after the
+    masking of ``features`` (``mask_indices``): per tile the linear-interpolated 1% / 99% quantiles
+    of the kept, finite values, then their mean over the tiles that have any; min / max over all kept
+    finite values. An index with ``fixed`` statistics (DEMWM) gets its range (the winner forces 0..1).
+    An index no tile keeps a value of is left out.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = list(features.indices)
+    parse = record_parser(features)
+
+    @tf.function(jit_compile=True)
+    def planes_of(image, valid):
+        planes, oks = features.raw_indices(image, valid)
+        return tf.stack(planes, 0), tf.stack(oks, 0)
+
+    def raw(serialized):
+        ex = parse(serialized)
+        return planes_of(ex["image"], ex["valid"])
+
+    def tile_stats(values, oks):
+        """[(q01, q99, min, max) or None] per index of one tile (numpy releases the GIL: threads)."""
+        out = []
+        for k in range(len(names)):
+            v = values[k][oks[k]]
+            v = v[np.isfinite(v)]
+            out.append((*np.quantile(v, quantiles), float(v.min()), float(v.max())) if v.size else None)
+        return out
+
+    qs = {n: [] for n in names}
+    low = dict.fromkeys(names, np.inf)
+    high = dict.fromkeys(names, -np.inf)
+    ds = tfdata.read_records(files, deterministic=True).map(raw, num_parallel_calls=AUTOTUNE).prefetch(2)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        for per_tile in pool.map(lambda t: tile_stats(*t), ds.as_numpy_iterator()):
+            for n, st in zip(names, per_tile):
+                if st is not None:
+                    qs[n].append(st[:2])
+                    low[n], high[n] = min(low[n], st[2]), max(high[n], st[3])
+    out = {}
+    for n in names:
+        index = spectral.INDICES[n]
+        if index.fixed:
+            lo, hi = index.range
+            out[n] = {"min": lo, "max": hi, "q01": lo, "q99": hi, "n_tiles": len(qs[n])}
+        elif qs[n]:
+            q01, q99 = np.mean(np.stack(qs[n]), axis=0)
+            out[n] = {"min": low[n], "max": high[n], "q01": float(q01), "q99": float(q99), "n_tiles": len(qs[n])}
+    return out
+
+
+def manifest_index_stats(manifest, names, mask_indices):
+    """{name: stats} of the indices ``names`` whose statistics the manifest holds (``index_stats``, the
+    converter's) for the same ``mask_indices``; {} for an older manifest (then index ranges are fitted)."""
+    stored = manifest.get("index_stats") or {}
+    if not stored or bool(stored.get("mask_indices")) != bool(mask_indices):
+        return {}
+    table = stored.get("stats") or {}
+    return {n: table[spectral.INDICES[n].name] for n in names
+            if n in spectral.INDICES and spectral.INDICES[n].name in table}
+
+
 def fit_index_ranges(files, features, n_tiles=64, quantiles=(0.01, 0.99)):
     """{index: (low, high)}: the quantiles of every index without a natural range over the
     kept (unmasked, not missing) pixels of the first ``n_tiles`` tiles of ``files``.
 
     Pass it as ``spectral.Features(..., index_ranges=...)``.
     """
-    names = [n for n in features.indices if not spectral.INDICES[n].natural]
+    names = [n for n in features.indices if not spectral.INDICES[n].natural and n not in features.index_stats]
     if not names:
         return {}
     parse = record_parser(features)

@@ -145,7 +145,10 @@ def build_kelp_dataset(out_dir, n_places=40, acquisitions=4, size=64, test_fract
                 image, mask = make_acquisition(rng, place, size)
                 is_test = p in test_places
                 split = "test" if is_test else "train"
-                tifffile.imwrite(os.path.join(tmp, f"{split}_satellite", f"{tid}_satellite.tif"), image)
+                # one page of H x W x 7, band-interleaved (planarconfig contig), as GDAL writes the
+                # competition's tiles; tifffile would otherwise store H pages of W x 7
+                tifffile.imwrite(os.path.join(tmp, f"{split}_satellite", f"{tid}_satellite.tif"), image,
+                                 photometric="minisblack", planarconfig="contig")
                 tifffile.imwrite(os.path.join(tmp, "answers" if is_test else "train_kelp", f"{tid}_kelp.tif"), mask)
                 rows.append((tid, "satellite", f"{tid}_satellite.tif", not is_test))
                 if not is_test:

@@ -43,6 +43,9 @@ LAYOUTS = settings.LAYOUTS
 # Per layout: submission file naming (foldnet.raster.submission.NAMING), default grouping.
 NAMING = {"kelp": "kelp", "cloud": "cloud", "seg": "generic"}
 DEFAULT_GROUP_DUPLICATES = {"kelp": 0.97}
+# near-duplicate clusters larger than this are split into singletons (the Kelp Wanted winner's
+# IMAGES_PER_GROUP_EXPLODE_THRESHOLD = 100, aoi_grouping.py:24): e.g. the many flat all-water DEMs
+MAX_GROUP_SIZE = {"kelp": 100}
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Settings of the segmentation task (its section of run.py's config)."""
-from foldnet.core.settings import Setting, as_bool, number_or_mapping
+from foldnet.core.settings import Bound, Setting, as_bool, number_or_mapping
 
 # The same tuples as raster.spectral.NORMS / NORM_OUTPUTS (that module needs TensorFlow; a test keeps them equal).
 NORMS = ("quantile", "minmax", "zscore", "fixed", "band_max", "image_minmax")
@@ -28,7 +28,11 @@ SETTINGS = (
     Setting("mask_indices", as_bool, True, "Segmentation: keep indices only on clear water (QA clear, DEM <= 0)"),
     Setting("sampler", dict, None,
             "Segmentation: weighted tile sampler terms of tiles.csv, e.g. '{has_positive: 2, cloud_share: -1}' "
-            "(default: every tile alike)"),
+            "(default: every tile alike); terms 1-<property> take 1 - value; minmax: true scales the weights "
+            "to [0, 1] over the training tiles (the Kelp Wanted winner's form)"),
+    Setting("max_positive_share", float, 1.0,
+            "Segmentation: training tiles whose positive share exceeds this are never drawn for training "
+            "(the Kelp Wanted winner drops tiles with > 0.4 kelp); 1 keeps every tile", bound=Bound(0.0, 1.0, False)),
 )
 RESUME_KEYS = ("seg_bands", "indices")
 

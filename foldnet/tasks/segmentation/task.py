@@ -1,9 +1,11 @@
 """The segmentation task (Kelp Wanted, On Cloud N): the implementation of ``tasks.Task`` for it.
 
 Records: ``seg_records`` (raw bands, mask, valid mask, group), manifest with
-``image`` and ``band_stats``, ``tiles.csv``. Inputs: ``spectral.Features``
-(settings ``seg_bands``, ``indices``, ``norm``, ``mask_indices``; index ranges
-without a natural range fitted once on the first 64 training tiles in file
+``image``, ``band_stats`` and ``index_stats``, ``tiles.csv``. Inputs: ``spectral.Features``
+(settings ``seg_bands``, ``indices``, ``norm``, ``mask_indices``; an index with
+statistics in the manifest (computed by the converter over every training tile)
+is scaled by them as the Kelp Wanted winner; for an older manifest, index ranges
+without a natural range are fitted once on the first 64 training tiles in file
 order, unsupervised like the manifest's band statistics, and stored in the run
 dir as ``index_ranges.json`` so prediction uses the training values) padded to a multiple
 of 32. Training: ``seg_data.train_dataset`` with paired augmentation (see
@@ -39,6 +41,7 @@ Template (the test tiles a submission must cover): ``TFREC_DIR/tiles.csv``
 (rows with split ``test``), or any CSV whose first column lists tile ids.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -166,11 +169,12 @@ class SegmentationTask(tasks.Task):
         indices = list(cfg["indices"] or [])
         key = (cfg["run_dir"], manifest["dir"], manifest.get("fingerprint"), tuple(indices), bool(cfg["mask_indices"]))
         ranges = self._index_ranges.get(key)
+        stats = seg_data.manifest_index_stats(manifest, indices, cfg["mask_indices"])
         build = lambda r: spectral.Features(manifest, bands=cfg["seg_bands"], indices=indices,  # noqa: E731
                                             norm=cfg["norm"], index_ranges=r, mask_indices=cfg["mask_indices"],
-                                            norm_max=cfg["norm_max"], norm_output=cfg["norm_output"])
+                                            norm_max=cfg["norm_max"], norm_output=cfg["norm_output"], index_stats=stats)
         if ranges is None:
-            ranges = self._stored_index_ranges(cfg["run_dir"], indices)
+            ranges = self._stored_index_ranges(cfg["run_dir"], [n for n in indices if n not in stats])
         if ranges is None:
             from foldnet.io import records
 
@@ -218,11 +222,12 @@ class SegmentationTask(tasks.Task):
         manifest = manifest_of_files(files)
         features = self.features(manifest, cfg)
         ids = weights = None
-        if cfg["sampler"]:
+        if cfg["sampler"] or cfg["max_positive_share"] < 1.0:
             tiles = seg_data.read_tiles_csv(manifest)
             names = {os.path.basename(f) for f in files}
             folds = [p["fold"] for p in manifest["folds"] if names & set(p["files"])]
-            ids, weights = seg_data.sampler_weights(tiles, folds, cfg["sampler"])
+            ids, weights = seg_data.sampler_weights(tiles, folds, cfg["sampler"] or {},
+                                                    max_positive_share=cfg["max_positive_share"])
         return seg_data.train_dataset(files, features, cfg["batch_size"], tile_ids=ids, weights=weights,
                                       augment=augment_options(cfg), cache=cache != "none",
                                       shuffle_buffer=cfg["shuffle_buffer"], pad_multiple=PAD_MULTIPLE,
@@ -272,6 +277,8 @@ class SegmentationTask(tasks.Task):
         problems += spectral.norm_max_problems(cfg["norm"], cfg["norm_max"], cfg["seg_bands"] or spec.bands)
         if cfg["norm_output"] == "symmetric" and cfg["norm"] == "zscore":
             problems.append("norm_output: symmetric maps [0, 1] to [-1, 1]; norm zscore is not in [0, 1]")
+        if not math.isfinite(cfg["max_positive_share"]):
+            problems.append(f"max_positive_share must be a finite number, got {cfg['max_positive_share']}")
         unknown = [b for b in (cfg["seg_bands"] or []) if b not in spec.bands]
         if unknown:
             problems.append(f"seg_bands {unknown} are not bands of the dataset ({', '.join(spec.bands)})")

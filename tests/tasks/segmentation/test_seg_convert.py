@@ -256,3 +256,42 @@ def test_strata_combine_positive_cloud_and_water_bins():
     # cloud shares 0,0.5,0,0.9,0,0.2: median 0.1 -> bins 0,1,0,1,0,1; water median 0.5 -> 1,1,0,0,1,1
     assert list(strata) == ["0-c0-w1", "1-c1-w1", "0-c0-w0", "1-c1-w0", "0-c0-w1", "0-c1-w1"]
     assert list(seg_convert.tile_strata(props, bins=1)) == ["0", "1", "0", "1", "0", "0"]
+
+
+def test_kelp_index_stats_over_every_training_tile_and_winner_tile_shares(tmp_path):
+    """The manifest's index_stats: per index, the mean over ALL training tiles of each tile's linear
+    1% / 99% quantiles of the pixels kept (QA 0, DEM present and <= 0, bands valid), min / max over
+    them; DEMWM fixed to 0..1; test tiles ignored. tiles.csv has the winner's DEM shares."""
+    truth = write_kelp(str(tmp_path / "kelp"))
+    tid = "T0001"
+    img, _ = truth[tid]
+    img[0, :, 6] = MISSING  # a DEM row missing: those pixels are not clear water
+    img[1, :4, 6] = 0
+    tifffile.imwrite(str(tmp_path / "kelp" / "train_satellite" / f"{tid}_satellite.tif"), img)
+    m = seg_convert.create_seg_tfrecords("kelp", str(tmp_path / "kelp"), str(tmp_path / "tfrec"), n_folds=3,
+                                         workers=1, progress=False)
+    stats = m["index_stats"]
+    assert stats["mask_indices"] is True and "NDVI" in stats["stats"] and "CIG" not in stats["stats"]
+    assert stats["stats"]["DEMWM"] == {"min": 0.0, "max": 1.0, "q01": 0.0, "q99": 1.0, "n_tiles": 18}
+    q01, q99, lows, highs = [], [], [], []
+    for t, (im, mask) in truth.items():
+        if mask is None:
+            continue
+        x = im.astype(np.float64)
+        keep = (x[:, :, 5] == 0) & (x[:, :, 6] <= 0) & (im[:, :, 6] != MISSING)
+        sabi = ((x[:, :, 1] - x[:, :, 2]) / (x[:, :, 3] + x[:, :, 4]))[keep]  # (NIR - R) / (G + B)
+        if sabi.size:
+            q01.append(np.quantile(sabi, 0.01))
+            q99.append(np.quantile(sabi, 0.99))
+            lows.append(sabi.min())
+            highs.append(sabi.max())
+    got = stats["stats"]["SABI"]
+    assert got["n_tiles"] == len(q01) == 18
+    assert got["q01"] == pytest.approx(np.mean(q01), rel=1e-5) and got["q99"] == pytest.approx(np.mean(q99), rel=1e-5)
+    assert got["min"] == pytest.approx(min(lows), rel=1e-5) and got["max"] == pytest.approx(max(highs), rel=1e-5)
+    tiles = pd.read_csv(str(tmp_path / "tfrec" / "tiles.csv")).set_index("id")
+    dem = img[:, :, 6]
+    assert tiles.loc[tid, "dem_nonpositive_share"] == pytest.approx(((dem <= 0) | (dem == MISSING)).mean())
+    assert tiles.loc[tid, "dem_negative_share"] == pytest.approx((dem < 0).mean())  # -32768 < 0 included
+    assert tiles.loc[tid, "dem_zero_share"] == pytest.approx((dem == 0).mean())
+    assert tiles.loc[tid, "dem_negative_share"] > tiles.loc[tid, "dem_missing_share"] == 8 / 64

@@ -197,3 +197,23 @@ def test_losses_and_metrics_are_global_under_mirrored_strategy():
     assert abs(whole - (dice(slice(0, 2)) + dice(slice(2, 4))) / 2) > 1e-3
     assert out["single0"]["fit_loss"] == pytest.approx(whole, rel=1e-5)
     assert math.isfinite(out["mirrored1"]["fit_loss"])
+
+
+def test_two_class_dice_by_hand():
+    """smp's multiclass DiceLoss on the 2-class softmax [1 - p, p], pooled over the batch, smooth 0,
+    a class absent from the truth counts 0, averaged over background and kelp."""
+    # valid pixels: A all 4, B 3 of 4 (pixel (0, 1) with p 0.3 is out)
+    # kelp: I = 0.8 + 0.6 = 1.4; sum p = 0.8 + 0.2 + 0.6 + 0.4 + 0.1 + 0.0 + 0.0 = 2.1; sum t = 2 -> C = 4.1
+    # background: p0 = 0.2, 0.8, 0.4, 0.6 | 0.9, 1, 1; t0 = 0, 1, 0, 1 | 1, 1, 1
+    #   I = 0.8 + 0.6 + 0.9 + 1 + 1 = 4.3; sum p0 = 4.9; sum t0 = 5 -> C = 9.9
+    want = ((1 - 2.8 / 4.1) + (1 - 8.6 / 9.9)) / 2
+    assert loss({"dice2": 1.0, "smooth": 0}) == pytest.approx(want, rel=1e-6)
+    # an all-background batch: the kelp class is absent and counts 0 (not 1), the mean still halves
+    empty = np.zeros_like(TRUTH)
+    # background: I = sum p0 over the 7 valid = 0.2 + 0.8 + 0.4 + 0.6 + 0.9 + 1 + 1 = 4.9; C = 4.9 + 7
+    assert loss({"dice2": 1.0, "smooth": 0}, target(truth=empty)) == pytest.approx((1 - 9.8 / 11.9) / 2, rel=1e-6)
+    # smoothing enters both numerator and denominator, per class
+    want_s1 = ((1 - 3.8 / 5.1) + (1 - 9.6 / 10.9)) / 2
+    assert loss({"dice2": 1.0, "smooth": 1}) == pytest.approx(want_s1, rel=1e-6)
+    with pytest.raises(ConfigError, match="dice2 is pooled over the batch"):
+        seg_losses.parse_loss_spec({"dice2": 1.0, "per_image": True})

@@ -209,7 +209,13 @@ def test_index_ranges_fitted_for_training_are_the_ones_prediction_uses(kelp, tmp
 
     _, data, run_dir, _, _ = kelp
     manifest = dict(json.loads((data / "tfrec" / "manifest.json").read_text()), dir=str(data / "tfrec"))
-    assert set(json.loads((run_dir / "index_ranges.json").read_text())) == {"CIG"}  # written by training
+    # the converter's statistics (every training tile) scale CIG: nothing was fitted for training
+    assert json.loads((run_dir / "index_ranges.json").read_text()) == {}
+    features = segmentation.SegmentationTask().features(manifest, _member_cfg(data, tmp_path / "s"))
+    assert set(features.index_stats) == {"NDVI", "NDWI", "CIG"}
+    assert features.index_stats["CIG"]["q99"] == manifest["index_stats"]["stats"]["ClGreen"]["q99"]
+    # an older manifest (no index_stats): ranges are fitted on the first tiles and stored
+    manifest.pop("index_stats")
     monkeypatch.setattr(segmentation, "INDEX_FIT_TILES", 1)  # so that the tile fitted on matters
     cfg = _member_cfg(data, tmp_path / "r")
     trained = segmentation.SegmentationTask().features(manifest, cfg).index_ranges
@@ -221,3 +227,32 @@ def test_index_ranges_fitted_for_training_are_the_ones_prediction_uses(kelp, tmp
     assert refit["CIG"] != trained["CIG"]
     # ... but the ranges stored in the run dir are read back
     assert segmentation.SegmentationTask().features(other, cfg).index_ranges["CIG"] == trained["CIG"]
+
+
+def test_segmentation_notebook_runs_headless(kelp):
+    """notebook/segmentation.ipynb on the trained member: one test tile's channels, probability map
+    and thresholded mask drawn."""
+    nbclient = pytest.importorskip("nbclient")
+    import nbformat
+
+    _, data, run_dir, _, _ = kelp
+    nb_path = os.path.join(ROOT, "notebook", "segmentation.ipynb")
+    nb = nbformat.read(nb_path, as_version=4)
+    env = {"FOLDNET_RUN_DIR": str(run_dir), "FOLDNET_FOLD": "0", "FOLDNET_TFREC": str(data / "tfrec")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": os.path.dirname(nb_path)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    rows = json.loads((run_dir / "scores.json").read_text())["rows"]
+    fitted = next(r["threshold"] for r in rows if r["fold"] == "all" and r["tta"] == "mean")
+    assert f"threshold {fitted:.2f}" in text and "channels: SWIR, NIR, R, G, B, QA, DEM, NDVI, NDWI, CIG" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the figure was not drawn"
