@@ -207,7 +207,8 @@ class _Chip:
     def __call__(self, serialized, index=None, dropout=0.0, seed=None):
         """(x [T', H, W, C], months [T'], target [H, W]). Training: ``index`` moves the pixels
         (``flip_turn_index``) and ``dropout`` drops months (``kept_months``; with temporal_input "all")."""
-        ex = parse_example(serialized, self.spec.n_months, self.spec.shape, self.spec.n_channels, packed=True)
+        ex = parse_example(serialized, self.spec.n_months, self.spec.shape, self.spec.n_channels, packed=True,
+                           groups=self.spec.groups)
         target, months = ex["target"], ex["months"]
         if index is not None:
             target = move_pixels(target[..., tf.newaxis], index)[..., 0]
@@ -322,7 +323,8 @@ def predict_maps(model, files, spec, batch_size, views=("identity",), **kwargs):
 def read_ids_targets(files, spec):
     """(ids in file order, targets float32 [n, H, W], -1 where unknown and for test chips)."""
     def make(serialized):
-        ex = parse_example(serialized, spec.n_months, spec.shape, spec.n_channels, with_image=False)
+        ex = parse_example(serialized, spec.n_months, spec.shape, spec.n_channels, with_image=False,
+                           groups=spec.groups)
         return ex["id"], ex["target"]
 
     ids, targets = [], []
@@ -336,5 +338,5 @@ def read_ids_targets(files, spec):
 def read_chips(files, spec):
     """Every parsed chip of ``files`` as numpy (tests, benches): dicts with id, image, valid, months, target."""
     ds = tfdata.read_records(files, deterministic=True).map(
-        lambda s: parse_example(s, spec.n_months, spec.shape, spec.n_channels))
+        lambda s: parse_example(s, spec.n_months, spec.shape, spec.n_channels, groups=spec.groups))
     return [{k: (v.decode("utf-8") if k == "id" else v) for k, v in ex.items()} for ex in ds.as_numpy_iterator()]
