@@ -57,7 +57,7 @@ from foldnet.tasks.temporal.settings import TARGET_CAP
 
 SPEC_FILE = "temporal_spec.json"
 SCORE_CAP = TARGET_CAP
-MONITORS = ("val_loss", "val_chip_rmse", "val_pooled_rmse")
+MONITORS = ("val_loss", "val_chip_rmse", "val_pooled_rmse", "val_chip_rmse_uncapped")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 MODEL_OPTIONS = ("decoder_filters", "attention_hidden", "output_scale")
 
@@ -176,6 +176,7 @@ class TemporalRegressionTask(tasks.Task):
         checks = [lambda: temporal_losses.check_loss(cfg["loss"]),
                   lambda: temporal_data.parse_temporal_input(cfg["temporal_input"], spec.n_months),
                   lambda: temporal_data.tta_names(cfg["tta_number"]),
+                  lambda: temporal_data.month_need_index(spec, cfg["month_needs"]),
                   lambda: spec.norm_arrays(data_options(cfg)["norm"])]
         for check in checks:
             try:
