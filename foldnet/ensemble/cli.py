@@ -5,7 +5,8 @@ test prediction file first, scores members and ensemble out of fold (and fits
 member weights on OOF if asked: ``weightfit``), averages the test predictions
 fold x TTA x member streaming (``averaging``), and has the task write the
 submission. Besides the submission it writes ``<stem>.probs.npz`` (the
-averaged outputs as a Contract 2 prediction file) and ``<stem>.scores.md``.
+averaged outputs as a Contract 2 prediction file; ``<stem>.maps.npz`` for
+temporal regression: ``Task.averaged_name``) and ``<stem>.scores.md``.
 
 Command line::
 
@@ -72,7 +73,7 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     stem = _stem(out_path)
     if oof is not None:  # e.g. segmentation: Dice vs threshold of the blend the threshold was fitted on
         oof.report(stem, f"Ensemble of {len(runs)} member(s): out-of-fold blend")
-    probs_path = save_probs(f"{stem}.probs.npz", ids, task.encode_outputs(outputs[None]), spec.fingerprint(),
+    probs_path = save_probs(f"{stem}.{task.averaged_name}.npz", ids, task.encode_outputs(outputs[None]), spec.fingerprint(),
                             runs, weights, plans)
     members = [{"model": r, "weight": float(w), "n_folds": len(hs)} for (r, hs), w in zip(plans, weights)]
     text = "# Ensemble\n\n" + report.markdown_table(members, ["model", "weight", "n_folds"])

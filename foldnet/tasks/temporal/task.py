@@ -107,6 +107,7 @@ class TemporalRegressionTask(tasks.Task):
     score_keys = ("rmse", "pooled_rmse", "rmse_capped", "pooled_rmse_capped")
     default_fit_metric = "neg_rmse"
     submission_name = "submission"
+    averaged_name = "maps"
     score_note = (f"rmse: RMSE per chip over its pixels with a known target, then the mean over chips (the "
                   f"competition's metric); pooled_rmse: over all those pixels; *_capped: only pixels whose target "
                   f"is <= {SCORE_CAP:g}. Lower is better.")
