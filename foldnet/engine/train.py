@@ -14,6 +14,11 @@ forgets its best value after BackupAndRestore) cannot happen here.
 ReduceLROnPlateau and EarlyStopping are implemented in the same callback with
 the same semantics as the Keras ones (patience, factor, min_delta, min_lr) so
 that their counters are part of the saved state.
+
+The full-data model (job ``full``, fold ``rundir.FULL_FOLD`` = ``fold_all/``)
+trains on every fold with the same resumable files but no validation: a fixed
+number of epochs (``full_epochs``), no early stopping or plateau, and
+``best.h5`` is the last epoch's weights.
 """
 import json
 import logging
@@ -123,6 +128,7 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
 
     def __init__(self, fold_dir, state, manager, monitor, mode, schedule, lr_patience, lr_factor, min_lr,
                  early_stop_patience, min_delta):
+        # mode "last" (the full-data model): every epoch's weights become best.h5, no counters
         super().__init__()
         self.fold_dir = fold_dir
         self.state = state
@@ -142,6 +148,8 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
         best = self.state.d["best"]
         if best is None:
             return True
+        if self.mode == "last":
+            return True
         if self.mode == "min":
             return value < best - self.min_delta
         return value > best + self.min_delta
@@ -153,15 +161,6 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
         logs = dict(logs or {})
         if self.monitor not in logs:
             raise KeyError(f"--monitor {self.monitor!r} is not among the logged values {sorted(logs)}")
-        diverged = {k: float(v) for k, v in logs.items()
-                    if k in ("loss", "val_loss") and not math.isfinite(float(v))}
-        if diverged:
-            # NaN weights give NaN maps, whose thresholded metrics look finite (a NaN probability is
-            # never >= 0.5): the run stops here, before this epoch is saved or counted.
-            raise TrainingDiverged(
-                f"training diverged at epoch {epoch + 1}: {', '.join(f'{k} = {v}' for k, v in diverged.items())}; "
-                "nothing of this epoch was kept. Lower --lr (or the loss weights, --clip_norm), check the "
-                "inputs for NaN, and run again: the fold resumes from its last finite epoch")
         value = float(logs[self.monitor])
         d = self.state.d
         lr = _current_lr(self.model.optimizer)
@@ -171,6 +170,8 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
             save_best(self.model, self.best_path, epoch, self.monitor, value)
             d["best"], d["best_epoch"] = value, epoch
             d["plateau_wait"] = d["stop_wait"] = 0
+        elif self.mode == "last":
+            pass
         else:
             d["plateau_wait"] += 1
             d["stop_wait"] += 1
@@ -193,10 +194,6 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
         d["epochs_done"] = epoch + 1
         self.state.save()
         write_history(self.fold_dir, d["history"])
-
-
-class TrainingDiverged(ConfigError):
-    """The loss became NaN or infinite: the model's outputs are no result (exit 2, see core.cli)."""
 
 
 def write_history(fold_dir, history):
@@ -267,25 +264,55 @@ def _keras_verbose(v):
     return 1 if sys.stdout.isatty() else 2
 
 
+def full_epochs(cfg, run_dir, n_folds):
+    """(epochs, why) of the full-data model: ``full_epochs`` if set, else the rounded mean best
+    epoch of the finished folds of ``run_dir``, else ``n_epochs``."""
+    if cfg["full_epochs"]:
+        return int(cfg["full_epochs"]), "full_epochs"
+    best = []
+    for fold in range(n_folds):
+        if is_done(run_dir, fold):
+            best.append(int(fileio.read_json(rundir.fold_paths(run_dir, fold)["done"])["best_epoch"]))
+    if not best:
+        return int(cfg["n_epochs"]), "n_epochs (no finished fold)"
+    return max(1, int(round(sum(best) / len(best)))), f"mean best epoch of folds {best}"
+
+
 def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=None, spec=None):
     """Train fold ``fold`` (resuming if it was interrupted). Returns the model with its best weights.
 
+    ``fold`` may be ``rundir.FULL_FOLD``: the full-data model (see module doc).
     ``task`` / ``spec`` default to the manifest's task and its spec (``tasks``).
     """
     task = task or tasks.for_manifest(manifest)
     spec = spec if spec is not None else task.load_spec(manifest)
     p = rundir.fold_paths(run_dir, fold)
     n_folds = manifest["n_folds"]
+    full = fold == rundir.FULL_FOLD
+    state = FoldState(p["state"])
+    if full:
+        epochs, why = full_epochs(cfg, run_dir, n_folds)
+        saved = (state.d.get("settings") or {}).get("full_epochs")
+        if saved and not cfg["full_epochs"]:
+            epochs, why = int(saved), "fixed when this model started"
+        changes = {"n_epochs": epochs, "lr": cfg["full_lr"] or cfg["lr"]}
+        if cfg["full_from"] >= 0:
+            if cfg["full_from"] >= n_folds or not is_done(run_dir, cfg["full_from"]):
+                raise ConfigError(f"full_from {cfg['full_from']}: fold {cfg['full_from']} of {run_dir} is not "
+                                  f"trained (train it first, e.g. --job train_full --folds {cfg['full_from']})")
+            changes["weights"] = rundir.fold_paths(run_dir, cfg["full_from"])["best"]
+        cfg = cfg.replace(**changes)
+        log.info(f"full-data model: {epochs} epochs ({why}), on all {n_folds} folds, no validation, "
+                 f"lr {cfg['lr']:g}, from {cfg['weights'] or 'random weights'}")
     train_folds = [f for f in range(n_folds) if f != fold]
     train_files = records.fold_files(manifest, train_folds)
-    val_files = records.fold_files(manifest, [fold])
+    val_files = [] if full else records.fold_files(manifest, [fold])
     n_train = sum(manifest["folds"][f]["n_examples"] for f in train_folds)
     batch_size = cfg["batch_size"]
     steps = cfg["steps_per_epoch"] or max((cfg["tiles_per_epoch"] or n_train) // batch_size, 1)
     is_tpu = "TPU" in type(strategy).__name__
     os.makedirs(p["dir"], exist_ok=True)
 
-    state = FoldState(p["state"])
     model = build_compiled_model(cfg, task, spec, steps, strategy)
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     manager = tf.train.CheckpointManager(ckpt, p["state"], max_to_keep=2)
@@ -300,7 +327,11 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
         log.warning(f"fold {fold}: resume state names a missing checkpoint; starting the fold again")
         shutil.rmtree(p["state"], ignore_errors=True)
         state = FoldState(p["state"])
-    settings = dict(model_settings(cfg, task, spec), split=splits.fold_split(manifest, fold))
+    if full:
+        settings = dict(model_settings(cfg, task, spec), split=sorted(map(str, splits.split_fingerprints(manifest).values())),
+                        full_epochs=cfg["n_epochs"])
+    else:
+        settings = dict(model_settings(cfg, task, spec), split=splits.fold_split(manifest, fold))
     if initial_epoch > 0:
         check_same_settings(state.d.get("settings"), settings, fold)
     state.d["settings"] = settings
@@ -313,24 +344,27 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
 
     encoded_mb = sum(tf.io.gfile.stat(f).length for f in train_files) / 2**20
     cache = task.cache_mode(cfg, n_train, encoded_mb)
-    train_ds = task.train_dataset(train_files, spec, cfg, seed=cfg["seed"] + fold, cache=cache,
+    seed = cfg["seed"] + (n_folds if full else fold)
+    train_ds = task.train_dataset(train_files, spec, cfg, seed=seed, cache=cache,
                                   drop_remainder=is_tpu, n_workers=_num_workers(strategy))
-    val_ds = task.eval_dataset(val_files, spec, cfg)
-
-    controller = FoldCallback(p["dir"], state, manager, cfg["monitor"], task.monitor_mode(cfg["monitor"]),
-                              cfg["schedule"], cfg["lr_patience"],
-                              cfg["lr_factor"], cfg["min_lr"], cfg["early_stop_patience"], cfg["min_delta"])
+    val_ds = None if full else task.eval_dataset(val_files, spec, cfg)
+    monitor, mode = ("loss", "last") if full else (cfg["monitor"], task.monitor_mode(cfg["monitor"]))
+    controller = FoldCallback(p["dir"], state, manager, monitor, mode,
+                              "none" if full else cfg["schedule"], cfg["lr_patience"],
+                              cfg["lr_factor"], cfg["min_lr"], 0 if full else cfg["early_stop_patience"],
+                              cfg["min_delta"])
     callbacks = [controller, keras.callbacks.TensorBoard(os.path.join(p["dir"], "tb"), profile_batch=0),
                  *extra_callbacks]
+    n_val = 0 if full else manifest["folds"][fold]["n_examples"]
     log.info(f"fold {fold}: {n_train} training images ({len(train_files)} shards, cache={cache}), "
-        f"{manifest['folds'][fold]['n_examples']} validation, {steps} steps/epoch of {batch_size}, "
+        f"{n_val} validation, {steps} steps/epoch of {batch_size}, "
         f"{strategy.num_replicas_in_sync} replica(s)")
     if state.d["stopped"] or initial_epoch >= cfg["n_epochs"]:
         log.info(f"fold {fold}: training had already finished; finalising")
     else:
         model.fit(train_ds, steps_per_epoch=steps, epochs=cfg["n_epochs"], initial_epoch=initial_epoch,
                   validation_data=val_ds, callbacks=callbacks, verbose=_keras_verbose(cfg["verbose"]))
-    return finish_fold(model, p, state, cfg["monitor"], fold)
+    return finish_fold(model, p, state, monitor, fold)
 
 
 def finish_fold(model, p, state, monitor, fold):

@@ -37,18 +37,23 @@ log = logging.getLogger("foldnet.ensemble.cli")
 
 
 def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=False, fit_metric=None,
-                  tta="mean", k=5, task=None):
+                  tta="mean", k=5, task=None, full="with"):
     """Ensemble ``runs`` into the submission ``out_path``; returns the paths written.
 
     template: the submission template (classification: sample submission CSV
     whose first column lists the test ids). weights: member weights (None =
     equal). fit: fit the weights on OOF with ``fit_metric`` (default: the
-    task's ``default_fit_metric``). DataError / ConfigError on bad input,
+    task's ``default_fit_metric``). full: how each member's full-data model
+    (``fold_all/``, run.py job ``full``) joins its fold models (``rundir.FULL_MODES``:
+    ``with`` = one more fold, ``only`` = instead of them, ``no`` = left out; a member without
+    one is averaged over its folds under ``with``). DataError / ConfigError on bad input,
     before anything is written.
     """
     runs = [str(r) for r in runs]
     task = task or tasks.get(rundir.runs_task(runs))
     fit_metric = fit_metric or task.default_fit_metric
+    if full not in rundir.FULL_MODES:
+        raise ConfigError(f"--full {full!r}: choose one of {', '.join(rundir.FULL_MODES)}")
     if fit and fit_metric not in task.fit_metrics:
         raise ConfigError(f"--fit_metric {fit_metric!r}: choose one of {', '.join(sorted(task.fit_metrics))}")
     spec = read_specs(runs, tfrec_dir, task=task)
@@ -59,14 +64,14 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     except ValueError as e:
         raise ConfigError(f"--weights {weights}: {e}") from e
     # Fail early (before OOF work) if the test predictions cannot be ensembled.
-    plans = scan_members(runs, "test", ids, spec.fingerprint())
+    plans = scan_members(runs, "test", ids, spec.fingerprint(), full)
 
     rows, notes, weights, post, oof = oof_report(runs, weights, spec, fit_metric, fit, tta, task=task,
                                                  groups=task.groups(tfrec_dir))
-    outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task=task)
+    outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task=task, full=full)
     values = None
     if post and task.row_value_key:  # the rule may use a per-row value the test files store
-        test_values = rundir.row_values(runs, weights, "test", ids, task.row_value_key)
+        test_values = rundir.row_values(runs, weights, "test", ids, task.row_value_key, full)
         values = None if test_values is None else np.array([test_values[str(i)] for i in ids])
     what = task.write_submission(ids, outputs, spec, template, out_path, k, post, values=values)
 
@@ -75,8 +80,10 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
         oof.report(stem, f"Ensemble of {len(runs)} member(s): out-of-fold blend")
     probs_path = save_probs(f"{stem}.{task.averaged_name}.npz", ids, task.encode_outputs(outputs[None]), spec.fingerprint(),
                             runs, weights, plans)
-    members = [{"model": r, "weight": float(w), "n_folds": len(hs)} for (r, hs), w in zip(plans, weights)]
-    text = "# Ensemble\n\n" + report.markdown_table(members, ["model", "weight", "n_folds"])
+    members = [{"model": r, "weight": float(w), "n_folds": len(hs),
+                "full_data": "yes" if any(h.path == full_path(r) for h in hs) else "no"}
+               for (r, hs), w in zip(plans, weights)]
+    text = "# Ensemble\n\n" + report.markdown_table(members, ["model", "weight", "n_folds", "full_data"])
     text += f"\nTTA: {tta}. Submission: {out_path} ({what}).\n"
     text += "\n## Out-of-fold scores\n\n"
     text += report.markdown_table(rows, ["model", "weight", "n_oof", *task.score_keys]) if rows else "(none)\n"
@@ -88,6 +95,11 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     scores_path = fileio.atomic_write_text(f"{stem}.scores.md", text)
     log.info(text)
     return out_path, probs_path, scores_path
+
+
+def full_path(run):
+    """The test predictions of ``run``'s full-data model (job ``full``)."""
+    return os.path.join(rundir.fold_dir(run, rundir.FULL_FOLD), "test.npz")
 
 
 def read_specs(runs, tfrec_dir=None, *, task):
@@ -144,6 +156,9 @@ def _parse_args(argv):
     p.add_argument("--fit_metric", default=None,
                    help="OOF metric to fit (default: the task's; classification: map5, or map5_new)")
     p.add_argument("--tta", default="mean", choices=TTA_MODES, help="TTA reduction")
+    p.add_argument("--full", default="with", choices=rundir.FULL_MODES,
+                   help="a member's full-data model (fold_all/, run.py job full): averaged as one more "
+                        "fold (with), instead of the fold models (only), or left out (no)")
     p.add_argument("--submission", required=True,
                    help="output: CSV (classification); directory or .tar of TIFFs (segmentation)")
     p.add_argument("--k", type=int, default=5, help="predictions per row")
@@ -175,7 +190,7 @@ def main(argv=None):
         template = args.template or task.default_template(args.data_dir, args.tfrec_dir)
         paths.extend(make_ensemble(args.runs, args.submission, template, args.tfrec_dir,
                                    parse_weights(args.weights), args.fit_weights, args.fit_metric,
-                                   args.tta, args.k, task=task))
+                                   args.tta, args.k, task=task, full=args.full))
 
     rc = run_main(work)
     if not rc:
