@@ -83,7 +83,8 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     members = [{"model": r, "weight": float(w), "n_folds": len(hs),
                 "full_data": "yes" if any(h.path == full_path(r) for h in hs) else "no"}
                for (r, hs), w in zip(plans, weights)]
-    text = "# Ensemble\n\n" + report.markdown_table(members, ["model", "weight", "n_folds", "full_data"])
+    columns = ["model", "weight", "n_folds"] + (["full_data"] if any(m["full_data"] == "yes" for m in members) else [])
+    text = "# Ensemble\n\n" + report.markdown_table(members, columns)
     text += f"\nTTA: {tta}. Submission: {out_path} ({what}).\n"
     text += "\n## Out-of-fold scores\n\n"
     text += report.markdown_table(rows, ["model", "weight", "n_oof", *task.score_keys]) if rows else "(none)\n"
