@@ -21,9 +21,9 @@ def main(argv=None):
     parser.add_argument("--chips", type=int, default=10)
     parser.add_argument("--side", type=int, default=256)
     args = parser.parse_args(argv)
-    import foldnet  # noqa: F401
     import tensorflow as tf
 
+    import foldnet  # noqa: F401
     from foldnet.io import records
     from foldnet.tasks.temporal import chips as temporal_chips
     from foldnet.tasks.temporal import convert as temporal_convert
