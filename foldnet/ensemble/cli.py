@@ -86,6 +86,9 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     columns = ["model", "weight", "n_folds"] + (["full_data"] if any(m["full_data"] == "yes" for m in members) else [])
     text = "# Ensemble\n\n" + report.markdown_table(members, columns)
     text += f"\nTTA: {tta}. Submission: {out_path} ({what}).\n"
+    if full == "only":
+        text += ("Test predictions of the full-data models (fold_all/) only; the out-of-fold scores below are "
+                 "the fold models' (a full-data model has no held-out rows).\n")
     text += "\n## Out-of-fold scores\n\n"
     text += report.markdown_table(rows, ["model", "weight", "n_oof", *task.score_keys]) if rows else "(none)\n"
     if notes:

@@ -397,3 +397,4 @@ def test_cli_full_option(tmp_path, data_dir, capsys):
         np.testing.assert_allclose(saved, expected, atol=1e-6)
         scores = (tmp_path / mode / "sub.scores.md").read_text()
         assert "full_data" in scores and f"| {good} | 1.0000 | {1 if mode == 'only' else 3} | yes |" in scores
+        assert ("full-data models (fold_all/) only" in scores) == (mode == "only")
