@@ -200,6 +200,6 @@ def test_biomass_notebook_runs_headless(biomass):
     # the attention weights of a pixel sum to 1 over the months
     assert float(text.split("sum over months (1 per pixel): ")[1].split()[0]) == pytest.approx(1.0, abs=1e-4)
     per_month = json.loads(text.split("at the first tap: ")[1].splitlines()[0])
-    assert len(per_month) == 12 and sum(per_month) == pytest.approx(1.0, abs=1e-3)
+    assert len(per_month) == 12 and sum(per_month) == pytest.approx(1.0, abs=12 * 5e-4)  # printed to 3 decimals
     rmse = float(text.split("RMSE of this chip: ")[1].split()[0])
     assert 0 < rmse < 400  # a finite error in Mg/ha for the held-out chip
