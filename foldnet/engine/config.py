@@ -26,10 +26,11 @@ import yaml
 from foldnet.core import transforms
 from foldnet.core.errors import ConfigError
 from foldnet.core.settings import Bound, as_bool, as_mapping, none_or_str, str_or_mapping
+from foldnet.io import rundir
 from foldnet.models import unet_options
 from foldnet.tasks import base as tasks
 
-JOB_WORDS = ("train", "val", "test", "score", "subm", "predict")
+JOB_WORDS = ("train", "val", "test", "score", "subm", "predict", "full")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("plateau", "cosine", "constant", "onecycle")
@@ -71,6 +72,9 @@ BOUNDS = {
     "select_window": Bound(1, None, False),
     "clip_norm": Bound(0.0, None, False),
     "accum_steps": Bound(1, None, False),
+    "full_epochs": Bound(0, None, False),
+    "full_from": Bound(-1, None, False),
+    "full_lr": Bound(0, None, False),
 }
 
 
@@ -80,9 +84,21 @@ FLAGS = [
     ("job", str, "train_val_test_score",
      "What to do: words joined by '_' from train, val (predict the held-out fold), test "
      "(predict the test set), score (out-of-fold scores), subm (this member's submission), "
+     "full (after the folds: one model on every fold in fold_all/, no validation, --full_epochs; "
+     "with test, its test predictions), "
      "predict (the files given with --images)"),
     ("folds", str, "all", "Folds to run: 'all' or a comma list such as '0,2'"),
     ("overwrite", _bool, False, "Retrain folds that are already done (otherwise they are skipped)"),
+    ("full_epochs", int, 0,
+     "Epochs of the full-data model (job full): 0 = the rounded mean best epoch of the finished folds "
+     "(n_epochs if none has finished); fixed when it starts, so a resume keeps it"),
+    ("full_from", int, -1,
+     "Job full starts from: -1 = the weights setting (as a fold), K = fold K's best.h5 (a fine-tune: the "
+     "1st place of The BioMassters fine-tuned its one fold's model on all data)"),
+    ("full_lr", float, 0.0, "Peak learning rate of the full-data model; 0 = lr"),
+    ("full_models", str, "with",
+     "How subm / the ensemble use the full-data model (fold_all/): with (averaged as one more fold), "
+     "only (instead of the fold models), no (left out)"),
     # where
     ("data_dir", str, "data", "Dataset directory (CSV files, sample_submission.csv)"),
     ("tfrec_dir", _none_or_str, None, "TFRecord directory made by create_tfrecords.py (default: DATA_DIR/tfrec)"),
@@ -428,8 +444,7 @@ Config.__doc__ = "The settings of one run.py call (see the module doc); frozen, 
 SETTING_NAMES = ("config", *FLAG_NAMES)
 
 CHOICES = {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "cache": CACHE_MODES,
-           "select": SELECTIONS,
-           "input_norm": INPUT_NORMS,
+           "select": SELECTIONS, "input_norm": INPUT_NORMS, "full_models": rundir.FULL_MODES,
            **{st.name: st.choices for st in TASK_SETTINGS if st.choices}}
 
 

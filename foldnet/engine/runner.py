@@ -1,9 +1,11 @@
 """run.py: train, predict, score and submit one ensemble member over its folds.
 
-Jobs are words joined by '_': train, val, test, score, subm, predict (see
+Jobs are words joined by '_': train, val, test, score, subm, predict, full (see
 ``python run.py --help``). Completed folds are skipped on rerun, an
 interrupted fold resumes from its last epoch, and predictions are made only
-where they are missing or stale.
+where they are missing or stale. ``full`` trains, after the folds, one model on
+every fold in ``fold_all/`` (resumable like a fold; with ``test`` it predicts the
+test set there too).
 """
 import logging
 import os
@@ -55,14 +57,18 @@ def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=()):
     strategy.set_mixed_precision(cfg["mixed_precision"])
     strat = strategy.get_strategy(cfg["tpu"])
     spec_fp = spec.fingerprint()
+    if "full" in jobs:
+        folds = [*folds, rundir.FULL_FOLD]
     for fold in folds:
+        full = fold == rundir.FULL_FOLD
         t0 = time.time()
-        log.info(f"=== fold {fold} of {manifest['n_folds']} ({cfg['arch']}, {os.path.basename(cfg['run_dir'])}) ===")
+        what = "full-data model (all folds)" if full else f"fold {fold} of {manifest['n_folds']}"
+        log.info(f"=== {what} ({cfg['arch']}, {os.path.basename(cfg['run_dir'])}) ===")
         tf.keras.backend.clear_session()
-        train.seed_everything(cfg["seed"] + fold)
+        train.seed_everything(cfg["seed"] + (manifest["n_folds"] if full else fold))
         p = rundir.fold_paths(cfg["run_dir"], fold)
         model = None
-        if "train" in jobs:
+        if "train" in jobs or full:
             if train.is_done(cfg["run_dir"], fold) and not cfg["overwrite"]:
                 log.info(f"fold {fold}: already trained ({p['done']}); skipped (use --overwrite to retrain)")
                 _warn_changed_settings(cfg, task, spec, fold, p["done"])
@@ -72,7 +78,7 @@ def run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks=()):
                 model = train.train_fold(cfg, fold, manifest, cfg["run_dir"], strat, extra_callbacks,
                                          task=task, spec=spec)
         splits = []
-        if "val" in jobs:
+        if "val" in jobs and not full:
             splits.append(("oof", records.fold_files(manifest, [fold]), manifest["folds"][fold]["n_examples"]))
         if "test" in jobs and manifest["test"]["n_examples"] > 0:
             splits.append(("test", records.test_files(manifest), manifest["test"]["n_examples"]))
@@ -173,7 +179,7 @@ def run_jobs(cfg, jobs, extra_callbacks=()):
     if jobs & {"train", "val", "score"}:
         splits.check_run_splits(cfg["run_dir"], manifest, folds if "train" in jobs and cfg["overwrite"] else ())
     prepare_run_dir(cfg, task, spec)
-    if jobs & {"train", "val", "test"}:
+    if jobs & {"train", "val", "test", "full"}:
         run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks)
     if "score" in jobs:
         from foldnet.ensemble import scores
@@ -184,7 +190,8 @@ def run_jobs(cfg, jobs, extra_callbacks=()):
 
         template = cfg["template"] or task.default_template(cfg["data_dir"], cfg["tfrec_dir"])
         ensemble.make_ensemble([cfg["run_dir"]], os.path.join(cfg["run_dir"], task.submission_name),
-                               template=template, tfrec_dir=cfg["tfrec_dir"], task=task)
+                               template=template, tfrec_dir=cfg["tfrec_dir"], task=task,
+                               full=cfg["full_models"])
     return 0
 
 

@@ -40,6 +40,11 @@ batch_size examples is split into accum_steps micro-batches whose gradients
 are averaged before one update). None of them changes the checkpoint's
 structure, so none is a resume key beyond ``schedule``; ``input_norm`` is one
 (a checkpoint's weights expect the inputs they were trained on).
+
+The full-data model (job ``full``, fold ``rundir.FULL_FOLD`` = ``fold_all/``)
+trains on every fold with the same resumable files but no validation: a fixed
+number of epochs (``full_epochs``), no early stopping or plateau, and
+``best.h5`` is the last epoch's weights.
 """
 import json
 import logging
@@ -280,6 +285,7 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
 
     def __init__(self, fold_dir, state, manager, monitor, mode, schedule, lr_patience, lr_factor, min_lr,
                  early_stop_patience, min_delta, select="best", min_epochs=0, select_window=3, n_epochs=None):
+        # mode "last" (the full-data model): every epoch's weights become best.h5, no counters
         super().__init__()
         if select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
@@ -302,6 +308,8 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
     def improved(self, value, key="best"):
         best = self.state.d.get(key)
         if best is None:
+            return True
+        if self.mode == "last":
             return True
         if self.mode == "min":
             return value < best - self.min_delta
@@ -332,6 +340,8 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
         elif self.improved(value, "track"):
             d["track"] = value
             d["plateau_wait"] = d["stop_wait"] = 0
+        elif self.mode == "last":
+            pass
         else:
             d["plateau_wait"] += 1
             d["stop_wait"] += 1
@@ -441,25 +451,55 @@ def _keras_verbose(v):
     return 1 if sys.stdout.isatty() else 2
 
 
+def full_epochs(cfg, run_dir, n_folds):
+    """(epochs, why) of the full-data model: ``full_epochs`` if set, else the rounded mean best
+    epoch of the finished folds of ``run_dir``, else ``n_epochs``."""
+    if cfg["full_epochs"]:
+        return int(cfg["full_epochs"]), "full_epochs"
+    best = []
+    for fold in range(n_folds):
+        if is_done(run_dir, fold):
+            best.append(int(fileio.read_json(rundir.fold_paths(run_dir, fold)["done"])["best_epoch"]))
+    if not best:
+        return int(cfg["n_epochs"]), "n_epochs (no finished fold)"
+    return max(1, int(round(sum(best) / len(best)))), f"mean best epoch of folds {best}"
+
+
 def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=None, spec=None):
     """Train fold ``fold`` (resuming if it was interrupted). Returns the model with its best weights.
 
+    ``fold`` may be ``rundir.FULL_FOLD``: the full-data model (see module doc).
     ``task`` / ``spec`` default to the manifest's task and its spec (``tasks``).
     """
     task = task or tasks.for_manifest(manifest)
     spec = spec if spec is not None else task.load_spec(manifest)
     p = rundir.fold_paths(run_dir, fold)
     n_folds = manifest["n_folds"]
+    full = fold == rundir.FULL_FOLD
+    state = FoldState(p["state"])
+    if full:
+        epochs, why = full_epochs(cfg, run_dir, n_folds)
+        saved = (state.d.get("settings") or {}).get("full_epochs")
+        if saved and not cfg["full_epochs"]:
+            epochs, why = int(saved), "fixed when this model started"
+        changes = {"n_epochs": epochs, "lr": cfg["full_lr"] or cfg["lr"]}
+        if cfg["full_from"] >= 0:
+            if cfg["full_from"] >= n_folds or not is_done(run_dir, cfg["full_from"]):
+                raise ConfigError(f"full_from {cfg['full_from']}: fold {cfg['full_from']} of {run_dir} is not "
+                                  f"trained (train it first, e.g. --job train_full --folds {cfg['full_from']})")
+            changes["weights"] = rundir.fold_paths(run_dir, cfg["full_from"])["best"]
+        cfg = cfg.replace(**changes)
+        log.info(f"full-data model: {epochs} epochs ({why}), on all {n_folds} folds, no validation, "
+                 f"lr {cfg['lr']:g}, from {cfg['weights'] or 'random weights'}")
     train_folds = [f for f in range(n_folds) if f != fold]
     train_files = records.fold_files(manifest, train_folds)
-    val_files = records.fold_files(manifest, [fold])
+    val_files = [] if full else records.fold_files(manifest, [fold])
     n_train = sum(manifest["folds"][f]["n_examples"] for f in train_folds)
     batch_size = cfg["batch_size"] * cfg["accum_steps"]  # examples per update (accum_steps micro-batches)
     steps = cfg["steps_per_epoch"] or max((cfg["tiles_per_epoch"] or n_train) // batch_size, 1)
     is_tpu = "TPU" in type(strategy).__name__
     os.makedirs(p["dir"], exist_ok=True)
 
-    state = FoldState(p["state"])
     model = build_compiled_model(cfg, task, spec, steps, strategy)
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     manager = tf.train.CheckpointManager(ckpt, p["state"], max_to_keep=2)
@@ -474,7 +514,11 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
         log.warning(f"fold {fold}: resume state names a missing checkpoint; starting the fold again")
         shutil.rmtree(p["state"], ignore_errors=True)
         state = FoldState(p["state"])
-    settings = dict(model_settings(cfg, task, spec), split=splits.fold_split(manifest, fold))
+    if full:
+        settings = dict(model_settings(cfg, task, spec), split=sorted(map(str, splits.split_fingerprints(manifest).values())),
+                        full_epochs=cfg["n_epochs"])
+    else:
+        settings = dict(model_settings(cfg, task, spec), split=splits.fold_split(manifest, fold))
     if initial_epoch > 0:
         check_same_settings(state.d.get("settings"), settings, fold)
     state.d["settings"] = settings
@@ -490,26 +534,30 @@ def train_fold(cfg, fold, manifest, run_dir, strategy, extra_callbacks=(), task=
     encoded_mb = sum(tf.io.gfile.stat(f).length for f in train_files) / 2**20
     cache = task.cache_mode(cfg, n_train, encoded_mb)
     data_cfg = cfg if cfg["accum_steps"] == 1 else cfg.replace(batch_size=batch_size)
-    train_ds = task.train_dataset(train_files, spec, data_cfg, seed=cfg["seed"] + fold, cache=cache,
+    seed = cfg["seed"] + (n_folds if full else fold)
+    train_ds = task.train_dataset(train_files, spec, data_cfg, seed=seed, cache=cache,
                                   drop_remainder=is_tpu, n_workers=_num_workers(strategy))
-    val_ds = task.eval_dataset(val_files, spec, cfg)
-
-    select, min_epochs, window = selection(cfg, task)
-    controller = FoldCallback(p["dir"], state, manager, cfg["monitor"], task.monitor_mode(cfg["monitor"]),
-                              cfg["schedule"], cfg["lr_patience"],
-                              cfg["lr_factor"], cfg["min_lr"], cfg["early_stop_patience"], cfg["min_delta"],
-                              select=select, min_epochs=min_epochs, select_window=window, n_epochs=cfg["n_epochs"])
+    val_ds = None if full else task.eval_dataset(val_files, spec, cfg)
+    monitor, mode = ("loss", "last") if full else (cfg["monitor"], task.monitor_mode(cfg["monitor"]))
+    # the full-data model keeps its last epoch: no selection window, no minimum epoch
+    select, min_epochs, window = ("last", 0, 1) if full else selection(cfg, task)
+    controller = FoldCallback(p["dir"], state, manager, monitor, mode,
+                              "none" if full else cfg["schedule"], cfg["lr_patience"],
+                              cfg["lr_factor"], cfg["min_lr"], 0 if full else cfg["early_stop_patience"],
+                              cfg["min_delta"], select=select, min_epochs=min_epochs, select_window=window,
+                              n_epochs=cfg["n_epochs"])
     callbacks = [controller, keras.callbacks.TensorBoard(os.path.join(p["dir"], "tb"), profile_batch=0),
                  *extra_callbacks]
+    n_val = 0 if full else manifest["folds"][fold]["n_examples"]
     log.info(f"fold {fold}: {n_train} training images ({len(train_files)} shards, cache={cache}), "
-        f"{manifest['folds'][fold]['n_examples']} validation, {steps} steps/epoch of {batch_size}, "
+        f"{n_val} validation, {steps} steps/epoch of {batch_size}, "
         f"{strategy.num_replicas_in_sync} replica(s)")
     if state.d["stopped"] or initial_epoch >= cfg["n_epochs"]:
         log.info(f"fold {fold}: training had already finished; finalising")
     else:
         model.fit(train_ds, steps_per_epoch=steps, epochs=cfg["n_epochs"], initial_epoch=initial_epoch,
                   validation_data=val_ds, callbacks=callbacks, verbose=_keras_verbose(cfg["verbose"]))
-    return finish_fold(model, p, state, cfg["monitor"], fold, n_epochs=cfg["n_epochs"], select=select)
+    return finish_fold(model, p, state, monitor, fold, n_epochs=None if full else cfg["n_epochs"], select=select)
 
 
 def finish_fold(model, p, state, monitor, fold, n_epochs=None, select="best"):

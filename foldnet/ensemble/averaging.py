@@ -56,7 +56,7 @@ def _add_scaled(total, outputs, rows, scale, tta, decode):
     return bad
 
 
-def scan_members(members, split, ids, expected_fingerprint=None):
+def scan_members(members, split, ids, expected_fingerprint=None, full="no"):
     """Check every member's ``split`` files against ``ids`` and one spec (label map) fingerprint.
 
     Returns ``[(member, [PredictionHeader, ...]), ...]``. The reference
@@ -64,6 +64,7 @@ def scan_members(members, split, ids, expected_fingerprint=None):
     file's. Raises one DataError listing every member without files, every
     file with another fingerprint or output shape, and every file whose ids
     are not exactly ``ids`` (missing / extra ids, truncated list + count).
+    ``full``: how a member's full-data model (fold_all/) joins its folds (``rundir.FULL_MODES``).
     """
     ids = np.asarray(ids).astype(str)
     uniq, counts = np.unique(ids, return_counts=True)
@@ -75,9 +76,10 @@ def scan_members(members, split, ids, expected_fingerprint=None):
     problems, plans = [], []
     for member in members:
         headers = []
-        files = rundir.prediction_files(member, split)
+        files = rundir.prediction_files(member, split, full)
         if not files:
-            problems.append(f"member {member}: no {split} predictions (no fold_*/{split}.npz)")
+            where = f"fold_{rundir.FULL_FOLD}" if full == "only" else "fold_*"
+            problems.append(f"member {member}: no {split} predictions (no {where}/{split}.npz)")
         for fold, path in files:
             try:
                 head = rundir.read_header(path)
@@ -114,12 +116,13 @@ def _item_text(item):
     return str(item[0]) if len(item) == 1 else str(tuple(item))
 
 
-def average_test(members, ids, weights=None, tta="mean", expected_fingerprint=None, *, task):
+def average_test(members, ids, weights=None, tta="mean", expected_fingerprint=None, *, task, full="no"):
     """Weighted fold x TTA x member average of test predictions, rows in ``ids`` order.
 
     members: run directories. Returns float32 [len(ids), ...]. Each member
     contributes ``w_m * outputs / n_folds_of_member`` per fold file (after the
     task's decoding and the TTA reduction), with ``w`` normalised to sum 1.
+    ``full``: ``with`` counts a member's fold_all model as one more fold, ``only`` uses it alone.
     Streaming (see module doc); every file is validated before any is read
     (``scan_members``).
     """
@@ -127,7 +130,7 @@ def average_test(members, ids, weights=None, tta="mean", expected_fingerprint=No
     w = normalise_weights(weights, len(members))
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
-    plans = scan_members(members, "test", ids, expected_fingerprint)
+    plans = scan_members(members, "test", ids, expected_fingerprint, full)
     total = np.zeros((len(ids), *plans[0][1][0].shape[2:]), dtype=np.float32)
     problems = []
     for (member, headers), wm in zip(plans, w):

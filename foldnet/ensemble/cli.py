@@ -5,7 +5,8 @@ test prediction file first, scores members and ensemble out of fold (and fits
 member weights on OOF if asked: ``weightfit``), averages the test predictions
 fold x TTA x member streaming (``averaging``), and has the task write the
 submission. Besides the submission it writes ``<stem>.probs.npz`` (the
-averaged outputs as a Contract 2 prediction file) and ``<stem>.scores.md``.
+averaged outputs as a Contract 2 prediction file; ``<stem>.maps.npz`` for
+temporal regression: ``Task.averaged_name``) and ``<stem>.scores.md``.
 
 Command line::
 
@@ -37,7 +38,7 @@ OPENSET_CHOICES = ("fitted", "natural")
 
 
 def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=False, fit_metric=None,
-                  tta="mean", k=5, task=None, threshold=None, openset="fitted"):
+                  tta="mean", k=5, task=None, threshold=None, openset="fitted", full="with"):
     """Ensemble ``runs`` into the submission ``out_path``; returns the paths written.
 
     template: the submission template (classification: sample submission CSV
@@ -50,7 +51,10 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     = the open-set rule refitted on the OOF blend (``openset``), ``natural``
     = only the plain new-label rule (``ranking.top_k_labels``: the new label
     at the rank of the first non-original class), as the Turtle Recall
-    original's ensemble.py did.
+    original's ensemble.py did. full: how each member's full-data model
+    (``fold_all/``, run.py job ``full``) joins its fold models (``rundir.FULL_MODES``:
+    ``with`` = one more fold, ``only`` = instead of them, ``no`` = left out; a member without
+    one is averaged over its folds under ``with``).
     """
     runs = [str(r) for r in runs]
     task = task or tasks.get(rundir.runs_task(runs))
@@ -59,6 +63,8 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
         raise ConfigError(f"--openset {openset!r}: choose one of {', '.join(OPENSET_CHOICES)}")
     if openset == "natural" and task.row_value_key is None:
         raise ConfigError(f"--openset natural applies to classification members, not {task.name}")
+    if full not in rundir.FULL_MODES:
+        raise ConfigError(f"--full {full!r}: choose one of {', '.join(rundir.FULL_MODES)}")
     if fit and fit_metric not in task.fit_metrics:
         raise ConfigError(f"--fit_metric {fit_metric!r}: choose one of {', '.join(sorted(task.fit_metrics))}")
     spec = read_specs(runs, tfrec_dir, task=task)
@@ -69,7 +75,7 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     except ValueError as e:
         raise ConfigError(f"--weights {weights}: {e}") from e
     # Fail early (before OOF work) if the test predictions cannot be ensembled.
-    plans = scan_members(runs, "test", ids, spec.fingerprint())
+    plans = scan_members(runs, "test", ids, spec.fingerprint(), full)
 
     rows, notes, weights, post, oof = oof_report(runs, weights, spec, fit_metric, fit, tta, task=task,
                                                  groups=task.groups(tfrec_dir))
@@ -80,10 +86,10 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
         notes.append("--openset natural: the open-set rule fitted on the OOF blend is not applied "
                      f"({task.describe_post(post)}); the plain new-label rule is")
         post = None
-    outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task=task)
+    outputs = average_test(runs, ids, weights, tta, spec.fingerprint(), task=task, full=full)
     values = None
     if post and task.row_value_key:  # the rule may use a per-row value the test files store
-        test_values = rundir.row_values(runs, weights, "test", ids, task.row_value_key)
+        test_values = rundir.row_values(runs, weights, "test", ids, task.row_value_key, full)
         values = None if test_values is None else np.array([test_values[str(i)] for i in ids])
     what = task.write_submission(ids, outputs, spec, template, out_path, k, post, values=values)
 
@@ -92,11 +98,17 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
         task.post_plot(post, f"{stem}.{task.post_plot_name}")
     if oof is not None:  # e.g. segmentation: Dice vs threshold of the blend the threshold was fitted on
         oof.report(stem, f"Ensemble of {len(runs)} member(s): out-of-fold blend")
-    probs_path = save_probs(f"{stem}.probs.npz", ids, task.encode_outputs(outputs[None]), spec.fingerprint(),
+    probs_path = save_probs(f"{stem}.{task.averaged_name}.npz", ids, task.encode_outputs(outputs[None]), spec.fingerprint(),
                             runs, weights, plans)
-    members = [{"model": r, "weight": float(w), "n_folds": len(hs)} for (r, hs), w in zip(plans, weights)]
-    text = "# Ensemble\n\n" + report.markdown_table(members, ["model", "weight", "n_folds"])
+    members = [{"model": r, "weight": float(w), "n_folds": len(hs),
+                "full_data": "yes" if any(h.path == full_path(r) for h in hs) else "no"}
+               for (r, hs), w in zip(plans, weights)]
+    columns = ["model", "weight", "n_folds"] + (["full_data"] if any(m["full_data"] == "yes" for m in members) else [])
+    text = "# Ensemble\n\n" + report.markdown_table(members, columns)
     text += f"\nTTA: {tta}. Submission: {out_path} ({what}).\n"
+    if full == "only":
+        text += ("Test predictions of the full-data models (fold_all/) only; the out-of-fold scores below are "
+                 "the fold models' (a full-data model has no held-out rows).\n")
     text += "\n## Out-of-fold scores\n\n"
     text += report.markdown_table(rows, ["model", "weight", "n_oof", *task.score_keys]) if rows else "(none)\n"
     if notes:
@@ -125,6 +137,11 @@ def fixed_threshold(post, threshold, oof):
             f"fitted on the OOF blend, {fitted:g}: {dice_at(fitted):.4f} (difference "
             f"{dice_at(fitted) - dice_at(threshold):+.4f})")
     return dict(post, threshold=threshold), line
+
+
+def full_path(run):
+    """The test predictions of ``run``'s full-data model (job ``full``)."""
+    return os.path.join(rundir.fold_dir(run, rundir.FULL_FOLD), "test.npz")
 
 
 def read_specs(runs, tfrec_dir=None, *, task):
@@ -181,6 +198,9 @@ def _parse_args(argv):
     p.add_argument("--fit_metric", default=None,
                    help="OOF metric to fit (default: the task's; classification: map5, or map5_new)")
     p.add_argument("--tta", default="mean", choices=TTA_MODES, help="TTA reduction")
+    p.add_argument("--full", default="with", choices=rundir.FULL_MODES,
+                   help="a member's full-data model (fold_all/, run.py job full): averaged as one more "
+                        "fold (with), instead of the fold models (only), or left out (no)")
     p.add_argument("--submission", required=True,
                    help="output: CSV (classification); directory or .tar of TIFFs (segmentation)")
     p.add_argument("--k", type=int, default=5, help="predictions per row")
@@ -219,7 +239,8 @@ def main(argv=None):
         template = args.template or task.default_template(args.data_dir, args.tfrec_dir)
         paths.extend(make_ensemble(args.runs, args.submission, template, args.tfrec_dir,
                                    parse_weights(args.weights), args.fit_weights, args.fit_metric,
-                                   args.tta, args.k, task=task, threshold=args.threshold, openset=args.openset))
+                                   args.tta, args.k, task=task, threshold=args.threshold, openset=args.openset,
+                                   full=args.full))
 
     rc = run_main(work)
     if not rc:

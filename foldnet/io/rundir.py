@@ -25,6 +25,11 @@ DONE = "done.json"
 TASK_FILE = "task.json"      # {"task": name}; absent in run dirs written before the task seam = classification
 DEFAULT_TASK = "classification"
 SPLITS = ("oof", "test")
+# The model trained on every fold after cross-validation (run.py job ``full``) lives in fold_all/,
+# with the same files as a fold (state/, best.h5, done.json, test.npz) and no oof.npz.
+FULL_FOLD = "all"
+# How the ensemble uses fold_all/test.npz: averaged as one more fold, alone, or not at all.
+FULL_MODES = ("with", "only", "no")
 
 _FOLD_DIR = re.compile(r"^fold_(\d+)$")
 
@@ -96,9 +101,19 @@ def list_folds(run_dir, filename=None):
     return sorted(found)
 
 
-def prediction_files(run_dir, split):
-    """``[(fold, path)]`` of ``RUN_DIR/fold_{K}/{split}.npz``, in fold order."""
-    return list_folds(run_dir, f"{split}.npz")
+def prediction_files(run_dir, split, full="no"):
+    """``[(fold, path)]`` of ``RUN_DIR/fold_{K}/{split}.npz``, in fold order.
+
+    ``full`` (``FULL_MODES``): ``with`` appends ``(FULL_FOLD, fold_all/{split}.npz)`` when it
+    exists, ``only`` returns that file alone (or nothing), ``no`` leaves it out.
+    """
+    if full not in FULL_MODES:
+        raise ValueError(f"full must be one of {FULL_MODES}, got {full!r}")
+    folds = list_folds(run_dir, f"{split}.npz") if full != "only" else []
+    path = os.path.join(fold_dir(run_dir, FULL_FOLD), f"{split}.npz")
+    if full != "no" and os.path.isfile(path):
+        folds.append((FULL_FOLD, path))
+    return folds
 
 
 def best_checkpoints(run_dir, n_folds=None):
@@ -432,14 +447,14 @@ def has_key(path, key):
         return False
 
 
-def row_values(runs, weights, split, ids, key):
+def row_values(runs, weights, split, ids, key, full="no"):
     """{id: value} of the per-row array ``key`` of the runs' ``split`` prediction files: mean over a run's
     folds, weighted mean over runs; None unless every file holds ``key`` and every id has a value."""
     ids = np.asarray(ids).astype(str)
     total, w_sum = np.zeros(len(ids)), float(np.sum(weights))
     for run, w in zip(runs, weights):
         acc, count = np.zeros(len(ids)), np.zeros(len(ids))
-        files = prediction_files(run, split)
+        files = prediction_files(run, split, full)
         if not files or not all(has_key(path, key) for _, path in files):
             return None
         for _, path in files:

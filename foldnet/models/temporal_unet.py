@@ -78,15 +78,19 @@ class MonthAttention(layers.Layer):
         self.score = layers.Dense(1, name="score")
         super().build(input_shape)
 
-    def call(self, inputs):
-        features, months = inputs
+    def month_weights(self, features, months):
+        """(features as [B, T, h, w, d], float32 attention weights [B, T, h, w, 1]: per pixel, summing to 1
+        over the present months, 0 for masked ones)."""
         shape = tf.shape(features)
         x = tf.reshape(features, tf.concat([[-1, self.n_months], shape[1:]], 0))  # [B, T, h, w, d]
         hidden = tf.nn.gelu(self.norm(self.project(x)))
         scores = tf.cast(self.score(hidden), tf.float32)  # [B, T, h, w, 1]
         present = tf.cast(months > 0, tf.bool)[:, :, None, None, None]
         scores = tf.where(present, scores, _MASKED_SCORE)
-        weights = tf.nn.softmax(scores, axis=1) * tf.cast(present, tf.float32)
+        return x, tf.nn.softmax(scores, axis=1) * tf.cast(present, tf.float32)
+
+    def call(self, inputs):
+        x, weights = self.month_weights(*inputs)
         return tf.reduce_sum(tf.cast(weights, x.dtype) * x, axis=1)
 
     def get_config(self):

@@ -163,6 +163,9 @@ Reports (optional)
 Submission
 
 - ``submission_name``: file name of the ``subm`` job's output in the run dir.
+- ``averaged_name``: the ensemble's averaged outputs go beside the submission as
+  ``<stem>.<averaged_name>.npz`` (``probs`` for probabilities; temporal regression:
+  ``maps``, biomass maps are not probabilities).
 - ``default_template(data_dir, tfrec_dir)``: the template when none is given
   (classification: ``DATA_DIR/sample_submission.csv``).
 - ``test_ids(template_path)``: the ids a submission must cover, in the
@@ -232,6 +235,7 @@ class Task(abc.ABC):
     default_fit_metric: str | None = None
     score_note = ""
     submission_name = "submission.csv"
+    averaged_name = "probs"
     # settings a resumed fold must share with its interrupted run, beyond the shared ones (engine.train)
     resume_keys: tuple[str, ...] = ()
     # dataset layouts this task converts (create_tfrecords.py --layout), the first one its default

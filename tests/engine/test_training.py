@@ -300,3 +300,78 @@ def test_augmentation_in_the_model_trains_resumes_and_predicts(tiny_turtle_dir, 
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
     with np.load(run_dir / "fold_0" / "oof.npz") as z:
         assert z["outputs"].shape[0] == 2 and np.isfinite(z["outputs"]).all()
+
+
+def test_full_job_trains_on_every_fold_resumes_and_joins_the_ensemble(tiny_turtle_dir, tiny_tfrec, tmp_path,
+                                                                        log_lines):
+    """Job full: one model on all folds in fold_all/, fixed epochs, killed and resumed like a fold."""
+    from foldnet.ensemble import cli as ensemble
+    from foldnet.io import rundir
+
+    run_dir = tmp_path / "member"
+    runner.run(tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=2, folds="0", job="train_test"))
+    fold0_best = json.load(open(run_dir / "fold_0" / "done.json"))["best_epoch"]
+    # full_epochs 0: the mean best epoch of the finished folds (only fold 0 here)
+    auto = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=9)
+    assert train.full_epochs(auto, str(run_dir), N_FOLDS)[0] == fold0_best
+    assert train.full_epochs(auto.replace(full_epochs=4), str(run_dir), N_FOLDS)[0] == 4
+
+    cfg = tiny_cfg(tiny_turtle_dir, tiny_tfrec, run_dir, n_epochs=9, full_epochs=3, folds="0",
+                   job="full_test")
+    with pytest.raises(KillAfterEpoch):
+        runner.run(cfg, extra_callbacks=[Killer(1)])
+    full = run_dir / "fold_all"
+    state = json.load(open(full / "state" / "state.json"))
+    assert state["epochs_done"] == 1 and state["settings"]["full_epochs"] == 3
+    assert not (full / "done.json").exists()
+    log_lines.clear()
+    runner.run(cfg)
+    assert any("fold all: resuming after epoch 1" in line for line in log_lines)
+    # trained on every example of every fold, nothing held out
+    n_all = len(_folds(tiny_tfrec))
+    assert any(f"fold all: {n_all} training images" in line and " 0 validation" in line for line in log_lines)
+    done = json.load(open(full / "done.json"))
+    hist = pd.read_csv(full / "history.csv")
+    assert hist["epoch"].tolist() == [1, 2, 3] and not any(c.startswith("val_") for c in hist.columns)
+    # no validation: best.h5 holds the last epoch's weights
+    assert done["epochs"] == 3 and done["best_epoch"] == 3 and done["monitor"] == "loss"
+    assert train.read_best(str(full / "best.h5"))[0] == 2
+    assert not (full / "state").exists() and not (full / "oof.npz").exists()
+    with np.load(full / "test.npz") as z:
+        n_test = len(pd.read_csv(os.path.join(tiny_turtle_dir, "test.csv")))
+        assert z["outputs"].shape[:2] == (3, n_test)
+        full_test = z["outputs"].mean(0)
+    # a rerun skips it like a finished fold
+    log_lines.clear()
+    runner.run(cfg)
+    assert any("fold all: already trained" in line for line in log_lines)
+
+    lm = LabelMap.load(os.path.join(tiny_tfrec, "label_map.json"))
+    for mode in ("only", "with"):
+        sub = tmp_path / mode / "submission.csv"
+        ensemble.make_ensemble([str(run_dir)], str(sub), os.path.join(tiny_turtle_dir, "sample_submission.csv"),
+                               tfrec_dir=tiny_tfrec, full=mode)
+        with np.load(tmp_path / mode / "submission.probs.npz") as z:
+            ids = z["ids"].tolist()
+            got = z["outputs"][0]
+        fold0 = rundir.read_arrays(str(run_dir / "fold_0" / "test.npz"), ["ids", "outputs"])
+        with np.load(full / "test.npz") as z:
+            order = [z["ids"].tolist().index(i) for i in ids]
+        f0_order = [fold0[0].tolist().index(i) for i in ids]
+        expected = full_test[order] if mode == "only" else (full_test[order] + fold0[1].mean(0)[f0_order]) / 2
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert lm.n_classes == got.shape[1]
+
+    # the fine-tune of the 1st place of The BioMassters: start from fold 0's best weights at another lr
+    tune = cfg.replace(full_from=0, full_lr=1e-4, full_epochs=1, overwrite=True, job="full")
+    log_lines.clear()
+    runner.run(tune)
+    fold0 = str(run_dir / "fold_0" / "best.h5")
+    assert any(f"lr 0.0001, from {fold0}" in line for line in log_lines)
+    done = json.load(open(full / "done.json"))
+    assert done["epochs"] == 1 and done["settings"]["weights"] == fold0
+    assert not (run_dir / "fold_1").exists()  # the folds were not retrained
+    from foldnet.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="full_from 1: fold 1 .* is not trained"):
+        runner.run(tune.replace(full_from=1))

@@ -358,3 +358,43 @@ def test_load_oof_refuses_unlabelled_and_nan_rows(tmp_path):
     assert len(e.value.problems) == 2
     assert "fold_0/oof.npz: NaN or inf probabilities for ids 1: 'b'" in str(e.value)
     assert "fold_1/oof.npz: labels missing or outside [0, 2) for ids 2: 'c', 'd'" in str(e.value)
+
+
+def test_full_data_model_with_only_or_without_the_folds(tmp_path):
+    """fold_all/ (run.py job full) joins a member's folds as one more fold, replaces them, or is left out."""
+    runs = hand_members(tmp_path)
+    # A's full-data model: both views [[1,0,0],[0,1,0]]
+    write_npz(tmp_path / "A", rundir.FULL_FOLD, "test", ["x", "y"], [[[1, 0, 0], [0, 1, 0]]] * 2)
+    a_folds = np.array([[.4, .3, .3], [.4, .25, .35]])
+    a_full = np.array([[1, 0, 0], [0, 1, 0]])
+    b = np.array([[0, 1, 0], [.5, 0, .5]])
+    cases = {"no": a_folds, "with": (2 * a_folds + a_full) / 3, "only": a_full}
+    for full, a in cases.items():
+        # B has no fold_all: under "with" it is averaged over its folds
+        if full == "only":
+            with pytest.raises(DataError, match="no fold_all/test.npz"):
+                averaging.average_test(runs, ["x", "y"], task=CLASSIFICATION, full=full)
+            got = averaging.average_test(runs[:1], ["x", "y"], task=CLASSIFICATION, full=full)
+            np.testing.assert_allclose(got, a, atol=1e-6)
+            continue
+        got = averaging.average_test(runs, ["x", "y"], task=CLASSIFICATION, full=full)
+        np.testing.assert_allclose(got, (a + b) / 2, atol=1e-6)
+    # fold_all is never taken for a numbered fold (folds listing, OOF)
+    assert [f for f, _ in rundir.list_folds(runs[0])] == [0, 1]
+
+
+def test_cli_full_option(tmp_path, data_dir, capsys):
+    good = make_run(tmp_path, "good", 0.6, 1)
+    full = np.tile(np.eye(LM.n_classes)[[8, 7, 6, 5, 4, 3]], (1, 1, 1))
+    write_npz(tmp_path / "good", rundir.FULL_FOLD, "test", TEST_IDS, full, fingerprint=LM.fingerprint())
+    for mode in ("only", "with"):
+        out = tmp_path / mode / "sub.csv"
+        rc = ensemble.main(["--runs", good, "--data_dir", data_dir, "--full", mode, "--submission", str(out)])
+        assert rc == 0, capsys.readouterr().err
+        saved = np.load(tmp_path / mode / "sub.probs.npz")["outputs"][0]
+        folds = averaging.average_test([good], TEST_IDS, task=CLASSIFICATION, full="no")
+        expected = full[0] if mode == "only" else (2 * folds + full[0]) / 3
+        np.testing.assert_allclose(saved, expected, atol=1e-6)
+        scores = (tmp_path / mode / "sub.scores.md").read_text()
+        assert "full_data" in scores and f"| {good} | 1.0000 | {1 if mode == 'only' else 3} | yes |" in scores
+        assert ("full-data models (fold_all/) only" in scores) == (mode == "only")

@@ -11,7 +11,13 @@ A chip is a ``ChipSpec``:
 * ``kind="stack"``: ``files`` is one path of a [T, H, W, C] array (a TIFF or a
   ``.npy``); ``missing_value`` (and NaN) marks a missing value.
 
-A month is present when any of its values is. ``inspect_task`` reads a chip
+A month is present when any of its values is. Per sensor, a month is
+present when its file is there, has a valid value and is not blank: a
+sensor with a ``cloud_band`` (BioMassters S2: CLP, the 11th band, 0..100
+cloud probability in valid pixels) is blank when every other band is 0
+everywhere or the cloud band is >= ``cloud_nodata`` (254) everywhere; a
+blank month's bands are marked not valid (stored as 0, like an absent file).
+``inspect_task`` reads a chip
 once and returns its problems, shape, properties and partial statistics;
 ``load_task`` reads it again for writing.
 """
@@ -28,6 +34,9 @@ class Sensor(NamedTuple):
     name: str  # "S1"
     bands: tuple  # band names in file order
     missing_value: object  # value of a missing pixel (None: only an absent file is missing)
+    dtype: str = "float32"  # storage dtype of its bands in the records (temporal records.STORAGE_DTYPES)
+    cloud_band: object = None  # index of a cloud-probability band (blank months: see module doc)
+    cloud_nodata: float = 254.0
 
 
 class ChipSpec(NamedTuple):
@@ -74,8 +83,17 @@ def _read_target(path):
     return t
 
 
+def is_blank(arr, sensor):
+    """Whether a month's array of ``sensor`` (with a cloud band) holds no usable view: every other band
+    0 everywhere, or the cloud band >= ``cloud_nodata`` everywhere."""
+    if sensor.cloud_band is None:
+        return False
+    others = np.delete(arr, sensor.cloud_band, axis=-1)
+    return bool(not others.any() or (arr[..., sensor.cloud_band] >= sensor.cloud_nodata).all())
+
+
 def _read_biomassters(spec):
-    """(image float32 [T, H, W, C], valid bool, problems)."""
+    """(image float32 [T, H, W, C], valid bool, sensor_months uint8 [T, S], blank uint8 [T, S], problems)."""
     problems, planes, shape = [], [], None
     n_bands = sum(len(s.bands) for s in spec.sensors)
     for month, paths in enumerate(spec.files):
@@ -101,19 +119,24 @@ def _read_biomassters(spec):
         planes.append(parts)
     if shape is None:
         problems.append("no month has any data (no readable S1/S2 file)" if not problems else "no readable month")
-        return None, None, problems
+        return None, None, None, None, problems
     image = np.zeros((spec.n_months,) + tuple(shape) + (n_bands,), np.float32)
     valid = np.zeros(image.shape, bool)
+    present = np.zeros((spec.n_months, len(spec.sensors)), np.uint8)
+    blank = np.zeros_like(present)
     for month, parts in enumerate(planes):
         start = 0
-        for sensor, arr in zip(spec.sensors, parts):
+        for s, (sensor, arr) in enumerate(zip(spec.sensors, parts)):
             stop = start + len(sensor.bands)
-            if arr is not None:
+            if arr is not None and is_blank(arr, sensor):
+                blank[month, s] = 1
+            elif arr is not None:
                 ok = ~_missing(arr, sensor.missing_value)
                 image[month, :, :, start:stop] = np.where(ok, arr, 0)
                 valid[month, :, :, start:stop] = ok
+                present[month, s] = ok.any()
             start = stop
-    return image, valid, problems
+    return image, valid, present, blank, problems
 
 
 def _read_stack(spec):
@@ -137,16 +160,28 @@ def _read_stack(spec):
     if arr.shape[-1] != len(sensor.bands):
         problems.append(f"{name}: {arr.shape[-1]} bands, expected {len(sensor.bands)}")
     if problems:
-        return None, None, problems
+        return None, None, None, None, problems
     valid = ~_missing(arr, sensor.missing_value)
-    return np.where(valid, arr, 0).astype(np.float32), valid, []
+    present = valid.reshape(valid.shape[0], -1).any(axis=1).astype(np.uint8)[:, None]
+    return np.where(valid, arr, 0).astype(np.float32), valid, present, np.zeros_like(present), []
+
+
+class Chip(NamedTuple):
+    """A chip as read: image float32 [T, H, W, C], valid bool [T, H, W, C], months uint8 [T] (any value
+    present), sensor_months uint8 [T, S] (per sensor: usable data), blank uint8 [T, S] (file there but
+    blank), target [H, W] or None."""
+    image: np.ndarray
+    valid: np.ndarray
+    months: np.ndarray
+    sensor_months: np.ndarray
+    blank: np.ndarray
+    target: object
 
 
 def read_chip(spec):
-    """(image float32 [T, H, W, C], valid bool [T, H, W, C], months uint8 [T], target [H, W] or None,
-    problems). image/valid are None when the chip is unusable."""
+    """(Chip or None when the chip is unusable, target or None, problems)."""
     reader = _read_biomassters if spec.kind == "biomassters" else _read_stack
-    image, valid, problems = reader(spec)
+    image, valid, present, blank, problems = reader(spec)
     target = None
     if spec.target is not None:
         try:
@@ -154,14 +189,14 @@ def read_chip(spec):
         except BadTile as e:
             problems.append(str(e))
     if image is None:
-        return None, None, None, target, problems
+        return None, target, problems
     months = valid.reshape(valid.shape[0], -1).any(axis=1).astype(np.uint8)
     if not months.any():
         problems.append("no month has any data (every value is missing)")
     if target is not None and target.shape != image.shape[1:3]:
         problems.append(f"target {os.path.basename(spec.target)} shape {list(target.shape)} != image shape "
                         f"{list(image.shape[1:3])}")
-    return image, valid, months, target, problems
+    return Chip(image, valid, months, present, blank, target), target, problems
 
 
 def target_valid(target):
@@ -171,10 +206,15 @@ def target_valid(target):
 
 def inspect_chip(spec):
     """ChipInfo of one chip (problems listed, not raised)."""
-    image, valid, months, target, problems = read_chip(spec)
-    if image is None or problems:
-        return ChipInfo(problems, None if image is None else image.shape, {}, [], [])
-    props = {"n_months_present": int(months.sum()), "missing_share": 1.0 - float(valid.mean())}
+    chip, target, problems = read_chip(spec)
+    if chip is None or problems:
+        return ChipInfo(problems, None if chip is None else chip.image.shape, {}, [], [])
+    image, valid = chip.image, chip.valid
+    props = {"n_months_present": int(chip.months.sum())}
+    for s, sensor in enumerate(spec.sensors):
+        props[f"months_{sensor.name}"] = int(chip.sensor_months[:, s].sum())
+        props[f"blank_{sensor.name}"] = int(chip.blank[:, s].sum())
+    props["missing_share"] = 1.0 - float(valid.mean())
     if target is None:
         return ChipInfo(problems, image.shape, props, [], [])
     ok = target_valid(target)
@@ -195,13 +235,13 @@ def inspect_chip(spec):
 
 
 def load_chip(spec):
-    """(image, valid, months, target or None) of a chip that passed inspection."""
-    image, valid, months, target, problems = read_chip(spec)
+    """The ``Chip`` of a chip that passed inspection."""
+    chip, _, problems = read_chip(spec)
     if problems:
         raise BadTile("; ".join(problems))
-    return image, valid, months, target
+    return chip
 
 
-# (True, ChipInfo) or (False, reason); (True, (image, valid, months, target)) or (False, reason)
+# (True, ChipInfo) or (False, reason); (True, Chip) or (False, reason)
 inspect_task = functools.partial(outcome, inspect_chip)
 load_task = functools.partial(outcome, load_chip)

@@ -110,11 +110,28 @@ def plan_jobs(dataset, fold, seed):
     return jobs + [ChipJob("test", s) for s in dataset.test["spec"]]
 
 
-def _encode(job, value):
+def storage_groups(sensors):
+    """The records' storage groups ``[(name, n_bands, dtype)]``: one per sensor, in its dtype."""
+    return [(s.name, len(s.bands), s.dtype) for s in sensors]
+
+
+def _encode(job, chip):
     from foldnet.tasks.temporal import records as temporal_records
 
-    image, valid, months, target = value
-    return temporal_records.make_example(job.spec.id, image, valid, months, target)
+    return temporal_records.make_example(job.spec.id, chip.image, chip.valid, chip.months, chip.target,
+                                         groups=storage_groups(job.spec.sensors), sensor_months=chip.sensor_months)
+
+
+def month_summary(chips, sensors, n_months):
+    """One line: months present on average, in total and per sensor, and blank months counted as missing."""
+    parts = [f"{chips['n_months_present'].mean():.1f} of {n_months} months with data on average"]
+    if len(sensors) > 1:
+        parts.append(", ".join(f"{s.name} {chips[f'months_{s.name}'].mean():.1f}" for s in sensors))
+    blank = {s.name: int(chips[f"blank_{s.name}"].sum()) for s in sensors if s.cloud_band is not None}
+    parts += [f"{n} blank {name} month(s) (all zero or cloud >= "
+              f"{next(s.cloud_nodata for s in sensors if s.name == name):g} everywhere) counted as missing"
+              for name, n in blank.items()]
+    return "; ".join(parts)
 
 
 def chips_table(dataset, train_infos, test_infos, fold, groups=None):
@@ -141,7 +158,13 @@ def target_summary(dataset, target_stats):
 
 def build_manifest(dataset, shape, files, counts, stats, target, flags, fp):
     band_stats = band_stats_dict(stats)
+    sensors = dataset.train["spec"].iloc[0].sensors if len(dataset.train) else ()
+    groups, start = [], 0
+    for name, n, dtype in storage_groups(sensors):
+        groups.append({"name": name, "bands": list(dataset.bands[start:start + n]), "dtype": dtype})
+        start += n
     return {
+        "groups": groups,
         **manifest_common(TASK, dataset.layout, flags["n_folds"], files, counts, CHIPS_CSV),
         "n_months": int(shape[0]),
         "shape": [int(shape[1]), int(shape[2])],
@@ -194,10 +217,10 @@ def convert_temporal_dataset(dataset, out_dir, flags, fp, workers, progress):
         fileio.atomic_write_json(os.path.join(tmp, records.MANIFEST), manifest)
     manifest["dir"] = out_dir
     n_files = sum(len(p["files"]) for p in manifest["folds"]) + len(manifest["test"]["files"])
-    present = chips["n_months_present"].mean()
+    sensors = dataset.train["spec"].iloc[0].sensors
     print(f"wrote {manifest['n_examples']} training chips ({manifest['n_folds']} folds) and "
           f"{manifest['test']['n_examples']} test chips [T, H, W, C] = {list(shape)} "
-          f"({present:.1f} of {shape[0]} months present on average) in {n_files} shards to {out_dir}")
+          f"({month_summary(chips, sensors, shape[0])}) in {n_files} shards to {out_dir}")
     return manifest
 
 

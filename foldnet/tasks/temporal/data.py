@@ -20,6 +20,14 @@ test chips, no-data labels).
 Month dropout (``month_dropout`` p): each month with data is dropped with
 probability p (its image zeroed, months 0); if that drops all of them, the
 one with the largest draw is kept, so at least one month always remains.
+With ``month_dropout_chips`` q < 1 only a share q of the chips (one draw per
+chip) has months dropped; the others keep all of them, as at test time (the
+1st place: q 0.5, p 0.3).
+
+``month_needs`` (``month_need_index``): a sensor name such as ``S2`` makes
+a month present only when that sensor's image of the month is usable
+(``sensor_months`` of the records); other months are masked and zeroed like
+dropped ones, in training, validation and prediction alike.
 
 Augmentation (``augment``: ``rviews.paired_augment`` options: flips,
 90-degree turns, a small rotation/zoom/shift): one transform per chip
@@ -89,6 +97,8 @@ def options(cfg):
     rotate = aug.rotate if aug else _opt(cfg, "aug_rotate", 0.0)
     return {"temporal_input": _opt(cfg, "temporal_input", "all"), "norm": _opt(cfg, "band_norm", None),
             "month_dropout": float(_opt(cfg, "month_dropout", 0.0)),
+            "month_dropout_chips": float(_opt(cfg, "month_dropout_chips", 1.0)),
+            "month_needs": _opt(cfg, "month_needs", "any"),
             "augment": {"flip": number >= 1, "rot90": number >= 3, "rotate": float(rotate), "scale": float(crop),
                         "shift": float(crop) / 2, "map_aug": dict(_opt(cfg, "map_aug", None) or {})}}
 
@@ -117,6 +127,20 @@ def _unpack_normalise(image, packed, lo, hi, index=None, kept=None):
     return x, valid
 
 
+def month_need_index(spec, month_needs):
+    """Column of ``sensor_months`` a month needs to be present (``month_needs`` a storage group / sensor of
+    the records), or None for ``any`` (any value present) and for records without per-sensor presence.
+    ConfigError for a name the records do not have."""
+    if month_needs in (None, "", "any"):
+        return None
+    if not spec.groups:
+        return None
+    if month_needs not in spec.group_names:
+        raise ConfigError(f"month_needs {month_needs!r}: use any or a sensor of the records "
+                          f"({', '.join(spec.group_names)})")
+    return spec.group_names.index(month_needs)
+
+
 def nearest_present(months, k):
     """Index of the month with data nearest to ``k`` (the earlier one on a tie); ``k`` if none has data."""
     n = months.shape[0]
@@ -137,22 +161,26 @@ def reduce_months(x, valid, months, mode, k=None):
     return mean[tf.newaxis], tf.ones([1], tf.float32)
 
 
-def kept_months(months, rate, seed=None):
+def kept_months(months, rate, seed=None, chips=1.0):
     """float32 [T]: each month with data kept with probability 1 - ``rate``; if none would be, the one with
-    the largest draw (so at least one month with data always remains); months without data stay 0."""
-    if not rate:
+    the largest draw (so at least one month with data always remains); months without data stay 0.
+    ``chips``: probability that this chip has months dropped at all (else every month is kept)."""
+    if not rate or not chips:
         return months
     draw = tf.random.uniform(tf.shape(months), seed=seed)
     present = months > 0
     keep = present & (draw >= rate)
+    if chips < 1:
+        keep |= present & (tf.random.uniform([], seed=seed) >= chips)
     fallback = tf.equal(tf.range(tf.shape(months)[0]), tf.argmax(tf.where(present, draw, -1.0), output_type=tf.int32))
     return tf.cast(tf.where(tf.reduce_any(keep), keep, fallback & present), tf.float32)
 
 
-def drop_months(x, months, rate, seed=None):
+def drop_months(x, months, rate, seed=None, chips=1.0):
     """Drop each month with data with probability ``rate`` (image zeroed, months 0), keeping at least one
-    (``kept_months``). The training pipeline zeroes the image inside the compiled normalisation instead."""
-    kept = kept_months(months, rate, seed)
+    (``kept_months``), on a share ``chips`` of the chips. The training pipeline zeroes the image inside
+    the compiled normalisation instead."""
+    kept = kept_months(months, rate, seed, chips)
     return x * kept[:, tf.newaxis, tf.newaxis, tf.newaxis], kept
 
 
@@ -196,24 +224,29 @@ def _pad(x, target, multiple):
 class _Chip:
     """Parse + normalise + reduce for one spec and options."""
 
-    def __init__(self, spec, temporal_input="all", norm=None):
+    def __init__(self, spec, temporal_input="all", norm=None, month_needs="any"):
         self.spec = spec
         self.mode, self.k = parse_temporal_input(temporal_input, spec.n_months)
+        self.need = month_need_index(spec, month_needs)
         self.lo, self.hi = spec.norm_arrays(norm)
         self._core = tf.function(lambda image, packed: _unpack_normalise(image, packed, self.lo, self.hi),
                                  jit_compile=True)
         self._train = tf.function(lambda image, packed, index, kept: _unpack_normalise(
             image, packed, self.lo, self.hi, index, kept), jit_compile=True)
 
-    def __call__(self, serialized, index=None, dropout=0.0, seed=None):
+    def __call__(self, serialized, index=None, dropout=0.0, seed=None, dropout_chips=1.0):
         """(x [T', H, W, C], months [T'], target [H, W]). Training: ``index`` moves the pixels
-        (``flip_turn_index``) and ``dropout`` drops months (``kept_months``; with temporal_input "all")."""
-        ex = parse_example(serialized, self.spec.n_months, self.spec.shape, self.spec.n_channels, packed=True)
+        (``flip_turn_index``) and ``dropout`` drops months (``kept_months``; with temporal_input "all") on a
+        share ``dropout_chips`` of the chips."""
+        ex = parse_example(serialized, self.spec.n_months, self.spec.shape, self.spec.n_channels, packed=True,
+                           groups=self.spec.groups)
         target, months = ex["target"], ex["months"]
+        if self.need is not None:
+            months = months * ex["sensor_months"][:, self.need]
         if index is not None:
             target = move_pixels(target[..., tf.newaxis], index)[..., 0]
-        if self.mode == "all" and (index is not None or dropout):
-            months = kept_months(months, dropout, seed)
+        if self.mode == "all" and (index is not None or dropout or self.need is not None):
+            months = kept_months(months, dropout, seed, dropout_chips)
             index = tf.range(int(np.prod(self.spec.shape))) if index is None else index
             x, _ = self._train(ex["image"], ex["valid"], index, months)
             return x, months, target
@@ -229,15 +262,16 @@ class _Chip:
 
 def train_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, month_dropout=0.0, augment=None,
                   cache=False, shuffle_buffer=256, seed=None, drop_remainder=True, n_workers=1,
-                  pad_multiple=PAD_MULTIPLE):
+                  pad_multiple=PAD_MULTIPLE, month_dropout_chips=1.0, month_needs="any"):
     """Endless shuffled, augmented batches ``({"image", "months"}, target)`` for ``model.fit``.
 
     ``augment``: ``rviews.paired_augment`` options (None: flips and 90-degree turns; {}: none).
-    ``month_dropout``: probability of dropping each month with data (``drop_months``).
+    ``month_dropout``: probability of dropping each month with data (``drop_months``), on a share
+    ``month_dropout_chips`` of the chips. ``month_needs``: ``month_need_index``.
     """
     rate = float(month_dropout or 0.0)
     aug = dict(DEFAULT_AUGMENT if augment is None else augment)
-    chip = _Chip(spec, temporal_input, norm)
+    chip = _Chip(spec, temporal_input, norm, month_needs)
     files = list(files)
     ds = tfdata.read_records(files, deterministic=False)
     if cache:
@@ -251,7 +285,7 @@ def train_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, m
 
     def make(serialized):
         index = flip_turn_index(*spec.shape, bool(aug.get("flip")), bool(aug.get("rot90"))) if turns else None
-        x, months, target = chip(serialized, index, rate, seed)
+        x, months, target = chip(serialized, index, rate, seed, float(month_dropout_chips))
         if affine:
             x, target = augment_pair(x, target, aug)
         x, target = _pad(x, target[..., tf.newaxis], pad_multiple)
@@ -263,10 +297,10 @@ def train_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, m
 
 
 def eval_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, cache=False, pad_multiple=PAD_MULTIPLE,
-                 **train_only):
+                 month_needs="any", **train_only):
     """Batches ``({"image", "months"}, target)`` in file order, no augmentation, no dropout
     (``train_only``: the training keys of ``options(cfg)``, ignored)."""
-    chip = _Chip(spec, temporal_input, norm)
+    chip = _Chip(spec, temporal_input, norm, month_needs)
 
     def make(serialized):
         x, months, target = chip(serialized)
@@ -286,13 +320,13 @@ def tta_names(tta_number):
 
 
 def predict_dataset(files, spec, batch_size, views=("identity",), *, temporal_input="all", norm=None,
-                    pad_multiple=PAD_MULTIPLE, **train_only):
+                    pad_multiple=PAD_MULTIPLE, month_needs="any", **train_only):
     """(dataset, merge): batches ``{"image": [b * V, T', Hp, Wp, C], "months": [b * V, T']}`` in file order,
     chip i's V views at rows i*V .. i*V+V-1 (identity first); ``merge(predictions [n * V, Hp, Wp(, 1)])``
     -> float32 ``[V, n, H, W]``, every view mapped back to the identity frame, padding cropped."""
     height, width = spec.shape
     views = rviews.check_views(views, height, width)
-    chip = _Chip(spec, temporal_input, norm)
+    chip = _Chip(spec, temporal_input, norm, month_needs)
 
     def make(serialized):
         x, months, _ = chip(serialized)
@@ -325,7 +359,8 @@ def predict_maps(model, files, spec, batch_size, views=("identity",), **kwargs):
 def read_ids_targets(files, spec):
     """(ids in file order, targets float32 [n, H, W], -1 where unknown and for test chips)."""
     def make(serialized):
-        ex = parse_example(serialized, spec.n_months, spec.shape, spec.n_channels, with_image=False)
+        ex = parse_example(serialized, spec.n_months, spec.shape, spec.n_channels, with_image=False,
+                           groups=spec.groups)
         return ex["id"], ex["target"]
 
     ids, targets = [], []
@@ -339,5 +374,5 @@ def read_ids_targets(files, spec):
 def read_chips(files, spec):
     """Every parsed chip of ``files`` as numpy (tests, benches): dicts with id, image, valid, months, target."""
     ds = tfdata.read_records(files, deterministic=True).map(
-        lambda s: parse_example(s, spec.n_months, spec.shape, spec.n_channels))
+        lambda s: parse_example(s, spec.n_months, spec.shape, spec.n_channels, groups=spec.groups))
     return [{k: (v.decode("utf-8") if k == "id" else v) for k, v in ex.items()} for ex in ds.as_numpy_iterator()]

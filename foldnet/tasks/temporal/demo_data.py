@@ -122,10 +122,12 @@ def make_s1(rng, h, e, month):
     return out
 
 
-def _write(path, array):
+def write_tiff(path, array):
+    """A TIFF as the competition's: a [H, W, C] array is one page of C samples per pixel (contiguous), a
+    [H, W] array one single-sample page (tifffile would otherwise write [H, W, C] as H pages of [W, C])."""
     import tifffile
 
-    tifffile.imwrite(path, array, photometric="minisblack")
+    tifffile.imwrite(path, array, photometric="minisblack", planarconfig="contig" if array.ndim == 3 else None)
 
 
 def build_biomass_dataset(out_dir, n_train=240, n_test=40, size=32, seed=0):
@@ -150,10 +152,10 @@ def build_biomass_dataset(out_dir, n_train=240, n_test=40, size=32, seed=0):
                     if array is None:
                         continue
                     name = f"{chip}_{sensor}_{month:02d}.tif"
-                    _write(os.path.join(tmp, f"{split}_features", name), array)
+                    write_tiff(os.path.join(tmp, f"{split}_features", name), array)
                     features.append((name, chip, sensor, split, BIOMASSTERS_MONTHS[month],
                                      target_name if split == "train" else ""))
-            _write(os.path.join(tmp, "train_agbm" if split == "train" else "answers", target_name), agbm)
+            write_tiff(os.path.join(tmp, "train_agbm" if split == "train" else "answers", target_name), agbm)
             if split == "train":
                 agbm_rows.append((chip, target_name))
         pd.DataFrame(features, columns=["filename", "chip_id", "satellite", "split", "month", "corresponding_agbm"]

@@ -44,8 +44,11 @@ from foldnet.tasks.temporal.chips import ChipSpec, Sensor
 LAYOUTS = settings.LAYOUTS
 NAMING = {"biomassters": "biomassters", "temporal": "generic"}
 
-S1 = Sensor("S1", ("VV_asc", "VH_asc", "VV_desc", "VH_desc"), -9999)
-S2 = Sensor("S2", ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "CLP"), None)
+S1 = Sensor("S1", ("VV_asc", "VH_asc", "VV_desc", "VH_desc"), -9999, "float32")
+# CLP (index 10): cloud probability. The 1st place scales it by 255 (src/dataset.py s2_max[10]); the 2nd place
+# keeps 0..100 as inliers (libs/process/clean.py INLIERS_PLAIN S2 10: max 100): values from 254 up flag no view.
+S2 = Sensor("S2", ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "CLP"), None, "uint16",
+            cloud_band=10, cloud_nodata=254.0)
 BIOMASSTERS_BANDS = S1.bands + S2.bands
 BIOMASSTERS_MONTHS = ("September", "October", "November", "December", "January", "February", "March", "April",
                       "May", "June", "July", "August")

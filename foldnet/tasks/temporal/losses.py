@@ -153,5 +153,6 @@ class PooledRMSE(keras.metrics.Metric):
 
 
 def make_metrics(cap=None):
-    """[ChipRMSE, PooledRMSE] at ``cap`` (logged as chip_rmse, pooled_rmse)."""
-    return [ChipRMSE(cap), PooledRMSE(cap)]
+    """[ChipRMSE, PooledRMSE] at ``cap`` (logged as chip_rmse, pooled_rmse) and ChipRMSE over every known
+    pixel whatever the cap (chip_rmse_uncapped: the competition's metric, the 1st place's checkpoint choice)."""
+    return [ChipRMSE(cap), PooledRMSE(cap), ChipRMSE(None, name="chip_rmse_uncapped")]

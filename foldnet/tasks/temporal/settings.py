@@ -14,13 +14,20 @@ SETTINGS = (
     Setting("month_dropout", float, 0.0,
             "Temporal regression: train-time probability of dropping each month (at least one month is kept)",
             Bound(0.0, 1.0, True)),
+    Setting("month_dropout_chips", float, 1.0,
+            "Temporal regression: share of training chips month dropout applies to (the others keep every month; "
+            "the 1st place: 0.5 with month_dropout 0.3)", Bound(0.0, 1.0, False)),
+    Setting("month_needs", str, "any",
+            "Temporal regression: what makes a month present for the model: any (any value) or a sensor of the "
+            "records (e.g. S2: months without a usable S2 image are masked; records from before per-sensor "
+            "presence: any)"),
     Setting("nonneg", str, "softplus", "Temporal regression: non-negativity of the output: softplus, relu or none"),
     Setting("band_norm", dict, None,
             "Temporal regression: min-max range per band overriding the manifest's, e.g. "
             "'{VV: [-25, 0], B04: [0, 10000]}' (default: the layout's or the manifest's ranges)"),
 )
 # Settings a resumed fold must share with its interrupted run: they change the model's input or output.
-RESUME_KEYS = ("temporal_input", "nonneg", "band_norm")
+RESUME_KEYS = ("temporal_input", "nonneg", "band_norm", "month_needs")
 
 # -- what the shared command lines need to know, without importing the task (no TensorFlow)
 LAYOUTS = ("biomassters", "temporal")

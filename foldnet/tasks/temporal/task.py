@@ -57,7 +57,7 @@ from foldnet.tasks.temporal.settings import TARGET_CAP
 
 SPEC_FILE = "temporal_spec.json"
 SCORE_CAP = TARGET_CAP
-MONITORS = ("val_loss", "val_chip_rmse", "val_pooled_rmse")
+MONITORS = ("val_loss", "val_chip_rmse", "val_pooled_rmse", "val_chip_rmse_uncapped")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 MODEL_OPTIONS = ("decoder_filters", "attention_hidden", "output_scale")
 
@@ -110,6 +110,7 @@ class TemporalRegressionTask(tasks.Task):
     score_keys = ("rmse", "pooled_rmse", "rmse_capped", "pooled_rmse_capped")
     default_fit_metric = "neg_rmse"
     submission_name = "submission"
+    averaged_name = "maps"
     score_note = (f"rmse: RMSE per chip over its pixels with a known target, then the mean over chips (the "
                   f"competition's metric); pooled_rmse: over all those pixels; *_capped: only pixels whose target "
                   f"is <= {SCORE_CAP:g}. Lower is better.")
@@ -172,6 +173,7 @@ class TemporalRegressionTask(tasks.Task):
         checks = [lambda: temporal_losses.check_loss(cfg["loss"]),
                   lambda: temporal_data.parse_temporal_input(cfg["temporal_input"], spec.n_months),
                   lambda: temporal_data.tta_names(cfg["tta_number"]),
+                  lambda: temporal_data.month_need_index(spec, cfg["month_needs"]),
                   lambda: spec.norm_arrays(data_options(cfg)["norm"])]
         for check in checks:
             try:

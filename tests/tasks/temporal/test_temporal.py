@@ -170,3 +170,36 @@ def test_streaming_scorer_equals_the_scores_of_all_rows():
     per_chip = [np.sqrt(np.mean(err[i][known[i]] ** 2)) for i in range(7) if known[i].any()]
     assert got["rmse"] == pytest.approx(np.mean(per_chip), rel=1e-9) and len(per_chip) == 6
     assert a.metric("neg_rmse") == -got["rmse"] and a.post() is None
+
+
+def test_biomass_notebook_runs_headless(biomass):
+    """notebook/biomass.ipynb on a trained member: months as RGB, attention weights per month, map vs target."""
+    nbclient = pytest.importorskip("nbclient")
+    import nbformat
+
+    from tests.paths import ROOT
+
+    _, data, run_dir, _, _ = biomass
+    nb_path = os.path.join(ROOT, "notebook", "biomass.ipynb")
+    nb = nbformat.read(nb_path, as_version=4)
+    env = {"FOLDNET_RUN_DIR": str(run_dir), "FOLDNET_FOLD": "1", "FOLDNET_TFREC": str(data / "tfrec")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": os.path.dirname(nb_path)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # months, attention, maps
+    # the attention weights of a pixel sum to 1 over the months
+    assert float(text.split("sum over months (1 per pixel): ")[1].split()[0]) == pytest.approx(1.0, abs=1e-4)
+    per_month = json.loads(text.split("at the first tap: ")[1].splitlines()[0])
+    assert len(per_month) == 12 and sum(per_month) == pytest.approx(1.0, abs=12 * 5e-4)  # printed to 3 decimals
+    rmse = float(text.split("RMSE of this chip: ")[1].split()[0])
+    assert 0 < rmse < 400  # a finite error in Mg/ha for the held-out chip

@@ -230,3 +230,80 @@ def test_sub_chips_of_one_chip_stay_in_one_fold(tmp_path, capsys):
     # 4 scenes in 4 folds: every validation fold is one scene, and the converter says so
     assert convert.main(argv + ["--out_dir", str(tmp_path / "tfrec4"), "--n_folds", "4"]) == 0
     assert "warning: only 4 groups for 4 folds: each fold is one group (leave-one-group-out" in capsys.readouterr().out
+
+
+def test_groups_keep_each_sensor_in_its_dtype_and_old_records_stay_readable():
+    rng = np.random.default_rng(1)
+    t, h, w = 2, 3, 5
+    s1 = rng.normal(-15, 5, (t, h, w, 2)).astype(np.float32)
+    s2 = rng.integers(0, 20000, (t, h, w, 3)).astype(np.float32)
+    image = np.concatenate([s1, s2], -1)
+    valid = rng.random(image.shape) > 0.2
+    months = valid.reshape(t, -1).any(1)
+    groups = [("S1", 2, "float32"), ("S2", 3, "uint16")]
+    sensor_months = np.array([[1, 0], [1, 1]], np.uint8)
+    new = temporal_records.make_example("c", image, valid, months, None, groups=groups, sensor_months=sensor_months)
+    old = temporal_records.make_example("c", image, valid, months, None)
+    ex = {k: v.numpy() for k, v in temporal_records.parse_example(tf.constant(new), t, (h, w), 5,
+                                                                  groups=groups).items()}
+    np.testing.assert_array_equal(ex["image"], np.where(valid, image, 0))  # exact: uint16 holds the integers
+    np.testing.assert_array_equal(ex["sensor_months"], sensor_months)
+    # S2 in 2 bytes instead of 4: the example shrinks by 2 bytes per S2 value
+    assert len(old) - len(new) == pytest.approx(t * h * w * 3 * 2, abs=40)  # less two keys' framing
+    # records written before the groups: one float32 image, sensor_months = months for the one group
+    ex_old = parse(old, t, (h, w), 5)
+    np.testing.assert_array_equal(ex_old["image"], ex["image"])
+    np.testing.assert_array_equal(ex_old["sensor_months"], months[:, None].astype(np.float32))
+    with pytest.raises(ValueError, match="group S2: values are not integers"):
+        temporal_records.make_example("c", image + 0.5, valid | True, months, None, groups=groups)
+
+
+def test_demo_tiffs_are_one_page_per_file_as_the_competitions(tmp_path):
+    data_dir = small_demo(tmp_path / "bio", n_train=10, n_test=1, size=16)
+    feat = os.path.join(data_dir, "train_features")
+    names = sorted(os.listdir(feat))
+    s1 = next(n for n in names if "_S1_" in n)
+    s2 = next(n for n in names if "_S2_" in n)
+    for name, bands, dtype in ((s1, 4, np.float32), (s2, 11, np.uint16)):
+        with tifffile.TiffFile(os.path.join(feat, name)) as tif:
+            assert len(tif.pages) == 1
+            page = tif.pages[0]
+            assert page.shape == (16, 16, bands) and page.samplesperpixel == bands and page.dtype == dtype
+    with tifffile.TiffFile(os.path.join(data_dir, "train_agbm", s1.split("_")[0] + "_agbm.tif")) as tif:
+        assert len(tif.pages) == 1 and tif.pages[0].shape == (16, 16)
+
+
+def test_blank_s2_months_count_as_missing_per_sensor(tmp_path, capsys):
+    data_dir = small_demo(tmp_path / "bio", n_train=10, n_test=1)
+    feat = os.path.join(data_dir, "train_features")
+    meta = pd.read_csv(os.path.join(data_dir, "features_metadata.csv"), dtype=str)
+    s2 = meta[(meta["satellite"] == "S2") & (meta["split"] == "train")]
+    chip = s2["chip_id"].value_counts().index[0]
+    files = sorted(s2[s2["chip_id"] == chip]["filename"])
+    zero, cloud, kept = files[0], files[1], files[2]
+    tifffile.imwrite(os.path.join(feat, zero), np.zeros((8, 8, 11), np.uint16), photometric="minisblack",
+                     planarconfig="contig")
+    clouded = tifffile.imread(os.path.join(feat, cloud))
+    clouded[..., 10] = 255  # cloud probability 255 everywhere, reflectances kept
+    clouded[0, 0, 10] = 254
+    tifffile.imwrite(os.path.join(feat, cloud), clouded, photometric="minisblack", planarconfig="contig")
+    m = convert_demo(data_dir, tmp_path / "tfrec")
+    out = capsys.readouterr().out
+    chips = pd.read_csv(tmp_path / "tfrec" / m["tiles_csv"], dtype={"id": str}).set_index("id")
+    n_files = len(files)
+    assert chips.loc[chip, "months_S2"] == n_files - 2 and chips.loc[chip, "blank_S2"] == 2
+    assert chips.loc[chip, "months_S1"] == 12 and chips.loc[chip, "n_months_present"] == 12
+    assert f"S1 {chips['months_S1'].mean():.1f}, S2 {chips['months_S2'].mean():.1f}" in out
+    assert "2 blank S2 month(s) (all zero or cloud >= 254 everywhere) counted as missing" in out
+    assert m["groups"] == [{"name": "S1", "bands": m["bands"][:4], "dtype": "float32"},
+                           {"name": "S2", "bands": m["bands"][4:], "dtype": "uint16"}]
+    spec = TemporalSpec.from_manifest(records.load_manifest(str(tmp_path / "tfrec")))
+    ex = next(c for c in read_chips(records.fold_files(m, [0, 1, 2]), spec) if c["id"] == chip)
+    for name, present in ((zero, 0), (cloud, 0), (kept, 1)):
+        month = int(name[-6:-4])
+        assert ex["sensor_months"][month].tolist() == [1, present]
+        assert ex["valid"][month, :, :, 4:].all() == bool(present) and ex["valid"][month, :, :, :4].any()
+        if present:
+            np.testing.assert_array_equal(ex["image"][month, :, :, 4:], tifffile.imread(os.path.join(feat, name)))
+        else:
+            assert not ex["image"][month, :, :, 4:].any()

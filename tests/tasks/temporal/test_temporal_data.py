@@ -198,3 +198,41 @@ def test_map_aug_reaches_the_temporal_pair():
     out, t = td.augment_pair(x, tf.constant(ramp), {"flip": True, "rot90": True, "map_aug": {"p": 1.0, "rotate": 30}})
     np.testing.assert_allclose(out.numpy()[1, ..., 0], t.numpy(), atol=1.01)  # nearest vs bilinear only
     assert np.abs(t.numpy() - ramp).max() > 1
+
+
+def test_month_dropout_on_a_share_of_the_chips():
+    """month_dropout_chips 0.5: about half the chips keep all their months (the 1st place's gate)."""
+    tf.random.set_seed(3)
+    months = tf.ones([12], tf.float32)
+    kept = np.array([td.kept_months(months, 0.3, chips=0.5).numpy() for _ in range(400)])
+    untouched = (kept.sum(1) == 12).mean()
+    # P(all 12 kept) = 0.5 + 0.5 * 0.7^12 = 0.507
+    assert 0.43 < untouched < 0.58
+    assert kept.sum(1).min() >= 1
+    # dropped share over all months: 0.5 * 0.3
+    assert 1 - kept.mean() == pytest.approx(0.15, abs=0.03)
+    all_chips = np.array([td.kept_months(months, 0.3).numpy() for _ in range(200)])
+    assert (all_chips.sum(1) == 12).mean() < 0.05
+    np.testing.assert_array_equal(td.kept_months(months, 0.3, chips=0.0).numpy(), np.ones(12))
+
+
+def test_month_needs_masks_months_without_the_sensor(tmp_path):
+    """month_needs S2: a month whose S2 image is unusable is masked and zeroed in every pipeline."""
+    groups = [("S1", 1, "float32"), ("S2", 1, "uint16")]
+    s = TemporalSpec(T, (H, W), ["a", "b"], {"a": [0.0, 450.0], "b": [0.0, 450.0]}, groups=groups)
+    image = np.full((T, H, W, 2), 90.0, np.float32)
+    valid = np.ones(image.shape, bool)
+    sensor_months = np.array([[1, 1], [1, 0], [1, 1], [1, 0]], np.uint8)
+    path = str(tmp_path / "c.tfrec")
+    with tf.io.TFRecordWriter(path) as f:
+        f.write(make_example("c", image, valid, np.ones(T), np.full((H, W), 10.0, np.float32), groups=groups,
+                             sensor_months=sensor_months))
+    for needs, want in (("any", [1, 1, 1, 1]), ("S2", [1, 0, 1, 0])):
+        x, _ = next(iter(td.eval_dataset([path], s, 1, pad_multiple=0, month_needs=needs)))
+        np.testing.assert_array_equal(x["months"].numpy()[0], want)
+        np.testing.assert_allclose(x["image"].numpy()[0, :, 0, 0, 0], np.array(want) * 0.2, atol=1e-6)
+        tx, _ = next(iter(td.train_dataset([path], s, 1, pad_multiple=0, month_needs=needs, augment={}, seed=0)))
+        np.testing.assert_array_equal(tx["months"].numpy()[0], want)
+    with pytest.raises(ConfigError, match="month_needs 'S3'"):
+        td.month_need_index(s, "S3")
+    assert td.month_need_index(spec(), "S2") is None  # records without per-sensor presence: any

@@ -62,13 +62,15 @@ def test_loss_gradient_is_that_of_the_per_chip_mean():
 
 
 def test_metrics_accumulate_over_batches_and_reset():
-    chip, pooled = temporal_losses.make_metrics(cap=400)
-    assert (chip.name, pooled.name) == ("chip_rmse", "pooled_rmse")
+    chip, pooled, uncapped_chip = temporal_losses.make_metrics(cap=400)
+    assert (chip.name, pooled.name, uncapped_chip.name) == ("chip_rmse", "pooled_rmse", "chip_rmse_uncapped")
     for k in range(3):  # one chip per batch
-        for m in (chip, pooled):
+        for m in (chip, pooled, uncapped_chip):
             m.update_state(tf.constant(TRUTH[k:k + 1, ..., None]), tf.constant(PRED[k:k + 1, ..., None]))
     assert float(chip.result()) == pytest.approx((CHIP_A + CHIP_B) / 2, rel=1e-6)
     assert float(pooled.result()) == pytest.approx(POOLED, rel=1e-6)
+    # the checkpoint metric of the 1st place: every known pixel, above the cap too
+    assert float(uncapped_chip.result()) == pytest.approx((CHIP_A_UNCAPPED + CHIP_B) / 2, rel=1e-6)
     uncapped = temporal_losses.ChipRMSE()
     uncapped.update_state(tf.constant(TRUTH[..., None]), tf.constant(PRED[..., None]))
     assert float(uncapped.result()) == pytest.approx((CHIP_A_UNCAPPED + CHIP_B) / 2, rel=1e-6)
