@@ -357,6 +357,11 @@ def check_owned_output(path, inputs=(), flag="the output", kind="file", legacy=N
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder; choose another output path")
+    try:  # writable? (a folder made and removed: nothing is left behind)
+        os.rmdir(tempfile.mkdtemp(prefix=".tmp-write-test-", dir=parent or "."))
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write in {parent}: {e.strerror}; choose a writable output "
+                          "path") from None
     if not os.path.lexists(path):
         return
     is_dir = os.path.isdir(path) and not os.path.islink(path)

@@ -100,7 +100,13 @@ def check_run(cfg, jobs, input_shape=None):
     """One ConfigError listing every problem of a run.py config, beyond its values' ranges (config),
     found before a model is built. ``input_shape``: one example as the task's model gets it
     (``Task.input_shape``; default a dim x dim RGB image)."""
+    from foldnet.engine import workers
+
     problems = []
+    try:
+        workers.check_environment()
+    except ConfigError as e:
+        problems.append(str(e))
     if jobs & {"train", "val", "test", "predict"}:
         memory = batch_memory_problem(cfg["batch_size"], input_shape or (cfg["dim"], cfg["dim"], 3))
         if memory:

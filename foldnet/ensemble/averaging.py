@@ -34,8 +34,9 @@ def normalise_weights(weights, n_members):
         raise ValueError(f"{len(w)} weights for {n_members} members")
     if not np.all(np.isfinite(w)) or (w < 0).any():
         raise ValueError(f"weights must be finite and non-negative, got {w.tolist()}")
-    if w.sum() <= 0:
+    if w.max() <= 0:
         raise ValueError("weights sum to 0")
+    w = w / w.max()  # scaled first: 1e308 + 1e308 overflows to inf
     return w / w.sum()
 
 

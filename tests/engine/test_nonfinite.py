@@ -62,3 +62,11 @@ def test_nan_outputs_are_refused_before_encoding(tmp_path):
     predict.predict_split(None, [], out, {"tta_number": 0}, "s", "w", 3, task=_MapTask(outputs))
     with np.load(out) as z:
         assert z["outputs"].dtype == np.uint8 and z["outputs"][0, 1, 0, 1] == 51
+
+
+def test_huge_member_weights_do_not_overflow_to_nan():
+    """Issue 21 item 7: WEIGHTS=1e308,1e308 summed to inf (a traceback)."""
+    from foldnet.ensemble.averaging import normalise_weights
+
+    np.testing.assert_allclose(normalise_weights([1e308, 1e308], 2), [0.5, 0.5])
+    np.testing.assert_allclose(normalise_weights([1e308, 0.0, 3e307], 3), [1 / 1.3, 0.0, 0.3 / 1.3])
