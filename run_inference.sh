@@ -33,7 +33,7 @@ for member in "${members[@]}"; do
 done
 
 args=(--runs "${run_dirs[@]}" --data_dir "$DATA_DIR" --tfrec_dir "$TFREC_DIR" --submission "$SUBMISSION")
-[ -n "${WEIGHTS:-}" ] && args+=(--weights "$WEIGHTS")
+[ -n "${WEIGHTS:-}" ] && args+=("--weights=$WEIGHTS")  # one word: a value such as -1,2 is not taken for a flag
 [ "${FIT_WEIGHTS:-0}" = "1" ] && args+=(--fit_weights)
 echo "== ensembling ${#run_dirs[@]} member(s) -> $SUBMISSION"
 "$PYTHON" -m foldnet.ensemble.cli "${args[@]}" "$@"

@@ -47,6 +47,22 @@ def read_tables(specs):
     return tables
 
 
+def outside_problems(items, root):
+    """The path policy of every layout: each file a dataset reads must resolve (``..`` names, symlinks
+    and absolute paths followed) inside the data folder ``root``; ``--allow_outside`` lifts it.
+    ``items``: (what, path) pairs; returns one message per file outside."""
+    base = os.path.realpath(root)
+    problems = []
+    for what, path in items:
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
+            problems.append(f"{what}: {path} resolves to {real}, outside the data folder {root} "
+                            "(use --allow_outside to read it)")
+    return problems
+
+
 def csv_paths(data_dir, train_csv, test_csv):
     """(train CSV, test CSV or None, root) of a generic layout: CSV paths relative to ``data_dir`` (when given),
     root = ``data_dir`` or the train CSV's folder."""

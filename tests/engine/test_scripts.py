@@ -74,3 +74,21 @@ def test_unknown_member_is_refused(tmp_path, tiny_tfrec):
     out = subprocess.run(["bash", os.path.join(ROOT, "run_training.sh")], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, PYTHON=sys.executable, MODELS="no_such_member", TFREC_DIR=tiny_tfrec))
     assert out.returncode != 0 and "no_such_member" in out.stderr
+
+
+def test_negative_weights_reach_the_ensemble_as_one_word(tiny_turtle_dir, tiny_tfrec, tmp_path, capsys):
+    """Issue 21 item 9: WEIGHTS=-1,2 got argparse's "expected one argument" (``--weights -1,2``)."""
+    import shutil
+
+    from foldnet.ensemble import cli as ensemble
+
+    assert 'args+=("--weights=$WEIGHTS")' in open(os.path.join(ROOT, "run_inference.sh")).read()
+    runs = []
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / name)
+        shutil.copy(os.path.join(tiny_tfrec, "label_map.json"), tmp_path / name / "label_map.json")
+        runs.append(str(tmp_path / name))
+    rc = ensemble.main(["--runs", *runs, "--data_dir", tiny_turtle_dir, "--submission", str(tmp_path / "s.csv"),
+                        "--weights=-1,2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "weights must be finite and non-negative" in err and "expected one argument" not in err
