@@ -50,3 +50,19 @@ def test_turtle_layout_header_only_extra_images_and_a_label_named_like_the_new_l
     with pytest.raises(DataError, match="the label 'new_turtle', the name of the new label") as e:
         layouts.read_turtle(turtle_copy)
     assert any("train.csv line 2" in p for p in e.value.problems)
+
+
+def test_byte_identical_images_split_across_folds_are_counted_in_a_warning(turtle_copy, tmp_path, capsys):
+    """Issue 21 item 5: byte-identical images under different ids were split across folds with no word."""
+    import os
+    import shutil
+
+    from foldnet.tasks.classification.convert import create_tfrecords
+
+    images = os.path.join(turtle_copy, "images")
+    names = sorted(os.listdir(images))
+    for name in names[1:9]:  # 9 copies of one image under 9 ids (labels differ: they cannot all share a fold)
+        shutil.copy(os.path.join(images, names[0]), os.path.join(images, name))
+    create_tfrecords(data_dir=turtle_copy, out_dir=str(tmp_path / "tfrec"), n_folds=3, workers=1, progress=False)
+    err = capsys.readouterr().err
+    assert "warning: 9 training images are byte-identical" in err and "--group_duplicates" in err
