@@ -38,3 +38,21 @@ def test_a_symlink_out_of_the_data_folder_is_refused_unless_allow_outside(tmp_pa
     assert not (data / "tfrec").exists()
     assert convert.main(args + ["--allow_outside"]) == 0
     assert (data / "tfrec" / "manifest.json").is_file()
+
+
+def test_a_biomassters_training_chip_with_a_target_but_no_features_is_named(tmp_path, capsys):
+    """Issue 21 item 5: such a chip was silently dropped."""
+    data = tmp_path / "biomass"
+    temporal_demo_data.build_biomass_dataset(str(data), n_train=10, n_test=2, size=16, seed=1)
+    chip = sorted(os.listdir(data / "train_agbm"))[0][:-len("_agbm.tif")]
+    for name in os.listdir(data / "train_features"):
+        if name.startswith(chip + "_"):
+            os.remove(data / "train_features" / name)
+    meta = [f for f in os.listdir(data) if f.startswith("features_metadata")]
+    for m in meta:  # the metadata must not list the removed files either
+        lines = (data / m).read_text().splitlines()
+        (data / m).write_text("\n".join(line for line in lines if not line.startswith(chip + "_")
+                                        and f",{chip}_" not in line) + "\n")
+    assert convert.main(["--data_dir", str(data), "--n_folds", "2", "--workers", "1", "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"chip {chip} has a target but no feature file" in err

@@ -193,6 +193,12 @@ def read_biomassters(data_dir):
         t = csv_tables.read_tables({"agbm": (agbm_meta, ["chip_id", "filename"])})["agbm"]
         csv_files.append(agbm_meta)
         targets = {c: os.path.join(data_dir, "train_agbm", f) for c, f in zip(t["chip_id"], t["filename"])}
+    agbm_dir = os.path.join(data_dir, "train_agbm")
+    with_target = set(targets) | {n[:-len("_agbm.tif")] for n in (os.listdir(agbm_dir) if os.path.isdir(agbm_dir)
+                                                                   else []) if n.endswith("_agbm.tif")}
+    # a training chip with a target but no feature file was silently dropped
+    problems += [f"train_agbm: chip {chip} has a target but no feature file in train_features (or the metadata)"
+                 for chip in sorted(with_target - set(listed["train"]))]
     if problems:
         raise DataError(f"bad BioMassters layout under {data_dir}: {len(problems)} problem(s)", problems)
     tables = {}
