@@ -30,7 +30,8 @@ def check_run_dir(cfg, task, spec, manifest, folds, jobs):
             raise DataError(f"{run_dir} does not exist: nothing trained to predict with",
                             ["run --job train first, or point --run_dir at a trained member"])
         return
-    trained_for = rundir.read_task(run_dir) if rundir.is_run_dir(run_dir) else task.name
+    trained = os.path.exists(os.path.join(run_dir, rundir.TASK_FILE)) or rundir.list_folds(run_dir)
+    trained_for = rundir.read_task(run_dir) if trained else task.name  # no task.json in old runs: classification
     if trained_for != task.name:
         raise DataError(f"{run_dir} is a {trained_for} member; the records of --tfrec_dir {cfg['tfrec_dir']} "
                         f"are {task.name} records", ["give the --tfrec_dir this member was trained on, "
