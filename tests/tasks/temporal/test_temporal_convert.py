@@ -209,3 +209,15 @@ def test_demo_is_realistic_and_deterministic(tmp_path):
     targets = np.stack([tifffile.imread(os.path.join(a, "train_agbm", n))
                         for n in os.listdir(os.path.join(a, "train_agbm"))])
     assert targets.dtype == np.float32 and targets.min() >= 0 and (targets > 400).any()
+
+
+def test_generic_layout_blames_the_odd_chip_not_those_like_most(tmp_path, capsys):
+    """Issue 21 item 9: the first chip set the months and bands, so one bad first chip blamed every good one."""
+    root = write_generic(str(tmp_path / "gen"))
+    np.save(os.path.join(root, "x0.npy"), np.ones((3, 6, 6, 2), np.float32))  # the first chip: 3 months, not 4
+    assert temporal_layouts.read_temporal_generic(os.path.join(root, "train.csv")).n_months == 4
+    rc = convert.main(["--layout", "temporal", "--data_dir", root, "--train_csv", "train.csv", "--out_dir",
+                       str(tmp_path / "tfrec"), "--n_folds", "2", "--workers", "1", "--no_progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "x0.npy: 3 months, expected 4" in err
+    assert not any(f"x{i}.npy" in err for i in range(1, 8))
