@@ -36,7 +36,8 @@ def normalise_weights(weights, n_members):
         raise ValueError(f"weights must be finite and non-negative, got {w.tolist()}")
     if w.max() <= 0:
         raise ValueError("weights sum to 0")
-    w = w / w.max()  # scaled first: 1e308 + 1e308 overflows to inf
+    if not np.isfinite(w.sum()):  # 1e308 + 1e308 overflows to inf: scale first
+        w = w / w.max()
     return w / w.sum()
 
 
