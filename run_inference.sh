@@ -45,7 +45,7 @@ if [ -n "${EXTRA_RUNS:-}" ]; then
 fi
 
 args=(--runs "${run_dirs[@]}" --data_dir "$DATA_DIR" --tfrec_dir "$TFREC_DIR" --submission "$SUBMISSION")
-[ -n "${WEIGHTS:-}" ] && args+=(--weights "$WEIGHTS")
+[ -n "${WEIGHTS:-}" ] && args+=("--weights=$WEIGHTS")  # one word: a value such as -1,2 is not taken for a flag
 [ "${FIT_WEIGHTS:-0}" = "1" ] && args+=(--fit_weights)
 [ -n "${THRESHOLD:-}" ] && args+=(--threshold "$THRESHOLD")
 [ -n "${OPENSET:-}" ] && args+=(--openset "$OPENSET")

@@ -96,7 +96,7 @@ def test_demo_data_never_replaces_a_folder_it_did_not_build(tmp_path, capsys):
     mine.mkdir()
     (mine / "thesis.txt").write_text("years of work")
     assert demo_cli.main(["--out_dir", str(mine), "--image_size", "8"]) == 2
-    assert "did not build" in capsys.readouterr().err
+    assert "not written by foldnet" in capsys.readouterr().err
     assert tree(mine) == {"thesis.txt": b"years of work"}
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -105,10 +105,14 @@ def test_demo_data_never_replaces_a_folder_it_did_not_build(tmp_path, capsys):
     built = tmp_path / "demo"
     assert demo_cli.main(["--out_dir", str(built), "--image_size", "8"]) == 0
     assert (built / demo_io.MARKER).is_file()
-    (built / "submission.csv").write_text("from a previous demo run")
+    fileio.atomic_write_owned_text(str(built / "submission.csv"), "from a previous demo run")
     assert demo_cli.main(["--out_dir", str(built), "--image_size", "8"]) == 0  # its own folder: rebuilt
     assert not (built / "submission.csv").exists() and (built / "train.csv").is_file()
-    assert sorted(os.listdir(tmp_path)) == ["demo", "file", "mine"]  # no lock or temporary folder left
+    # only the folder and its owner record: no lock or temporary folder left
+    assert sorted(os.listdir(tmp_path)) == [".demo.foldnet", "demo", "file", "mine"]
+    (built / "notes.txt").write_text("a user's file added to the demo folder")
+    assert demo_cli.main(["--out_dir", str(built), "--image_size", "8"]) == 2
+    assert "notes.txt" in capsys.readouterr().err and (built / "notes.txt").is_file()
 
 
 def test_conversion_refuses_an_out_dir_that_is_a_file_or_holds_a_foreign_shard(turtle_copy, tmp_path):

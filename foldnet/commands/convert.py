@@ -95,8 +95,9 @@ def build_parser():
     ru.add_argument("--skip_bad", action="store_true", help="skip bad rows/images (listed in the manifest) "
                     "instead of failing")
     ru.add_argument("--overwrite", action="store_true", help="rewrite even if the shards are current")
-    ru.add_argument("--allow_outside", action="store_true", help="read images whose path (from a CSV column, "
-                    "a pattern or a symlink) resolves outside the data folder and the images folder")
+    ru.add_argument("--allow_outside", action="store_true", help="read files whose path (from a CSV column, "
+                    "a pattern, the Kelp metadata or a symlink) resolves outside the data folder (and the images "
+                    "folder): every layout")
     ru.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
@@ -118,7 +119,7 @@ MAP_DEFAULTS = {"stratify_bins": 3, "fold_method": "stratified"}
 CLASSIFICATION_ONLY = {"images_dir": None, "label_col": "label", "path_col": None, "path_pattern": None,
                         "known_labels_csv": None, "max_side": None, "jpeg_quality": 95,
                         "new_label": DEFAULT_NEW_LABEL, "max_pixels": images.DEFAULT_MAX_PIXELS,
-                        "allow_outside": False, "holdout_individuals": 0.0}
+                        "holdout_individuals": 0.0}
 
 
 def load(ref):

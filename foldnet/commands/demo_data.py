@@ -8,6 +8,10 @@ from foldnet.tasks import base as tasks
 
 # every task's demo kinds: kind -> ("module:function(out_dir, args)", default out_dir)
 KINDS = {kind: entry for name in tasks.TASKS for kind, entry in tasks.settings_module(name).DEMO_KINDS.items()}
+# Largest demo: a side of 2048 px (the real tiles are 350 px) and 100000 items of any count; beyond
+# that a demo only runs out of memory (an --image_size of 100000 was killed at 21 GB).
+MAX_IMAGE_SIZE = 2048
+MAX_COUNT = 100_000
 
 
 def main(argv=None):
@@ -38,8 +42,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     a = p.parse_args(argv)
     for name in ("image_size", "n_individuals", "per_individual", "n_places", "acquisitions", "n_train", "n_test"):
-        if getattr(a, name) is not None and getattr(a, name) < 1:
-            p.error(f"--{name} must be >= 1")
+        value, high = getattr(a, name), MAX_IMAGE_SIZE if name == "image_size" else MAX_COUNT
+        if value is not None and not 1 <= value <= high:
+            p.error(f"--{name} must be in [1, {high}], got {value}")
+    if a.n_test_only is not None and not 0 <= a.n_test_only <= MAX_COUNT:
+        p.error(f"--n_test_only must be in [0, {MAX_COUNT}], got {a.n_test_only}")
     from foldnet.core.cli import run_main
 
     builder, default_out = KINDS[a.kind]

@@ -5,6 +5,8 @@ task edits no shared table). Pure Python: no TensorFlow."""
 import argparse
 import collections
 import dataclasses
+import math
+import numbers
 from typing import Any, Callable
 
 import yaml
@@ -68,11 +70,17 @@ def number_or_mapping(s):
     return float(s)
 
 
-class Bound(collections.namedtuple("Bound", "low high high_open")):
-    """Allowed range of a numeric setting: low <= x <= high (x < high if high_open); None = unbounded."""
+class Bound(collections.namedtuple("Bound", "low high high_open low_open", defaults=(False,))):
+    """Allowed range of a numeric setting: low <= x <= high (x < high if high_open, x > low if
+    low_open); None = unbounded on that side. NaN and infinities are never inside a bound, nor a
+    bool or a value that is not a number."""
 
     def contains(self, x):
-        if self.low is not None and x < self.low:
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            return False
+        if not math.isfinite(x):
+            return False
+        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
             return False
         if self.high is not None and (x >= self.high if self.high_open else x > self.high):
             return False
@@ -80,8 +88,20 @@ class Bound(collections.namedtuple("Bound", "low high high_open")):
 
     def text(self):
         if self.high is None:
-            return f">= {self.low:g}"
-        return f"in [{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def nonfinite_paths(value, where=""):
+    """Where in a setting's value (a number, or lists and mappings of them) a float is NaN or
+    infinite: a list of paths such as ``'[2]'`` or ``'.focal'`` ('' for the value itself)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [where or "value"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in nonfinite_paths(v, f"{where}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in nonfinite_paths(v, f"{where}[{i}]")]
+    return []
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ import yaml
 
 from foldnet.core import transforms
 from foldnet.core.errors import ConfigError
-from foldnet.core.settings import Bound, as_bool, as_mapping, none_or_str, str_or_mapping
+from foldnet.core.settings import Bound, as_bool, as_mapping, none_or_str, nonfinite_paths, str_or_mapping
 from foldnet.io import rundir
 from foldnet.models import unet_options
 from foldnet.tasks import base as tasks
@@ -49,31 +49,47 @@ _bool, _none_or_str, _mapping, _str_or_mapping = as_bool, none_or_str, as_mappin
 # Number of train-time / TTA transforms besides the identity (augment.TRANSFORMS[1:]).
 N_TRANSFORMS = transforms.MAX_NUMBER
 
+# Largest values of counts and sizes: far above any real run, low enough that a typo (an extra zero
+# run, 1e30) is refused here rather than by an overflow or an out-of-memory kill later.
+MAX_COUNT = 10**9
+MAX_EPOCHS = 100_000
+MAX_DIM = 16_384
+MAX_SEED = 2**31 - 1
+
 # Numeric bounds of the shared settings (the tasks' settings carry their own; see TASK_SETTINGS).
+# Every int and float setting has one (tests/engine/test_config.py sweeps them); a bound never
+# holds NaN or an infinity (core.settings.Bound).
 BOUNDS = {
-    "dim": Bound(1, None, False),
-    "batch_size": Bound(1, None, False),
-    "n_epochs": Bound(1, None, False),
-    "steps_per_epoch": Bound(0, None, False),
-    "lr": Bound(0, None, False),
-    "weight_decay": Bound(0, None, False),
+    "dim": Bound(1, MAX_DIM, False),
+    "batch_size": Bound(1, MAX_COUNT, False),
+    "n_epochs": Bound(1, MAX_EPOCHS, False),
+    "steps_per_epoch": Bound(0, MAX_COUNT, False),
+    "lr": Bound(0, 10.0, False, True),
+    "weight_decay": Bound(0, 10.0, False),
     "dropout": Bound(0.0, 1.0, True),
-    "warmup_epochs": Bound(0, None, False),
+    "warmup_epochs": Bound(0, MAX_EPOCHS, False),
+    "lr_patience": Bound(0, MAX_EPOCHS, False),
+    "lr_factor": Bound(0.0, 1.0, True, True),
+    "min_lr": Bound(0.0, 10.0, False),
+    "early_stop_patience": Bound(0, MAX_EPOCHS, False),
+    "min_delta": Bound(0.0, 1e9, False),
     "aug_number": Bound(0, N_TRANSFORMS, False),
     "tta_number": Bound(0, N_TRANSFORMS, False),
     "aug_probability": Bound(0.0, 1.0, False),
     "aug_crop_scale": Bound(0.0, transforms.MAX_CROP_SCALE, False),
     "aug_rotate": Bound(0.0, transforms.MAX_ROTATE_DEGREES, False),
     "aug_photometric": Bound(0.0, transforms.MAX_PHOTOMETRIC, False),
-    "cache_budget_mb": Bound(0, None, False),
-    "shuffle_buffer": Bound(1, None, False),
-    "tiles_per_epoch": Bound(0, None, False),
-    "min_epochs": Bound(-1, None, False),
-    "select_window": Bound(1, None, False),
+    "cache_budget_mb": Bound(0, MAX_COUNT, False),
+    "shuffle_buffer": Bound(1, MAX_COUNT, False),
+    "tiles_per_epoch": Bound(0, MAX_COUNT, False),
+    "seed": Bound(0, MAX_SEED, False),
+    "verbose": Bound(-1, 2, False),
+    "min_epochs": Bound(-1, MAX_COUNT, False),
+    "select_window": Bound(1, MAX_COUNT, False),
     "clip_norm": Bound(0.0, None, False),
-    "accum_steps": Bound(1, None, False),
-    "full_epochs": Bound(0, None, False),
-    "full_from": Bound(-1, None, False),
+    "accum_steps": Bound(1, MAX_COUNT, False),
+    "full_epochs": Bound(0, MAX_COUNT, False),
+    "full_from": Bound(-1, MAX_COUNT, False),
     "full_lr": Bound(0, None, False),
 }
 
@@ -248,13 +264,21 @@ def _coerce(name, value):
     if value is None:
         return None
     if typ is list:
-        return list(value) if isinstance(value, (list, tuple)) else [value]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in items if isinstance(v, (list, tuple, dict, set)) or v is None]
+        if bad:
+            raise ValueError(f"expected a list of names, got nested values {bad}")
+        return [str(v) for v in items]
     if typ is dict:
         return _mapping(value)
     if typ is int and isinstance(value, float) and not value.is_integer():
         raise ValueError("not an integer")
     if typ in (int, float) and isinstance(value, bool):
         raise ValueError("not a number")
+    if typ in (int, float) and isinstance(value, (list, tuple, dict, set)):
+        raise ValueError("not a number")
+    if typ is str and isinstance(value, (list, tuple, dict, set)):
+        raise ValueError("not a text value")
     return typ(value)
 
 
@@ -339,6 +363,11 @@ def _problems(values):
             values["map_aug"].get(k) for k in ("p", "rotate", "scale_sd", "shift")):
         problems.append("map_aug's affine (p, rotate, scale_sd, shift) and aug_crop_scale / aug_rotate are both set: "
                         "keep one of them")
+    for name in FLAG_NAMES:
+        if _TYPES[name] in (dict, list) or isinstance(values[name], (dict, list)):
+            bad = nonfinite_paths(values[name])
+            if bad:
+                problems.append(f"{name}: NaN or infinite number at {', '.join(bad)}; use finite numbers")
     if not str(values["monitor"]).startswith("val_"):
         problems.append(f"monitor={values['monitor']!r}: must be a validation quantity such as val_loss or val_acc")
     problems += _schedule_option_problems(values["schedule_options"])

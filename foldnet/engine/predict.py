@@ -41,6 +41,13 @@ def predict_split(model, files, out_path, cfg, spec_fp, weights_fp, n_rows, *, t
     ids, targets, outputs = predict_records(model, files, cfg, task=task, verbose=verbose)
     if len(ids) != n_rows:
         raise RuntimeError(f"read {len(ids)} records, the manifest says {n_rows}")
+    arr = np.asarray(outputs)
+    bad = ~np.isfinite(arr).all(axis=tuple(a for a in range(arr.ndim) if a != 1)) if arr.size else np.zeros(0, bool)
+    if bad.any():
+        # checked before the task encodes them (a NaN probability cast to uint8 would read as 0)
+        raise DataError(f"the model's outputs are NaN or infinite for {int(np.sum(bad))} of {len(ids)} rows; "
+                        f"{out_path} not written (the checkpoint is broken: retrain the fold with a lower --lr)",
+                        [rundir.nonfinite_problem(out_path, [i for i, b in zip(ids, bad) if b])])
     extra = {}
     if reference_files and task.row_value_key:
         extra = task.row_values(model, files, reference_files, cfg, {} if cache is None else cache)

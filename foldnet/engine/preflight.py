@@ -10,7 +10,7 @@ checks created is removed again when they fail, so a refused run leaves nothing 
 """
 import math
 import os
-import uuid
+import tempfile
 
 from foldnet.core import fileio
 from foldnet.core.errors import ConfigError
@@ -82,15 +82,17 @@ def is_weights_path(weights):
 
 
 def writable_problem(directory):
-    """Why files cannot be created in ``directory`` (created if missing), or None."""
+    """Why files cannot be created in ``directory``, or None. Nothing is left behind: a missing
+    ``directory`` is not created (its nearest existing parent is probed with a folder made and removed)."""
     if fileio.is_remote(directory):
         return None
-    probe = os.path.join(directory, f".tmp-{uuid.uuid4().hex[:8]}-write-test")
+    where = os.path.abspath(directory)
+    while not os.path.lexists(where):
+        where = os.path.dirname(where)
+    if not os.path.isdir(where):
+        return f"cannot write in {directory}: {where} is a file, not a folder (choose another --run_dir / output folder)"
     try:
-        os.makedirs(directory, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"x")
-        os.remove(probe)
+        os.rmdir(tempfile.mkdtemp(prefix=".tmp-write-test-", dir=where))
     except OSError as e:
         return f"cannot write in {directory}: {e.strerror} (choose a writable --run_dir / output folder)"
     return None
@@ -116,7 +118,13 @@ def check_run(cfg, jobs, input_shape=None):
     """One ConfigError listing every problem of a run.py config, beyond its values' ranges (config),
     found before a model is built. ``input_shape``: one example as the task's model gets it
     (``Task.input_shape``; default a dim x dim RGB image)."""
+    from foldnet.engine import workers
+
     problems = []
+    try:
+        workers.check_environment()
+    except ConfigError as e:
+        problems.append(str(e))
     if jobs & {"train", "val", "test", "predict"}:
         memory = batch_memory_problem(cfg["batch_size"], input_shape or (cfg["dim"], cfg["dim"], 3))
         if memory:

@@ -21,10 +21,23 @@ from foldnet.tasks import base as tasks
 log = logging.getLogger(__name__)
 
 
-def prepare_run_dir(cfg, task, spec):
-    """Create the run dir, refuse one trained with another spec (label map), save config and spec."""
+def check_run_dir(cfg, task, spec, manifest, folds, jobs):
+    """Every check of a run against its run dir, reading only (nothing is created or changed): the run
+    dir is new or foldnet's, was trained for this task and label map, its finished folds for this
+    split, and holds the checkpoints the prediction jobs need."""
     run_dir = cfg["run_dir"]
-    os.makedirs(run_dir, exist_ok=True)
+    rundir.check_run_dir_owned(run_dir)
+    if not os.path.isdir(run_dir):
+        if jobs & {"val", "test"} and "train" not in jobs:
+            raise DataError(f"{run_dir} does not exist: nothing trained to predict with",
+                            ["run --job train first, or point --run_dir at a trained member"])
+        return
+    trained = os.path.exists(os.path.join(run_dir, rundir.TASK_FILE)) or rundir.list_folds(run_dir)
+    trained_for = rundir.read_task(run_dir) if trained else task.name  # no task.json in old runs: classification
+    if trained_for != task.name:
+        raise DataError(f"{run_dir} is a {trained_for} member; the records of --tfrec_dir {cfg['tfrec_dir']} "
+                        f"are {task.name} records", ["give the --tfrec_dir this member was trained on, "
+                                                    "or another --run_dir"])
     spec_path = os.path.join(run_dir, task.spec_file)
     if os.path.exists(spec_path):
         old = task.read_spec(spec_path)
@@ -32,7 +45,20 @@ def prepare_run_dir(cfg, task, spec):
             raise DataError(f"{run_dir} was trained with another label map",
                             [f"{spec_path}: {old!r}", f"{cfg['tfrec_dir']}: {spec!r}",
                              "use another --run_dir, or --overwrite to retrain"])
-    spec.save(spec_path)
+    if jobs & {"val", "test"} and "train" not in jobs:
+        missing = [rundir.fold_paths(run_dir, f)["best"] for f in folds
+                   if not os.path.exists(rundir.fold_paths(run_dir, f)["best"])]
+        if missing:
+            raise DataError("folds have no trained checkpoint", [f"{m} is missing; run --job train first"
+                                                                 for m in missing])
+
+
+def prepare_run_dir(cfg, task, spec):
+    """Create the run dir (recorded as foldnet's), save config, spec and task (after every check)."""
+    run_dir = cfg["run_dir"]
+    os.makedirs(run_dir, exist_ok=True)
+    rundir.record_run_dir(run_dir)
+    spec.save(os.path.join(run_dir, task.spec_file))
     rundir.write_task(run_dir, task.name)
     fileio.atomic_write_text(os.path.join(run_dir, "config.yaml"), config.to_yaml(cfg))
 
@@ -162,11 +188,15 @@ def run(cfg, extra_callbacks=()):
     if "predict" in jobs:
         run_predict(cfg)
         return 0
+    check_jobs(cfg, jobs)  # every check of the run, before the run dir is created or changed
+    if workers.is_chief():
+        rundir.record_run_dir(cfg["run_dir"])  # foldnet's from now on (its owner record, beside it)
     with workers.writable_run_dir(cfg["run_dir"]) as run_dir:
         return run_jobs(cfg.replace(run_dir=run_dir), jobs, extra_callbacks)
 
 
-def run_jobs(cfg, jobs, extra_callbacks=()):
+def check_jobs(cfg, jobs):
+    """The checks of ``run_jobs``, reading only; returns (manifest, task, spec, folds)."""
     from foldnet.io import records, splits
 
     manifest = records.load_manifest(cfg["tfrec_dir"])
@@ -176,8 +206,17 @@ def run_jobs(cfg, jobs, extra_callbacks=()):
     problems = task.check_config(cfg, spec)
     if problems:
         raise ConfigError("bad settings:\n  - " + "\n  - ".join(problems))
+    check_run_dir(cfg, task, spec, manifest, folds, jobs)
     if jobs & {"train", "val", "score"}:
         splits.check_run_splits(cfg["run_dir"], manifest, folds if "train" in jobs and cfg["overwrite"] else ())
+    if "subm" in jobs:
+        fileio.check_owned_output(os.path.join(cfg["run_dir"], task.submission_name), flag="the submission",
+                                  kind=None)
+    return manifest, task, spec, folds
+
+
+def run_jobs(cfg, jobs, extra_callbacks=()):
+    manifest, task, spec, folds = check_jobs(cfg, jobs)  # again, now that the run dir is locked
     prepare_run_dir(cfg, task, spec)
     if jobs & {"train", "val", "test", "full"}:
         run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks)

@@ -16,11 +16,14 @@ Only TensorFlow is used (no cloud-tpu-client).
 import json
 import logging
 import os
+import socket
 import threading
+import time
 
 import tensorflow as tf
 
 from foldnet.core.errors import ConfigError
+from foldnet.engine import workers
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +92,53 @@ def _tf_config_workers(tf_config):
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+def _unreachable(peers, deadline):
+    """The peers that accept no TCP connection before ``deadline`` (time.time()), retried every 0.5 s."""
+    waiting = list(peers)
+    while waiting:
+        still = []
+        for peer in waiting:
+            try:
+                socket.create_connection(peer[1:], timeout=1.0).close()
+            except OSError:
+                still.append(peer)
+        waiting = still
+        if not waiting or time.time() >= deadline:
+            break
+        time.sleep(0.5)
+    return [p[0] for p in waiting]
+
+
+def wait_for_workers(tf_config, wait):
+    """Wait at most ``wait`` seconds for every other task of ``tf_config`` to be started; ConfigError
+    naming those that are not.
+
+    TensorFlow's own start-up waits for the others without a limit and holds the interpreter while
+    it does, so the check comes first: each worker listens on its own TF_CONFIG port (until
+    TensorFlow takes it over) and connects to every other one's.
+    """
+    own, peers = workers.cluster_addresses(tf_config)
+    listener = None
+    try:
+        listener = socket.create_server(own, reuse_port=False)
+    except OSError:
+        listener = None  # the port is taken (a server of ours already runs): the others can reach it
+    try:
+        missing = _unreachable(peers, time.time() + wait)
+    finally:
+        if listener is not None:
+            listener.close()
+    if missing:
+        raise ConfigError(f"the workers {', '.join(missing)} of TF_CONFIG did not start within {wait:g} s "
+                          "(FOLDNET_CLUSTER_WAIT); start the same command on every worker")
+
+
 def _multi_worker_strategy():
     """MultiWorkerMirroredStrategy with bounded waits.
 
     TensorFlow waits forever for the other workers at start and checks a
     running cluster's health every 30 s. Here the start waits at most
-    ``FOLDNET_CLUSTER_WAIT`` seconds (default 600) and health is checked every
+    ``FOLDNET_CLUSTER_WAIT`` seconds (default 600; ``wait_for_workers``) and health is checked every
     ``FOLDNET_HEALTH_INTERVAL`` seconds (default 30): when a worker dies, the
     others' collectives are aborted and they stop with an error (rerun all
     workers to resume). These are class settings TensorFlow reads when the
@@ -102,15 +146,18 @@ def _multi_worker_strategy():
     """
     from tensorflow.python.distribute import collective_all_reduce_strategy as cars
 
+    wait = workers.seconds_setting("FOLDNET_CLUSTER_WAIT", 600)
+    interval = workers.seconds_setting("FOLDNET_HEALTH_INTERVAL", 30)
+    wait_for_workers(os.environ["TF_CONFIG"], wait)
     ext = cars.CollectiveAllReduceExtended
-    ext._check_health_initial_timeout = float(os.environ.get("FOLDNET_CLUSTER_WAIT", "600"))
-    ext._check_health_interval = float(os.environ.get("FOLDNET_HEALTH_INTERVAL", "30"))
+    ext._check_health_initial_timeout = wait
+    ext._check_health_interval = interval
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
     except RuntimeError as error:
         if "Timeout waiting for the cluster" in str(error):
             raise ConfigError(
-                f"the other workers of TF_CONFIG did not join within {ext._check_health_initial_timeout:g} s "
+                f"the other workers of TF_CONFIG did not join within {wait:g} s "
                 "(FOLDNET_CLUSTER_WAIT); start the same command on every worker") from error
         raise
 

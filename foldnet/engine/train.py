@@ -322,6 +322,15 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
         logs = dict(logs or {})
         if self.monitor not in logs:
             raise KeyError(f"--monitor {self.monitor!r} is not among the logged values {sorted(logs)}")
+        diverged = {k: float(v) for k, v in logs.items()
+                    if k in ("loss", "val_loss") and not math.isfinite(float(v))}
+        if diverged:
+            # NaN weights give NaN maps, whose thresholded metrics look finite (a NaN probability is
+            # never >= 0.5): the run stops here, before this epoch is saved or counted.
+            raise TrainingDiverged(
+                f"training diverged at epoch {epoch + 1}: {', '.join(f'{k} = {v}' for k, v in diverged.items())}; "
+                "nothing of this epoch was kept. Lower --lr (or the loss weights, --clip_norm), check the "
+                "inputs for NaN, and run again: the fold resumes from its last finite epoch")
         raw = float(logs[self.monitor])
         d = self.state.d
         lr = _current_lr(self.model.optimizer)
@@ -365,6 +374,10 @@ class FoldCallback(keras.callbacks.Callback):  # type: ignore[name-defined]
         d["epochs_done"] = epoch + 1
         self.state.save()
         write_history(self.fold_dir, d["history"])
+
+
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite: the model's outputs are no result (exit 2, see core.cli)."""
 
 
 def write_history(fold_dir, history):

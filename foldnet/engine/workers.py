@@ -13,6 +13,7 @@ No TensorFlow here.
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -35,6 +36,54 @@ def task():
         return str(t.get("type", "")), int(t.get("index", 0)), max(n, 1)
     except (ValueError, AttributeError, TypeError) as e:
         raise ConfigError(f"TF_CONFIG is not valid: {e}") from None
+
+
+def seconds_setting(name, default):
+    """A positive finite number of seconds from environment variable ``name`` (ConfigError otherwise)."""
+    text = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}={text!r}: expected a number of seconds > 0")
+    return value
+
+
+def cluster_addresses(tf_config):
+    """(this task's (host, port), [(task name, host, port)] of the other tasks) of TF_CONFIG;
+    ConfigError on a task that is not in the cluster or an address that is not host:port."""
+    try:
+        conf = json.loads(tf_config)
+        cluster, task_ = conf.get("cluster", {}), conf.get("task", {})
+        kind, index = str(task_.get("type", "")), task_.get("index", 0)
+        items = [(k, list(v)) for k, v in cluster.items()]
+    except (ValueError, AttributeError, TypeError) as e:
+        raise ConfigError(f"TF_CONFIG is not valid: {e}") from None
+    sizes = dict((k, len(v)) for k, v in items)
+    if kind not in sizes or isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < sizes[kind]:
+        raise ConfigError(f"TF_CONFIG: task {kind!r} {index!r} is not in the cluster "
+                          f"({', '.join(f'{k}: {n}' for k, n in sizes.items()) or 'empty'})")
+    own, peers = None, []
+    for k, addresses in items:
+        for i, address in enumerate(addresses):
+            host, _, port = str(address).rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"TF_CONFIG: {k} {i} address {address!r} is not host:port")
+            if (k, i) == (kind, index):
+                own = (host.strip("[]"), int(port))
+            else:
+                peers.append((f"{k} {i} ({address})", host.strip("[]"), int(port)))
+    return own, peers
+
+
+def check_environment():
+    """ConfigError on a bad TF_CONFIG (of several workers) or FOLDNET_CLUSTER_WAIT / FOLDNET_HEALTH_INTERVAL,
+    before anything is written."""
+    if task()[2] > 1:
+        cluster_addresses(os.environ["TF_CONFIG"])
+        seconds_setting("FOLDNET_CLUSTER_WAIT", 600)
+        seconds_setting("FOLDNET_HEALTH_INTERVAL", 30)
 
 
 def is_chief():

@@ -34,8 +34,10 @@ def normalise_weights(weights, n_members):
         raise ValueError(f"{len(w)} weights for {n_members} members")
     if not np.all(np.isfinite(w)) or (w < 0).any():
         raise ValueError(f"weights must be finite and non-negative, got {w.tolist()}")
-    if w.sum() <= 0:
+    if w.max() <= 0:
         raise ValueError("weights sum to 0")
+    if not np.isfinite(w.sum()):  # 1e308 + 1e308 overflows to inf: scale first
+        w = w / w.max()
     return w / w.sum()
 
 

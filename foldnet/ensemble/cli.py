@@ -116,7 +116,7 @@ def make_ensemble(runs, out_path, template, tfrec_dir=None, weights=None, fit=Fa
     section = task.post_markdown(post) if post else ""
     if section:
         text += "\n" + section
-    scores_path = fileio.atomic_write_text(f"{stem}.scores.md", text)
+    scores_path = fileio.atomic_write_owned_text(f"{stem}.scores.md", text)
     log.info(text)
     return out_path, probs_path, scores_path
 
@@ -166,6 +166,10 @@ def read_specs(runs, tfrec_dir=None, *, task):
     return ref
 
 
+# Files written beside the submission <stem>.<ext>: averaged outputs, scores, threshold table and curve.
+SIDE_FILES = (".probs.npz", ".scores.md", ".threshold.md", ".threshold.png")
+
+
 def _stem(path):
     root, ext = os.path.splitext(path)
     return root if ext else path
@@ -177,7 +181,7 @@ def save_probs(path, ids, outputs, fingerprint, members, weights, headers):
     wfp = hashlib.sha256(json.dumps(source).encode()).hexdigest()[:16]
     return rundir.save_predictions(path, ids, outputs, np.full(len(ids), -1, dtype=np.int64), ["ensemble"],
                                    fingerprint, wfp, members=np.array([str(m) for m in members]),
-                                   member_weights=np.asarray(weights, dtype=np.float64))
+                                   member_weights=np.asarray(weights, dtype=np.float64), owned=True)
 
 
 def _parse_args(argv):
@@ -259,7 +263,12 @@ def check_ensemble(submission_path, template_path, data_dir, spec, k):
     if data_dir:
         inputs += [os.path.join(data_dir, n) for n in ("test.csv", "train.csv", "extra_images.csv",
                                                         "sample_submission.csv")]
-    fileio.check_owned_output(submission_path, inputs, flag="--submission")
+    # the submission (a CSV file; a folder or tar of maps) and its side files: new, or foldnet's
+    fileio.check_owned_output(submission_path, inputs, flag="--submission",
+                              kind="file" if hasattr(spec, "original_mask") else None)
+    stem = _stem(str(submission_path))
+    for side in SIDE_FILES:
+        fileio.check_owned_output(f"{stem}{side}", inputs, flag="--submission's side file")
     if not hasattr(spec, "original_mask"):  # not a classification label map
         return
     n = n_submission_labels(spec)

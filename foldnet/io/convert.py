@@ -10,7 +10,7 @@ import shutil
 import tempfile
 
 from foldnet.core import fileio
-from foldnet.core.errors import ConfigError, DataError
+from foldnet.core.errors import DataError
 
 DEFAULT_SHARD_SIZE = "150MB"
 
@@ -63,32 +63,24 @@ def listed_outputs(manifest_path):
         return set()
 
 
-def check_replaceable(out_dir):
-    """Refuse (ConfigError) to replace a file, or a local directory holding files we did not write.
-
-    Ours: manifest.json, label_map.json, folds.csv and the shards the manifest
-    lists. Any other file (a ``*.tfrec`` the manifest does not list too) is foreign.
-    """
-    if fileio.is_remote(out_dir):
-        return
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"--out_dir {out_dir} is an existing file, not a directory; refusing to replace it: "
-                          "choose another --out_dir")
-    if not os.path.isdir(out_dir):
-        return
+def written_before_records(out_dir):
+    """Records of a version before owner records: nothing but the files create_tfrecords writes
+    (manifest.json, label_map.json, folds.csv and the shards its manifest lists)."""
     ours = OUTPUT_NAMES | listed_outputs(os.path.join(out_dir, "manifest.json"))
-    foreign = sorted(n for n in os.listdir(out_dir) if n not in ours)
-    if foreign:
-        raise ConfigError(f"--out_dir {out_dir} holds files create_tfrecords.py did not write "
-                          f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
-                          "refusing to replace it: choose another --out_dir")
+    return os.path.isfile(os.path.join(out_dir, "manifest.json")) and all(n in ours for n in os.listdir(out_dir))
+
+
+def check_replaceable(out_dir):
+    """Refuse (ConfigError) to replace a file, or a local directory holding files foldnet did not
+    write (``fileio.check_owned_output``; records of older versions by their manifest)."""
+    fileio.check_owned_output(out_dir, flag="--out_dir", kind="dir", legacy=written_before_records)
 
 
 @contextlib.contextmanager
 def staging_dir(out_dir):
     """A local directory to write into; becomes ``out_dir`` only on success."""
     if not fileio.is_remote(out_dir):
-        with fileio.atomic_dir(out_dir) as tmp:
+        with fileio.atomic_dir(out_dir, owned=True) as tmp:
             yield tmp
         return
     tmp = tempfile.mkdtemp(prefix="foldnet-tfrec-")

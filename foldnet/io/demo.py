@@ -1,22 +1,24 @@
 """Writing a demo dataset folder: built in a temporary folder that replaces ``out_dir`` when
-complete, marked as foldnet's, so a rebuild replaces only a folder foldnet built."""
+complete, with foldnet's owner record (``fileio.check_owned_output``), so a rebuild replaces only
+a folder foldnet built and nobody added files to."""
 import contextlib
 import os
 
 from foldnet.core import fileio
-from foldnet.core.errors import ConfigError
 
 # Written inside every dataset folder this module builds: a folder holding it may be replaced.
 MARKER = ".foldnet-demo"
 
 
+def built_before_records(out_dir):
+    """A demo folder of a version before owner records: it holds ``MARKER``."""
+    return os.path.isfile(os.path.join(out_dir, MARKER))
+
+
 def check_out_dir(out_dir):
-    """Refuse (ConfigError) an ``out_dir`` that is a file, or a non-empty folder this module did not build."""
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"--out_dir {out_dir} is an existing file, not a folder; choose another --out_dir")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, MARKER)):
-        raise ConfigError(f"--out_dir {out_dir} is a folder foldnet's demo-data did not build (no {MARKER} in it); "
-                          "refusing to replace it: choose another --out_dir or remove it yourself")
+    """Refuse (ConfigError) an ``out_dir`` that is a file, or a non-empty folder foldnet did not build
+    (no owner record, or files added since: ``fileio.check_owned_output``)."""
+    fileio.check_owned_output(out_dir, flag="--out_dir", kind="dir", legacy=built_before_records)
 
 
 @contextlib.contextmanager
@@ -29,7 +31,7 @@ def dataset_dir(out_dir, kind, subdirs=("images",)):
     with sibling_lock(out_dir):
         fileio.clean_dir_debris(out_dir)
         check_out_dir(out_dir)
-        with fileio.atomic_dir(out_dir) as tmp:
+        with fileio.atomic_dir(out_dir, owned=True) as tmp:
             for d in subdirs:
                 os.makedirs(os.path.join(tmp, d))
             yield tmp

@@ -46,6 +46,29 @@ def write_task(run_dir, name):
     fileio.atomic_write_json(os.path.join(run_dir, TASK_FILE), {"task": name})
 
 
+def is_run_dir(run_dir):
+    """True for a folder run.py made: it carries foldnet's run-dir record, or (versions before the
+    records) holds task.json or fold_K folders."""
+    if not os.path.isdir(run_dir):
+        return False
+    record = fileio.read_owner_record(run_dir)
+    if record and record.get("kind") == "run_dir":
+        return True
+    return os.path.exists(os.path.join(run_dir, TASK_FILE)) or any(_FOLD_DIR.match(n) for n in os.listdir(run_dir))
+
+
+def check_run_dir_owned(run_dir):
+    """ConfigError unless ``run_dir`` is new, empty, or a run dir foldnet made (``is_run_dir``): run.py never
+    writes config.yaml, scores.md, ... into a folder of the user's (such as the one holding the recipes)."""
+    fileio.check_owned_output(run_dir, flag="--run_dir", kind="dir", legacy=is_run_dir)
+
+
+def record_run_dir(run_dir):
+    """Mark ``run_dir`` as a run dir foldnet made (its owner record, beside it)."""
+    if fileio.read_owner_record(run_dir) is None:
+        fileio.write_owner_record(run_dir, kind="run_dir")
+
+
 def read_task(run_dir):
     """Name of the task a run directory was trained for."""
     path = os.path.join(run_dir, TASK_FILE)
@@ -132,9 +155,10 @@ def weights_fingerprint(path):
 
 # ---------------------------------------------------------------- prediction files
 
-def save_predictions(path, ids, outputs, labels, tta_names, spec_fingerprint, weights_fp, **extra):
-    """Write a prediction file atomically. ``outputs`` / ``labels`` as the task encoded them."""
-    with fileio.atomic_path(path) as tmp:
+def save_predictions(path, ids, outputs, labels, tta_names, spec_fingerprint, weights_fp, owned=False, **extra):
+    """Write a prediction file atomically. ``outputs`` / ``labels`` as the task encoded them. ``owned``:
+    record it as foldnet's (an output outside a run dir, such as the ensemble's ``<stem>.probs.npz``)."""
+    with (fileio.owned_path if owned else fileio.atomic_path)(path) as tmp:
         np.savez(tmp, ids=np.asarray(ids).astype(str), outputs=outputs, labels=labels,
                  tta_names=np.asarray(tta_names, dtype=str),
                  label_map_fingerprint=np.asarray(spec_fingerprint),

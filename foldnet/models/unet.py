@@ -305,6 +305,36 @@ def arch_problems(arch):
     return []
 
 
+def _positive_ints(value):
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65536 for v in value)
+
+
+# Options of the tiny encoder (``_tiny_encoder``'s keyword arguments).
+TINY_OPTIONS = ("widths", "bn_momentum")
+
+
+def options_problems(arch, options):
+    """Problems of a UNet's ``arch_options`` that can be known before a model is built: the decoder's
+    and the tiny encoder's widths (non-empty lists of positive integers), the tiny encoder's keys."""
+    options = dict(options or {})
+    problems = []
+    if "decoder_filters" in options and not _positive_ints(options["decoder_filters"]):
+        problems.append(f"arch_options: decoder_filters must be a list of positive integers, got "
+                        f"{options['decoder_filters']!r}")
+    if arch == TINY:
+        unknown = sorted(set(options) - set(TINY_OPTIONS) - {"decoder_filters"}, key=str)
+        if unknown:
+            problems.append(f"arch_options: unknown option(s) {unknown} of the tiny UNet "
+                            f"(it takes {', '.join(TINY_OPTIONS)}, decoder_filters)")
+        if "widths" in options and not _positive_ints(options["widths"]):
+            problems.append(f"arch_options: widths must be a list of positive integers, got {options['widths']!r}")
+        momentum = options.get("bn_momentum", 0.9)
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+            problems.append(f"arch_options: bn_momentum must be a number in [0, 1), got {momentum!r}")
+    return problems
+
+
 def check_channels(n_channels):
     if isinstance(n_channels, bool) or not isinstance(n_channels, int) or n_channels < 1:
         raise ValueError(f"n_channels must be a positive int, got {n_channels!r}")

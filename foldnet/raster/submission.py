@@ -6,8 +6,7 @@ into a temporary sibling of the output; each mask is checked as it arrives
 (known tile, once, shape, dtype, 0/1) and the output appears only when every
 test tile has been added (``close``), by one rename. A failed or incomplete
 submission leaves nothing behind, and an existing output is replaced only if
-it looks like one this module wrote (a directory or tar holding nothing but
-submission TIFF names), never anything else.
+it carries foldnet's owner record (``fileio.check_owned_output``), never anything else.
 
 No TensorFlow here: this module runs in light processes.
 """
@@ -37,6 +36,17 @@ def naming_pattern(naming):
     if "{id}" not in pattern:
         raise ValueError(f"naming must be one of {sorted(NAMING)} or a pattern with {{id}}, got {naming!r}")
     return pattern
+
+
+def naming_arg(text):
+    """``--naming`` of a command line: a NAMING key or a pattern with {id} (argparse's usage error otherwise)."""
+    import argparse
+
+    try:
+        naming_pattern(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def id_of(name, naming):
@@ -70,23 +80,21 @@ def encode_tiff(mask, dtype=np.uint8):
     return buf.getvalue()
 
 
-def check_replaceable(out, naming):
-    """Raise DataError unless ``out`` is absent or holds only submission TIFF names of ``naming``."""
-    if not os.path.lexists(out):
-        return
-    if os.path.isdir(out) and not os.path.islink(out):
-        foreign = [n for n in sorted(os.listdir(out)) if id_of(n, naming) is None]
-    elif os.path.isfile(out) and tarfile.is_tarfile(out):
-        try:
-            with tarfile.open(out) as tar:
-                foreign = [m.name for m in tar.getmembers() if not m.isfile() or id_of(m.name, naming) is None]
-        except (tarfile.TarError, OSError) as e:
-            foreign = [f"unreadable tar ({e})"]
-    else:
-        foreign = [os.path.basename(out)]
-    if foreign:
-        raise DataError(f"{out} exists and is not a submission this tool wrote; refusing to replace it "
-                        f"(choose another output)", [f"foreign entry: {n}" for n in foreign[:10]])
+def check_replaceable(out, tar=False):
+    """Raise ConfigError unless ``out`` is absent or a submission foldnet wrote (it carries its owner
+    record, ``fileio.check_owned_output``; names alone prove nothing: a folder of training masks is
+    named like a submission)."""
+    fileio.check_owned_output(out, flag="the submission", kind="file" if tar else "dir")
+
+
+def clean_debris(out):
+    """Remove what an interrupted writer of ``out`` (killed before ``close``) left beside it."""
+    fileio.clean_dir_debris(out)
+    parent, pattern = os.path.dirname(out), fileio.dir_debris_names(os.path.basename(out))
+    if os.path.isdir(parent):
+        for name in os.listdir(parent):
+            if name.endswith(".tar") and pattern.match(name[:-4]) and os.path.isfile(os.path.join(parent, name)):
+                os.remove(os.path.join(parent, name))
 
 
 class SubmissionWriter:
@@ -123,7 +131,8 @@ class SubmissionWriter:
         self.shape = None if shape is None else tuple(int(s) for s in shape)
         self.tar = bool(tar)
         self.done = set()
-        check_replaceable(self.out, naming)
+        check_replaceable(self.out, self.tar)
+        clean_debris(self.out)
         parent = os.path.dirname(self.out)
         os.makedirs(parent, exist_ok=True)
         self._tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out)}.tmp-", dir=parent)
@@ -164,12 +173,12 @@ class SubmissionWriter:
                     for tile_id in self.test_ids:
                         name = file_name(tile_id, self.naming)
                         tar.add(os.path.join(self._tmp, name), arcname=name)
-                fileio.replace_aside(tar_tmp, self.out)
+                fileio.replace_owned(tar_tmp, self.out)
             else:
                 umask = os.umask(0)
                 os.umask(umask)
                 os.chmod(self._tmp, 0o777 & ~umask)
-                fileio.replace_aside(self._tmp, self.out)
+                fileio.replace_owned(self._tmp, self.out)
         finally:
             self.abort()
         return self.out

@@ -13,6 +13,7 @@ embedding for near-duplicate grouping. ``load_task`` reads it again for
 writing: (image [H, W, C], mask [H, W] uint8 or None, valid [H, W] bool).
 """
 import functools
+import math
 import os
 from typing import NamedTuple
 
@@ -54,13 +55,26 @@ class BadTile(Exception):
     pass
 
 
-def read_tiff(path):
-    """The array of a TIFF file (first series). Raises BadTile."""
+# Largest TIFF read, in values (pixels x bands), checked on its header before any pixel is read: a header
+# claiming 100000 x 100000 x 7 ended in an out-of-memory error naming no file. 2**28 values are 1 GiB of
+# float32, ~300 real Kelp Wanted tiles (350 x 350 x 7) in one file.
+MAX_TIFF_VALUES = 2**28
+
+
+def read_tiff(path, max_values=MAX_TIFF_VALUES):
+    """The array of a TIFF file (first series). Raises BadTile (also for a header claiming more than
+    ``max_values`` values)."""
     import tifffile
 
     name = os.path.basename(path)
     try:
-        arr = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            shape = tuple(tif.series[0].shape) if tif.series else ()
+            n_values = math.prod(int(n) for n in shape)
+            if max_values and n_values > max_values:
+                raise BadTile(f"TIFF {name}: its header claims {'x'.join(map(str, shape))} = {n_values:,} values, "
+                              f"more than the {max_values:,} this tool reads from one file; refused before reading")
+            arr = tif.asarray()
     except FileNotFoundError as e:
         raise BadTile(f"file not found: {name}") from e
     except (OSError, ValueError, KeyError, IndexError, tifffile.TiffFileError) as e:  # tifffile's errors

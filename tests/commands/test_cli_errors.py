@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import foldnet  # noqa: F401
 from tests.paths import ROOT
 
@@ -20,10 +22,14 @@ from foldnet.commands import demo_data as demo_cli
 from foldnet.ensemble import cli as ensemble
 from foldnet.tasks.classification import evaluate
 from foldnet.engine import runner
+import os
+from foldnet.commands import main as foldnet_main
 mains = {"convert": convert.main, "run": runner.main, "ensemble": ensemble.main, "evaluate": evaluate.main,
-         "demo_data": demo_cli.main}
+         "demo_data": demo_cli.main, "foldnet": foldnet_main.main}
 results = []
-for name, argv in json.load(open(sys.argv[1])):
+for name, argv, env in json.load(open(sys.argv[1])):
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -33,6 +39,11 @@ for name, argv in json.load(open(sys.argv[1])):
         except BaseException:
             rc = "raised"
             err.write(traceback.format_exc())
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     results.append({"cli": name, "argv": argv, "rc": rc, "stderr": err.getvalue()})
 json.dump(results, open(sys.argv[2], "w"))
 """
@@ -92,8 +103,79 @@ def cases(data, tfrec, tmp):
     ]
 
 
-def test_every_cli_error_path_exits_2_without_traceback(tiny_turtle_dir, tiny_tfrec, tmp_path):
-    todo = cases(tiny_turtle_dir, tiny_tfrec, str(tmp_path))
+def issue21_cases(data, tfrec, kelp, biomass, tmp):
+    """Issue 21 item 7: each was a traceback (rc 1) or a hang; and every subcommand of ``foldnet``."""
+    from foldnet.commands.main import COMMANDS
+
+    a_file = os.path.join(tmp, "a_file")
+    open(a_file, "w").write("x")
+    run = ["--data_dir", data, "--tfrec_dir", tfrec, "--arch", "tiny_cnn", "--dim", "16", "--job", "train",
+           "--run_dir", os.path.join(tmp, "r")]
+    kelp_data, kelp_tfrec = kelp
+    seg = ["--data_dir", kelp_data, "--tfrec_dir", kelp_tfrec, "--arch", "tiny", "--job", "train",
+           "--run_dir", os.path.join(tmp, "rs")]
+    bio_data, bio_tfrec = biomass
+    temporal = ["--data_dir", bio_data, "--tfrec_dir", bio_tfrec, "--arch", "tiny", "--job", "train",
+                "--run_dir", os.path.join(tmp, "rt")]
+    nested = os.path.join(tmp, "nested.yaml")
+    open(nested, "w").write("indices: [[NDVI]]\n")
+    agbm = os.path.join(tmp, "agbm")
+    os.makedirs(agbm)
+    open(os.path.join(agbm, "a_agbm.tif"), "wb").write(b"")
+    two = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}
+    out = [
+        ("run", run + ["--lr", "nan"], {}),
+        ("run", run + ["--dropout", "nan"], {}),
+        ("run", ["--config", nested] + seg, {}),
+        ("run", seg + ["--arch_options", "{decoder_filters: abc}"], {}),
+        ("run", seg + ["--arch_options", "{decoder_filters: [-1, 0, 2]}"], {}),
+        ("run", seg + ["--loss", "{dice: .nan}"], {}),
+        ("run", temporal + ["--arch_options", "{widths: abc}"], {}),
+        ("evaluate", ["--submission", os.path.join(data, "answers.csv"), "--answers", os.path.join(data, "answers.csv")],
+         {}),
+        ("foldnet", ["evaluate", "--submission", os.path.join(tmp, "sub"), "--answers", os.path.join(tmp, "ans"),
+                     "--naming", "foo"], {}),
+        ("foldnet", ["evaluate", "--submission", os.path.join(tmp, "sub"), "--answers", agbm, "--naming", "foo"], {}),
+        ("ensemble", ["--runs", os.path.join(tmp, "badrun"), "--data_dir", data, "--submission",
+                      os.path.join(a_file, "sub.csv")], {}),
+        ("ensemble", ["--runs", os.path.join(tmp, "badrun"), "--data_dir", data, "--submission",
+                      "/proc/foldnet-no-write/sub.csv"], {}),
+        ("convert", ["--data_dir", data, "--out_dir", os.path.join(a_file, "tfrec"), "--workers", "1",
+                     "--no_progress"], {}),
+        ("demo_data", ["--out_dir", os.path.join(a_file, "demo")], {}),
+        ("demo_data", ["--out_dir", os.path.join(tmp, "huge"), "--image_size", "100000"], {}),
+        ("foldnet", ["baseline", "--data_dir", data, "--out", os.path.join(a_file, "sub.csv")], {}),
+        ("foldnet", ["baseline", "--data_dir", kelp_data, "--out", os.path.join(a_file, "sub")], {}),
+        ("foldnet", ["baseline", "--data_dir", kelp_data, "--out", os.path.join(kelp_data, "train_kelp")], {}),
+        ("run", run, {"TF_CONFIG": json.dumps(two), "FOLDNET_CLUSTER_WAIT": "abc"}),
+        ("run", run, {"TF_CONFIG": json.dumps(dict(two, task={"type": "worker", "index": 7}))}),
+        ("foldnet", ["config", "--lr", "nan", "--print", "lr"], {}),
+        ("foldnet", ["no-such-command"], {}),
+    ]
+    out += [("foldnet", [command, "--bogus_flag"], {}) for command in COMMANDS]
+    return out
+
+
+@pytest.fixture(scope="module")
+def map_records(tmp_path_factory):
+    from foldnet.commands import convert
+    from foldnet.tasks.segmentation import demo_data as seg_demo_data
+    from foldnet.tasks.temporal import demo_data as temporal_demo_data
+
+    root = tmp_path_factory.mktemp("maps")
+    kelp, biomass = str(root / "kelp"), str(root / "biomass")
+    seg_demo_data.build_kelp_dataset(kelp, n_places=6, acquisitions=2, size=16, seed=1)
+    temporal_demo_data.build_biomass_dataset(biomass, n_train=10, n_test=2, size=16, seed=1)
+    for d in (kelp, biomass):
+        assert convert.main(["--data_dir", d, "--n_folds", "2", "--workers", "1", "--no_progress"]) == 0
+    return (kelp, os.path.join(kelp, "tfrec")), (biomass, os.path.join(biomass, "tfrec"))
+
+
+def test_every_cli_error_path_exits_2_without_traceback(tiny_turtle_dir, tiny_tfrec, map_records, tmp_path):
+    kelp, biomass = map_records
+    masks_before = sorted(os.listdir(os.path.join(kelp[0], "train_kelp")))
+    todo = [(name, argv, {}) for name, argv in cases(tiny_turtle_dir, tiny_tfrec, str(tmp_path))]
+    todo += issue21_cases(tiny_turtle_dir, tiny_tfrec, kelp, biomass, str(tmp_path))
     (tmp_path / "cases.json").write_text(json.dumps(todo))
     out = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "cases.json"), str(tmp_path / "out.json")],
                          capture_output=True, text=True, timeout=600)
@@ -104,6 +186,10 @@ def test_every_cli_error_path_exits_2_without_traceback(tiny_turtle_dir, tiny_tf
     assert len(results) == len(todo)
     assert open(os.path.join(str(tmp_path), "foreign", "keep.txt")).read() == "mine"
     assert not os.path.exists(os.path.join(str(tmp_path), "r", "fold_0"))  # nothing trained on a bad flag
+    for r in ("rs", "rt"):
+        assert not os.path.exists(os.path.join(str(tmp_path), r))  # refused before the run dir was made
+    assert sorted(os.listdir(os.path.join(kelp[0], "train_kelp"))) == masks_before  # baseline --out train_kelp
+    assert not os.path.exists(os.path.join(str(tmp_path), "huge"))
 
 
 def test_root_scripts_exit_2_without_traceback(tiny_turtle_dir, tmp_path):

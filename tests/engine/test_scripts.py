@@ -87,3 +87,21 @@ def test_member_config_takes_nested_names_and_repository_paths(tmp_path):
     assert lines[1] == os.path.join(ROOT, "models/cloud/b3ns_4b.yaml")
     assert lines[2] == "/r/b3ns_4b"
     assert out.returncode == 2 and "member 'nonexistent' is neither a YAML file nor models/nonexistent.yaml" in out.stderr
+
+
+def test_negative_weights_reach_the_ensemble_as_one_word(tiny_turtle_dir, tiny_tfrec, tmp_path, capsys):
+    """Issue 21 item 9: WEIGHTS=-1,2 got argparse's "expected one argument" (``--weights -1,2``)."""
+    import shutil
+
+    from foldnet.ensemble import cli as ensemble
+
+    assert 'args+=("--weights=$WEIGHTS")' in open(os.path.join(ROOT, "run_inference.sh")).read()
+    runs = []
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / name)
+        shutil.copy(os.path.join(tiny_tfrec, "label_map.json"), tmp_path / name / "label_map.json")
+        runs.append(str(tmp_path / name))
+    rc = ensemble.main(["--runs", *runs, "--data_dir", tiny_turtle_dir, "--submission", str(tmp_path / "s.csv"),
+                        "--weights=-1,2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "weights must be finite and non-negative" in err and "expected one argument" not in err

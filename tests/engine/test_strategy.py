@@ -126,3 +126,53 @@ def test_set_mixed_precision_rejects_unknown(restore_policy):
 def test_split_cpu_validates_argument():
     with pytest.raises(ValueError, match="positive int"):
         strategy.split_cpu(0)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_a_worker_that_never_starts_ends_the_run_within_the_cluster_wait(monkeypatch):
+    """Issue 21 item 6: with TF_CONFIG naming a worker that never starts, FOLDNET_CLUSTER_WAIT=5 still ran
+    after 5 minutes (TensorFlow's start-up waits without a limit, holding the interpreter)."""
+    import json
+    import socket
+    import time
+
+    from foldnet.core.errors import ConfigError
+
+    ports = [_free_port(), _free_port()]
+    tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    monkeypatch.setenv("FOLDNET_CLUSTER_WAIT", "3")
+    t0 = time.time()
+    with pytest.raises(ConfigError, match=rf"worker 1 \(localhost:{ports[1]}\) of TF_CONFIG did not start within 3 s"):
+        strategy.get_strategy()
+    assert time.time() - t0 < 15
+    # while it waits, a worker listens on its own port, so the others see it started
+    with socket.create_server(("localhost", ports[1])):
+        strategy.wait_for_workers(json.dumps(tf_config), 3)
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"FOLDNET_CLUSTER_WAIT": "abc"}, "FOLDNET_CLUSTER_WAIT='abc'"),
+    ({"FOLDNET_CLUSTER_WAIT": "nan"}, "FOLDNET_CLUSTER_WAIT='nan'"),
+    ({"TF_CONFIG_INDEX": "5"}, "task 'worker' 5 is not in the cluster"),
+])
+def test_bad_cluster_environment_is_a_config_error(monkeypatch, env, needle):
+    import json
+
+    from foldnet.core.errors import ConfigError
+    from foldnet.engine import workers
+
+    index = int(env.pop("TF_CONFIG_INDEX", 0))
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+                                                "task": {"type": "worker", "index": index}}))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        workers.check_environment()

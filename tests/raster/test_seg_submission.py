@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from foldnet.core.errors import DataError
+from foldnet.core.errors import ConfigError, DataError
 from foldnet.raster import submission as seg_submission
 from foldnet.tasks.segmentation import evaluate as seg_evaluate
 
@@ -26,7 +26,7 @@ def test_directory_submission_round_trip(tmp_path):
     back = tifffile.imread(out / "BB2_kelp.tif")
     assert back.dtype == np.uint8 and back.shape == (6, 5)
     np.testing.assert_array_equal(back, masks["BB2"])
-    assert [n for n in os.listdir(tmp_path) if n != "sub"] == []  # no temp left behind
+    assert sorted(os.listdir(tmp_path)) == [".sub.foldnet", "sub"]  # its owner record, no temp left behind
     # rewriting our own output is allowed
     seg_submission.write_submission(_masks(["AA1", "BB2", "CC3"], seed=1), out, ["AA1", "BB2", "CC3"])
     np.testing.assert_array_equal(tifffile.imread(out / "AA1_kelp.tif"), _masks(["AA1"], seed=1)["AA1"])
@@ -80,14 +80,52 @@ def test_never_replaces_foreign_output(tmp_path):
     out = tmp_path / "results"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match="refusing to replace"):
+    with pytest.raises(ConfigError, match="refusing to replace"):
         seg_submission.write_submission(_masks(["a"]), out, ["a"])
     assert (out / "notes.txt").read_text() == "mine"
     f = tmp_path / "model.tar"
     f.write_bytes(b"not a tar at all")
-    with pytest.raises(DataError, match="refusing"):
+    with pytest.raises(ConfigError, match="refusing"):
         seg_submission.write_submission(_masks(["a"]), f, ["a"], tar=True)
     assert f.read_bytes() == b"not a tar at all"
+
+
+def test_a_folder_of_training_masks_is_never_replaced_though_named_like_a_submission(tmp_path):
+    """Issue 21 item 1: ``seg_baseline --out DATA/train_kelp`` deleted the training masks (the old check
+    looked at names only). Only what carries foldnet's owner record is replaced."""
+    masks = tmp_path / "train_kelp"
+    masks.mkdir()
+    for t in ("a", "b", "c"):
+        (masks / f"{t}_kelp.tif").write_bytes(seg_submission.encode_tiff(np.ones((2, 2), np.uint8)))
+    before = {n: (masks / n).read_bytes() for n in os.listdir(masks)}
+    with pytest.raises(ConfigError, match="refusing to replace"):
+        seg_submission.write_submission(_masks(["x"]), masks, ["x"])
+    assert {n: (masks / n).read_bytes() for n in os.listdir(masks)} == before
+
+
+def test_a_rerun_replaces_its_own_submission_folder_and_tar_but_not_once_a_user_added_a_file(tmp_path):
+    """Issue 21 item 8: a map submission could not be rewritten by a rerun ("not written by foldnet")."""
+    for out, tar in ((tmp_path / "sub", False), (tmp_path / "sub.tar", True)):
+        seg_submission.write_submission(_masks(["a", "b"]), out, ["a", "b"], tar=tar)
+        seg_submission.write_submission(_masks(["a", "c"]), out, ["a", "c"], tar=tar)  # a rerun, other tiles
+        names = sorted(os.listdir(out)) if not tar else sorted(tarfile.open(out).getnames())
+        assert names == ["a_kelp.tif", "c_kelp.tif"]
+    (tmp_path / "sub" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="notes.txt"):
+        seg_submission.write_submission(_masks(["a"]), tmp_path / "sub", ["a"])
+    assert (tmp_path / "sub" / "notes.txt").read_text() == "mine"
+
+
+def test_debris_of_a_killed_writer_is_removed_by_the_next_one(tmp_path):
+    """Issue 21 item 8: ``kill -9`` during the ensemble left ``.<name>.tmp-*`` that stayed for good."""
+    (tmp_path / ".sub.tmp-abcd1234").mkdir()
+    (tmp_path / ".sub.tmp-abcd1234" / "a_kelp.tif").write_bytes(b"half")
+    (tmp_path / ".sub.tar.tmp-ef567890.tar").write_bytes(b"half")
+    (tmp_path / ".subway.tmp-abcd1234").mkdir()  # another output's: kept
+    seg_submission.write_submission(_masks(["a"]), tmp_path / "sub", ["a"])
+    seg_submission.write_submission(_masks(["a"]), tmp_path / "sub.tar", ["a"], tar=True)
+    assert sorted(os.listdir(tmp_path)) == [".sub.foldnet", ".sub.tar.foldnet", ".subway.tmp-abcd1234", "sub",
+                                            "sub.tar"]
 
 
 def test_evaluate_scores_and_reports_mismatches(tmp_path):

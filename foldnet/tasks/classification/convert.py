@@ -135,6 +135,21 @@ def warn_small_classes(labels, n_folds):
         say("warning: " + folds_mod.small_classes_message(small, n_folds))
 
 
+def split_identical_images(train, fold):
+    """How many training images have a byte-identical copy (another id, same file content) in another fold."""
+    import hashlib
+
+    by_hash = {}
+    for row, path in enumerate(train["path"]):
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            continue  # reported when the shards are written
+        by_hash.setdefault(digest, []).append(row)
+    return sum(len(rows) for rows in by_hash.values() if len(rows) > 1 and len({int(fold[r]) for r in rows}) > 1)
+
+
 def plan_jobs(train, fold, test, label_map, seed):
     """Jobs in write order: each fold's rows shuffled (seeded), then the test rows."""
     from foldnet.io.records import Job
@@ -407,6 +422,12 @@ def convert_dataset(dataset, out_dir, flags, fingerprint, workers, progress):
         fold = folds_mod.assign_folds(train["label"], flags["n_folds"], flags["seed"], groups)
     except ValueError as e:
         raise DataError(f"cannot assign folds: {e}") from e
+    if flags["group_duplicates"] is None and flags["group_col"] is None:
+        split = split_identical_images(train, fold)
+        if split:
+            say(f"warning: {split} training images are byte-identical to an image under another id in another "
+                "fold: their out-of-fold scores are optimistic (use --group_duplicates to keep such images in one "
+                "fold)")
     jobs = plan_jobs(train, fold, dataset.test, label_map, flags["seed"])
     manifest = write_output(out_dir, jobs, train, fold, groups, label_map, flags, fingerprint, skipped,
                             n_grouped, dataset.root, workers, progress)

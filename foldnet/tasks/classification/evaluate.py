@@ -40,6 +40,10 @@ def score_submission(submission_csv, answers_csv, k=5, new_label=DEFAULT_NEW_LAB
     id_col, label_col = ans.columns[0], ans.columns[1]
     if sub.columns[0] != id_col:
         raise DataError(f"{submission_csv}: first column is {sub.columns[0]!r}, answers use {id_col!r}")
+    same = [c for c in sub.columns[1:1 + k] if c in ans.columns]
+    if same:
+        raise DataError(f"{submission_csv}: not a submission: its prediction columns {same} are columns of the "
+                        f"answers {answers_csv} (a submission has the id column, then prediction1..prediction{k})")
     merged = ans.merge(sub, on=id_col, how="left", validate="one_to_one", indicator="_found")
     pred_cols = list(sub.columns[1:1 + k])
     missing = merged[merged["_found"] == "left_only"][id_col].tolist()

@@ -255,6 +255,13 @@ def finish(train, test, original, new_label, csv_files, root, label_name, skip_b
     """Validate the tables and build the Dataset (shared by both layouts)."""
     train = train.reset_index(drop=True)
     test = test.reset_index(drop=True)
+    named_new = train.index[train["label"] == new_label].tolist()
+    if named_new:
+        # it would be both an original class and the label of unseen individuals
+        raise DataError(f"{len(named_new)} training row(s) have the label {new_label!r}, the name of the new label "
+                        "(individuals not in the training set)",
+                        [f"{train.at[i, 'source']}: {train.at[i, 'id']}" for i in named_new[:20]]
+                        + ["rename that label, or choose another --new_label"])
     issues = collect_issues(train, test, root, label_name)
     train, test, skipped = apply_issues(train, test, issues, skip_bad)
     train = train.drop(columns=["wanted", "relpath", "outside"], errors="ignore").reset_index(drop=True)
@@ -275,7 +282,7 @@ def read_turtle(data_dir, skip_bad=False, new_label=DEFAULT_NEW_LABEL, allow_out
     }
     extra_csv = os.path.join(data_dir, "extra_images.csv")
     if os.path.exists(extra_csv):
-        specs["extra"] = (extra_csv, ["image_id", "turtle_id"])
+        specs["extra"] = (extra_csv, ["image_id", "turtle_id"], True)  # header only: no extra images
     t = read_tables(specs)
     original = set(t["train"]["turtle_id"]) - {""}
     parts = [t["train"], t.get("extra")]

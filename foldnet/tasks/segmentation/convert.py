@@ -35,6 +35,7 @@ from foldnet.core.cli import say
 from foldnet.core.errors import DataError
 from foldnet.io import folds as folds_mod
 from foldnet.io import images
+from foldnet.io import tables as csv_tables
 from foldnet.io.convert import input_fingerprint, manifest_common, staging_dir, write_unless_current
 from foldnet.raster import submission as seg_submission
 from foldnet.raster import tiff as seg_tiles
@@ -200,7 +201,8 @@ def build_manifest(dataset, shape, dtype, files, counts, band_stats, exact, posi
 def create_seg_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=None, test_csv=None, id_col="id",
                          image_col="image", mask_col="mask", group_col=None, bands=None, missing_value=None,
                          n_folds=5, seed=42, group_duplicates="default", stratify_bins=3, shard_size="150MB",
-                         workers=None, skip_bad=False, overwrite=False, progress=True, fold_method="stratified"):
+                         workers=None, skip_bad=False, overwrite=False, progress=True, fold_method="stratified",
+                         allow_outside=False):
     """Convert a segmentation layout into a TFRecord directory (seg_records format); return its manifest.
 
     ``group_duplicates``: cosine-similarity threshold of near-duplicate
@@ -217,6 +219,12 @@ def create_seg_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=None,
     workers = images.default_workers() if not workers else int(workers)
     dataset = seg_layouts.read_layout(layout, data_dir, train_csv, test_csv, id_col, image_col, mask_col, group_col,
                                       bands, missing_value)
+    if not allow_outside:
+        items = [(f"{row.source} ({row.id})", f) for table in (dataset.train, dataset.test)
+                 for row in table.itertuples() for f in (*row.files, getattr(row, "mask", None))]
+        problems = csv_tables.outside_problems(items, dataset.root)
+        if problems:
+            raise DataError(f"{len(problems)} file(s) of the dataset are outside its folder", problems)
     out_dir = out_dir or os.path.join(data_dir or os.path.dirname(os.path.abspath(train_csv)), "tfrec")
     flags = {"layout": layout, "n_folds": n_folds, "seed": seed, "shard_size": str(shard_size),
              "group_duplicates": group_duplicates, "group_col": group_col, "stratify_bins": stratify_bins,
@@ -315,4 +323,4 @@ def convert_from_flags(layout, flags):
         group_duplicates="default" if flags["group_duplicates"] is None else flags["group_duplicates"],
         stratify_bins=flags["stratify_bins"], shard_size=flags["shard_size"], workers=flags["workers"],
         skip_bad=flags["skip_bad"], overwrite=flags["overwrite"], progress=flags["progress"],
-        fold_method=flags.get("fold_method") or "stratified")
+        fold_method=flags.get("fold_method") or "stratified", allow_outside=flags["allow_outside"])

@@ -54,10 +54,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--submission", required=True, help="directory or tar of mask TIFFs")
     p.add_argument("--answers", required=True, help="directory or tar of the true masks")
-    p.add_argument("--naming", default="kelp",
+    p.add_argument("--naming", type=seg_submission.naming_arg, default="kelp",
                    help=f"file names: {', '.join(f'{k} ({v})' for k, v in seg_submission.NAMING.items())} "
                         "or a pattern with {id} (default: %(default)s)")
-    p.add_argument("--answers_naming", help="file names of the answers if they differ (default: --naming)")
+    p.add_argument("--answers_naming", type=seg_submission.naming_arg,
+                   help="file names of the answers if they differ (default: --naming)")
     p.add_argument("--locations", help="CSV id,location: also report the location-weighted IoU")
     p.add_argument("--label", default="submission", help="name printed with the scores")
     a = p.parse_args(argv)

@@ -42,6 +42,8 @@ group sum I / sum U, then the mean over the groups seen; a group with U = 0
 counts 1.0), as ``foldnet.tasks.segmentation.metrics`` defines them. Their sums are Keras
 metric variables, so they accumulate across batches and replicas.
 """
+import math
+
 import tensorflow as tf
 
 from foldnet.core.errors import ConfigError
@@ -137,13 +139,15 @@ def parse_loss_spec(spec):
                 problems.append(f"loss term {key}: unknown option(s) {unknown}")
             options.update({k: v for k, v in value.items() if k in OPTIONS})
             value = value.get("weight", 1.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0:
             problems.append(f"loss term {key}: weight must be a number >= 0, got {value!r}")
             continue
-        if isinstance(options["gamma"], bool) or not isinstance(options["gamma"], (int, float)) or options["gamma"] < 0:
+        if isinstance(options["gamma"], bool) or not isinstance(options["gamma"], (int, float)) \
+                or not math.isfinite(options["gamma"]) or options["gamma"] < 0:
             problems.append(f"loss term {key}: gamma must be a number >= 0, got {options['gamma']!r}")
         if isinstance(options["smooth"], bool) or not isinstance(options["smooth"], (int, float)) \
-                or options["smooth"] < 0:
+                or not math.isfinite(options["smooth"]) or options["smooth"] < 0:
             problems.append(f"loss term {key}: smooth must be a number >= 0, got {options['smooth']!r}")
         if not isinstance(options["per_image"], bool):
             problems.append(f"loss term {key}: per_image must be true or false, got {options['per_image']!r}")

@@ -265,7 +265,7 @@ def write_threshold_report(rows, best, md_path, png_path=None, title="", metric=
              f"Best {metric} {best[metric]:.4f} at threshold {best['threshold']:.2f} "
              f"(pooled over all pixels; positive where probability >= threshold).\n",
              report.markdown_table(rows, ["threshold", "dice", "iou", "tp", "fp", "fn"])]
-    fileio.atomic_write_text(md_path, "\n".join(lines))
+    fileio.atomic_write_owned_text(md_path, "\n".join(lines))
     written = [md_path]
     if png_path is not None:
         import matplotlib
@@ -286,7 +286,7 @@ def write_threshold_report(rows, best, md_path, png_path=None, title="", metric=
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        with fileio.atomic_path(png_path) as tmp:
+        with fileio.owned_path(png_path) as tmp:
             fig.savefig(tmp, dpi=80)
         plt.close(fig)
         written.append(png_path)

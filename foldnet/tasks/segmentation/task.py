@@ -265,7 +265,7 @@ class SegmentationTask(tasks.Task):
         from foldnet.raster import spectral
         from foldnet.tasks.segmentation import losses as seg_losses
 
-        problems = unet.arch_problems(cfg["arch"])
+        problems = unet.arch_problems(cfg["arch"]) + unet.options_problems(cfg["arch"], cfg["arch_options"])
         try:
             seg_losses.parse_loss_spec(cfg["loss"] or DEFAULT_LOSS)
         except ConfigError as e:

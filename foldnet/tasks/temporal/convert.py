@@ -27,7 +27,7 @@ import pandas as pd
 from foldnet.core import fileio, report
 from foldnet.core.errors import DataError
 from foldnet.io import folds as folds_mod
-from foldnet.io import images
+from foldnet.io import images, tables
 from foldnet.io.convert import input_fingerprint, manifest_common, staging_dir, write_unless_current
 from foldnet.raster import tiff as seg_tiles
 from foldnet.raster.convert import BandStats, check_flags, write_shards
@@ -227,7 +227,7 @@ def convert_temporal_dataset(dataset, out_dir, flags, fp, workers, progress):
 def create_temporal_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=None, test_csv=None, id_col="id",
                               image_col="image", target_col="target", bands=None, missing_value=None, n_folds=5,
                               seed=42, stratify_bins=3, shard_size="150MB", workers=None, skip_bad=False,
-                              overwrite=False, progress=True):
+                              overwrite=False, progress=True, allow_outside=False):
     """Convert a temporal layout into a TFRecord directory (temporal_records format); return its manifest.
 
     ``out_dir`` defaults to ``<data dir>/tfrec``. A directory holding a manifest with the same input
@@ -238,6 +238,15 @@ def create_temporal_tfrecords(layout, data_dir=None, out_dir=None, *, train_csv=
     workers = images.default_workers() if not workers else int(workers)
     dataset = temporal_layouts.read_layout(layout, data_dir, train_csv, test_csv, id_col, image_col, target_col,
                                            bands, missing_value)
+    if not allow_outside:
+        items = []
+        for table in (dataset.train, dataset.test):
+            for row in table.itertuples():
+                files = [f for group in row.spec.files for f in (group if isinstance(group, tuple) else (group,))]
+                items += [(f"{row.source} ({row.id})", f) for f in (*files, row.spec.target)]
+        problems = tables.outside_problems(items, dataset.root)
+        if problems:
+            raise DataError(f"{len(problems)} file(s) of the dataset are outside its folder", problems)
     out_dir = out_dir or os.path.join(data_dir or os.path.dirname(os.path.abspath(train_csv)), "tfrec")
     flags = {"layout": layout, "n_folds": n_folds, "seed": seed, "shard_size": str(shard_size),
              "stratify_bins": stratify_bins, "id_col": id_col, "image_col": image_col, "target_col": target_col,
@@ -257,4 +266,4 @@ def convert_from_flags(layout, flags):
         target_col=flags["target_col"] or "target", bands=bands, missing_value=flags["missing_value"],
         n_folds=flags["n_folds"], seed=flags["seed"], stratify_bins=flags["stratify_bins"],
         shard_size=flags["shard_size"], workers=flags["workers"], skip_bad=flags["skip_bad"],
-        overwrite=flags["overwrite"], progress=flags["progress"])
+        overwrite=flags["overwrite"], progress=flags["progress"], allow_outside=flags["allow_outside"])

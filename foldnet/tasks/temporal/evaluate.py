@@ -45,10 +45,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--submission", required=True, help="directory or tar of map TIFFs")
     p.add_argument("--answers", required=True, help="directory or tar of the true maps")
-    p.add_argument("--naming", default="biomassters",
+    p.add_argument("--naming", type=seg_submission.naming_arg, default="biomassters",
                    help="file names: biomassters ({id}_agbm.tif), generic ({id}.tif) or a pattern with {id} "
                         "(default: %(default)s)")
-    p.add_argument("--answers_naming", help="file names of the answers if they differ (default: --naming)")
+    p.add_argument("--answers_naming", type=seg_submission.naming_arg,
+                   help="file names of the answers if they differ (default: --naming)")
     p.add_argument("--cap", type=float, default=temporal_metrics.DEFAULT_CAP,
                    help="also score only targets <= cap (default: %(default)s)")
     p.add_argument("--label", default="submission", help="name printed with the scores")

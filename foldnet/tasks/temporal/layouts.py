@@ -27,6 +27,7 @@ collected in ``dataset.problems``; the converter reads the pixels of every
 other chip (shapes, band counts, chips without data: foldnet.tasks.temporal.chips,
 in workers) and raises all problems together as one DataError.
 """
+import collections
 import glob
 import os
 import re
@@ -196,6 +197,12 @@ def read_biomassters(data_dir):
         t = csv_tables.read_tables({"agbm": (agbm_meta, ["chip_id", "filename"])})["agbm"]
         csv_files.append(agbm_meta)
         targets = {c: os.path.join(data_dir, "train_agbm", f) for c, f in zip(t["chip_id"], t["filename"])}
+    agbm_dir = os.path.join(data_dir, "train_agbm")
+    with_target = set(targets) | {n[:-len("_agbm.tif")] for n in (os.listdir(agbm_dir) if os.path.isdir(agbm_dir)
+                                                                   else []) if n.endswith("_agbm.tif")}
+    # a training chip with a target but no feature file was silently dropped
+    problems += [f"train_agbm: chip {chip} has a target but no feature file in train_features (or the metadata)"
+                 for chip in sorted(with_target - set(listed["train"]))]
     if problems:
         raise DataError(f"bad BioMassters layout under {data_dir}: {len(problems)} problem(s)", problems)
     tables = {}
@@ -243,12 +250,20 @@ def read_temporal_generic(train_csv, test_csv=None, id_col="id", image_col="imag
     def path(p):
         return None if p == "" else (p if os.path.isabs(p) else os.path.join(root, p))
 
-    first = path(t["train"][image_col].iloc[0])
-    shape = _stack_shape(first) if first and os.path.isfile(first) else None
-    if shape is None or len(shape) not in (3, 4):
-        raise DataError(f"{train_csv}: the first training chip {first} must hold a [T, H, W, C] array, "
-                        f"got {'no file' if shape is None else list(shape)}")
-    n_months, n_bands = int(shape[0]), (int(shape[3]) if len(shape) == 4 else 1)
+    # months and bands: those most training chips hold (read from the headers), so that one bad chip is
+    # the one blamed, not every chip that differs from the first
+    counts = collections.Counter()
+    for p in t["train"][image_col]:
+        file = path(p)
+        try:
+            shape = _stack_shape(file) if file and os.path.isfile(file) else None
+        except DataError:
+            shape = None  # named by the chip checks
+        if shape is not None and len(shape) in (3, 4):
+            counts[(int(shape[0]), int(shape[3]) if len(shape) == 4 else 1)] += 1
+    if not counts:
+        raise DataError(f"{train_csv}: no training chip holds a readable [T, H, W, C] array")
+    n_months, n_bands = counts.most_common(1)[0][0]
     bands = tuple(bands) if bands else tuple(f"b{i}" for i in range(n_bands))
     sensor = Sensor("stack", bands, missing_value)
     tables = {}

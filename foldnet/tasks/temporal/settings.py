@@ -10,7 +10,7 @@ SETTINGS = (
     Setting("temporal_input", str, "all", f"Temporal regression: months the model sees: {TEMPORAL_INPUTS}"),
     Setting("target_cap", float, TARGET_CAP,
             "Temporal regression: loss and Keras metrics ignore targets above this value (0 = no cap)",
-            Bound(0.0, None, False)),
+            Bound(0.0, 1e9, False)),
     Setting("month_dropout", float, 0.0,
             "Temporal regression: train-time probability of dropping each month (at least one month is kept)",
             Bound(0.0, 1.0, True)),

@@ -170,6 +170,13 @@ class TemporalRegressionTask(tasks.Task):
         from foldnet.tasks.temporal import losses as temporal_losses
 
         problems = unet.arch_problems(cfg["arch"])
+        ours, backbone_options = {}, None
+        try:
+            ours, backbone_options = model_options(cfg)
+        except (TypeError, ValueError):
+            pass  # reported below
+        problems += unet.options_problems(cfg["arch"], {**(backbone_options or {}), **{
+            k: v for k, v in (cfg["arch_options"] or {}).items() if k == "decoder_filters"}})
         checks = [lambda: temporal_losses.check_loss(cfg["loss"]),
                   lambda: temporal_data.parse_temporal_input(cfg["temporal_input"], spec.n_months),
                   lambda: temporal_data.tta_names(cfg["tta_number"]),

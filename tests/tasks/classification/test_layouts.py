@@ -192,12 +192,17 @@ def test_missing_columns_all_named(turtle_copy):
 
 def test_empty_csvs_all_named(turtle_copy):
     open(csv_path(turtle_copy, "test.csv"), "w").close()
-    with open(csv_path(turtle_copy, "extra_images.csv"), "w") as f:
-        f.write("image_id,turtle_id\n")
+    open(csv_path(turtle_copy, "extra_images.csv"), "w").close()
     with pytest.raises(DataError) as e:
         convert(turtle_copy)
     assert_names_all(e.value, ["test.csv: empty CSV", "extra_images.csv: empty CSV"])
     assert_no_output(turtle_copy)
+    # a header-only extra_images.csv means no extra images (issue 21 item 9), not an error
+    with open(csv_path(turtle_copy, "extra_images.csv"), "w") as f:
+        f.write("image_id,turtle_id\n")
+    with pytest.raises(DataError) as e:
+        convert(turtle_copy)
+    assert "extra_images.csv" not in str(e.value) and "test.csv: empty CSV" in str(e.value)
 
 
 def test_test_ids_in_train_all_named(turtle_copy):
@@ -231,13 +236,13 @@ def test_failed_rerun_keeps_previous_output(turtle_copy):
     with pytest.raises(DataError):
         convert(turtle_copy)
     assert sorted(os.listdir(first["dir"])) == before
-    assert [n for n in os.listdir(turtle_copy) if "tfrec" in n] == ["tfrec"]
+    assert sorted(n for n in os.listdir(turtle_copy) if "tfrec" in n) == [".tfrec.foldnet", "tfrec"]  # + its record
 
 
 def test_refuses_to_replace_a_directory_with_foreign_files(turtle_copy):
     from foldnet.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="did not write"):
+    with pytest.raises(ConfigError, match="not written by foldnet"):
         create_tfrecords(data_dir=turtle_copy, out_dir=turtle_copy, n_folds=3, workers=1, progress=False)
     assert os.path.exists(os.path.join(turtle_copy, "train.csv"))
 

@@ -307,3 +307,15 @@ def test_blank_s2_months_count_as_missing_per_sensor(tmp_path, capsys):
             np.testing.assert_array_equal(ex["image"][month, :, :, 4:], tifffile.imread(os.path.join(feat, name)))
         else:
             assert not ex["image"][month, :, :, 4:].any()
+
+
+def test_generic_layout_blames_the_odd_chip_not_those_like_most(tmp_path, capsys):
+    """Issue 21 item 9: the first chip set the months and bands, so one bad first chip blamed every good one."""
+    root = write_generic(str(tmp_path / "gen"))
+    np.save(os.path.join(root, "x0.npy"), np.ones((3, 6, 6, 2), np.float32))  # the first chip: 3 months, not 4
+    assert temporal_layouts.read_temporal_generic(os.path.join(root, "train.csv")).n_months == 4
+    rc = convert.main(["--layout", "temporal", "--data_dir", root, "--train_csv", "train.csv", "--out_dir",
+                       str(tmp_path / "tfrec"), "--n_folds", "2", "--workers", "1", "--no_progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "x0.npy: 3 months, expected 4" in err
+    assert not any(f"x{i}.npy" in err for i in range(1, 8))

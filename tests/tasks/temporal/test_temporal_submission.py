@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from foldnet.core.errors import DataError
+from foldnet.core.errors import ConfigError, DataError
 from foldnet.tasks.temporal import evaluate as temporal_evaluate
 from foldnet.tasks.temporal import submission as ts
 
@@ -57,7 +57,7 @@ def test_streaming_writer_is_atomic_and_refuses_foreign_output(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep")
-    with pytest.raises(DataError, match="refusing to replace"):
+    with pytest.raises(ConfigError, match="refusing to replace"):
         ts.write_maps(maps(["a"]), str(foreign), ["a"])
     assert (foreign / "notes.txt").read_text() == "keep"
 
