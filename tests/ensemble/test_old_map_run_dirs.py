@@ -54,8 +54,32 @@ def _tar_files(path):
         return {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
 
 
+# score columns added after the fixtures were written (issue 18: a location without cloud scores 0, the
+# On Cloud N winner's convention); the old columns must be unchanged
+ADDED_COLUMNS = ("location_iou_empty0",)
+
+
+def _drop_added_columns(text):
+    """``text`` with the ADDED_COLUMNS cells removed from every Markdown table."""
+    out, drop = [], None
+    for line in text.split("\n"):
+        cells = line.split("|") if line.startswith("|") else None
+        if cells is None:
+            drop = None
+        elif any(c.strip() in ADDED_COLUMNS for c in cells):
+            drop = [i for i, c in enumerate(cells) if c.strip() in ADDED_COLUMNS]
+        if cells is not None and drop:
+            line = "|".join(c for i, c in enumerate(cells) if i not in drop)
+        out.append(line)
+    return "\n".join(out)
+
+
 def _normalise_scores_md(text, out_dir):
     """The report names the submission path: relative as given, and (temporal) absolute too."""
+    text = _drop_added_columns(text)
+    # the weight search starts from the best of equal weights and each member alone since issue 20, so it
+    # may reach the same weights in fewer moves; the weights and scores themselves must not change
+    text = re.sub(r" in \d+ moves", " in N moves", text)
     text = re.sub(r"\(/\S*?/(expected|expected_fit|new|new_fit)/submission\.tar\)", "(<abs>/submission.tar)", text)
     return text.replace(f"{out_dir}/submission.tar", "<out>/submission.tar")
 
@@ -140,7 +164,7 @@ def test_old_map_run_dir_scores_alike(tmp_path, name):
             new = json.load(f)
         assert new["folds"] == old["folds"] and len(new["rows"]) == len(old["rows"]) == 9
         for a, b in zip(new["rows"], old["rows"]):
-            assert a == pytest.approx(b)
+            assert {k: v for k, v in a.items() if k not in ADDED_COLUMNS} == pytest.approx(b)
         if name == "old_seg_runs":  # the member's Dice-vs-threshold table
             assert (d / m / "oof.threshold.md").read_text() == \
                 open(os.path.join(FIXTURES, name, m, "oof.threshold.md")).read()
