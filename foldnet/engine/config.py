@@ -86,11 +86,11 @@ BOUNDS = {
     "verbose": Bound(-1, 2, False),
     "min_epochs": Bound(-1, MAX_COUNT, False),
     "select_window": Bound(1, MAX_COUNT, False),
-    "clip_norm": Bound(0.0, None, False),
+    "clip_norm": Bound(0.0, 1e6, False),
     "accum_steps": Bound(1, MAX_COUNT, False),
     "full_epochs": Bound(0, MAX_COUNT, False),
     "full_from": Bound(-1, MAX_COUNT, False),
-    "full_lr": Bound(0, None, False),
+    "full_lr": Bound(0, 10, False),
 }
 
 
@@ -350,13 +350,12 @@ def _schedule_option_problems(options):
 def _problems(values):
     """Every problem of a dict of coerced settings, as lines."""
     problems = [f"{name} must be a finite number, got {values[name]}" for name, typ, _, _ in FLAGS
-                if typ is float and values[name] is not None and not math.isfinite(values[name])]
+                if typ is float and name not in BOUNDS and values[name] is not None and not math.isfinite(values[name])]
     for name, allowed in CHOICES.items():
         if values[name] not in allowed:
             problems.append(f"{name}={values[name]!r}: choose one of {', '.join(allowed)}")
     for name, bound in BOUNDS.items():
-        if values[name] is not None and not (isinstance(values[name], float) and not math.isfinite(values[name])) \
-                and not bound.contains(values[name]):
+        if values[name] is not None and not bound.contains(values[name]):
             problems.append(f"{name} must be {bound.text()}, got {values[name]}")
     problems += transforms.map_aug_problems(values["map_aug"])
     if values["map_aug"] and (values["aug_crop_scale"] or values["aug_rotate"]) and any(

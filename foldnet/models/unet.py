@@ -323,7 +323,8 @@ def options_problems(arch, options):
         problems.append(f"arch_options: decoder_filters must be a list of positive integers, got "
                         f"{options['decoder_filters']!r}")
     if arch == TINY:
-        unknown = sorted(set(options) - set(TINY_OPTIONS) - {"decoder_filters"}, key=str)
+        # the UNet's own options (unet_options: taps, decoder attention/norm, head, stem) are checked there
+        unknown = sorted(set(options) - set(TINY_OPTIONS) - {"decoder_filters"} - set(unet_options.DEFAULTS), key=str)
         if unknown:
             problems.append(f"arch_options: unknown option(s) {unknown} of the tiny UNet "
                             f"(it takes {', '.join(TINY_OPTIONS)}, decoder_filters)")

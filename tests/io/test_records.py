@@ -54,7 +54,7 @@ def test_manifest_fields_and_label_map_round_trip(tiny_tfrec, tiny_turtle_dir):
     assert sum(f["n_examples"] for f in m["folds"]) == 60 and m["test"]["n_examples"] == 12
     assert [f["fold"] for f in m["folds"]] == [0, 1, 2]
     assert m["image_stats"]["height"] == {"min": 16, "max": 16, "mean": 16.0}
-    assert m["flags"]["n_folds"] == 3 and m["flags"]["seed"] == 42
+    assert m["flags"]["n_folds"] == 3 and m["flags"]["seed"] == 33  # the Turtle Recall layout: the original's seed
     assert m["skipped"] == [] and m["n_grouped"] == 0 and len(m["fingerprint"]) == 64
     train = pd.read_csv(os.path.join(tiny_turtle_dir, "train.csv"))
     extra = pd.read_csv(os.path.join(tiny_turtle_dir, "extra_images.csv"))
@@ -306,7 +306,7 @@ def test_help_lists_every_flag_with_its_default(capsys):
     for flag in ["--data_dir", "--out_dir", "--n_folds", "--seed", "--group_duplicates", "--shard_size",
                  "--max_side", "--jpeg_quality", "--workers", "--skip_bad", "--overwrite", "--path_pattern"]:
         assert flag in out
-    assert "(default: 5)" in out and "(default: 150MB)" in out and "(default: 42)" in out
+    assert "(default: 5)" in out and "(default: 150MB)" in out and "(default: 33" in out and "42 for every other layout" in out
 
 
 # ---------------------------------------------------------------- images larger than the members need

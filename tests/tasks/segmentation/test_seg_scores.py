@@ -82,7 +82,9 @@ def test_ensemble_oof_blend_weight_fit_and_threshold_streamed_equal_in_memory(tm
     truth = loaded[0][1][order[0]]
     probs = [p[o] for (_, _, p), o in zip(loaded, order)]
     fit = weightfit.fit_weights(probs, truth, SPEC, metric="dice", task=TASK)
-    assert fit.steps > 0 and fit.after > fit.before  # the fit moved away from the given weights
+    # the fit moved away from the given (equal) weights: since issue 20 the search may start at the best
+    # single member, so it can get there in no step
+    assert fit.after > fit.before and not np.allclose(fit.weights, fit.weights.mean())
     np.testing.assert_array_equal(final, fit.weights)
     blend = averaging.blend(probs, fit.weights)
     fitted_row = next(r for r in rows if r["model"] == "ensemble (fitted weights)")
