@@ -190,13 +190,20 @@ def main(argv=None):
         return main_gbm(a, p)
     if not a.out:
         p.error("--method ndvi needs --out")
-    try:
+    from foldnet.core.cli import run_main
+
+    result = []
+
+    def work():
         dataset = seg_layouts.read_kelp(a.data_dir)
         threshold, dice, _ = fit(dataset, a.workers, progress=False)
         out = predict_submission(dataset, threshold, a.out, tar=a.out.endswith(".tar"), workers=a.workers)
-    except (DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        result.extend([threshold, dice, out])
+
+    rc = run_main(work)
+    if rc:
+        return rc
+    threshold, dice, out = result
     print(f"NDVI baseline: threshold {threshold:.2f} (training Dice {dice:.4f}); wrote {out}")
     return 0
 
@@ -209,11 +216,14 @@ def main_gbm(a, parser):
     if a.cap is not None and a.cap < 1:
         parser.error(f"--cap {a.cap}: must be >= 1")
     logs.setup(0)
-    try:
-        scores = fit_gbm(a.tfrec_dir or os.path.join(a.data_dir, "tfrec"), a.run_dir, a.indices, a.cap, a.seed)
-    except (DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from foldnet.core.cli import run_main
+
+    result = []
+    rc = run_main(lambda: result.append(fit_gbm(a.tfrec_dir or os.path.join(a.data_dir, "tfrec"), a.run_dir,
+                                                a.indices, a.cap, a.seed)))
+    if rc:
+        return rc
+    scores = result[0]
     print(f"per-pixel GBM: OOF Dice {scores['dice']:.4f}, IoU {scores['iou']:.4f} at 0.5, best Dice "
           f"{scores['dice_best']:.4f} at {scores['threshold']:.2f}; wrote {a.run_dir}")
     return 0

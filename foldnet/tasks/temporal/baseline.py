@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from foldnet.core.errors import ConfigError, DataError
+from foldnet.core.errors import ConfigError
 
 BLOCK_CHIPS = 32
 
@@ -118,11 +118,14 @@ def main(argv=None):
     if a.cap is not None and a.cap < 1:
         p.error(f"--cap {a.cap}: must be >= 1")
     logs.setup(0)
-    try:
-        scores = fit_gbm(a.tfrec_dir or os.path.join(a.data_dir, "tfrec"), a.run_dir, a.indices, a.cap, a.seed)
-    except (DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from foldnet.core.cli import run_main
+
+    result = []
+    rc = run_main(lambda: result.append(fit_gbm(a.tfrec_dir or os.path.join(a.data_dir, "tfrec"), a.run_dir,
+                                                a.indices, a.cap, a.seed)))
+    if rc:
+        return rc
+    scores = result[0]
     print(f"per-pixel GBM: OOF RMSE per chip {scores['rmse']:.2f} (pooled {scores['pooled_rmse']:.2f}); "
           f"wrote {a.run_dir}")
     return 0
