@@ -1,21 +1,35 @@
-"""The vocabulary of image transforms (augmentation and TTA views of the photo pipeline) and the
-bounds of the augmentation strengths: pure Python, so the config can bound its settings without
-importing TensorFlow. ``tasks.classification.augment`` implements them."""
+"""The one vocabulary of views (augmentation and TTA) of every task, and the bounds of the
+augmentation strengths: pure Python, so the config can bound its settings without importing
+TensorFlow. ``tasks.classification.augment`` implements the photo views, ``raster.views`` the map views.
 
-TRANSFORMS = (
-    "identity",
-    "flip_lr",
-    "flip_ud",
-    "rot90",
-    "rot180",
-    "rot270",
-    "rot45",
-    "rot135",
-    "rot225",
-    "rot315",
-)
-# aug_number / tta_number: how many of TRANSFORMS after the identity
-MAX_NUMBER = len(TRANSFORMS) - 1
+Every task's views start with the same six exact pixel permutations in the same order
+(``DIHEDRAL``), so ``tta_number: n`` means the same first views for photos and maps; after
+them photos add four 45-degree views (a warp with a zoom, not invertible on a pixel grid) and
+maps add ``transpose`` (exact and invertible, so a map predicted on it can be mapped back).
+"""
+from foldnet.core.errors import ConfigError
+
+DIHEDRAL = ("identity", "flip_lr", "flip_ud", "rot90", "rot180", "rot270")
+PHOTO_VIEWS = DIHEDRAL + ("rot45", "rot135", "rot225", "rot315")
+MAP_VIEWS = DIHEDRAL + ("transpose",)
+TRANSFORMS = PHOTO_VIEWS  # the photo pipeline's name for its views (augmentation and TTA)
+# aug_number / tta_number: how many views after the identity (the config's bound; a task with fewer
+# views refuses more: first_views)
+MAX_NUMBER = max(len(PHOTO_VIEWS), len(MAP_VIEWS)) - 1
+
+
+def first_views(vocabulary, tta_number, what="this task"):
+    """The first ``tta_number + 1`` names of ``vocabulary`` (identity first); ConfigError naming the
+    available views when there are fewer."""
+    if isinstance(tta_number, bool) or not isinstance(tta_number, int) or not 0 <= tta_number < len(vocabulary):
+        raise ConfigError(f"tta_number {tta_number!r}: {what} has {len(vocabulary) - 1} views besides the "
+                          f"identity ({', '.join(vocabulary[1:])})")
+    return list(vocabulary[:tta_number + 1])
+
+
+def map_views(tta_number):
+    """The first ``tta_number + 1`` views of the map tasks (segmentation, temporal regression)."""
+    return first_views(MAP_VIEWS, tta_number, "a map task")
 MAX_CROP_SCALE = 1.0
 MAX_ROTATE_DEGREES = 180.0
 MAX_PHOTOMETRIC = 2.0

@@ -219,6 +219,7 @@ def run_jobs(cfg, jobs, extra_callbacks=()):
     manifest, task, spec, folds = check_jobs(cfg, jobs)  # again, now that the run dir is locked
     prepare_run_dir(cfg, task, spec)
     if jobs & {"train", "val", "test", "full"}:
+        task.prepare_run(manifest, cfg)
         run_folds(cfg, manifest, task, spec, folds, jobs, extra_callbacks)
     if "score" in jobs:
         from foldnet.ensemble import scores

@@ -11,8 +11,8 @@ of the other folds (at most ``cap`` pixels per fold, spread evenly over the
 training tiles), predicts its held-out fold (out-of-fold maps) and the test
 tiles, and writes ``RUN_DIR/fold_K/oof.npz`` and ``test.npz`` with
 ``rundir.save_predictions`` in the task's encoding (one TTA view,
-``identity``), beside ``task.json`` and the task's spec file written by the
-caller. So the ensemble command scores, thresholds and weights such a run
+``identity``); ``fit_member`` adds ``task.json`` and the task's spec file, with
+the run dir's owner record and lock. So the ensemble command scores, thresholds and weights such a run
 like any trained member.
 
 The tiles are read once for sampling, then once per fold for prediction;
@@ -150,6 +150,44 @@ def fit_run(manifest, source, run_dir, spec_fp, *, cap=DEFAULT_CAP, seed=0, para
 
     with threadpool_limits(limits=threads):
         return _fit_folds(manifest, source, run_dir, spec_fp, cap, seed, params, folds, fold_files, test_files)
+
+
+def fit_member(task, manifest, spec, source, run_dir, *, cap=None, seed=0):
+    """The GBM member of a map task written into ``run_dir`` like any trained member: refused unless
+    the folder is new, empty or foldnet's; recorded as foldnet's and locked (one writer) while the
+    task's name and spec and the fold maps are written (``fit_run``). Returns the OOF scores
+    (``task.score``)."""
+    from foldnet.core.runlock import run_dir_lock
+
+    rundir.check_run_dir_owned(run_dir)
+    if os.path.isdir(run_dir) and os.path.exists(os.path.join(run_dir, rundir.TASK_FILE)) and \
+            rundir.read_task(run_dir) != task.name:
+        raise DataError(f"{run_dir} is a {rundir.read_task(run_dir)} member, these records are {task.name} records",
+                        ["give another --run_dir"])
+    os.makedirs(run_dir, exist_ok=True)
+    rundir.record_run_dir(run_dir)
+    with run_dir_lock(run_dir):
+        fileio.clean_debris(run_dir)
+        spec.save(os.path.join(run_dir, task.spec_file))
+        rundir.write_task(run_dir, task.name)
+        result = fit_run(manifest, source, run_dir, spec.fingerprint(), cap=cap or DEFAULT_CAP, seed=seed)
+    _, targets, maps = result["oof"]
+    return task.score(targets, maps, spec)
+
+
+def command(fit, describe):
+    """A GBM baseline command's body: ``fit()`` (returning the OOF scores) through ``cli.run_main``
+    (a user error: one line, exit 2), then ``describe(scores)`` printed; the exit code."""
+    from foldnet.core import logs
+    from foldnet.core.cli import run_main
+
+    logs.setup(0)
+    result = []
+    rc = run_main(lambda: result.append(fit()))
+    if rc:
+        return rc
+    print(describe(result[0]))
+    return 0
 
 
 def _fit_folds(manifest, source, run_dir, spec_fp, cap, seed, params, folds, fold_files, test_files):

@@ -6,11 +6,12 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from foldnet.core import transforms
 from foldnet.core.errors import ConfigError
 from foldnet.core.transforms import map_aug_options
 from foldnet.raster import spectral
 
-TTA_VIEWS = ("identity", "flip_lr", "flip_ud", "rot90", "rot180", "rot270", "transpose")
+TTA_VIEWS = transforms.MAP_VIEWS  # the map views of the one vocabulary (core.transforms)
 
 
 _SQUARE_ONLY = ("rot90", "rot270", "transpose")

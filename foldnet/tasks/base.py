@@ -6,11 +6,13 @@ weighted averages; it never knows what a record holds, what the model
 outputs or how a submission looks. It asks the run's task, chosen by the
 manifest's ``"task"`` field (``for_manifest``; absent = ``"classification"``).
 
-Adding a task is adding a module that defines a ``Task`` subclass and calls
-``register`` on an instance, plus one line in ``_MODULES`` below so that the
-registry can import it on demand. Nothing else changes. The single
-classification implementation is ``foldnet/classification.py``; read it as
-the worked example.
+Adding a task is adding a folder ``foldnet/tasks/<name>/`` with a ``settings.py``
+(its settings as ``core.settings.Setting`` entries, resume keys, layouts, converter,
+demo kinds, evaluate and baseline commands: no TensorFlow) and a ``task.py`` that
+defines a ``Task`` subclass and calls ``register`` on an instance, plus one line in
+``TASKS`` below. Nothing else changes (tests/tasks/test_toy_task.py registers a task
+from a test file and trains, scores and submits it). The classification task
+(``foldnet/tasks/classification/task.py``) is the worked example.
 
 Words used below
 ----------------
@@ -19,9 +21,10 @@ cfg
     as a mapping: ``cfg["dim"]``; ``cfg.aug`` is the augmentation object,
     ``cfg["arch_options"]`` the builder options). Tasks read the keys they
     need (``dim``, ``batch_size``, ``tta_number``, ``arch``, ``dropout``,
-    ``label_smoothing``, ...); new settings are added to ``config.FLAGS`` (and
-    their bounds to ``config.BOUNDS``). Helpers outside ``run.py`` (benches)
-    may pass a plain dict with the keys the method reads.
+    ``label_smoothing``, ...); a task's own settings are declared in its
+    ``settings.py`` (``SETTINGS``), the shared ones in ``engine.config``.
+    Helpers outside ``run.py`` (benches) may pass a plain dict with the keys
+    the method reads.
 spec
     What the outputs mean, shared by every fold and member of an ensemble
     (classification: the ``LabelMap``). Any object with ``fingerprint() ->
@@ -49,6 +52,14 @@ Identity and spec
 - ``spec_settings(spec)``: dict of the spec's values that fix the model's
   structure (classification: ``{"n_classes": C}``); stored with a fold's
   settings so a resume with another spec is refused.
+
+Run
+
+- ``prepare_run(manifest, cfg)``: writes what all folds of a run share into
+  ``cfg["run_dir"]`` once, after every check and under the run-dir lock,
+  before any fold trains or predicts (segmentation: ``index_ranges.json``
+  when the records carry no index statistics). Default: nothing. The dataset
+  builders below only read such files: they never write.
 
 Records and tf.data (all datasets made of core TF ops, static shapes)
 
@@ -278,6 +289,12 @@ class Task(abc.ABC):
         """create_tfrecords.py for ``layout`` with the command line's ``flags``; returns the manifest."""
         raise ConfigError(f"the {self.name} task has no converter")
 
+    # -- run
+    def prepare_run(self, manifest: dict, cfg: Any) -> None:
+        """Write what every fold of this run must share into ``cfg["run_dir"]`` (called once per run,
+        after every check passed and with the run dir locked, before any fold trains or predicts).
+        Dataset builders only read it back: they never write."""
+
     # -- data
     def cache_mode(self, cfg: Any, n_examples: int, encoded_mb: float) -> str:
         if cfg["cache"] != "auto":
@@ -379,6 +396,22 @@ class Task(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
+
+
+class MapTask(Task):
+    """A task whose outputs are per-pixel maps of raster tiles (segmentation, temporal regression):
+    what such tasks share beyond ``Task``."""
+
+    # small map sets validate on few, unrepresentative locations (issue 20: a leave-one-sensor-out
+    # fold's best epoch was epoch 1): select on a smoothed curve, never in the first quarter
+    default_select = "smoothed"
+    default_min_epochs_share = 0.25
+
+    def tta_names(self, tta_number: int) -> list[str]:
+        """The map views of the one vocabulary (core.transforms.MAP_VIEWS), identity first."""
+        from foldnet.core.transforms import map_views
+
+        return map_views(tta_number)
 
 
 class CollectScorer(Scorer):

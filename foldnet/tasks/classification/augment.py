@@ -71,7 +71,7 @@ TRANSFORMS = list(transforms.TRANSFORMS)
 
 CROP_FRACTION = 0.7
 MAX_NUMBER = transforms.MAX_NUMBER
-N_EXACT = 6  # TRANSFORMS[:6] permute pixels; the rest need a warp
+N_EXACT = len(transforms.DIHEDRAL)  # TRANSFORMS[:6] permute pixels; the rest need a warp
 _DEGREES = {"rot45": 45, "rot135": 135, "rot225": 225, "rot315": 315}
 
 

@@ -146,7 +146,7 @@ def pixel_source(manifest, indices, task):
 
 def fit_gbm(tfrec_dir, run_dir, indices=None, cap=None, seed=0):
     """Fit the per-pixel GBM member of ``tfrec_dir`` into ``run_dir`` (module doc); returns its OOF scores."""
-    from foldnet.io import records, rundir
+    from foldnet.io import records
     from foldnet.raster import pixelgbm, spectral
     from foldnet.tasks.segmentation.task import TASK
 
@@ -160,13 +160,7 @@ def fit_gbm(tfrec_dir, run_dir, indices=None, cap=None, seed=0):
         spectral.check_indices(indices, bands)
     except ValueError as e:
         raise ConfigError(f"--indices: {e}") from e
-    os.makedirs(run_dir, exist_ok=True)
-    spec.save(os.path.join(run_dir, TASK.spec_file))
-    rundir.write_task(run_dir, TASK.name)
-    result = pixelgbm.fit_run(manifest, pixel_source(manifest, indices, TASK), run_dir, spec.fingerprint(),
-                              cap=cap or pixelgbm.DEFAULT_CAP, seed=seed)
-    _, targets, maps = result["oof"]
-    return TASK.score(targets, maps, spec)
+    return pixelgbm.fit_member(TASK, manifest, spec, pixel_source(manifest, indices, TASK), run_dir, cap=cap, seed=seed)
 
 
 def main(argv=None):
@@ -209,24 +203,16 @@ def main(argv=None):
 
 
 def main_gbm(a, parser):
-    from foldnet.core import logs
+    from foldnet.raster import pixelgbm
 
     if not a.run_dir:
         parser.error("--method gbm needs --run_dir")
     if a.cap is not None and a.cap < 1:
         parser.error(f"--cap {a.cap}: must be >= 1")
-    logs.setup(0)
-    from foldnet.core.cli import run_main
-
-    result = []
-    rc = run_main(lambda: result.append(fit_gbm(a.tfrec_dir or os.path.join(a.data_dir, "tfrec"), a.run_dir,
-                                                a.indices, a.cap, a.seed)))
-    if rc:
-        return rc
-    scores = result[0]
-    print(f"per-pixel GBM: OOF Dice {scores['dice']:.4f}, IoU {scores['iou']:.4f} at 0.5, best Dice "
-          f"{scores['dice_best']:.4f} at {scores['threshold']:.2f}; wrote {a.run_dir}")
-    return 0
+    return pixelgbm.command(
+        lambda: fit_gbm(a.tfrec_dir or os.path.join(a.data_dir, "tfrec"), a.run_dir, a.indices, a.cap, a.seed),
+        lambda s: f"per-pixel GBM: OOF Dice {s['dice']:.4f}, IoU {s['iou']:.4f} at 0.5, best Dice "
+                  f"{s['dice_best']:.4f} at {s['threshold']:.2f}; wrote {a.run_dir}")
 
 
 if __name__ == "__main__":

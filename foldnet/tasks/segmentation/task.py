@@ -100,18 +100,9 @@ class SegSpec:
         return f"SegSpec({self.to_dict()})"
 
 
-def tta_views(tta_number):
-    from foldnet.raster import views
-
-    if tta_number + 1 > len(views.TTA_VIEWS):
-        raise ConfigError(f"tta_number {tta_number}: segmentation has {len(views.TTA_VIEWS) - 1} views "
-                          f"besides the identity ({', '.join(views.TTA_VIEWS[1:])})")
-    return list(views.TTA_VIEWS[:tta_number + 1])
-
-
 def augment_options(cfg):
     """``views.paired_augment`` options from the shared augmentation settings:
-    aug_number >= 1 flips, >= 3 also 90-degree turns (augment.TRANSFORMS order: identity,
+    aug_number >= 1 flips, >= 3 also 90-degree turns (core.transforms.DIHEDRAL order: identity,
     flip_lr, flip_ud, rot90, ...); aug_crop_scale: zoom 1/(1+x)..(1+x) and shift x/2;
     aug_rotate: small rotation in degrees; map_aug: the paired affine / photometric /
     elastic / cutout maps (``views.paired_augment``)."""
@@ -123,16 +114,13 @@ def augment_options(cfg):
             "rotate": float(rotate), "map_aug": dict(cfg["map_aug"] or {})}
 
 
-class SegmentationTask(tasks.Task):
+class SegmentationTask(tasks.MapTask):
     name = "segmentation"
     spec_file = SPEC_FILE
     resume_keys = settings.RESUME_KEYS
     layouts = settings.LAYOUTS
     evaluate_module = settings.EVALUATE
     default_monitor = "val_dice"
-    # small map sets validate on few, unrepresentative locations: a smoothed curve, never the first quarter
-    default_select = "smoothed"
-    default_min_epochs_share = 0.25
     score_keys = ("dice", "iou", "location_iou", "location_iou_empty0", "dice_best", "threshold")
     default_fit_metric = "dice"
     submission_name = "submission"
@@ -140,9 +128,6 @@ class SegmentationTask(tasks.Task):
                   "names groups): per location sum of intersections / sum of unions at 0.5, then the mean over "
                   "locations, a location without true or predicted pixels counting 1 (location_iou_empty0: 0, "
                   "the On Cloud N 3rd place's convention); dice_best: the best pooled Dice over thresholds 0.05..0.95, reached at threshold.")
-
-    def __init__(self):
-        self._index_ranges = {}
 
     # -- spec
     def load_spec(self, manifest):
@@ -161,43 +146,68 @@ class SegmentationTask(tasks.Task):
     def default_template(self, data_dir, tfrec_dir):
         return os.path.join(tfrec_dir or os.path.join(data_dir, "tfrec"), "tiles.csv")
 
+    # -- run
+    def prepare_run(self, manifest, cfg):
+        """Fit the ranges of the indices the records carry no statistics for (records written before
+        conversions stored ``index_stats``) on the first training tiles, once per run, and store them
+        as ``index_ranges.json``: every fold and every later prediction (maybe another process, other
+        TFRecords) reads them back (``features``). Kept when already stored for these indices."""
+        path = os.path.join(cfg["run_dir"], INDEX_RANGES_FILE) if cfg["run_dir"] else None
+        if not path or (os.path.exists(path) and
+                        self._stored_index_ranges(cfg["run_dir"], self._unscaled_indices(manifest, cfg)) is not None):
+            return
+        fileio.atomic_write_json(path,
+                                 {n: list(r) for n, r in self._fit_index_ranges(manifest, cfg).items()})
+
     # -- features
     def features(self, manifest, cfg):
+        """The input features of ``manifest``'s records under ``cfg`` (reads only: index scaling
+        from the records' statistics, else from the run's ``index_ranges.json`` (``prepare_run``),
+        else -- no run dir -- fitted here in memory)."""
+        ranges = self._stored_index_ranges(cfg["run_dir"], self._unscaled_indices(manifest, cfg))
+        if ranges is None:
+            ranges = self._fit_index_ranges(manifest, cfg)
+        return self._build_features(manifest, cfg, ranges)
+
+    @staticmethod
+    def _build_features(manifest, cfg, ranges):
         from foldnet.raster import spectral
         from foldnet.tasks.segmentation import data as seg_data
 
         indices = list(cfg["indices"] or [])
-        key = (cfg["run_dir"], manifest["dir"], manifest.get("fingerprint"), tuple(indices), bool(cfg["mask_indices"]))
-        ranges = self._index_ranges.get(key)
         stats = seg_data.manifest_index_stats(manifest, indices, cfg["mask_indices"])
-        build = lambda r: spectral.Features(manifest, bands=cfg["seg_bands"], indices=indices,  # noqa: E731
-                                            norm=cfg["norm"], index_ranges=r, mask_indices=cfg["mask_indices"],
-                                            norm_max=cfg["norm_max"], norm_output=cfg["norm_output"], index_stats=stats)
-        if ranges is None:
-            ranges = self._stored_index_ranges(cfg["run_dir"], [n for n in indices if n not in stats])
-        if ranges is None:
-            from foldnet.io import records
-
-            files = records.fold_files(manifest, range(manifest["n_folds"]))
-            ranges = seg_data.fit_index_ranges(files, build(None), n_tiles=INDEX_FIT_TILES)
-            if cfg["run_dir"]:  # prediction (maybe another process, other TFRecords) reads these back
-                os.makedirs(cfg["run_dir"], exist_ok=True)
-                fileio.atomic_write_json(os.path.join(cfg["run_dir"], INDEX_RANGES_FILE),
-                                         {n: list(r) for n, r in ranges.items()})
-        self._index_ranges[key] = ranges
-        return build(ranges)
+        return spectral.Features(manifest, bands=cfg["seg_bands"], indices=indices, norm=cfg["norm"],
+                                 index_ranges=ranges, mask_indices=cfg["mask_indices"], norm_max=cfg["norm_max"],
+                                 norm_output=cfg["norm_output"], index_stats=stats)
 
     @staticmethod
-    def _stored_index_ranges(run_dir, indices):
-        """The ranges first fitted for this run (``run_dir``/index_ranges.json) if they cover ``indices``."""
+    def _unscaled_indices(manifest, cfg):
+        """The configured indices without a natural range that the records carry no statistics for."""
         from foldnet.raster import spectral
+        from foldnet.tasks.segmentation import data as seg_data
 
+        indices = list(cfg["indices"] or [])
+        stats = seg_data.manifest_index_stats(manifest, indices, cfg["mask_indices"])
+        return [n for n in indices if n not in stats and not spectral.INDICES[n].natural]
+
+    def _fit_index_ranges(self, manifest, cfg):
+        from foldnet.io import records
+        from foldnet.tasks.segmentation import data as seg_data
+
+        files = records.fold_files(manifest, range(manifest["n_folds"]))
+        return seg_data.fit_index_ranges(files, self._build_features(manifest, cfg, None), n_tiles=INDEX_FIT_TILES)
+
+    @staticmethod
+    def _stored_index_ranges(run_dir, needed):
+        """The ranges stored for this run (``run_dir``/index_ranges.json) if they cover ``needed``
+        ({} when nothing is needed), else None."""
+        if not needed:
+            return {}
         path = os.path.join(run_dir, INDEX_RANGES_FILE) if run_dir else None
         if not path or not os.path.exists(path):
             return None
         stored = fileio.read_json(path)
-        needed = {n for n in indices if not spectral.INDICES[n].natural}
-        if not needed <= set(stored):
+        if not set(needed) <= set(stored):
             return None
         return {n: tuple(float(v) for v in stored[n]) for n in needed}
 
@@ -254,10 +264,7 @@ class SegmentationTask(tasks.Task):
 
         manifest = manifest_of_files(files)
         return seg_data.predict_maps(model, files, self.features(manifest, cfg), cfg["batch_size"],
-                                     tta_views(cfg["tta_number"]), PAD_MULTIPLE)
-
-    def tta_names(self, tta_number):
-        return tta_views(tta_number)
+                                     self.tta_names(cfg["tta_number"]), PAD_MULTIPLE)
 
     # -- model
     def check_config(self, cfg, spec):
@@ -283,7 +290,7 @@ class SegmentationTask(tasks.Task):
         if unknown:
             problems.append(f"seg_bands {unknown} are not bands of the dataset ({', '.join(spec.bands)})")
         try:
-            tta_views(cfg["tta_number"])
+            self.tta_names(cfg["tta_number"])
         except ConfigError as e:
             problems.append(str(e))
         if not str(cfg["monitor"]).startswith("val_") or cfg["monitor"] not in (

@@ -82,7 +82,7 @@ def pixel_source(manifest, spec, indices, task):
 
 def fit_gbm(tfrec_dir, run_dir, indices=None, cap=None, seed=0):
     """Fit the per-pixel GBM member of ``tfrec_dir`` into ``run_dir`` (module doc); returns its OOF scores."""
-    from foldnet.io import records, rundir
+    from foldnet.io import records
     from foldnet.raster import pixelgbm, spectral
     from foldnet.tasks.temporal.task import TASK
 
@@ -93,18 +93,11 @@ def fit_gbm(tfrec_dir, run_dir, indices=None, cap=None, seed=0):
         spectral.check_indices(indices, spec.bands)
     except ValueError as e:
         raise ConfigError(f"--indices: {e}") from e
-    os.makedirs(run_dir, exist_ok=True)
-    spec.save(os.path.join(run_dir, TASK.spec_file))
-    rundir.write_task(run_dir, TASK.name)
-    result = pixelgbm.fit_run(manifest, pixel_source(manifest, spec, indices, TASK), run_dir, spec.fingerprint(),
-                              cap=cap or pixelgbm.DEFAULT_CAP, seed=seed)
-    _, targets, maps = result["oof"]
-    return TASK.score(targets, maps, spec)
+    return pixelgbm.fit_member(TASK, manifest, spec, pixel_source(manifest, spec, indices, TASK), run_dir,
+                               cap=cap, seed=seed)
 
 
 def main(argv=None):
-    from foldnet.core import logs
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data_dir", required=True, help="the dataset (converted with create_tfrecords.py)")
     p.add_argument("--run_dir", required=True, help="the run directory to write (a member for foldnet ensemble)")
@@ -117,18 +110,12 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.cap is not None and a.cap < 1:
         p.error(f"--cap {a.cap}: must be >= 1")
-    logs.setup(0)
-    from foldnet.core.cli import run_main
+    from foldnet.raster import pixelgbm
 
-    result = []
-    rc = run_main(lambda: result.append(fit_gbm(a.tfrec_dir or os.path.join(a.data_dir, "tfrec"), a.run_dir,
-                                                a.indices, a.cap, a.seed)))
-    if rc:
-        return rc
-    scores = result[0]
-    print(f"per-pixel GBM: OOF RMSE per chip {scores['rmse']:.2f} (pooled {scores['pooled_rmse']:.2f}); "
-          f"wrote {a.run_dir}")
-    return 0
+    return pixelgbm.command(
+        lambda: fit_gbm(a.tfrec_dir or os.path.join(a.data_dir, "tfrec"), a.run_dir, a.indices, a.cap, a.seed),
+        lambda s: f"per-pixel GBM: OOF RMSE per chip {s['rmse']:.2f} (pooled {s['pooled_rmse']:.2f}); "
+                  f"wrote {a.run_dir}")
 
 
 if __name__ == "__main__":

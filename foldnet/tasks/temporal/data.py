@@ -311,14 +311,6 @@ def eval_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, ca
     return (ds.cache() if cache else ds).prefetch(AUTOTUNE)
 
 
-def tta_names(tta_number):
-    """The first ``tta_number + 1`` views of ``rviews.TTA_VIEWS`` (identity first)."""
-    if not 0 <= tta_number < len(rviews.TTA_VIEWS):
-        raise ConfigError(f"tta_number {tta_number}: there are {len(rviews.TTA_VIEWS) - 1} views besides the "
-                          f"identity ({', '.join(rviews.TTA_VIEWS[1:])})")
-    return list(rviews.TTA_VIEWS[:tta_number + 1])
-
-
 def predict_dataset(files, spec, batch_size, views=("identity",), *, temporal_input="all", norm=None,
                     pad_multiple=PAD_MULTIPLE, month_needs="any", **train_only):
     """(dataset, merge): batches ``{"image": [b * V, T', Hp, Wp, C], "months": [b * V, T']}`` in file order,

@@ -97,16 +97,13 @@ def scores(targets, outputs, cap=SCORE_CAP):
     return {k: out[k] for k in TemporalRegressionTask.score_keys}
 
 
-class TemporalRegressionTask(tasks.Task):
+class TemporalRegressionTask(tasks.MapTask):
     name = "temporal_regression"
     spec_file = SPEC_FILE
     resume_keys = settings.RESUME_KEYS
     layouts = settings.LAYOUTS
     evaluate_module = settings.EVALUATE
     default_monitor = "val_chip_rmse"
-    # small map sets validate on few, unrepresentative locations: a smoothed curve, never the first quarter
-    default_select = "smoothed"
-    default_min_epochs_share = 0.25
     score_keys = ("rmse", "pooled_rmse", "rmse_capped", "pooled_rmse_capped")
     default_fit_metric = "neg_rmse"
     submission_name = "submission"
@@ -158,11 +155,6 @@ class TemporalRegressionTask(tasks.Task):
         return temporal_data.predict_maps(model, files, spec, cfg["batch_size"], self.tta_names(cfg["tta_number"]),
                                           **data_options(cfg))
 
-    def tta_names(self, tta_number):
-        from foldnet.tasks.temporal import data as temporal_data
-
-        return temporal_data.tta_names(tta_number)
-
     # -- model
     def check_config(self, cfg, spec):
         from foldnet.models import temporal_unet, unet
@@ -179,7 +171,7 @@ class TemporalRegressionTask(tasks.Task):
             k: v for k, v in (cfg["arch_options"] or {}).items() if k == "decoder_filters"}})
         checks = [lambda: temporal_losses.check_loss(cfg["loss"]),
                   lambda: temporal_data.parse_temporal_input(cfg["temporal_input"], spec.n_months),
-                  lambda: temporal_data.tta_names(cfg["tta_number"]),
+                  lambda: self.tta_names(cfg["tta_number"]),
                   lambda: temporal_data.month_need_index(spec, cfg["month_needs"]),
                   lambda: spec.norm_arrays(data_options(cfg)["norm"])]
         for check in checks:

@@ -64,3 +64,14 @@ def test_bad_indices_exit_2_before_fitting(cloud, capsys):
     err = capsys.readouterr().err
     assert "MNDWI" in err and "swir" in err
     assert not (root / "bad" / "fold_0").exists()
+
+
+def test_gbm_member_never_writes_into_a_folder_of_the_user(cloud, capsys):
+    root, data = cloud
+    mine = root / "my_notes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    argv = ["--method", "gbm", "--data_dir", str(data), "--run_dir", str(mine), "--cap", "500"]
+    assert baseline.main(argv) == 2
+    assert "--run_dir" in capsys.readouterr().err
+    assert sorted(os.listdir(mine)) == ["notes.txt"]

@@ -214,19 +214,26 @@ def test_index_ranges_fitted_for_training_are_the_ones_prediction_uses(kelp, tmp
     features = segmentation.SegmentationTask().features(manifest, _member_cfg(data, tmp_path / "s"))
     assert set(features.index_stats) == {"NDVI", "NDWI", "CIG"}
     assert features.index_stats["CIG"]["q99"] == manifest["index_stats"]["stats"]["ClGreen"]["q99"]
-    # an older manifest (no index_stats): ranges are fitted on the first tiles and stored
+    # an older manifest (no index_stats): the run fits ranges on the first tiles once and stores them
     manifest.pop("index_stats")
     monkeypatch.setattr(segmentation, "INDEX_FIT_TILES", 1)  # so that the tile fitted on matters
     cfg = _member_cfg(data, tmp_path / "r")
-    trained = segmentation.SegmentationTask().features(manifest, cfg).index_ranges
+    os.makedirs(cfg["run_dir"])
+    task = segmentation.SegmentationTask()
+    task.features(manifest, cfg)
+    assert os.listdir(cfg["run_dir"]) == []  # building datasets writes nothing
+    task.prepare_run(manifest, cfg)
     stored = json.loads((tmp_path / "r" / "index_ranges.json").read_text())
-    assert stored == {"CIG": list(trained["CIG"])}
+    trained = task.features(manifest, cfg).index_ranges
+    assert set(stored) == {"CIG"} and stored["CIG"] == list(trained["CIG"])
     # prediction on another fold set (other tiles first) in a new process: fitting again would differ ...
     other = dict(manifest, folds=[dict(f, fold=1 - f["fold"]) for f in manifest["folds"]])
     refit = segmentation.SegmentationTask().features(other, _member_cfg(data, tmp_path / "other")).index_ranges
     assert refit["CIG"] != trained["CIG"]
-    # ... but the ranges stored in the run dir are read back
+    # ... but the ranges stored in the run dir are read back, and a second prepare_run keeps them
     assert segmentation.SegmentationTask().features(other, cfg).index_ranges["CIG"] == trained["CIG"]
+    segmentation.SegmentationTask().prepare_run(other, cfg)
+    assert json.loads((tmp_path / "r" / "index_ranges.json").read_text()) == stored
 
 
 def test_segmentation_notebook_runs_headless(kelp):

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import foldnet  # noqa: F401
 from foldnet.core.errors import ConfigError
+from foldnet.core.transforms import map_views
 from foldnet.raster import views as rviews
 from foldnet.tasks.temporal import data as td
 from foldnet.tasks.temporal.records import TemporalSpec, make_example
@@ -147,7 +148,7 @@ def test_tta_views_and_inverse_round_trip(tmp_path, h, w):
         for v in range(len(views)):
             np.testing.assert_allclose(out[v, i], want, atol=1e-6)
     with pytest.raises(ConfigError):
-        td.tta_names(7)
+        map_views(7)
 
 
 def test_read_ids_targets_in_file_order(tmp_path):
