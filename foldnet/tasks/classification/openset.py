@@ -14,9 +14,15 @@ Scores (``SCORES``), all from the averaged probabilities, so they work for
 one member and for an ensemble blend alike: ``max_prob`` (largest
 probability over all trained classes), ``max_original_prob`` (over original
 classes only), ``neg_entropy`` (minus the entropy of the row). With
-``--openset_features`` the prediction files also hold ``STORED_SCORE`` (the
-cosine similarity of an image's features to the nearest image its fold
-trained on), and ``fit_best_rule`` uses it (a max_prob rule kept as fallback).
+``--openset_features`` the prediction files also hold ``STORED_SCORE``
+(prototype similarity: the largest cosine similarity of an image's features
+to the prototype of an individual its fold trained on, a prototype being the
+mean of the unit feature vectors of that individual's training images), and
+``fit_best_rule`` uses it (a max_prob rule kept as fallback). They also hold
+``NEAREST_SCORE`` (the similarity to the nearest training image: the default
+before; its rules still load, and apply their fallback when given prototype
+scores). The prototype score put known and new test images further apart on
+the photo stand-in (BENCHMARKS.md "Prototype similarity").
 Max logit and energy scored below max_prob on the photo stand-in
 (BENCHMARKS.md) and are not offered.
 
@@ -24,7 +30,7 @@ Fitting (``fit_rule``) needs rows that behave like unseen individuals
 (``simulate``). By default (``openset_features: auto`` stores
 ``OTHER_SCORE`` for data with a new label) every OOF row of a trained
 individual is used twice: as itself (known) and as an unseen individual
-("embedding": its similarity to the nearest training image of another
+("embedding": its similarity to the nearest prototype of another
 individual, its probabilities without its own class), so no fold has to be
 re-split. OOF rows whose class has no row in the other folds (the model of
 their fold never trained on that individual: ``--holdout_individuals``)
@@ -53,11 +59,17 @@ from foldnet.tasks.classification import ranking
 RULE_FILE = "openset_rule.json"
 SCORES = ("max_prob", "max_original_prob", "neg_entropy")
 # A score stored per row in prediction files (--openset_features), not computed from probabilities: the
-# cosine similarity of an image's features to the nearest image its fold trained on (test: mean over folds).
-STORED_SCORE = "nearest_train_cosine"
-# Stored beside it for OOF rows: the same similarity with the row's own individual's training images left
-# out, i.e. what the fold's model would have measured had it never seen that individual.
-OTHER_SCORE = "nearest_other_cosine"
+# cosine similarity of an image's features to the nearest prototype (mean unit feature vector of one trained
+# individual's training images) of its fold (test: mean over folds).
+STORED_SCORE = "prototype_cosine"
+# Stored beside it for OOF rows: the same similarity with the row's own individual's prototype left out, i.e.
+# what the fold's model would have measured had it never seen that individual.
+OTHER_SCORE = "other_prototype_cosine"
+# The stored score of the previous default (kept in prediction files; rules fitted on it still load): the
+# cosine similarity to the nearest training image, and to the nearest image of another individual.
+NEAREST_SCORE = "nearest_train_cosine"
+NEAREST_OTHER_SCORE = "nearest_other_cosine"
+STORED_SCORES = (STORED_SCORE, NEAREST_SCORE)
 DEFAULT_SCORE = "max_prob"
 # The fitted rule may cost known individuals at most this much OOF MAP@5 against the natural rule.
 MAX_KNOWN_LOSS = 0.005
@@ -105,22 +117,23 @@ def new_ranks(probs, label_map, rule, k=5, values=None):
     return out
 
 
-def usable(rule, values):
-    """The rule to apply: ``rule``, or its ``fallback`` (a probability rule) when it needs the stored
-    score and ``values`` is None (e.g. --job predict on image files)."""
-    if rule and rule.get("score") == STORED_SCORE and values is None:
+def usable(rule, values, values_score=STORED_SCORE):
+    """The rule to apply: ``rule``, or its ``fallback`` (a probability rule) when it needs a stored score
+    and ``values`` is None (e.g. --job predict on image files) or holds another stored score
+    (``values_score``; e.g. a rule of an older version fitted on ``NEAREST_SCORE`` given prototype scores)."""
+    if rule and rule.get("score") in STORED_SCORES and (values is None or rule["score"] != values_score):
         return rule.get("fallback")
     return rule
 
 
-def top_k_labels(probs, label_map, rule=None, k=5, values=None):
+def top_k_labels(probs, label_map, rule=None, k=5, values=None, values_score=STORED_SCORE):
     """``ranking.top_k_labels`` under the open-set ``rule`` (None: the natural rule).
 
-    values: the rows' stored score (``STORED_SCORE``) when the rule uses it."""
-    rule = usable(rule, values)
+    values: the rows' stored score (``values_score``, by default ``STORED_SCORE``) when the rule uses it."""
+    rule = usable(rule, values, values_score)
     if not rule:
         return ranking.top_k_labels(probs, label_map, k=k)
-    values = values if rule.get("score") == STORED_SCORE else None
+    values = values if rule.get("score") in STORED_SCORES else None
     return ranking.top_k_labels(probs, label_map, k=k, new_rank=new_ranks(probs, label_map, rule, k, values))
 
 
@@ -200,7 +213,7 @@ def simulate(targets, probs, label_map, folds=None, proxies=False, values=None, 
     """Rows to fit the rule on: ``(probs, targets, truth_is_new, method, n_simulated, values)`` (module doc).
 
     method: ``"embedding"`` (with ``others``, the stored similarity to the
-    nearest training image of another individual: every OOF row of a trained
+    nearest prototype of another individual: every OOF row of a trained
     individual is appended once more as an unseen one, its score ``others``,
     its probabilities without its own class; only when some class answers
     the new label, so a closed set keeps the natural rule; OOF rows of
@@ -336,7 +349,7 @@ def describe(rule):
     return ", ".join(parts)
 
 
-def fit_best_rule(targets, probs, label_map, folds=None, values=None, k=5, others=None):
+def fit_best_rule(targets, probs, label_map, folds=None, values=None, k=5, others=None, score=STORED_SCORE):
     """``fit_rule`` with ``DEFAULT_SCORE``; when ``values`` (the stored score per row, ``--openset_features``)
     are given, the rule on the stored score instead, carrying the probability rule as its ``fallback``
     (for rows without stored values). The stored score is not chosen by OOF MAP: on the photo stand-in
@@ -345,14 +358,15 @@ def fit_best_rule(targets, probs, label_map, folds=None, values=None, k=5, other
 
     others: the stored score with each row's own individual left out (``OTHER_SCORE``): the rule is then
     fitted without held-out folds (``simulate``'s ``"embedding"``), and its max_prob fallback on the same
-    copies (probabilities without their own class)."""
+    copies (probabilities without their own class). score: the name of the stored score ``values`` /
+    ``others`` hold (``STORED_SCORE``, or ``NEAREST_SCORE`` for the rule of the previous default)."""
     if values is not None and others is not None:
-        stored = fit_rule(targets, probs, label_map, folds, score=STORED_SCORE, k=k, values=values, others=others)
+        stored = fit_rule(targets, probs, label_map, folds, score=score, k=k, values=values, others=others)
         return {**stored, "fallback": fit_rule(targets, probs, label_map, folds, k=k, others=others)}
     rule = fit_rule(targets, probs, label_map, folds, k=k)
     if values is None or rule["simulation"] is None:
         return rule
-    stored = fit_rule(targets, probs, label_map, folds, score=STORED_SCORE, k=k, values=values)
+    stored = fit_rule(targets, probs, label_map, folds, score=score, k=k, values=values)
     return {**stored, "fallback": rule}
 
 
@@ -361,8 +375,8 @@ def rule_markdown(rule, title="Open-set rule (new individuals)"):
     if not rule:
         return ""
     how = {"holdout": "individuals held out of their fold's training",
-           "embedding": "every OOF row again with its own individual's training images left out of the "
-                        "nearest-image similarity (and its own class out of the probabilities)",
+           "embedding": "every OOF row again with its own individual left out of the stored similarity "
+                        "(its prototype, or its training images) and its own class out of the probabilities",
            "proxy": "extra-only rows without their own class (proxies)",
            None: "none: no row could stand for an unseen individual"}[rule["simulation"]]
     text = (f"## {title}\n\n{describe(rule)}. Fitted on {rule['n_rows']} OOF rows; simulated unseen "
@@ -398,7 +412,7 @@ def load_rule(run_dir):
         return None
     try:
         rule = fileio.read_json(path)
-        if rule["score"] not in SCORES + (STORED_SCORE,):
+        if rule["score"] not in SCORES + STORED_SCORES:
             raise ValueError(f"unknown score {rule['score']!r}")
         return rule
     except (OSError, ValueError, KeyError, TypeError) as e:
