@@ -267,7 +267,8 @@ def fit_rule(targets, probs, label_map, folds=None, score=DEFAULT_SCORE, k=5, va
     probs, targets, truth_is_new, method, n_sim, values = simulate(targets, probs, label_map, folds, proxies,
                                                                    values, others)
     natural, orig_rank = _positions(probs, label_map, targets, truth_is_new, k)
-    split_natural = split_map(truth_is_new, _row_map(natural, truth_is_new, orig_rank, k))
+    row_natural = _row_map(natural, truth_is_new, orig_rank, k)
+    split_natural = split_map(truth_is_new, row_natural)
     if method is None:  # nothing looks new: keep the natural rule
         return {"score": score, "threshold": None, "new_rank": None, "simulation": None, "n_rows": len(targets),
                 "n_simulated_new": 0, "oof": {"natural": split_natural}}
@@ -310,8 +311,16 @@ def fit_rule(targets, probs, label_map, folds=None, score=DEFAULT_SCORE, k=5, va
     j = natural if new_rank is None else np.minimum(natural, new_rank)
     high = _row_map(j, truth_is_new, orig_rank, k)[order]
     return {**rule, "simulation": method, "n_rows": int(n), "n_simulated_new": n_sim,
+            "known_noise": known_noise(row_natural[~truth_is_new]),
             "oof": {"natural": split_natural, "rule": split_rule},
             "curve": tradeoff_curve(s_sorted, low, high, ~known)}
+
+
+def known_noise(row_scores):
+    """Standard error of the mean of per-row MAP@k (the known rows under the natural rule): how far the
+    known-individual OOF MAP@k moves by chance (0 for fewer than 2 rows)."""
+    row_scores = np.asarray(row_scores, np.float64)
+    return float(row_scores.std(ddof=1) / np.sqrt(len(row_scores))) if len(row_scores) > 1 else 0.0
 
 
 def _threshold_sweep(low, high, n_low):
@@ -362,7 +371,15 @@ def fit_best_rule(targets, probs, label_map, folds=None, values=None, k=5, other
     ``others`` hold (``STORED_SCORE``, or ``NEAREST_SCORE`` for the rule of the previous default)."""
     if values is not None and others is not None:
         stored = fit_rule(targets, probs, label_map, folds, score=score, k=k, values=values, others=others)
-        return {**stored, "fallback": fit_rule(targets, probs, label_map, folds, k=k, others=others)}
+        cap = max(MAX_KNOWN_LOSS, stored.get("known_noise") or 0.0)
+        matched = (stored if cap == MAX_KNOWN_LOSS else
+                   fit_rule(targets, probs, label_map, folds, score=score, k=k, values=values, others=others,
+                            max_known_loss=cap))
+        noise_matched = {"max_known_loss": cap, "applied": False,
+                         "rule": {"threshold": matched["threshold"], "new_rank": matched["new_rank"]},
+                         "oof": matched["oof"].get("rule", matched["oof"]["natural"])}
+        return {**stored, "noise_matched": noise_matched,
+                "fallback": fit_rule(targets, probs, label_map, folds, k=k, others=others)}
     rule = fit_rule(targets, probs, label_map, folds, k=k)
     if values is None or rule["simulation"] is None:
         return rule
@@ -385,6 +402,14 @@ def rule_markdown(rule, title="Open-set rule (new individuals)"):
     rows = [{"rule": name, "map5_all": part["all"], "map5_known": part["known"], "map5_new": part["new"],
              "n_known": part["n_known"], "n_new": part["n_new"]} for name, part in rule["oof"].items()]
     text += report.markdown_table(rows, ["rule", "map5_all", "map5_known", "map5_new", "n_known", "n_new"])
+    matched = rule.get("noise_matched")
+    if matched:
+        oof = matched["oof"]
+        text += (f"\nNoise-matched cap (recorded, not applied): allowing known individuals to lose "
+                 f"{matched['max_known_loss']:.4f} OOF MAP@5 (the standard error of their natural-rule MAP@5, "
+                 f"if above {MAX_KNOWN_LOSS}) would give "
+                 f"{describe({'score': rule['score'], **matched['rule']})}: MAP@5 known {_num(oof['known'])}, "
+                 f"new {_num(oof['new'])}, all {_num(oof['all'])}.\n")
     curve = rule.get("curve")
     if curve:
         step = max(1, len(curve) // 12)
@@ -396,6 +421,10 @@ def rule_markdown(rule, title="Open-set rule (new individuals)"):
                                         "map5_all": c["all"]} for c in picked],
                                       ["threshold", "map5_known", "map5_new", "map5_all"])
     return text
+
+
+def _num(x):
+    return "-" if x is None else f"{x:.4f}"
 
 
 # ---------------------------------------------------------------- run directory

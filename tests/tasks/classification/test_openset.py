@@ -424,3 +424,30 @@ def test_rules_of_the_previous_stored_score_still_apply():
     assert [r[0] for r in rows] == ["a", "b", "new_turtle", "new_turtle", "a"]
     new = {**old, "score": openset.STORED_SCORE}
     assert openset.top_k_labels(PROBS, LM, new, values=values) == rows
+
+
+def test_noise_matched_cap_is_recorded_not_applied():
+    assert openset.known_noise([1.0, 0.5, 1.0, 0.0]) == pytest.approx(np.sqrt(0.6875 / 3) / 2)
+    assert openset.known_noise([1.0]) == 0.0
+    # known rows often unsure (natural MAP varies: noise well above 0.005); unseen copies far from the others
+    rng = np.random.default_rng(5)
+    n = 60
+    targets = np.repeat([0, 1, 2, 3, 4, 5], 10)
+    probs = np.full((n, 6), 0.05)
+    probs[np.arange(n), targets] = 0.75
+    wrong = rng.random(n) < 0.3
+    probs[wrong] = np.roll(probs[wrong], 1, axis=1)
+    fold = np.tile([0, 1, 2], 20)
+    values = np.where(wrong, rng.uniform(0.5, 0.7, n), rng.uniform(0.8, 0.95, n))
+    others = rng.uniform(0.4, 0.75, n)
+    rule = openset.fit_best_rule(targets, probs, LM, fold, values=values, others=others)
+    matched = rule["noise_matched"]
+    assert matched["applied"] is False and matched["max_known_loss"] == pytest.approx(rule["known_noise"])
+    assert matched["max_known_loss"] > openset.MAX_KNOWN_LOSS
+    assert rule["oof"]["rule"]["known"] >= rule["oof"]["natural"]["known"] - openset.MAX_KNOWN_LOSS
+    assert matched["oof"]["all"] >= rule["oof"]["rule"]["all"]  # a looser cap fits at least as well on OOF
+    assert "not applied" in openset.rule_markdown(rule)
+    # applied: the capped rule's threshold, whatever the noise-matched one
+    applied = openset.top_k_labels(probs, LM, rule, values=values)
+    assert applied == openset.top_k_labels(probs, LM, {k: rule[k] for k in ("score", "threshold", "new_rank")},
+                                           values=values)
