@@ -54,34 +54,50 @@ def main(argv=None):
         name = os.path.basename(os.path.normpath(run))
         label_map, targets, oof, fold = member_arrays(run)
         oof_ids = np.concatenate([f.ids for f in rundir.read_oof(run, CLASSIFICATION, reduce=lambda o: o[0])])
-        values = stored(run, "oof", oof_ids, openset.STORED_SCORE)
-        others = stored(run, "oof", oof_ids, openset.OTHER_SCORE)
+        keys = {"prototype": (openset.STORED_SCORE, openset.OTHER_SCORE),
+                "nearest": (openset.NEAREST_SCORE, openset.NEAREST_OTHER_SCORE)}
         test = average_test([run], ids, task=CLASSIFICATION)
-        test_values = stored(run, "test", ids, openset.STORED_SCORE)
+        values = {n: stored(run, "oof", oof_ids, k[0]) for n, k in keys.items()}
+        others = {n: stored(run, "oof", oof_ids, k[1]) for n, k in keys.items()}
+        test_values = {n: stored(run, "test", ids, k[0]) for n, k in keys.items()}
         holdout_prob = openset.fit_rule(targets, oof, label_map, fold)
-        holdout_stored = openset.fit_rule(targets, oof, label_map, fold, score=openset.STORED_SCORE, values=values)
-        embedding = openset.fit_best_rule(targets, oof, label_map, fold, values=values, others=others)
-        free = openset.fit_rule(targets, oof, label_map, fold, score=openset.STORED_SCORE, values=values,
-                                others=others, max_known_loss=1.0)
+        holdout = {n: openset.fit_rule(targets, oof, label_map, fold, score=keys[n][0], values=values[n])
+                   for n in keys}
+        embedding = {n: openset.fit_best_rule(targets, oof, label_map, fold, values=values[n], others=others[n],
+                                              score=keys[n][0]) for n in keys}
+        free = openset.fit_rule(targets, oof, label_map, fold, score=openset.STORED_SCORE,
+                                values=values["prototype"], others=others["prototype"], max_known_loss=1.0)
+        default = embedding["prototype"]
         candidates = [("natural", None, holdout_prob["oof"]["natural"]),
                       ("holdout max_prob", holdout_prob, holdout_prob["oof"].get("rule")),
-                      ("holdout stored", holdout_stored, holdout_stored["oof"].get("rule")),
-                      ("embedding stored (default)", embedding, embedding["oof"].get("rule")),
-                      ("embedding max_prob (fallback)", embedding.get("fallback"),
-                       (embedding.get("fallback") or {}).get("oof", {}).get("rule")),
-                      ("embedding stored, unprotected", free, free["oof"].get("rule"))]
+                      ("holdout nearest", holdout["nearest"], holdout["nearest"]["oof"].get("rule")),
+                      ("holdout prototype", holdout["prototype"], holdout["prototype"]["oof"].get("rule")),
+                      ("embedding nearest (default before)", embedding["nearest"],
+                       embedding["nearest"]["oof"].get("rule")),
+                      ("embedding prototype (default)", default, default["oof"].get("rule")),
+                      ("embedding max_prob (fallback)", default.get("fallback"),
+                       (default.get("fallback") or {}).get("oof", {}).get("rule")),
+                      ("embedding prototype, unprotected", free, free["oof"].get("rule"))]
+        if default.get("noise_matched"):
+            nm = {**default, **default["noise_matched"]["rule"]}
+            candidates.append((f"embedding prototype, noise-matched cap "
+                               f"{default['noise_matched']['max_known_loss']:.4f} (not applied)", nm,
+                               default["noise_matched"]["oof"]))
         for label, rule, split in candidates:
             if rule is not None and rule.get("simulation") is None:
                 rule = None  # nothing could be simulated: the natural rule
-            vals = test_values if (rule or {}).get("score") == openset.STORED_SCORE else None
-            preds = openset.top_k_labels(test, label_map, rule, values=vals)
+            score = (rule or {}).get("score")
+            name_of = {k[0]: n for n, k in keys.items()}
+            vals = test_values[name_of[score]] if score in name_of else None
+            preds = openset.top_k_labels(test, label_map, rule, values=vals, values_score=score)
             test_row = test_split_from_preds(preds, label_map, answers)
             rows.append({"run": name, "rule": label, "simulation": (rule or {}).get("simulation"),
-                         "score": (rule or {}).get("score"), "threshold": (rule or {}).get("threshold"),
+                         "score": score, "threshold": (rule or {}).get("threshold"),
                          "new_rank": (rule or {}).get("new_rank") or "natural",
                          **{f"oof_{k}": (split or {}).get(k) for k in ("known", "new", "all")},
                          **{f"test_{k}": test_row[k] for k in ("known", "new", "all")},
                          "extra_only": test_row.get("extra_only"), "test_only": test_row.get("test_only")})
+        embedding, test_values = default, test_values["prototype"]
         # the trade-off on the test set as the embedding rule's threshold moves
         s = np.sort(test_values)
         curve = []

@@ -214,7 +214,53 @@ class CosineLogits(layers.Layer):
         return {**super().get_config(), "units": self.units, "scale": self.scale}
 
 
-HEADS = ("softmax", "cosine")
+def softmax_logits(probs):
+    """The logits a softmax output was computed from: Keras's own record (``_keras_logits``, set by the
+    softmax activation) or, in a traced graph, the input of its ``Softmax`` op. Raises ValueError when
+    neither is there (the output was not made by a softmax layer)."""
+    logits = getattr(probs, "_keras_logits", None)
+    if logits is not None:
+        return logits
+    op = getattr(probs, "op", None)  # an eager tensor has no op (``.op`` raises AttributeError)
+    if op is not None and op.type == "Softmax":
+        return op.inputs[0]
+    raise ValueError("the ArcFace loss needs the logits of the model's softmax output (head: arcface)")
+
+
+class ArcMarginLoss(keras.losses.Loss):
+    """ArcFace's loss (additive angular margin, Deng et al. 2019) on a model with the cosine head: the
+    cross-entropy of ``scale * cos(theta + margin)`` for the true class and ``scale * cos(theta)`` for the
+    others, theta the angle between the features and the class weights. ``y_pred`` is the model's softmax
+    output (``scale * cos`` underneath, recovered by ``softmax_logits``), so the margin exists only in the
+    loss: predictions stay ``softmax(scale * cos)``. Past theta = pi - margin (where theta + margin would
+    wrap around) the target logit is ``cos - margin * sin(margin)`` (insightface's rule), keeping it
+    decreasing in theta. ``y_true`` one-hot; ``label_smoothing`` as ``CategoricalCrossentropy``'s."""
+
+    def __init__(self, margin=0.3, scale=16.0, label_smoothing=0.0, name="arcface", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.margin, self.scale, self.label_smoothing = float(margin), float(scale), float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        logits = tf.cast(softmax_logits(y_pred), tf.float32)
+        y_true = tf.cast(y_true, tf.float32)
+        cos = tf.clip_by_value(logits / self.scale, -1.0 + 1e-7, 1.0 - 1e-7)
+        sin = tf.sqrt(1.0 - tf.square(cos))
+        m = self.margin
+        shifted = cos * float(np.cos(m)) - sin * float(np.sin(m))
+        shifted = tf.where(cos > float(np.cos(np.pi - m)), shifted, cos - m * float(np.sin(m)))
+        margin_logits = self.scale * tf.where(y_true > 0.5, shifted, cos)
+        n_classes = tf.cast(tf.shape(y_true)[-1], tf.float32)
+        target = y_true * (1.0 - self.label_smoothing) + self.label_smoothing / n_classes
+        return tf.nn.softmax_cross_entropy_with_logits(labels=target, logits=margin_logits)
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin, "scale": self.scale,
+                "label_smoothing": self.label_smoothing}
+
+
+# softmax: average pooling + Dense; cosine: GeM + cosine classifier; arcface: the cosine head's model trained
+# with ArcMarginLoss (the same network and predictions; the margin lives in the loss).
+HEADS = ("softmax", "cosine", "arcface")
 
 
 # ---------------------------------------------------------------- backbones
@@ -660,7 +706,9 @@ def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0,
         load into the model with or without it.
     head: ``softmax`` (global average pooling, Dense, softmax) or ``cosine``
         (an embedding head: GeM pooling, then ``CosineLogits``: ``head_scale``
-        x cosine of the features with each class's weights, softmax). The
+        x cosine of the features with each class's weights, softmax), or
+        ``arcface`` (the cosine head's network; compile it with
+        ``ArcMarginLoss``, which adds the angular margin in the loss). The
         classifier layer is named ``logits`` either way (its input: the
         features used by the open-set rule).
     """
@@ -689,10 +737,11 @@ def build_model(arch, n_classes, dim, weights="none", n_channels=3, dropout=0.0,
     if normalize and affine is not None and n_channels == 3:
         x = PixelAffine(*affine, name="input_norm")(x)
     features = backbone(x)
-    x = GeMPool(name="pool")(features) if head == "cosine" and features.shape.rank == 4 else _pool(features)
+    cosine = head in ("cosine", "arcface")
+    x = GeMPool(name="pool")(features) if cosine and features.shape.rank == 4 else _pool(features)
     if dropout > 0:
         x = layers.Dropout(float(dropout), name="head_dropout")(x)
-    x = (CosineLogits(n_classes, head_scale, name="logits") if head == "cosine" else
+    x = (CosineLogits(n_classes, head_scale, name="logits") if cosine else
          layers.Dense(n_classes, name="logits"))(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name=name or re.sub(r"[^A-Za-z0-9_]", "_", spec.name))

@@ -367,8 +367,9 @@ def openset_plan(label_map, n_held_out=0):
     held = (f"; the {n_held_out} held-out individuals' out-of-fold images count as unseen too" if n_held_out
             else "")
     return (f"open-set rule: fitted out of fold without re-split folds: run.py's openset_features (auto: on for "
-            f"this data) stores each image's similarity to the nearest training image, and to the nearest one of "
-            f"another individual, which simulates an unseen individual{held}; {new!r} goes first below the fitted "
+            f"this data) stores each image's prototype similarity (the best cosine to the mean features of a "
+            f"trained individual), and the same without its own individual's prototype, which simulates an unseen "
+            f"individual{held}; {new!r} goes first below the fitted "
             f"threshold, at most {openset.MAX_KNOWN_LOSS} OOF MAP@5 lost on known individuals "
             f"(openset_features false: only held-out individuals can fit it, else the plain rule; "
             f"run_inference.sh OPENSET=natural: the plain rule)")

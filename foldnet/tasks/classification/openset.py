@@ -14,9 +14,15 @@ Scores (``SCORES``), all from the averaged probabilities, so they work for
 one member and for an ensemble blend alike: ``max_prob`` (largest
 probability over all trained classes), ``max_original_prob`` (over original
 classes only), ``neg_entropy`` (minus the entropy of the row). With
-``--openset_features`` the prediction files also hold ``STORED_SCORE`` (the
-cosine similarity of an image's features to the nearest image its fold
-trained on), and ``fit_best_rule`` uses it (a max_prob rule kept as fallback).
+``--openset_features`` the prediction files also hold ``STORED_SCORE``
+(prototype similarity: the largest cosine similarity of an image's features
+to the prototype of an individual its fold trained on, a prototype being the
+mean of the unit feature vectors of that individual's training images), and
+``fit_best_rule`` uses it (a max_prob rule kept as fallback). They also hold
+``NEAREST_SCORE`` (the similarity to the nearest training image: the default
+before; its rules still load, and apply their fallback when given prototype
+scores). The prototype score put known and new test images further apart on
+the photo stand-in (BENCHMARKS.md "Prototype similarity").
 Max logit and energy scored below max_prob on the photo stand-in
 (BENCHMARKS.md) and are not offered.
 
@@ -24,7 +30,7 @@ Fitting (``fit_rule``) needs rows that behave like unseen individuals
 (``simulate``). By default (``openset_features: auto`` stores
 ``OTHER_SCORE`` for data with a new label) every OOF row of a trained
 individual is used twice: as itself (known) and as an unseen individual
-("embedding": its similarity to the nearest training image of another
+("embedding": its similarity to the nearest prototype of another
 individual, its probabilities without its own class), so no fold has to be
 re-split. OOF rows whose class has no row in the other folds (the model of
 their fold never trained on that individual: ``--holdout_individuals``)
@@ -53,11 +59,17 @@ from foldnet.tasks.classification import ranking
 RULE_FILE = "openset_rule.json"
 SCORES = ("max_prob", "max_original_prob", "neg_entropy")
 # A score stored per row in prediction files (--openset_features), not computed from probabilities: the
-# cosine similarity of an image's features to the nearest image its fold trained on (test: mean over folds).
-STORED_SCORE = "nearest_train_cosine"
-# Stored beside it for OOF rows: the same similarity with the row's own individual's training images left
-# out, i.e. what the fold's model would have measured had it never seen that individual.
-OTHER_SCORE = "nearest_other_cosine"
+# cosine similarity of an image's features to the nearest prototype (mean unit feature vector of one trained
+# individual's training images) of its fold (test: mean over folds).
+STORED_SCORE = "prototype_cosine"
+# Stored beside it for OOF rows: the same similarity with the row's own individual's prototype left out, i.e.
+# what the fold's model would have measured had it never seen that individual.
+OTHER_SCORE = "other_prototype_cosine"
+# The stored score of the previous default (kept in prediction files; rules fitted on it still load): the
+# cosine similarity to the nearest training image, and to the nearest image of another individual.
+NEAREST_SCORE = "nearest_train_cosine"
+NEAREST_OTHER_SCORE = "nearest_other_cosine"
+STORED_SCORES = (STORED_SCORE, NEAREST_SCORE)
 DEFAULT_SCORE = "max_prob"
 # The fitted rule may cost known individuals at most this much OOF MAP@5 against the natural rule.
 MAX_KNOWN_LOSS = 0.005
@@ -105,22 +117,23 @@ def new_ranks(probs, label_map, rule, k=5, values=None):
     return out
 
 
-def usable(rule, values):
-    """The rule to apply: ``rule``, or its ``fallback`` (a probability rule) when it needs the stored
-    score and ``values`` is None (e.g. --job predict on image files)."""
-    if rule and rule.get("score") == STORED_SCORE and values is None:
+def usable(rule, values, values_score=STORED_SCORE):
+    """The rule to apply: ``rule``, or its ``fallback`` (a probability rule) when it needs a stored score
+    and ``values`` is None (e.g. --job predict on image files) or holds another stored score
+    (``values_score``; e.g. a rule of an older version fitted on ``NEAREST_SCORE`` given prototype scores)."""
+    if rule and rule.get("score") in STORED_SCORES and (values is None or rule["score"] != values_score):
         return rule.get("fallback")
     return rule
 
 
-def top_k_labels(probs, label_map, rule=None, k=5, values=None):
+def top_k_labels(probs, label_map, rule=None, k=5, values=None, values_score=STORED_SCORE):
     """``ranking.top_k_labels`` under the open-set ``rule`` (None: the natural rule).
 
-    values: the rows' stored score (``STORED_SCORE``) when the rule uses it."""
-    rule = usable(rule, values)
+    values: the rows' stored score (``values_score``, by default ``STORED_SCORE``) when the rule uses it."""
+    rule = usable(rule, values, values_score)
     if not rule:
         return ranking.top_k_labels(probs, label_map, k=k)
-    values = values if rule.get("score") == STORED_SCORE else None
+    values = values if rule.get("score") in STORED_SCORES else None
     return ranking.top_k_labels(probs, label_map, k=k, new_rank=new_ranks(probs, label_map, rule, k, values))
 
 
@@ -200,7 +213,7 @@ def simulate(targets, probs, label_map, folds=None, proxies=False, values=None, 
     """Rows to fit the rule on: ``(probs, targets, truth_is_new, method, n_simulated, values)`` (module doc).
 
     method: ``"embedding"`` (with ``others``, the stored similarity to the
-    nearest training image of another individual: every OOF row of a trained
+    nearest prototype of another individual: every OOF row of a trained
     individual is appended once more as an unseen one, its score ``others``,
     its probabilities without its own class; only when some class answers
     the new label, so a closed set keeps the natural rule; OOF rows of
@@ -254,7 +267,8 @@ def fit_rule(targets, probs, label_map, folds=None, score=DEFAULT_SCORE, k=5, va
     probs, targets, truth_is_new, method, n_sim, values = simulate(targets, probs, label_map, folds, proxies,
                                                                    values, others)
     natural, orig_rank = _positions(probs, label_map, targets, truth_is_new, k)
-    split_natural = split_map(truth_is_new, _row_map(natural, truth_is_new, orig_rank, k))
+    row_natural = _row_map(natural, truth_is_new, orig_rank, k)
+    split_natural = split_map(truth_is_new, row_natural)
     if method is None:  # nothing looks new: keep the natural rule
         return {"score": score, "threshold": None, "new_rank": None, "simulation": None, "n_rows": len(targets),
                 "n_simulated_new": 0, "oof": {"natural": split_natural}}
@@ -297,8 +311,16 @@ def fit_rule(targets, probs, label_map, folds=None, score=DEFAULT_SCORE, k=5, va
     j = natural if new_rank is None else np.minimum(natural, new_rank)
     high = _row_map(j, truth_is_new, orig_rank, k)[order]
     return {**rule, "simulation": method, "n_rows": int(n), "n_simulated_new": n_sim,
+            "known_noise": known_noise(row_natural[~truth_is_new]),
             "oof": {"natural": split_natural, "rule": split_rule},
             "curve": tradeoff_curve(s_sorted, low, high, ~known)}
+
+
+def known_noise(row_scores):
+    """Standard error of the mean of per-row MAP@k (the known rows under the natural rule): how far the
+    known-individual OOF MAP@k moves by chance (0 for fewer than 2 rows)."""
+    row_scores = np.asarray(row_scores, np.float64)
+    return float(row_scores.std(ddof=1) / np.sqrt(len(row_scores))) if len(row_scores) > 1 else 0.0
 
 
 def _threshold_sweep(low, high, n_low):
@@ -336,7 +358,7 @@ def describe(rule):
     return ", ".join(parts)
 
 
-def fit_best_rule(targets, probs, label_map, folds=None, values=None, k=5, others=None):
+def fit_best_rule(targets, probs, label_map, folds=None, values=None, k=5, others=None, score=STORED_SCORE):
     """``fit_rule`` with ``DEFAULT_SCORE``; when ``values`` (the stored score per row, ``--openset_features``)
     are given, the rule on the stored score instead, carrying the probability rule as its ``fallback``
     (for rows without stored values). The stored score is not chosen by OOF MAP: on the photo stand-in
@@ -345,14 +367,23 @@ def fit_best_rule(targets, probs, label_map, folds=None, values=None, k=5, other
 
     others: the stored score with each row's own individual left out (``OTHER_SCORE``): the rule is then
     fitted without held-out folds (``simulate``'s ``"embedding"``), and its max_prob fallback on the same
-    copies (probabilities without their own class)."""
+    copies (probabilities without their own class). score: the name of the stored score ``values`` /
+    ``others`` hold (``STORED_SCORE``, or ``NEAREST_SCORE`` for the rule of the previous default)."""
     if values is not None and others is not None:
-        stored = fit_rule(targets, probs, label_map, folds, score=STORED_SCORE, k=k, values=values, others=others)
-        return {**stored, "fallback": fit_rule(targets, probs, label_map, folds, k=k, others=others)}
+        stored = fit_rule(targets, probs, label_map, folds, score=score, k=k, values=values, others=others)
+        cap = max(MAX_KNOWN_LOSS, stored.get("known_noise") or 0.0)
+        matched = (stored if cap == MAX_KNOWN_LOSS else
+                   fit_rule(targets, probs, label_map, folds, score=score, k=k, values=values, others=others,
+                            max_known_loss=cap))
+        noise_matched = {"max_known_loss": cap, "applied": False,
+                         "rule": {"threshold": matched["threshold"], "new_rank": matched["new_rank"]},
+                         "oof": matched["oof"].get("rule", matched["oof"]["natural"])}
+        return {**stored, "noise_matched": noise_matched,
+                "fallback": fit_rule(targets, probs, label_map, folds, k=k, others=others)}
     rule = fit_rule(targets, probs, label_map, folds, k=k)
     if values is None or rule["simulation"] is None:
         return rule
-    stored = fit_rule(targets, probs, label_map, folds, score=STORED_SCORE, k=k, values=values)
+    stored = fit_rule(targets, probs, label_map, folds, score=score, k=k, values=values)
     return {**stored, "fallback": rule}
 
 
@@ -361,8 +392,8 @@ def rule_markdown(rule, title="Open-set rule (new individuals)"):
     if not rule:
         return ""
     how = {"holdout": "individuals held out of their fold's training",
-           "embedding": "every OOF row again with its own individual's training images left out of the "
-                        "nearest-image similarity (and its own class out of the probabilities)",
+           "embedding": "every OOF row again with its own individual left out of the stored similarity "
+                        "(its prototype, or its training images) and its own class out of the probabilities",
            "proxy": "extra-only rows without their own class (proxies)",
            None: "none: no row could stand for an unseen individual"}[rule["simulation"]]
     text = (f"## {title}\n\n{describe(rule)}. Fitted on {rule['n_rows']} OOF rows; simulated unseen "
@@ -371,6 +402,14 @@ def rule_markdown(rule, title="Open-set rule (new individuals)"):
     rows = [{"rule": name, "map5_all": part["all"], "map5_known": part["known"], "map5_new": part["new"],
              "n_known": part["n_known"], "n_new": part["n_new"]} for name, part in rule["oof"].items()]
     text += report.markdown_table(rows, ["rule", "map5_all", "map5_known", "map5_new", "n_known", "n_new"])
+    matched = rule.get("noise_matched")
+    if matched:
+        oof = matched["oof"]
+        text += (f"\nNoise-matched cap (recorded, not applied): allowing known individuals to lose "
+                 f"{matched['max_known_loss']:.4f} OOF MAP@5 (the standard error of their natural-rule MAP@5, "
+                 f"if above {MAX_KNOWN_LOSS}) would give "
+                 f"{describe({'score': rule['score'], **matched['rule']})}: MAP@5 known {_num(oof['known'])}, "
+                 f"new {_num(oof['new'])}, all {_num(oof['all'])}.\n")
     curve = rule.get("curve")
     if curve:
         step = max(1, len(curve) // 12)
@@ -382,6 +421,10 @@ def rule_markdown(rule, title="Open-set rule (new individuals)"):
                                         "map5_all": c["all"]} for c in picked],
                                       ["threshold", "map5_known", "map5_new", "map5_all"])
     return text
+
+
+def _num(x):
+    return "-" if x is None else f"{x:.4f}"
 
 
 # ---------------------------------------------------------------- run directory
@@ -398,7 +441,7 @@ def load_rule(run_dir):
         return None
     try:
         rule = fileio.read_json(path)
-        if rule["score"] not in SCORES + (STORED_SCORE,):
+        if rule["score"] not in SCORES + STORED_SCORES:
             raise ValueError(f"unknown score {rule['score']!r}")
         return rule
     except (OSError, ValueError, KeyError, TypeError) as e:

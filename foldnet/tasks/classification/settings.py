@@ -18,8 +18,12 @@ SETTINGS = (
     Setting("head", str, "softmax",
             "Classification head: softmax (global average pooling + Dense, as the Turtle Recall members) or cosine "
             "(an embedding head: GeM pooling + cosine classifier, head_scale x cosine of the features and the class "
-            "weights)", choices=("softmax", "cosine")),
-    Setting("head_scale", float, 16.0, "Scale of the cosine head's logits (head: cosine)", Bound(0.001, 1000.0, False)),
+            "weights), or arcface (the cosine head trained with ArcFace's additive angular margin, head_margin, in "
+            "the loss only: predictions stay head_scale x cosine, softmax)", choices=("softmax", "cosine", "arcface")),
+    Setting("head_scale", float, 16.0, "Scale of the cosine head's logits (head: cosine, arcface)",
+            Bound(0.001, 1000.0, False)),
+    Setting("head_margin", float, 0.3, "ArcFace's additive angular margin in radians (head: arcface; loss only)",
+            Bound(0.0, 1.5, False)),
     Setting("images", list, None, "Image files for --job predict"),
     Setting("checkpoints", list, None,
             "Weight files for --job predict (default: every fold's best checkpoint in --run_dir)"),

@@ -104,7 +104,9 @@ class ClassificationTask(tasks.Task):
                                   head=cfg["head"], head_scale=cfg["head_scale"])
 
     def compile_model(self, model, cfg, spec, optimizer):
-        return compile_classifier(model, spec.n_classes, optimizer, cfg["label_smoothing"], cfg["jit_compile"])
+        margin = cfg["head_margin"] if cfg["head"] == "arcface" else None
+        return compile_classifier(model, spec.n_classes, optimizer, cfg["label_smoothing"], cfg["jit_compile"],
+                                  arcface_margin=margin, head_scale=cfg["head_scale"])
 
     # -- prediction files
     def encode_outputs(self, outputs):
@@ -138,19 +140,28 @@ class ClassificationTask(tasks.Task):
         return openset.fit_best_rule(targets, outputs, spec, folds, values, others=others)
 
     def row_values(self, model, files, reference_files, cfg, cache):
-        """{row_value_key: [n], sim_value_key: [n]}: cosine similarity of each record's features (the
-        classifier's input) to the nearest record of ``reference_files`` (the fold's training images;
-        computed once per ``cache``), and to the nearest one of another class than the record's own (an
-        unseen individual simulated in embedding space; records without a label: the same value)."""
+        """Per-row arrays [n] of the records of ``files`` against the fold's training images
+        (``reference_files``; their unit features and prototypes computed once per ``cache``):
+        ``row_value_key`` (``openset.STORED_SCORE``): the largest cosine similarity of a record's features
+        (the classifier's input) to the prototype of a trained individual (the mean unit feature vector of its
+        training images, normalised); ``sim_value_key`` (``openset.OTHER_SCORE``): the same without the
+        prototype of the record's own individual (an unseen individual simulated in embedding space; records
+        without a label: the same value); and the previous default's nearest-image similarities
+        (``openset.NEAREST_SCORE`` / ``NEAREST_OTHER_SCORE``: rules fitted on them, comparisons)."""
         from foldnet.tasks.classification import data
 
         if "reference" not in cache:
             cache["reference"] = unit_features(model, reference_files, cfg)
             cache["reference_labels"] = data.read_ids_labels(reference_files)[1]
+            cache["prototypes"], cache["prototype_labels"] = prototypes(cache["reference"], cache["reference_labels"])
         feats = unit_features(model, files, cfg)
         labels = data.read_ids_labels(files)[1]
-        return {self.row_value_key: nearest_cosine(feats, cache["reference"]),
-                self.sim_value_key: nearest_cosine(feats, cache["reference"], labels, cache["reference_labels"])}
+        protos, proto_labels = cache["prototypes"], cache["prototype_labels"]
+        return {self.row_value_key: nearest_cosine(feats, protos),
+                self.sim_value_key: nearest_cosine(feats, protos, labels, proto_labels),
+                openset.NEAREST_SCORE: nearest_cosine(feats, cache["reference"]),
+                openset.NEAREST_OTHER_SCORE: nearest_cosine(feats, cache["reference"], labels,
+                                                            cache["reference_labels"])}
 
     def post_markdown(self, post):
         return openset.rule_markdown(post)
@@ -204,6 +215,18 @@ def unit_features(model, files, cfg):
     return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
 
+def prototypes(unit_feats, labels):
+    """One prototype per label of ``labels``: the mean of its rows of ``unit_feats`` (unit rows), L2-normalised
+    (a zero mean stays zero). Returns ``(prototypes float32 [m, d], their labels [m])``, labels sorted."""
+    unit_feats, labels = np.asarray(unit_feats, np.float64), np.asarray(labels)
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    sums = np.zeros((len(uniq), unit_feats.shape[1]))
+    np.add.at(sums, inverse.reshape(-1), unit_feats)
+    means = sums / np.bincount(inverse.reshape(-1), minlength=len(uniq))[:, None].clip(min=1)
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    return (means / np.where(norms > 0, norms, 1.0)).astype(np.float32), uniq
+
+
 def nearest_cosine(feats, reference, labels=None, reference_labels=None, block=1024):
     """Per row of ``feats``, the largest dot product with a row of ``reference`` (both unit rows); with
     ``labels`` / ``reference_labels``, only with reference rows of another label than the row's own
@@ -225,9 +248,13 @@ def merge_views(out, n_views):
     return np.ascontiguousarray(out.transpose(1, 0, 2)).astype(np.float32)
 
 
-def compile_classifier(model, n_classes, optimizer, label_smoothing=0.0, jit_compile=False):
-    """Compile with categorical cross-entropy, ``acc`` and (above 5 classes) ``top5``."""
+def compile_classifier(model, n_classes, optimizer, label_smoothing=0.0, jit_compile=False, arcface_margin=None,
+                       head_scale=16.0):
+    """Compile with categorical cross-entropy (``arcface_margin`` given: ArcFace's loss with that margin and
+    ``head_scale``, for the arcface head), ``acc`` and (above 5 classes) ``top5``."""
     import tensorflow as tf
+
+    from foldnet.models import backbones
 
     keras = tf.keras
     kmetrics = [keras.metrics.CategoricalAccuracy(name="acc")]
@@ -235,7 +262,8 @@ def compile_classifier(model, n_classes, optimizer, label_smoothing=0.0, jit_com
         kmetrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5"))
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        loss=(keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing) if arcface_margin is None else
+              backbones.ArcMarginLoss(arcface_margin, head_scale, label_smoothing)),
         metrics=kmetrics,
         jit_compile=bool(jit_compile),
     )

@@ -379,3 +379,75 @@ def test_openset_features_auto_follows_the_new_label():
         auto_or_bool("maybe")
     assert config.make_config()["openset_features"] == "auto"
     assert config.make_config(openset_features="false")["openset_features"] is False
+
+
+def test_prototype_cosine_by_hand():
+    from foldnet.tasks.classification import task as classification
+
+    # training images (unit rows): individual 0 at (1, 0) and (0, 1), individual 1 at (-1, 0) and (-0.6, -0.8)
+    ref = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [-0.6, -0.8]], np.float32)
+    ref_labels = np.array([0, 0, 1, 1])
+    protos, labels = classification.prototypes(ref, ref_labels)
+    # prototype 0: mean (0.5, 0.5) -> (1, 1) / sqrt 2; prototype 1: mean (-0.8, -0.4) -> (-2, -1) / sqrt 5
+    r2, r5 = np.sqrt(2), np.sqrt(5)
+    np.testing.assert_allclose(protos, [[1 / r2, 1 / r2], [-2 / r5, -1 / r5]], rtol=1e-6)
+    assert labels.tolist() == [0, 1]
+    feats = np.array([[1.0, 0.0], [0.6, -0.8], [0.0, -1.0]], np.float32)
+    row_labels = np.array([0, 1, -1])  # the last row: a test image (no label)
+    best = classification.nearest_cosine(feats, protos)
+    other = classification.nearest_cosine(feats, protos, row_labels, labels)
+    # row 0: cos to p0 = 1/sqrt2 = 0.7071, to p1 = -2/sqrt5 = -0.894 -> best 0.7071; without its own p0: -0.894
+    # row 1: p0 (0.6 - 0.8)/sqrt2 = -0.1414, p1 (-1.2 + 0.8)/sqrt5 = -0.1789 -> best -0.1414; without p1: -0.1414
+    # row 2: p0 -1/sqrt2 = -0.7071, p1 1/sqrt5 = 0.4472 -> 0.4472; no label: nothing left out
+    np.testing.assert_allclose(best, [1 / r2, -0.2 / r2, 1 / r5], rtol=1e-5)
+    np.testing.assert_allclose(other, [-2 / r5, -0.2 / r2, 1 / r5], rtol=1e-5)
+    # nearest image instead (the previous default): row 0 touches its own image (1.0)
+    np.testing.assert_allclose(classification.nearest_cosine(feats, ref)[0], 1.0)
+    # a prototype that cancels out stays zero (cosine 0 with everything)
+    zero, _ = classification.prototypes(np.array([[1.0, 0.0], [-1.0, 0.0]]), np.array([3, 3]))
+    np.testing.assert_allclose(zero, [[0.0, 0.0]])
+
+
+def test_rules_of_the_previous_stored_score_still_apply():
+    # a rule written by the previous default (nearest-image score) loads; given prototype scores it applies its
+    # max_prob fallback, given its own score (values_score) it applies itself
+    old = {"score": openset.NEAREST_SCORE, "threshold": 0.5, "new_rank": None,
+           "fallback": {"score": "max_prob", "threshold": 0.7, "new_rank": None}}
+    assert openset.usable(old, np.array([0.1] * 5)) == old["fallback"]
+    assert openset.usable(old, None) == old["fallback"]
+    assert openset.usable(old, np.zeros(5), values_score=openset.NEAREST_SCORE) == old
+    values = np.array([0.9, 0.9, 0.9, 0.1, 0.9])
+    rows = openset.top_k_labels(PROBS, LM, old, values=values)
+    assert rows == openset.top_k_labels(PROBS, LM, old["fallback"])  # max_prob < 0.7: rows 1, 3, 4 new first
+    assert [r[0] for r in rows] == ["a", "new_turtle", "new_turtle", "new_turtle", "new_turtle"]
+    rows = openset.top_k_labels(PROBS, LM, old, values=values, values_score=openset.NEAREST_SCORE)
+    assert [r[0] for r in rows] == ["a", "b", "new_turtle", "new_turtle", "a"]
+    new = {**old, "score": openset.STORED_SCORE}
+    assert openset.top_k_labels(PROBS, LM, new, values=values) == rows
+
+
+def test_noise_matched_cap_is_recorded_not_applied():
+    assert openset.known_noise([1.0, 0.5, 1.0, 0.0]) == pytest.approx(np.sqrt(0.6875 / 3) / 2)
+    assert openset.known_noise([1.0]) == 0.0
+    # known rows often unsure (natural MAP varies: noise well above 0.005); unseen copies far from the others
+    rng = np.random.default_rng(5)
+    n = 60
+    targets = np.repeat([0, 1, 2, 3, 4, 5], 10)
+    probs = np.full((n, 6), 0.05)
+    probs[np.arange(n), targets] = 0.75
+    wrong = rng.random(n) < 0.3
+    probs[wrong] = np.roll(probs[wrong], 1, axis=1)
+    fold = np.tile([0, 1, 2], 20)
+    values = np.where(wrong, rng.uniform(0.5, 0.7, n), rng.uniform(0.8, 0.95, n))
+    others = rng.uniform(0.4, 0.75, n)
+    rule = openset.fit_best_rule(targets, probs, LM, fold, values=values, others=others)
+    matched = rule["noise_matched"]
+    assert matched["applied"] is False and matched["max_known_loss"] == pytest.approx(rule["known_noise"])
+    assert matched["max_known_loss"] > openset.MAX_KNOWN_LOSS
+    assert rule["oof"]["rule"]["known"] >= rule["oof"]["natural"]["known"] - openset.MAX_KNOWN_LOSS
+    assert matched["oof"]["all"] >= rule["oof"]["rule"]["all"]  # a looser cap fits at least as well on OOF
+    assert "not applied" in openset.rule_markdown(rule)
+    # applied: the capped rule's threshold, whatever the noise-matched one
+    applied = openset.top_k_labels(probs, LM, rule, values=values)
+    assert applied == openset.top_k_labels(probs, LM, {k: rule[k] for k in ("score", "threshold", "new_rank")},
+                                           values=values)
