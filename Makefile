@@ -1,7 +1,9 @@
 # `make demo`: set-up + the whole pipeline on the bundled demo data.
-# `make demo-seg`: the same for segmentation on synthetic Kelp Wanted tiles, then the Dice
-#   of foldnet's submission, of the NDVI-threshold baseline and, last, of the per-pixel
+# `make demo-seg`: the same for segmentation on synthetic Kelp Wanted tiles (models/seg_small.yaml),
+#   then the Dice of foldnet's submission, of its ensemble with the per-pixel gradient-boosting
+#   member (OOF-fitted weights), of the NDVI-threshold baseline and, last, of the per-pixel
 #   gradient-boosting baseline (foldnet baseline --method gbm) on the same test tiles.
+# `make demo-biomass`: the same for temporal regression (BioMassters stand-in), GBM last.
 # `make test`: set-up + the test suite.   `make bench`: the benchmarks.
 PY ?= python3
 VENV ?= .venv
@@ -11,6 +13,10 @@ DEMO_DIR ?= data/demo
 DEMO_RUNS ?= runs
 SEG_DEMO_DIR ?= data/kelp_demo
 BIO_DEMO_DIR ?= data/biomass_demo
+# extra `foldnet demo-data` flags, e.g. BIO_DEMO_ARGS="--n_train 96 --n_test 32"
+SEG_DEMO_ARGS ?=
+BIO_DEMO_ARGS ?=
+BIO_MODELS ?= biomass_demo biomass_one_month biomass_mean biomass_small
 
 # bench_small_data.py (recipes on a small photo dataset, ~40 min) runs with `make bench-small-data`.
 BENCHES := writer seg_writer pipeline seg_pipeline augment models tta ensemble seg_ensemble
@@ -47,31 +53,36 @@ demo: install
 
 demo-seg: install
 	@start=$$(date +%s); set -e; \
-	$(BIN)/python -m foldnet demo-data --kind kelp --out_dir $(SEG_DEMO_DIR); \
+	$(BIN)/python -m foldnet demo-data --kind kelp --out_dir $(SEG_DEMO_DIR) $(SEG_DEMO_ARGS); \
 	$(BIN)/python create_tfrecords.py --data_dir $(SEG_DEMO_DIR); \
-	DATA_DIR=$(SEG_DEMO_DIR) MODELS=seg_demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python bash run_training.sh; \
-	DATA_DIR=$(SEG_DEMO_DIR) MODELS=seg_demo RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python \
+	DATA_DIR=$(SEG_DEMO_DIR) MODELS=seg_small RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python bash run_training.sh; \
+	DATA_DIR=$(SEG_DEMO_DIR) MODELS=seg_small RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python \
 	  SUBMISSION=$(SEG_DEMO_DIR)/submission.tar bash run_inference.sh; \
 	$(BIN)/python -m foldnet baseline --data_dir $(SEG_DEMO_DIR) --out $(SEG_DEMO_DIR)/baseline.tar; \
 	$(BIN)/python -m foldnet baseline --method gbm --data_dir $(SEG_DEMO_DIR) --run_dir $(DEMO_RUNS)/seg_gbm; \
 	$(BIN)/python -m foldnet ensemble --runs $(DEMO_RUNS)/seg_gbm --data_dir $(SEG_DEMO_DIR) \
 	  --tfrec_dir $(SEG_DEMO_DIR)/tfrec --submission $(SEG_DEMO_DIR)/gbm.tar --quiet; \
+	DATA_DIR=$(SEG_DEMO_DIR) MODELS=seg_small RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python \
+	  EXTRA_RUNS=$(DEMO_RUNS)/seg_gbm FIT_WEIGHTS=1 SUBMISSION=$(SEG_DEMO_DIR)/ensemble.tar bash run_inference.sh; \
 	echo "== demo test tiles vs $(SEG_DEMO_DIR)/answers (pooled Dice over all pixels)"; \
-	printf "foldnet (seg_demo, 5 folds): "; \
+	printf "foldnet (seg_small, 5 folds):    "; \
 	$(BIN)/python -m foldnet evaluate --submission $(SEG_DEMO_DIR)/submission.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
-	printf "NDVI-threshold baseline:     "; \
+	printf "foldnet ensemble seg_small + GBM: "; \
+	$(BIN)/python -m foldnet evaluate --submission $(SEG_DEMO_DIR)/ensemble.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
+	printf "NDVI-threshold baseline:         "; \
 	$(BIN)/python -m foldnet evaluate --submission $(SEG_DEMO_DIR)/baseline.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
-	printf "per-pixel gradient boosting: "; \
+	printf "per-pixel gradient boosting:     "; \
 	$(BIN)/python -m foldnet evaluate --submission $(SEG_DEMO_DIR)/gbm.tar --answers $(SEG_DEMO_DIR)/answers --naming kelp; \
 	echo "== demo-seg finished in $$(( $$(date +%s) - start )) s"
 
-# The temporal model and its two baselines (same network on one month, on the mean of the
-# months) are three members trained on the same folds; each gets its own submission.
+# The temporal model, its two baselines (same network on one month, on the mean of the
+# months) and the small-data recipe are four members trained on the same folds; each gets its
+# own submission; then biomass_small + the GBM member under OOF-fitted weights, and the GBM.
 demo-biomass: install
 	@start=$$(date +%s); set -e; \
-	$(BIN)/python -m foldnet demo-data --kind biomass --out_dir $(BIO_DEMO_DIR); \
+	$(BIN)/python -m foldnet demo-data --kind biomass --out_dir $(BIO_DEMO_DIR) $(BIO_DEMO_ARGS); \
 	$(BIN)/python create_tfrecords.py --data_dir $(BIO_DEMO_DIR) --n_folds 3; \
-	for m in biomass_demo biomass_one_month biomass_mean; do \
+	for m in $(BIO_MODELS); do \
 	  DATA_DIR=$(BIO_DEMO_DIR) MODELS=$$m RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python bash run_training.sh; \
 	  DATA_DIR=$(BIO_DEMO_DIR) MODELS=$$m RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python \
 	    SUBMISSION=$(BIO_DEMO_DIR)/$$m.tar bash run_inference.sh; \
@@ -79,15 +90,17 @@ demo-biomass: install
 	$(BIN)/python -m foldnet baseline --data_dir $(BIO_DEMO_DIR) --run_dir $(DEMO_RUNS)/biomass_gbm; \
 	$(BIN)/python -m foldnet ensemble --runs $(DEMO_RUNS)/biomass_gbm --data_dir $(BIO_DEMO_DIR) \
 	  --tfrec_dir $(BIO_DEMO_DIR)/tfrec --submission $(BIO_DEMO_DIR)/biomass_gbm.tar --quiet; \
+	DATA_DIR=$(BIO_DEMO_DIR) MODELS=biomass_small RUNS_DIR=$(DEMO_RUNS) PYTHON=$(BIN)/python \
+	  EXTRA_RUNS=$(DEMO_RUNS)/biomass_gbm FIT_WEIGHTS=1 SUBMISSION=$(BIO_DEMO_DIR)/ensemble.tar bash run_inference.sh; \
 	echo "== demo test chips vs $(BIO_DEMO_DIR)/answers (RMSE per chip, mean over chips; lower is better)"; \
-	$(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/biomass_demo.tar \
-	  --answers $(BIO_DEMO_DIR)/answers --label "foldnet temporal UNet, 12 months"; \
-	$(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/biomass_one_month.tar \
-	  --answers $(BIO_DEMO_DIR)/answers --label "same network, one month (July)  "; \
-	$(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/biomass_mean.tar \
-	  --answers $(BIO_DEMO_DIR)/answers --label "same network, mean of the months"; \
+	for m in $(BIO_MODELS); do \
+	  $(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/$$m.tar \
+	    --answers $(BIO_DEMO_DIR)/answers --label "foldnet $$m"; \
+	done; \
+	$(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/ensemble.tar \
+	  --answers $(BIO_DEMO_DIR)/answers --label "foldnet ensemble biomass_small + GBM"; \
 	$(BIN)/python -m foldnet evaluate --submission $(BIO_DEMO_DIR)/biomass_gbm.tar \
-	  --answers $(BIO_DEMO_DIR)/answers --label "per-pixel gradient boosting     "; \
+	  --answers $(BIO_DEMO_DIR)/answers --label "per-pixel gradient boosting"; \
 	echo "== demo-biomass finished in $$(( $$(date +%s) - start )) s"
 
 bench: install
@@ -99,5 +112,6 @@ bench-small-data: install
 	$(BIN)/python bench/bench_small_data.py
 
 clean-demo:
-	rm -rf $(DEMO_DIR) $(DEMO_RUNS)/demo $(SEG_DEMO_DIR) $(DEMO_RUNS)/seg_demo
+	rm -rf $(DEMO_DIR) $(DEMO_RUNS)/demo $(SEG_DEMO_DIR) $(DEMO_RUNS)/seg_demo $(DEMO_RUNS)/seg_small $(DEMO_RUNS)/seg_gbm
 	rm -rf $(BIO_DEMO_DIR) $(DEMO_RUNS)/biomass_demo $(DEMO_RUNS)/biomass_one_month $(DEMO_RUNS)/biomass_mean
+	rm -rf $(DEMO_RUNS)/biomass_small $(DEMO_RUNS)/biomass_gbm

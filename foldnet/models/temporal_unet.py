@@ -29,8 +29,10 @@ Decoder and head
     the non-negativity ``nonneg``: ``softplus`` (default), ``relu`` or
     ``none``; computed in float32. The UNet-level ``arch_options`` of
     ``unet_options`` (encoder_taps, decoder_attention, decoder_norm,
-    head_kernel, stem) apply as in ``unet``: with ``encoder_taps: stages``
-    the attention pooling runs on the stage outputs.
+    head_kernel, stem, pixel_skip) apply as in ``unet``: with ``encoder_taps: stages``
+    the attention pooling runs on the stage outputs; ``pixel_skip: N`` runs
+    ``unet.pixel_path`` on every month (folded in the batch) and pools it over
+    the months with its own masked attention, then joins the last decoder map.
 
 ``n_months`` may be 1 (the single-month and mean-of-months baselines).
 """
@@ -124,11 +126,16 @@ def build_temporal_unet(arch, n_months, shape_hw_padded, n_channels, weights="no
     x = FoldMonths(name="fold_months")([image, months])
     if normalize and affine is not None:
         x = models.PixelAffine(*unet.channel_affine(affine, n_channels), name="input_norm")(x)
+    folded = x
     features = extractor(x)
     features = features if isinstance(features, (list, tuple)) else [features]
     pooled = [MonthAttention(n_months, attention_hidden, name=f"month_attention{k}")([f, months])
               for k, f in enumerate(features)]
     x = unet.decode(pooled, filters, ours["decoder_attention"], ours["decoder_norm"])
+    if ours["pixel_skip"]:
+        pixels = unet.pixel_path(folded, ours["pixel_skip"])
+        pixels = MonthAttention(n_months, attention_hidden, name="month_attention_pixels")([pixels, months])
+        x = layers.Concatenate(name="pixel_skip_concat")([x, pixels])
     x = unet.head_conv(ours["head_kernel"], "regression")(x)
     x = layers.Activation("linear", dtype="float32", name="regression_float32")(x)
     if float(output_scale) != 1.0:

@@ -42,6 +42,9 @@ Decoder
     ``decoder_norm: none``: conv (with bias) + ReLU without BatchNorm;
     ``decoder_attention: scse``: ``scse`` on each concatenation with a skip
     and after each block; ``head_kernel: 1``: a 1x1 logit conv.
+    ``pixel_skip: N``: a per-pixel path from the (normalised) input, two 1x1
+    conv-ReLU layers of N filters (``pixel_path``), concatenated with the last
+    decoder map before the head.
 
 All UNet-level ``arch_options`` keys: ``foldnet.models.unet_options``.
 """
@@ -287,6 +290,15 @@ def decode(features, filters, attention="none", norm="batch"):
     return x
 
 
+def pixel_path(x, filters, name="pixel_skip"):
+    """The ``pixel_skip`` path: two 1x1 conv (with bias) + ReLU layers of ``filters`` channels on
+    ``x`` (no spatial context: what a per-pixel model sees), at the input's resolution."""
+    if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+        raise ValueError(f"pixel_skip must be a positive int, got {filters!r}")
+    x = layers.Conv2D(filters, 1, activation="relu", name=f"{name}_conv1")(x)
+    return layers.Conv2D(filters, 1, activation="relu", name=f"{name}_conv2")(x)
+
+
 def head_conv(kernel, name):
     """The last conv to one channel (``head_kernel`` 3 or 1)."""
     if kernel not in unet_options.CHOICES["head_kernel"]:
@@ -353,7 +365,8 @@ def build_unet(arch, n_channels, dim, weights="none", decoder_filters=DEFAULT_DE
     normalize: apply the backbone's pretrained input normalisation (False: the input goes
         straight into the backbone).
     options: the UNet-level keys of ``unet_options`` (encoder_taps, decoder_attention,
-        decoder_norm, head_kernel, stem); the rest are keyword arguments of the backbone builder.
+        decoder_norm, head_kernel, stem, pixel_skip); the rest are keyword arguments of the
+        backbone builder.
     """
     height, width = (dim, dim) if isinstance(dim, int) else (int(dim[0]), int(dim[1]))
     check_channels(n_channels)
@@ -368,7 +381,10 @@ def build_unet(arch, n_channels, dim, weights="none", decoder_filters=DEFAULT_DE
         x = models.PixelAffine(*channel_affine(affine, n_channels), name="input_norm")(x)
     features = extractor(x)
     features = features if isinstance(features, (list, tuple)) else [features]
+    pixels = pixel_path(x, ours["pixel_skip"]) if ours["pixel_skip"] else None
     x = decode(features, filters, ours["decoder_attention"], ours["decoder_norm"])
+    if pixels is not None:
+        x = layers.Concatenate(name="pixel_skip_concat")([x, pixels])
     x = head_conv(ours["head_kernel"], "logits")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name=name or re.sub(r"[^A-Za-z0-9_]", "_", f"unet_{arch}"))

@@ -20,6 +20,12 @@ stem                ``adapted`` (default: mean of the pretrained RGB kernels, re
                     RGB channel i mod 3, x 3/n; one channel: the sum) | ``fresh`` (the stem
                     keeps its random initialisation). Only used when pretrained weights are
                     loaded into a backbone with n != 3 input channels.
+pixel_skip          0 (default: off) | N >= 1: a per-pixel path from the model's input (two
+                    1x1 conv-ReLU layers of N filters, no spatial context) concatenated with
+                    the last decoder map at full resolution, before the head. The temporal
+                    UNet runs it on every month and pools the months with its masked attention.
+                    What a per-pixel model (gradient boosting) sees, kept sharp beside the
+                    decoder's upsampled context.
 ==================  =========================================================================
 """
 import math
@@ -32,7 +38,8 @@ CHOICES = {
     "stem": ("adapted", "cyclic", "fresh"),
 }
 DEFAULTS = {"encoder_taps": "expand", "decoder_attention": "none", "decoder_norm": "batch", "head_kernel": 3,
-            "stem": "adapted"}
+            "stem": "adapted", "pixel_skip": 0}
+MAX_PIXEL_SKIP = 4096
 
 
 def split(options):
@@ -50,6 +57,10 @@ def problems(options):
             value = options[key]
             if isinstance(value, bool) or value not in allowed:
                 out.append(f"arch_options.{key}={value!r}: choose one of {', '.join(str(a) for a in allowed)}")
+    if options and "pixel_skip" in options:
+        value = options["pixel_skip"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PIXEL_SKIP:
+            out.append(f"arch_options.pixel_skip={value!r}: 0 (off) or a number of filters from 1 to {MAX_PIXEL_SKIP}")
     filters = (options or {}).get("decoder_filters")
     if filters is not None:
         ok = isinstance(filters, (list, tuple)) and filters and all(

@@ -99,7 +99,7 @@ def test_committed_member_configs_are_valid():
     names = {a["name"] for a in models.list_architectures()}
     kelp = segmentation.SegSpec([350, 350, 7], ["SWIR", "NIR", "R", "G", "B", "QA", "DEM"], "kelp", "{id}_kelp.tif")
     cloud = segmentation.SegSpec([512, 512, 4], ["B02", "B03", "B04", "B08"], "cloud", "{id}.tif")
-    seg = {"seg_demo.yaml": kelp, "kelp_b5.yaml": kelp, "cloud_unet.yaml": cloud}
+    seg = {"seg_demo.yaml": kelp, "seg_small.yaml": kelp, "kelp_b5.yaml": kelp, "cloud_unet.yaml": cloud}
     assert {os.path.basename(p) for p in paths} >= set(seg)
     from foldnet.tasks.temporal import layouts as tl
     from foldnet.tasks.temporal import records as temporal_records
@@ -107,7 +107,8 @@ def test_committed_member_configs_are_valid():
 
     biomass = temporal_records.TemporalSpec(12, (256, 256), list(tl.BIOMASSTERS_BANDS), dict(tl.BIOMASSTERS_NORM),
                                             dict(tl.BIOMASSTERS_TARGET), "biomassters", list(tl.BIOMASSTERS_MONTHS))
-    temporal_recipes = {"biomass_l.yaml", "biomass_demo.yaml", "biomass_one_month.yaml", "biomass_mean.yaml"}
+    temporal_recipes = {"biomass_l.yaml", "biomass_demo.yaml", "biomass_small.yaml", "biomass_one_month.yaml",
+                        "biomass_mean.yaml"}
     assert {os.path.basename(p) for p in paths} >= temporal_recipes
     for p in paths:
         if os.path.basename(p) == "biomass_l.yaml" and missing_settings(p):

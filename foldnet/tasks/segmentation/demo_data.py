@@ -6,7 +6,7 @@ No download: every tile is synthesised, deterministically from the seed.
   bands in the real order SWIR, NIR, R, G, B, QA, DEM), ``train_kelp/<tile>_kelp.tif``
   (uint8 0/1), ``test_satellite/``, ``metadata_fTq0l2T.csv`` (tile_id, type,
   filename, in_train), plus ``answers/<tile>_kelp.tif`` (the hidden test masks)
-  and ``places.csv`` (tile_id, place, split: the truth of the grouping).
+  and ``places.csv`` (tile_id, place, split, sensor: the truth of the grouping).
 * Values: Landsat Collection 2 Level-2 surface reflectance in its int16
   scaling, DN = (reflectance + 0.2) / 2.75e-5 (so reflectance 0 is 7273 and
   0.3 is 18182); -32768 marks a missing pixel; QA 0 = clear, 1 = cloud; DEM in
@@ -21,11 +21,16 @@ No download: every tile is synthesised, deterministically from the seed.
   and red over patches of sea; clouds (flagged in QA) brighten every band; a
   fifth of the acquisitions have striped missing data (like Landsat 7 SLC-off)
   in the five spectral bands, and a few have no DEM.
+* Three sensors (``places.csv`` column ``sensor``: LT05, LE07, LC08-like), one per
+  acquisition, each with its own per-band gain and offset; every acquisition has its
+  own haze (additive, strongest in blue, a smooth field over the tile). The optics
+  blur every band by about 0.6 px (a Gaussian PSF), so pixels at the edge of a kelp
+  bed (and at the coast) are mixed.
+* The training masks are noisy as hand labels are: at the bed edges pixels are
+  flipped (a third of the boundary), and a few tiles have their labels grown or
+  shrunk by one pixel; small beds are sometimes missed. The hidden test masks
+  (``answers/``) are the true extent.
 * About a third of the tiles have no kelp. Test tiles come from held-out places.
-
-A per-pixel NDVI threshold over clear sea (foldnet.tasks.segmentation.baseline) finds much
-of the kelp but not all: thin kelp and glint overlap in NDVI, missing pixels
-and cloud edges are lost; a UNet that sees the neighbourhood does better.
 """
 import hashlib
 import os
@@ -42,6 +47,48 @@ BARE = np.array([0.260, 0.250, 0.190, 0.150, 0.120])
 KELP_GAIN = np.array([0.005, 0.120, 0.010, 0.008, 0.002])  # added to WATER at kelp density 1
 GLINT = np.array([0.015, 0.050, 0.035, 0.030, 0.030])  # added at glint strength 1
 CLOUD = np.array([0.350, 0.450, 0.480, 0.500, 0.520])
+# Per-sensor (gain, offset) of the reflectance, bands SWIR, NIR, R, G, B: three Landsat-like sensors.
+SENSORS = {
+    "LT05": (np.array([0.94, 1.06, 0.95, 1.03, 1.07]), np.array([0.004, -0.004, 0.003, 0.004, 0.008])),
+    "LE07": (np.array([1.04, 0.95, 1.05, 0.97, 0.95]), np.array([-0.002, 0.005, -0.002, 0.002, 0.004])),
+    "LC08": (np.ones(5), np.zeros(5)),
+}
+HAZE = np.array([0.15, 0.35, 0.65, 0.85, 1.0])  # relative strength of haze per band (scattering ~ 1/wavelength)
+PSF_SIGMA = 0.6  # pixels
+
+
+def _blur_bands(refl, sigma=PSF_SIGMA):
+    """Gaussian point-spread function over every band of ``refl`` [H, W, C] (mixed pixels at edges)."""
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(refl, (sigma, sigma, 0), mode="reflect")
+
+
+def noisy_labels(rng, mask, allowed=None, flip=0.33, grow_shrink=0.15, drop_small=0.3):
+    """A hand label of the true ``mask`` (uint8 0/1): a third of the boundary pixels flipped, sometimes the
+    whole label grown or shrunk by one pixel, small connected parts sometimes missed; ``allowed`` (bool)
+    bounds where a label can be added."""
+    from scipy.ndimage import binary_dilation, binary_erosion, label
+
+    true = mask.astype(bool)
+    if not true.any():
+        return mask.astype(np.uint8)
+    out = true.copy()
+    u = rng.random()
+    if u < grow_shrink:
+        out = binary_dilation(out)
+    elif u < 2 * grow_shrink:
+        out = binary_erosion(out)
+    edge = binary_dilation(true) & ~binary_erosion(true)
+    out = np.where(edge & (rng.random(true.shape) < flip), ~out, out)
+    parts, n = label(out)
+    for k in range(1, n + 1):
+        part = parts == k
+        if part.sum() <= 6 and rng.random() < drop_small:
+            out[part] = False
+    if allowed is not None:
+        out &= allowed
+    return out.astype(np.uint8)
 
 
 def to_dn(reflectance):
@@ -85,8 +132,8 @@ def make_place(rng, size, kelp_free):
     return {"dem": np.rint(dem).astype(np.int16), "land": land, "vegetation": vegetation, "potential": potential}
 
 
-def make_acquisition(rng, place, size):
-    """(image int16 [size, size, 7], kelp mask uint8) of one acquisition of ``place``."""
+def make_acquisition(rng, place, size, sensor="LC08"):
+    """(image int16 [size, size, 7], true kelp mask uint8) of one acquisition of ``place`` by ``sensor``."""
     land, veg = place["land"], place["vegetation"]
     refl = np.where(veg[..., None], VEGETATION, np.where(land[..., None], BARE, WATER)).astype(np.float64)
     # kelp: this acquisition's extent is the part of the potential above a seasonal level
@@ -98,8 +145,12 @@ def make_acquisition(rng, place, size):
     if rng.random() < 0.35:  # sun glint / turbid water over a patch of sea
         glint = np.clip(_field(rng, size, size / 6) - rng.uniform(0.0, 1.0), 0, None) * rng.uniform(0.6, 1.3)
         refl += (np.where(sea, np.minimum(glint, 1.0), 0))[..., None] * GLINT
+    refl = _blur_bands(refl)  # optics: mixed pixels at kelp edges and at the coast
     refl *= rng.uniform(0.9, 1.1)  # illumination
-    refl += rng.uniform(0.0, 0.02) * (rng.random() < 0.2)  # haze (not in QA)
+    haze = rng.uniform(0.0, 0.03) * np.clip(1 + 0.5 * _field(rng, size, size / 4), 0, None)
+    refl += haze[..., None] * HAZE  # haze (not in QA), strongest in blue
+    gain, offset = SENSORS[sensor]
+    refl = refl * gain + offset
     refl += rng.normal(0, 0.008, refl.shape)  # sensor noise
     qa = np.zeros((size, size), np.int16)
     if rng.random() < 0.4:  # clouds, flagged in QA; their soft edges are not
@@ -135,6 +186,7 @@ def build_kelp_dataset(out_dir, n_places=40, acquisitions=4, size=64, test_fract
     test_places = set(rng.permutation(n_places)[:n_test].tolist())
     kelp_free = rng.random(n_places) < 0.25
     rows, places = [], []
+    sensor_names = sorted(SENSORS)
     with dataset_dir(out_dir, "kelp", ("train_satellite", "train_kelp", "test_satellite", "answers")) as tmp:
         k = 0
         for p in range(n_places):
@@ -142,8 +194,11 @@ def build_kelp_dataset(out_dir, n_places=40, acquisitions=4, size=64, test_fract
             for _ in range(acquisitions):
                 tid = tile_id(k, seed)
                 k += 1
-                image, mask = make_acquisition(rng, place, size)
+                sensor = sensor_names[int(rng.integers(len(sensor_names)))]
+                image, mask = make_acquisition(rng, place, size, sensor)
                 is_test = p in test_places
+                if not is_test:  # hand labels: noisy at the edges, never on land
+                    mask = noisy_labels(rng, mask, allowed=~place["land"])
                 split = "test" if is_test else "train"
                 # one page of H x W x 7, band-interleaved (planarconfig contig), as GDAL writes the
                 # competition's tiles; tifffile would otherwise store H pages of W x 7
@@ -153,10 +208,10 @@ def build_kelp_dataset(out_dir, n_places=40, acquisitions=4, size=64, test_fract
                 rows.append((tid, "satellite", f"{tid}_satellite.tif", not is_test))
                 if not is_test:
                     rows.append((tid, "kelp", f"{tid}_kelp.tif", True))
-                places.append((tid, f"place{p:03d}", split))
+                places.append((tid, f"place{p:03d}", split, sensor))
         pd.DataFrame(rows, columns=["tile_id", "type", "filename", "in_train"]).to_csv(
             os.path.join(tmp, "metadata_fTq0l2T.csv"), index=False)
-        pd.DataFrame(places, columns=["tile_id", "place", "split"]).to_csv(
+        pd.DataFrame(places, columns=["tile_id", "place", "split", "sensor"]).to_csv(
             os.path.join(tmp, "places.csv"), index=False)
     return out_dir
 
@@ -168,10 +223,18 @@ CLOUD_CHIP_BANDS = ("B02", "B03", "B04", "B08")  # Sentinel-2 blue, green, red, 
 SURFACES = {"water": np.array([0.06, 0.05, 0.03, 0.02]), "vegetation": np.array([0.04, 0.08, 0.05, 0.35]),
             "bare": np.array([0.12, 0.15, 0.19, 0.25]), "snow": np.array([0.80, 0.78, 0.75, 0.60])}
 CLOUD_REFL = np.array([0.55, 0.55, 0.56, 0.58])
+# Per-sensor (gain, offset) of the reflectance, bands B02, B03, B04, B08: one sensor per location.
+CLOUD_SENSORS = (
+    (np.ones(4), np.zeros(4)),
+    (np.array([1.08, 1.04, 0.97, 0.93]), np.array([0.010, 0.006, 0.002, -0.004])),
+    (np.array([0.92, 0.97, 1.05, 1.08]), np.array([-0.004, 0.002, 0.006, 0.010])),
+)
+CLOUD_HAZE = np.array([1.0, 0.8, 0.6, 0.3])  # haze strength per band, blue strongest
 
 
-def make_cloud_chip(rng, surface, size):
-    """(bands uint16 [4, size, size] as Sentinel-2 L2A DN = reflectance x 10000, cloud mask uint8)."""
+def make_cloud_chip(rng, surface, size, sensor=0):
+    """(bands uint16 [4, size, size] as Sentinel-2 L2A DN = reflectance x 10000, true cloud mask uint8) of a
+    chip seen by ``sensor`` (an index into CLOUD_SENSORS)."""
     refl = np.zeros((size, size, 4))
     for name, share in surface.items():
         refl += share[..., None] * SURFACES[name]
@@ -180,6 +243,10 @@ def make_cloud_chip(rng, surface, size):
     if rng.random() < 0.75:  # a quarter of the chips are clear
         opacity = np.clip(_field(rng, size, size / rng.uniform(5, 10)) - rng.uniform(-0.8, 1.2), 0, 0.8) / 0.8
     refl = refl * (1 - opacity[..., None]) + CLOUD_REFL * opacity[..., None]
+    haze = rng.uniform(0.0, 0.05) * np.clip(1 + 0.5 * _field(rng, size, size / 4), 0, None)
+    refl += haze[..., None] * CLOUD_HAZE  # thin haze, never labelled cloud
+    gain, offset = CLOUD_SENSORS[sensor % len(CLOUD_SENSORS)]
+    refl = refl * gain + offset
     refl += rng.normal(0, 0.01, refl.shape)
     dn = np.clip(np.rint(refl * 10000), 1, 65535).astype(np.uint16)  # 0 is the missing value
     return np.moveaxis(dn, -1, 0), (opacity > 0.3).astype(np.uint8)  # thin cloud edges are not labelled
@@ -214,8 +281,12 @@ def build_cloud_dataset(out_dir, n_locations=12, chips_per_location=4, size=64, 
     ``train_features/<chip>/{B02,B03,B04,B08}.tif`` (uint16), ``train_labels/<chip>.tif``
     (uint8 0/1), ``train_metadata.csv`` (chip_id, location, datetime), ``test_features/``,
     ``test_metadata.csv``, and ``answers/<chip>.tif`` (the hidden test masks). Chips of one
-    location share its ground (water, vegetation, bright snow or desert patches); clouds are
-    smooth bright fields, their thin edges unlabelled. Test chips come from held-out locations.
+    location share its ground (water, vegetation, bright snow or desert patches) and its sensor
+    (location k has sensor k mod 3 of CLOUD_SENSORS, each with its own per-band gain and offset); every chip has its own haze; clouds
+    are smooth bright fields, their thin edges unlabelled. The training labels are noisy
+    (``noisy_labels``: a third of the edge pixels flipped, the label grown or shrunk by a
+    pixel on some chips, small parts sometimes missed); the hidden test masks are the true ones (opacity > 0.3).
+    Test chips come from held-out locations.
     """
     import tifffile
 
@@ -234,7 +305,9 @@ def build_cloud_dataset(out_dir, n_locations=12, chips_per_location=4, size=64, 
             split = "test" if loc in test_locations else "train"
             for c in range(chips_per_location):
                 chip = _chip_id(f"{seed}-{loc}-{c}", used)
-                bands, mask = make_cloud_chip(rng, surface, size)
+                bands, mask = make_cloud_chip(rng, surface, size, sensor=loc)
+                if split == "train":  # hand labels: noisy at the edges
+                    mask = noisy_labels(rng, mask, grow_shrink=0.2)
                 folder = os.path.join(tmp, f"{split}_features", chip)
                 os.makedirs(folder)
                 for name, band in zip(CLOUD_CHIP_BANDS, bands):

@@ -32,7 +32,13 @@ No download: every chip is synthesised, deterministically from the seed.
   seasonal contrast, i.e. several months seen apart. A per-pixel check at the
   defaults (gradient boosting on one pixel's values, 60k training pixels,
   fold 4 held out): RMSE 62 from July alone, 28.5 from the mean of the
-  months, 21 from all 12 months.
+  months, 21 from all 12 months (before the imperfections below).
+* Imperfections of real data: every S2 month has its own gain and a haze (additive,
+  strongest in blue, a smooth field over the chip); the 20 m bands (B05, B06, B07, B8A,
+  B11, B12) are blurred like a 20 m pixel resampled to 10 m; each S1 orbit of a chip has
+  its own calibration offset (dB). The training targets (``train_agbm/``) are the true map
+  shifted by up to one pixel (misregistration of the lidar map) with 10% multiplicative
+  noise; the hidden test targets (``answers/``) are the true maps.
 """
 import hashlib
 import os
@@ -54,6 +60,9 @@ SNOWY = np.array([0.80, 0.78, 0.75, 0.72, 0.70, 0.68, 0.65, 0.63, 0.10, 0.08])
 CANOPY = np.array([0.02, 0.05, 0.03, 0.09, 0.25, 0.32, 0.36, 0.37, 0.16, 0.07])
 CLOUD = np.array([0.55, 0.55, 0.56, 0.57, 0.58, 0.58, 0.58, 0.58, 0.45, 0.35])
 CAP = TARGET_CAP
+HAZE = np.array([1.0, 0.85, 0.7, 0.6, 0.5, 0.45, 0.4, 0.38, 0.15, 0.1])  # per band B02 .. B12
+BANDS_20M = (3, 4, 5, 7, 8, 9)  # B05, B06, B07, B8A, B11, B12 in the 10 reflectance bands
+TARGET_NOISE = 0.1  # multiplicative noise of the training targets
 
 
 def chip_id(i, seed):
@@ -86,7 +95,11 @@ def make_s2(rng, h, e, month):
     cover = green_cover(h, e, month)[..., None]
     snow = 0.5 * SNOW[month]  # snow on the ground and on the branches, seen through the whole chip
     refl = (SOIL * (1 - cover) + CANOPY * cover) * (1 - snow) + SNOWY * snow
-    refl = refl * rng.uniform(0.85, 1.15) + rng.normal(0, 0.01, refl.shape)  # illumination, noise
+    refl = refl * rng.uniform(0.85, 1.15)  # illumination and calibration of this month
+    haze = rng.uniform(0.0, 0.04) * np.clip(1 + 0.5 * _field(rng, size, size / 4), 0, None)
+    refl = refl + haze[..., None] * HAZE
+    refl[..., BANDS_20M] = _blur(refl[..., BANDS_20M], 1.0)  # 20 m bands resampled to the 10 m grid
+    refl = refl + rng.normal(0, 0.01, refl.shape)  # noise
     clp = np.clip(rng.normal(8, 5, (size, size)), 0, 40)
     if rng.random() < 0.3:  # a cloudy month: bright bands, high cloud probability
         opacity = np.clip(_field(rng, size, size / 5) + rng.uniform(-0.5, 1.5), 0, 1)[..., None]
@@ -103,14 +116,30 @@ def green_cover(h, e, month):
     return np.clip(h * (e + (1 - e) * LEAF[month]), 0, 1)
 
 
-def make_s1(rng, h, e, month):
-    """float32 [H, W, 4] backscatter in dB (VV/VH asc, VV/VH desc), -9999 where no data."""
+def _blur(x, sigma):
+    """Gaussian blur of ``x`` [H, W, C] over H and W."""
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(x, (sigma, sigma, 0), mode="reflect")
+
+
+def observed_target(rng, agbm):
+    """The training target as measured: ``agbm`` shifted by up to one pixel (misregistration) with
+    TARGET_NOISE multiplicative noise."""
+    dy, dx = (int(v) for v in rng.integers(-1, 2, 2))
+    shifted = np.roll(agbm, (dy, dx), axis=(0, 1))
+    return np.maximum(shifted * (1 + rng.normal(0, TARGET_NOISE, agbm.shape)), 0.0).astype(np.float32)
+
+
+def make_s1(rng, h, e, month, offset=(0.0, 0.0)):
+    """float32 [H, W, 4] backscatter in dB (VV/VH asc, VV/VH desc), -9999 where no data; ``offset``: the
+    calibration offset (dB) of the ascending and descending orbit."""
     size = h.shape[0]
     cover = green_cover(h, e, month)  # volume scattering of the foliage
     wet = 1.5 * SNOW[month]
     vv = -13.0 + 5.0 * cover - wet
     vh = -21.0 + 7.5 * cover - wet
-    out = np.stack([vv, vh, vv + 0.5, vh + 0.4], -1)
+    out = np.stack([vv + offset[0], vh + offset[0], vv + 0.5 + offset[1], vh + 0.4 + offset[1]], -1)
     speckle = 10 * np.log10(rng.gamma(2.0, 0.5, out.shape))  # 2-look speckle in dB (std ~3.3 dB)
     out = (out + speckle + rng.normal(0, 0.8)).astype(np.float32)
     if rng.random() < 0.1:  # one orbit missing this month
@@ -146,8 +175,9 @@ def build_biomass_dataset(out_dir, n_train=240, n_test=40, size=32, seed=0):
             split = "train" if i < n_train else "test"
             h, e, agbm = make_forest(rng, size)
             target_name = f"{chip}_agbm.tif"
+            s1_offset = rng.normal(0, 1.0, 2)
             for month in range(N_MONTHS):
-                for sensor, array in (("S1", make_s1(rng, h, e, month)),
+                for sensor, array in (("S1", make_s1(rng, h, e, month, s1_offset)),
                                       ("S2", None if rng.random() < S2_MISSING[month] else make_s2(rng, h, e, month))):
                     if array is None:
                         continue
@@ -155,7 +185,8 @@ def build_biomass_dataset(out_dir, n_train=240, n_test=40, size=32, seed=0):
                     write_tiff(os.path.join(tmp, f"{split}_features", name), array)
                     features.append((name, chip, sensor, split, BIOMASSTERS_MONTHS[month],
                                      target_name if split == "train" else ""))
-            write_tiff(os.path.join(tmp, "train_agbm" if split == "train" else "answers", target_name), agbm)
+            write_tiff(os.path.join(tmp, "train_agbm" if split == "train" else "answers", target_name),
+                       observed_target(rng, agbm) if split == "train" else agbm)
             if split == "train":
                 agbm_rows.append((chip, target_name))
         pd.DataFrame(features, columns=["filename", "chip_id", "satellite", "split", "month", "corresponding_agbm"]

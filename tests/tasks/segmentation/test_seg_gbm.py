@@ -50,7 +50,7 @@ def test_gbm_member_is_a_run_dir_the_ensemble_scores_and_submits(cloud, capsys):
     assert set(np.unique(oof["labels"])) <= {0, 1} and oof["labels"].any()
     # clouds are bright in every band: the per-pixel model separates them well out of fold
     dice = float(printed.split("OOF Dice ")[1].split(",")[0])
-    assert dice > 0.7
+    assert dice > 0.6  # 0.68 on the harder stand-in (sensors, haze, noisy training labels; issue 20)
     sub = root / "gbm.tar"
     make_ensemble([str(run)], str(sub), str(data / "tfrec" / "tiles.csv"), tfrec_dir=str(data / "tfrec"))
     assert sub.exists() and os.path.exists(root / "gbm.scores.md")
