@@ -405,7 +405,7 @@ class Features:
         self.dtype = image["dtype"]
         # XLA fuses the ~10 elementwise passes per channel: 2x (bands) to 8x (bands + 10
         # indices) faster in tf.data on CPU (bench/bench_seg_pipeline.py)
-        self._compiled = tf.function(self._compute, jit_compile=True) if jit_compile else None
+        self._compiled = tf.function(self._compute, jit_compile=True, autograph=False) if jit_compile else None
         self._compiled_padded = {}  # pad multiple -> compiled features + reflect padding
 
     @property
@@ -452,7 +452,7 @@ class Features:
         if self._compiled is None:
             return padded(image, valid)
         if pad_multiple not in self._compiled_padded:
-            self._compiled_padded[pad_multiple] = tf.function(padded, jit_compile=True)
+            self._compiled_padded[pad_multiple] = tf.function(padded, jit_compile=True, autograph=False)
         return self._compiled_padded[pad_multiple](image, valid)
 
     def _compute(self, image, valid):

@@ -136,7 +136,7 @@ def sample(x, src_x, src_y, nearest=False):
     return tf.reshape(out, [height, width, channels])
 
 
-_warp_compiled = tf.function(warp, jit_compile=True)
+_warp_compiled = tf.function(warp, jit_compile=True, autograph=False)
 
 
 def _rotation_matrices(side):

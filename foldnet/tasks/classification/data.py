@@ -13,7 +13,7 @@ its TTA views, so all TTA variants are predicted in one pass.
 import tensorflow as tf
 
 from foldnet.io import records
-from foldnet.io.tfdata import AUTOTUNE, read_records, with_options
+from foldnet.io.tfdata import AUTOTUNE, plain, read_records, with_options
 from foldnet.tasks.classification import augment
 
 # Rough in-memory size of one cached encoded example beyond its image bytes.
@@ -114,10 +114,10 @@ def train_dataset(files, n_classes, dim, batch_size, aug_number=0, aug_probabili
     resampling from the decoded image, then photometric jitter
     (``aug_photometric``). All zero: no augmentation.
     """
-    ds = read_records(files, deterministic=False).map(parse_record, num_parallel_calls=AUTOTUNE)
+    ds = read_records(files, deterministic=False).map(plain(parse_record), num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda _id, img, label: (img, label), num_parallel_calls=AUTOTUNE)
     if cache == "decoded":
-        ds = ds.map(lambda img, label: (_decode_uint8(img, dim), label), num_parallel_calls=AUTOTUNE).cache()
+        ds = ds.map(plain(lambda img, label: (_decode_uint8(img, dim), label)), num_parallel_calls=AUTOTUNE).cache()
         ds = ds.shuffle(shuffle_buffer, seed=seed).repeat()
         source = tf.identity
     else:
@@ -133,7 +133,7 @@ def train_dataset(files, n_classes, dim, batch_size, aug_number=0, aug_probabili
                               aug_photometric)
         return image, tf.one_hot(label, n_classes)
 
-    ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.map(plain(make), num_parallel_calls=AUTOTUNE, deterministic=False)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
     return with_options(ds, shard_by_data=len(list(files)) < n_workers)
 
@@ -144,8 +144,8 @@ def eval_dataset(files, n_classes, dim, batch_size, drop_remainder=False, cache=
     Several workers (MultiWorkerMirroredStrategy) split it by batches, not by
     files: a validation fold is often a single shard.
     """
-    ds = read_records(files, deterministic=True).map(parse_record, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda _id, img, label: (decode_image(img, dim), tf.one_hot(tf.maximum(label, 0), n_classes)),
+    ds = read_records(files, deterministic=True).map(plain(parse_record), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(plain(lambda _id, img, label: (decode_image(img, dim), tf.one_hot(tf.maximum(label, 0), n_classes))),
                 num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if cache:
@@ -166,8 +166,8 @@ def tta_dataset(files, dim, batch_size, tta_number):
     identity first, so predictions reshape to [n, T, n_classes].
     """
     n_views = tta_number + 1
-    ds = read_records(files, deterministic=True).map(parse_record, num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda _id, img, label: tta_views(img, dim, tta_number), num_parallel_calls=AUTOTUNE)
+    ds = read_records(files, deterministic=True).map(plain(parse_record), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(plain(lambda _id, img, label: tta_views(img, dim, tta_number)), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size)
     ds = ds.map(lambda v: tf.reshape(v, [-1, dim, dim, 3]))
     return ds.prefetch(AUTOTUNE), n_views
@@ -178,7 +178,7 @@ def read_ids_labels(files):
     import numpy as np
 
     ids, labels = [], []
-    ds = read_records(files, deterministic=True).map(lambda s: parse_record(s)[0::2], num_parallel_calls=AUTOTUNE)
+    ds = read_records(files, deterministic=True).map(plain(lambda s: parse_record(s)[0::2]), num_parallel_calls=AUTOTUNE)
     for id_batch, label_batch in ds.batch(4096).as_numpy_iterator():
         ids.extend(x.decode("utf-8") for x in id_batch)
         labels.append(label_batch)

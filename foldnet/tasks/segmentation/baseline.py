@@ -134,7 +134,7 @@ def pixel_source(manifest, indices, task):
 
     def blocks(files):
         ds = tfdata.read_records(files, deterministic=True).map(
-            lambda s: seg_records.parse_example(s, shape, dtype)).batch(BLOCK_TILES)
+            tfdata.plain(lambda s: seg_records.parse_example(s, shape, dtype))).batch(BLOCK_TILES)
         for batch in ds.as_numpy_iterator():
             x = pixel_features(batch["image"], batch["valid"], bands, indices, image.get("missing_value"))
             yield ([i.decode("utf-8") for i in batch["id"]], x, batch["mask"],

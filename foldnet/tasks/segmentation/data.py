@@ -222,7 +222,7 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
     if cache:
         ds = ds.cache()
     ds = ds.shuffle(shuffle_tiles(shuffle_buffer, features), seed=seed).repeat()
-    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.map(tfdata.plain(parse), num_parallel_calls=AUTOTUNE, deterministic=False)
     if weights is not None:
         table = _acceptance_table(tile_ids, weights)
 
@@ -254,7 +254,7 @@ def train_dataset(files, features, batch_size, tile_ids=None, weights=None, augm
             x = spectral.pad_to_multiple(x, pad_multiple, "REFLECT") if pad_multiple else x
         return x, _pad_target(_target(mask, valid, _group_of(ex, groups)), pad_multiple)
 
-    ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.map(tfdata.plain(make), num_parallel_calls=AUTOTUNE, deterministic=False)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(PREFETCH_BATCHES)
     if AUTOTUNE_RAM_MB:
         opts = tf.data.Options()
@@ -273,7 +273,7 @@ def eval_dataset(files, features, batch_size, pad_multiple=spectral.PAD_MULTIPLE
         x = features(ex["image"], ex["valid"], pad_multiple)
         return x, _pad_target(_target(ex["mask"], ex["valid"], _group_of(ex, groups)), pad_multiple)
 
-    ds = tfdata.read_records(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    ds = tfdata.read_records(files, deterministic=True).map(tfdata.plain(make), num_parallel_calls=AUTOTUNE).batch(batch_size)
     return (ds.cache() if cache else ds).prefetch(AUTOTUNE)
 
 
@@ -290,7 +290,7 @@ def tta_dataset(files, features, batch_size, views=("identity",), pad_multiple=s
         x = features(ex["image"], ex["valid"], pad_multiple)
         return tf.stack([apply_view(x, v) for v in views])
 
-    ds = tfdata.read_records(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    ds = tfdata.read_records(files, deterministic=True).map(tfdata.plain(make), num_parallel_calls=AUTOTUNE).batch(batch_size)
     ds = ds.map(lambda v: tf.reshape(v, [-1] + v.shape[2:].as_list()))
     return ds.prefetch(AUTOTUNE)
 
@@ -318,7 +318,8 @@ def read_tiles(files, features, with_maps=True):
     parse = record_parser(features)
     ids, groups, masks, valids = [], [], [], []
     ds = tfdata.read_records(files, deterministic=True).map(
-        lambda s: {k: v for k, v in parse(s).items() if k != "image" and (with_maps or k not in ("mask", "valid"))},
+        tfdata.plain(lambda s: {k: v for k, v in parse(s).items()
+                                if k != "image" and (with_maps or k not in ("mask", "valid"))}),
         num_parallel_calls=AUTOTUNE)
     for batch in ds.batch(256).as_numpy_iterator():
         ids += [x.decode("utf-8") for x in batch["id"]]
@@ -358,7 +359,7 @@ def index_stats(files, features, quantiles=INDEX_QUANTILES):
     names = list(features.indices)
     parse = record_parser(features)
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=True, autograph=False)
     def planes_of(image, valid):
         planes, oks = features.raw_indices(image, valid)
         return tf.stack(planes, 0), tf.stack(oks, 0)
@@ -379,7 +380,7 @@ def index_stats(files, features, quantiles=INDEX_QUANTILES):
     qs = {n: [] for n in names}
     low = dict.fromkeys(names, np.inf)
     high = dict.fromkeys(names, -np.inf)
-    ds = tfdata.read_records(files, deterministic=True).map(raw, num_parallel_calls=AUTOTUNE).prefetch(2)
+    ds = tfdata.read_records(files, deterministic=True).map(tfdata.plain(raw), num_parallel_calls=AUTOTUNE).prefetch(2)
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         for per_tile in pool.map(lambda t: tile_stats(*t), ds.as_numpy_iterator()):
             for n, st in zip(names, per_tile):
@@ -427,7 +428,7 @@ def fit_index_ranges(files, features, n_tiles=64, quantiles=(0.01, 0.99)):
         planes, oks = features.raw_indices(ex["image"], ex["valid"])
         return tf.stack([planes[k] for k in position], -1), tf.stack([oks[k] for k in position], -1)
 
-    for idx, ok in tfdata.read_records(files, deterministic=True).take(n_tiles).map(raw).as_numpy_iterator():
+    for idx, ok in tfdata.read_records(files, deterministic=True).take(n_tiles).map(tfdata.plain(raw)).as_numpy_iterator():
         for k, n in enumerate(names):
             values[n].append(idx[..., k][ok[..., k]])
     out = {}

@@ -69,8 +69,8 @@ def pixel_source(manifest, spec, indices, task):
 
     def blocks(files):
         ds = tfdata.read_records(files, deterministic=True).map(
-            lambda s: temporal_records.parse_example(s, spec.n_months, spec.shape, spec.n_channels,
-                                                     groups=spec.groups)).batch(BLOCK_CHIPS)
+            tfdata.plain(lambda s: temporal_records.parse_example(s, spec.n_months, spec.shape, spec.n_channels,
+                                                                  groups=spec.groups))).batch(BLOCK_CHIPS)
         for batch in ds.as_numpy_iterator():
             x = pixel_features(batch["image"], batch["valid"], spec.bands, indices)
             target = batch["target"]

@@ -230,9 +230,9 @@ class _Chip:
         self.need = month_need_index(spec, month_needs)
         self.lo, self.hi = spec.norm_arrays(norm)
         self._core = tf.function(lambda image, packed: _unpack_normalise(image, packed, self.lo, self.hi),
-                                 jit_compile=True)
+                                 jit_compile=True, autograph=False)
         self._train = tf.function(lambda image, packed, index, kept: _unpack_normalise(
-            image, packed, self.lo, self.hi, index, kept), jit_compile=True)
+            image, packed, self.lo, self.hi, index, kept), jit_compile=True, autograph=False)
 
     def __call__(self, serialized, index=None, dropout=0.0, seed=None, dropout_chips=1.0):
         """(x [T', H, W, C], months [T'], target [H, W]). Training: ``index`` moves the pixels
@@ -291,7 +291,7 @@ def train_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, m
         x, target = _pad(x, target[..., tf.newaxis], pad_multiple)
         return {"image": x, "months": months}, target
 
-    ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=False)
+    ds = ds.map(tfdata.plain(make), num_parallel_calls=AUTOTUNE, deterministic=False)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
     return tfdata.with_options(ds, shard_by_data=len(files) < n_workers)
 
@@ -307,7 +307,7 @@ def eval_dataset(files, spec, batch_size, *, temporal_input="all", norm=None, ca
         x, target = _pad(x, target[..., tf.newaxis], pad_multiple)
         return {"image": x, "months": months}, target
 
-    ds = tfdata.read_records(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    ds = tfdata.read_records(files, deterministic=True).map(tfdata.plain(make), num_parallel_calls=AUTOTUNE).batch(batch_size)
     return (ds.cache() if cache else ds).prefetch(AUTOTUNE)
 
 
@@ -329,8 +329,8 @@ def predict_dataset(files, spec, batch_size, views=("identity",), *, temporal_in
     def flatten(batch):
         return {k: tf.reshape(v, [-1] + v.shape[2:].as_list()) for k, v in batch.items()}
 
-    ds = tfdata.read_records(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(batch_size)
-    ds = ds.map(flatten).prefetch(AUTOTUNE)
+    ds = tfdata.read_records(files, deterministic=True).map(tfdata.plain(make), num_parallel_calls=AUTOTUNE).batch(batch_size)
+    ds = ds.map(tfdata.plain(flatten)).prefetch(AUTOTUNE)
 
     def merge(predictions):
         return rviews.invert_tta(predictions, views, height, width, pad_multiple or 1).numpy()
@@ -356,7 +356,7 @@ def read_ids_targets(files, spec):
         return ex["id"], ex["target"]
 
     ids, targets = [], []
-    for i, t in tfdata.read_records(files, deterministic=True).map(make, num_parallel_calls=AUTOTUNE).batch(256)\
+    for i, t in tfdata.read_records(files, deterministic=True).map(tfdata.plain(make), num_parallel_calls=AUTOTUNE).batch(256)\
             .as_numpy_iterator():
         ids += [x.decode("utf-8") for x in i]
         targets.append(t)
@@ -366,5 +366,5 @@ def read_ids_targets(files, spec):
 def read_chips(files, spec):
     """Every parsed chip of ``files`` as numpy (tests, benches): dicts with id, image, valid, months, target."""
     ds = tfdata.read_records(files, deterministic=True).map(
-        lambda s: parse_example(s, spec.n_months, spec.shape, spec.n_channels, groups=spec.groups))
+        tfdata.plain(lambda s: parse_example(s, spec.n_months, spec.shape, spec.n_channels, groups=spec.groups)))
     return [{k: (v.decode("utf-8") if k == "id" else v) for k, v in ex.items()} for ex in ds.as_numpy_iterator()]
