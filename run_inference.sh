@@ -13,6 +13,8 @@
 # WEIGHTS      member weights, comma separated in MODELS then EXTRA_RUNS order (default: equal)
 # FIT_WEIGHTS  1 to fit member weights on out-of-fold predictions (the task's fit metric; never worse
 #              on OOF than the best member alone)
+# FIT_METRIC   the metric FIT_WEIGHTS maximises (default: the task's; segmentation dice at 0.5, or
+#              dice_best: Dice at the best threshold, the one the submission is then written at)
 # OPENSET      fitted (default): the open-set rule fitted on OOF puts the new label first for
 #              images that look unseen; natural: the plain new_turtle rule of the original solution
 # RUN_ARGS     extra run.py flags for prediction, e.g. "--batch_size 16 --tta_number 3"
@@ -47,6 +49,7 @@ fi
 args=(--runs "${run_dirs[@]}" --data_dir "$DATA_DIR" --tfrec_dir "$TFREC_DIR" --submission "$SUBMISSION")
 [ -n "${WEIGHTS:-}" ] && args+=("--weights=$WEIGHTS")  # one word: a value such as -1,2 is not taken for a flag
 [ "${FIT_WEIGHTS:-0}" = "1" ] && args+=(--fit_weights)
+[ -n "${FIT_METRIC:-}" ] && args+=("--fit_metric=$FIT_METRIC")
 [ -n "${THRESHOLD:-}" ] && args+=(--threshold "$THRESHOLD")
 [ -n "${OPENSET:-}" ] && args+=(--openset "$OPENSET")
 echo "== ensembling ${#run_dirs[@]} member(s) -> $SUBMISSION"

@@ -91,14 +91,18 @@ def test_gbm_member_joins_the_unet_through_run_inference(cloud):
     run([sys.executable, "-m", "foldnet", "baseline", "--method", "gbm", "--data_dir", str(data),
          "--run_dir", str(gbm), "--cap", "4000"])
     env = {"DATA_DIR": str(data), "MODELS": str(root / "cloud_tiny.yaml"), "RUNS_DIR": str(root / "runs"),
-           "EXTRA_RUNS": str(gbm), "FIT_WEIGHTS": "1"}
+           "EXTRA_RUNS": str(gbm), "FIT_WEIGHTS": "1", "FIT_METRIC": "dice_best"}
     sub = root / "with_gbm"
     out = run(["bash", "run_inference.sh"], dict(env, SUBMISSION=str(sub)))
     assert "ensembling 2 member(s)" in out
     assert len(os.listdir(sub)) == len(pd.read_csv(data / "test_metadata.csv"))
     text = (root / "with_gbm.scores.md").read_text()
     oof = text.split("## Out-of-fold scores")[1]
-    dice = {line.split("|")[1].strip(): float(line.split("|")[4]) for line in oof.splitlines()
-            if line.startswith("| ") and not line.startswith("| model")}
-    assert set(dice) >= {str(run_dir), str(gbm), "ensemble (fitted weights)"}
-    assert dice["ensemble (fitted weights)"] >= max(dice[str(run_dir)], dice[str(gbm)]) - 1e-9
+    header = next(line for line in oof.splitlines() if line.startswith("| model"))
+    column = [c.strip() for c in header.split("|")].index("dice_best")
+    dice_best = {line.split("|")[1].strip(): float(line.split("|")[column]) for line in oof.splitlines()
+                 if line.startswith("| ") and not line.startswith("| model")}
+    assert set(dice_best) >= {str(run_dir), str(gbm), "ensemble (fitted weights)"}
+    # FIT_METRIC reached the weight fit: never below the best member on the metric it maximised
+    assert "fitted on OOF dice_best" in text
+    assert dice_best["ensemble (fitted weights)"] >= max(dice_best[str(run_dir)], dice_best[str(gbm)]) - 1e-9
