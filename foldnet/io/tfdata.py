@@ -30,9 +30,10 @@ def plain(fn):
 
     foldnet's per-example functions make every data-dependent choice with TF ops (``tf.cond``,
     ``tf.where``), never a Python ``if``/``for``/``assert`` on a tensor, so the traced graph is the one
-    AutoGraph would give; a Python branch on a tensor would fail the pipeline's build loudly ("using a
-    tf.Tensor as a Python bool"), not change it. What it saves is the AST rewrite of every function the
-    map calls, paid by each new process: the Kelp recipe's training pipeline builds in 0.46 s instead of
-    3.52 s (bench/bench_pipeline_build.py, with ``autograph=False`` on the compiled feature functions).
+    AutoGraph would give; a Python branch on a tensor would fail the pipeline's build loudly (TypeError:
+    "Using a symbolic tf.Tensor as a Python bool"; tests/io/test_tfdata.py), not change it. What it
+    saves is the AST rewrite of every function the map calls, paid by each new process: the Kelp
+    recipe's training pipeline builds in 0.46 s instead of 3.52 s (bench/bench_pipeline_build.py,
+    with ``autograph=False`` on the compiled feature functions).
     """
     return tf.autograph.experimental.do_not_convert(fn)
