@@ -18,7 +18,7 @@ BIO_DEMO_DIR ?= data/biomass_demo
 SEG_DEMO_ARGS ?=
 BIO_DEMO_ARGS ?=
 BIO_MODELS ?= biomass_demo biomass_one_month biomass_mean biomass_small
-# 2 workers: 8m11s-8m40s against 15m37s serial on 2 idle cores (three workers: 8m12s). Each holds TensorFlow and a
+# 2 workers: make test 7m50s against 15m37s serial on 2 idle cores (three workers: no gain). Each holds TensorFlow and a
 # test file's models (the large-backbone builds peak at ~4 GB), so more workers need more memory.
 TEST_WORKERS ?= 2
 

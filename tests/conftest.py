@@ -17,6 +17,12 @@ from PIL import Image
 
 import foldnet  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
 
+# The suite's models and tensors are tiny: oneDNN's graph rewrites and primitive set-up cost more than
+# they save there (the training and segmentation test files: 143 s -> 131 s, two runs each). Set before
+# TensorFlow is imported, so test processes and the scripts they start run without them; the demos run
+# TensorFlow's default. TF_ENABLE_ONEDNN_OPTS=1 make test runs the suite with them.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 # Tiny Turtle Recall dataset: 6 classes x 10 training images (16x16 RGB JPEG).
 # Classes 0-3 are in train.csv (some of their images in extra_images.csv too);
 # classes 4-5 appear only in extra_images.csv, so they are not "original" and
